@@ -1,0 +1,35 @@
+"""scalelab analysis: scaling-law fits, uncertainty, validation and the study report.
+
+Never imports ray, torch, trainer or orchestrator.
+"""
+
+from .bootstrap import BootstrapResult, bootstrap_chinchilla, bootstrap_fit
+from .chinchilla import (ChinchillaFit, check_convergence, compute_optimal, huber_objective,
+                         predict_loss)
+from .data import InputError, Points, load_csv, load_curves, load_mlflow
+from .kaplan import PowerLawFit, fit_compute_frontier, fit_kaplan_d, fit_kaplan_n
+from .constrained import DataConstrainedFit, data_constrained_loss
+from .isoflop import EnvelopeFit, IsoFLOPFit, envelope_fit, isoflop_fit
+from .moe import (ClarkFit, KrajewskiFit, effective_dense_params, fit_clark, fit_krajewski,
+                  fit_moe_per_config)
+from .validate import entropy_check, extrapolation_test, leave_one_out, residuals_by_decile
+
+def __getattr__(name):
+    # the report pulls in matplotlib: import it only when asked for
+    if name in ("write_report", "log_report_to_mlflow", "ReportPaths"):
+        from . import report
+        return getattr(report, name)
+    raise AttributeError(name)
+
+
+__all__ = [
+    "ClarkFit", "DataConstrainedFit", "EnvelopeFit", "IsoFLOPFit", "KrajewskiFit",
+    "data_constrained_loss", "effective_dense_params", "envelope_fit", "fit_clark",
+    "fit_krajewski", "fit_moe_per_config", "isoflop_fit", "write_report",
+    "log_report_to_mlflow", "ReportPaths",
+    "BootstrapResult", "ChinchillaFit", "InputError", "Points", "PowerLawFit",
+    "bootstrap_chinchilla", "bootstrap_fit", "check_convergence", "compute_optimal",
+    "entropy_check", "extrapolation_test", "fit_compute_frontier", "fit_kaplan_d",
+    "fit_kaplan_n", "huber_objective", "leave_one_out", "load_csv", "load_curves",
+    "load_mlflow", "predict_loss", "residuals_by_decile",
+]

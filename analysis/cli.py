@@ -1,0 +1,265 @@
+"""`scalelab fit` and `scalelab report`, as functions the lead's orchestrator/cli.py wires in.
+
+    add_fit_arguments(parser)   # --csv/--experiment, column mapping, --law, --bootstrap, ...
+    run_fit(args) -> int        # 0 ok; 1 the fit ran but did not converge; 2 bad input
+    run_report(experiment, tracking_uri, out_dir, ...) -> int
+
+`python -m analysis.cli fit ...` / `python -m analysis.cli report ...` work standalone.
+
+JSON contract (--json): stdout is ONE object
+  {"law", "n_points", "params", "objective", "converged", "ci95": {name: [lo, hi]},
+   "compute_optimal": [{"flops", "n_params", "tokens", "tokens_per_param", "loss"}],
+   "exponents": {"a", "b"}, ...extra keys: identifiable, success, message, excluded, source}
+Chinchilla params are E, A, B, alpha, beta; exponents a, b are those of N_opt ~ C^a and
+D_opt ~ C^b. For the single-variable laws (kaplan-n, kaplan-d, compute) params are E, x_c,
+alpha (L = E + (x_c/x)^alpha); exponents.a is the loss exponent -alpha (L - E ~ x^a) and
+exponents.b is null; compute_optimal is empty for kaplan-n/kaplan-d and gives only the
+predicted frontier loss for `compute`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+import numpy as np
+
+from .data import InputError, load_csv, load_mlflow
+
+LAWS = ("chinchilla", "kaplan-n", "kaplan-d", "compute")
+
+
+def add_fit_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--csv", metavar="FILE", help="CSV or Parquet file of points")
+    src.add_argument("--experiment", metavar="NAME", help="MLflow experiment (= study name)")
+    parser.add_argument("--tracking-uri", metavar="URI", default=None, help="MLflow tracking URI")
+    parser.add_argument("--n-col", default=None, help="column with N (total parameters)")
+    parser.add_argument("--d-col", default=None, help="column with D (training tokens)")
+    parser.add_argument("--c-col", default=None, help="column with C (training FLOPs); D = C/(6N) if no D")
+    parser.add_argument("--loss-col", default=None, help="column with the final loss (nats/token)")
+    parser.add_argument("--law", choices=LAWS, default="chinchilla")
+    parser.add_argument("--bootstrap", type=int, default=0, metavar="K",
+                        help="bootstrap resamples over runs for 95%% intervals (0: none)")
+    parser.add_argument("--budgets", default=None, metavar="C1,C2",
+                        help="compute budgets in FLOPs, e.g. 1e21,1e24 (default: 1x, 10x, 100x the largest run)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument("--include-diverged", action="store_true",
+                        help="keep diverged/failed/unfinished runs (excluded by default)")
+    parser.add_argument("--drop-top-loss", type=int, default=0, metavar="K",
+                        help="outlier policy: drop the K highest-loss points (Epoch's Chinchilla subset: 5)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    return parser
+
+
+def parse_budgets(text):
+    if text is None:
+        return None
+    try:
+        vals = [float(t) for t in str(text).split(",") if t.strip()]
+    except ValueError:
+        raise InputError(f"--budgets {text!r}: expected comma-separated FLOP counts like 1e21,1e24")
+    if not vals or any(not (math.isfinite(v) and v > 0) for v in vals):
+        raise InputError(f"--budgets {text!r}: budgets must be positive finite numbers, e.g. 1e21,1e24")
+    return vals
+
+
+def default_budgets(C):
+    """1x, 10x and 100x the largest compute in the data, rounded to one significant figure."""
+    cmax = float(np.nanmax(C))
+    return [float(f"{cmax * k:.0e}") for k in (1, 10, 100)]
+
+
+def _jsonable(v):
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, (np.floating, float)):
+        return float(v) if math.isfinite(v) else None
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, np.bool_):
+        return bool(v)
+    return v
+
+
+def fit_law(points, law: str, *, bootstrap: int = 0, budgets=None, seed: int = 0) -> dict:
+    """Fit one law to Points and return the contract dict (see module docstring)."""
+    from .bootstrap import bootstrap_chinchilla, bootstrap_fit
+    from .chinchilla import ChinchillaFit
+    from .kaplan import PowerLawFit, kaplan_per_variable, lower_envelope
+
+    frame = points.frame
+    out = {"law": law, "source": points.source, "excluded": dict(points.excluded),
+           "notes": list(points.notes)}
+    if law == "chinchilla":
+        budgets = budgets or default_budgets(frame["flops"])
+        fit = ChinchillaFit().fit(points.N, points.D, points.loss)
+        out.update(n_points=len(frame), params=fit.params_, objective=fit.objective_,
+                   converged=fit.converged_, identifiable=fit.identifiable_, success=fit.success_,
+                   message=fit.message_, exponents=dict(fit.exponents_), ci95={},
+                   compute_optimal=(fit.compute_optimal(budgets).to_dict("records")
+                                    if fit.success_ else []))
+        if bootstrap and fit.success_:
+            b = bootstrap_chinchilla(points.N, points.D, points.loss, n_resamples=bootstrap,
+                                     seed=seed, budgets=budgets, full_fit=fit,
+                                     groups=frame["run_id"] if "run_id" in frame else None)
+            out["ci95"] = {k: list(v) for k, v in b.ci.items()}
+            out["bootstrap"] = {"n_resamples": b.n_resamples, "n_failed": b.n_failed, "seed": seed}
+        return out
+
+    var = {"kaplan-n": "N", "kaplan-d": "D", "compute": "C"}[law]
+    if law == "compute":
+        sel = frame[np.isfinite(frame["flops"].to_numpy(float))]
+        sel = sel[lower_envelope(sel["flops"], sel["loss"])]
+        xcol = "flops"
+    else:
+        xcol = {"N": "n_params", "D": "tokens"}[var]
+        sel = kaplan_per_variable(frame[np.isfinite(frame[xcol].to_numpy(float))], var)
+
+    def fitf(f):
+        return PowerLawFit(variable=var).fit(f[xcol], f["loss"])
+    fit = fitf(sel)
+    out.update(n_points=len(sel), params=fit.params_, objective=fit.objective_,
+               converged=fit.converged_, identifiable=fit.identifiable_, success=fit.success_,
+               message=fit.message_ + f" (fitted on {len(sel)} {'frontier' if law == 'compute' else 'best-per-' + var} points of {len(frame)})",
+               exponents={"a": fit.exponent_, "b": None}, ci95={}, compute_optimal=[])
+    if law == "compute" and fit.success_:
+        budgets = budgets or default_budgets(frame["flops"])
+        out["compute_optimal"] = [{"flops": C, "n_params": None, "tokens": None,
+                                   "tokens_per_param": None, "loss": float(fit.predict(C))}
+                                  for C in budgets]
+    if bootstrap and fit.success_:
+        def stats(f):
+            r = fitf(f)
+            return {**r.params_, "exponent": r.exponent_} if r.success_ else {}
+        b = bootstrap_fit(stats, sel.reset_index(drop=True), n_resamples=bootstrap, seed=seed)
+        out["ci95"] = {k: list(v) for k, v in b.ci.items()}
+        out["bootstrap"] = {"n_resamples": b.n_resamples, "n_failed": b.n_failed, "seed": seed}
+    return out
+
+
+def _load(args, law):
+    need = {"chinchilla": ("n", "d"), "kaplan-n": ("n",), "kaplan-d": ("d",),
+            "compute": ("c",)}[law]
+    if args.csv:
+        pts = load_csv(args.csv, n_col=args.n_col, d_col=args.d_col, c_col=args.c_col,
+                       loss_col=args.loss_col, include_failed=args.include_diverged, need=need)
+    else:
+        pts = load_mlflow(args.experiment, args.tracking_uri, include_failed=args.include_diverged)
+    if args.drop_top_loss < 0:
+        raise InputError("--drop-top-loss must be >= 0")
+    return pts.drop_top_loss(args.drop_top_loss)
+
+
+def _print_text(res, stream):
+    p = res.get("params") or {}
+    w = stream.write
+    w(f"law: {res['law']}   points: {res['n_points']}   source: {res['source']}\n")
+    if res["excluded"]:
+        w("excluded: " + ", ".join(f"{k}: {v}" for k, v in res["excluded"].items()) + "\n")
+    for k, v in p.items():
+        ci = res["ci95"].get(k)
+        w(f"  {k:>6} = {v:.6g}" + (f"   95% CI [{ci[0]:.6g}, {ci[1]:.6g}]" if ci else "") + "\n")
+    w(f"objective: {res['objective']:.6g}   converged: {res['converged']}\n")
+    w(f"message: {res['message']}\n")
+    if res["exponents"].get("a") is not None:
+        w("exponents: " + ", ".join(f"{k}={v:.4f}" for k, v in res["exponents"].items() if v is not None) + "\n")
+    for r in res["compute_optimal"]:
+        if r["n_params"] is not None:
+            w(f"  C={r['flops']:.3g}: N_opt={r['n_params']:.4g}  D_opt={r['tokens']:.4g}  "
+              f"D/N={r['tokens_per_param']:.2f}  loss={r['loss']:.4f}\n")
+        else:
+            w(f"  C={r['flops']:.3g}: frontier loss={r['loss']:.4f}\n")
+
+
+def run_fit(args) -> int:
+    """Run `scalelab fit`; prints the result; returns the exit status (0, 1 not converged, 2 bad input)."""
+    try:
+        budgets = parse_budgets(args.budgets)
+        if args.bootstrap < 0:
+            raise InputError("--bootstrap must be >= 0")
+        pts = _load(args, args.law)
+        res = fit_law(pts, args.law, bootstrap=args.bootstrap, budgets=budgets, seed=args.seed)
+    except InputError as exc:
+        print(f"scalelab fit: error: {exc}", file=sys.stderr)
+        return 2
+    status = 0
+    if not res["identifiable"]:
+        print(f"scalelab fit: error: {res['message']}", file=sys.stderr)
+        status = 2
+    elif not (res["converged"] and res["success"]):
+        print(f"scalelab fit: warning: {res['message']}", file=sys.stderr)
+        status = 1
+    if args.json:
+        print(json.dumps(_jsonable(res)))
+    else:
+        _print_text(res, sys.stdout)
+    return status
+
+
+def run_report(experiment=None, tracking_uri=None, out_dir="report", *, points=None,
+               true_entropy=None, budgets=None, log_to_mlflow: bool = True,
+               drop_top_loss: int = 0, include_failed: bool = False) -> int:
+    """Build the HTML + Markdown report for a study (or for `points` given directly) and log it
+    to the study's MLflow parent run. Returns the exit status (0 ok, 2 bad input)."""
+    from .report import log_report_to_mlflow, write_report
+    try:
+        if points is None:
+            points = load_mlflow(experiment, tracking_uri, include_failed=include_failed)
+        points = points.drop_top_loss(drop_top_loss)
+        curves = None
+        if experiment is not None:
+            try:
+                from .data import load_curves
+                curves = load_curves(experiment, tracking_uri)
+            except Exception as exc:   # curves are optional (Approach 1 only)
+                points.notes.append(f"loss curves unavailable: {exc}")
+        paths = write_report(points, out_dir, true_entropy=true_entropy, budgets=budgets,
+                             curves=curves)
+    except InputError as exc:
+        print(f"scalelab report: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"report: {paths.html}\nsummary: {paths.markdown}")
+    if log_to_mlflow and experiment is not None:
+        try:
+            rid = log_report_to_mlflow(out_dir, experiment, tracking_uri)
+            print(f"logged to MLflow parent run {rid}")
+        except Exception as exc:
+            print(f"scalelab report: warning: could not log to MLflow: {exc}", file=sys.stderr)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.cli")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    add_fit_arguments(sub.add_parser("fit", help="fit a scaling law"))
+    rp = sub.add_parser("report", help="write the HTML/Markdown report")
+    src = rp.add_mutually_exclusive_group(required=True)
+    src.add_argument("--experiment")
+    src.add_argument("--csv")
+    rp.add_argument("--tracking-uri", default=None)
+    rp.add_argument("--out", required=True)
+    rp.add_argument("--budgets", default=None)
+    rp.add_argument("--true-entropy", type=float, default=None)
+    rp.add_argument("--drop-top-loss", type=int, default=0)
+    rp.add_argument("--no-mlflow", action="store_true")
+    args = parser.parse_args(argv)
+    if args.cmd == "fit":
+        return run_fit(args)
+    try:
+        budgets = parse_budgets(args.budgets)
+        pts = load_csv(args.csv) if args.csv else None
+    except InputError as exc:
+        print(f"scalelab report: error: {exc}", file=sys.stderr)
+        return 2
+    return run_report(args.experiment, args.tracking_uri, args.out, points=pts,
+                      true_entropy=args.true_entropy, budgets=budgets,
+                      log_to_mlflow=not args.no_mlflow, drop_top_loss=args.drop_top_loss)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Chinchilla Approaches 1 (lower envelope of training curves) and 2 (IsoFLOP parabolas).
+
+Approach 2: runs are grouped into IsoFLOP budgets (a `budget` column when the study logged one,
+else clusters of FLOPs within `budget_rtol`); at each budget a parabola of loss in log N is
+fitted and its vertex is the budget's N_opt (D_opt = C / (6 N_opt)); log N_opt and log D_opt are
+then regressed on log C: N_opt = k_N C^a, D_opt = k_D C^b. On data that is exactly parabolic in
+log N the exponent is exact; on a Chinchilla law it is accurate when the samples bracket the
+minimum closely (the parabola is a local approximation).
+
+Approach 1: on a common log-FLOP grid, each training curve's loss is interpolated (in log FLOPs,
+within the curve's range) and the lowest loss across runs at each FLOP count is the envelope;
+the N of the winning run at each grid point gives N_opt(C). Intermediate points of a cosine run
+are biased upward (SCALING.md), so the envelope is only as good as the schedule allows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .kaplan import PowerLawFit
+
+
+def _powerlaw_ls(C, Y):
+    """Least squares of log Y on log C: Y = k C^e. Returns (k, e, r2)."""
+    x, y = np.log(C), np.log(Y)
+    A = np.vstack([np.ones_like(x), x]).T
+    coef, *_ = np.linalg.lstsq(A, y, rcond=None)
+    resid = y - A @ coef
+    ss = np.sum((y - y.mean()) ** 2)
+    return float(np.exp(coef[0])), float(coef[1]), float(1 - resid @ resid / ss) if ss > 0 else np.nan
+
+
+def group_budgets(flops, *, budget_rtol: float = 0.05) -> np.ndarray:
+    """Cluster FLOP values into budgets: a new budget starts where log C jumps by more than
+    log(1 + budget_rtol). Returns the budget (geometric mean of its cluster) per point."""
+    C = np.asarray(flops, float)
+    order = np.argsort(C)
+    lc = np.log(C[order])
+    breaks = np.concatenate([[True], np.diff(lc) > np.log1p(budget_rtol)])
+    lab = np.cumsum(breaks) - 1
+    centers = np.exp(pd.Series(lc).groupby(lab).mean().to_numpy())
+    out = np.empty_like(C)
+    out[order] = centers[lab]
+    return out
+
+
+class IsoFLOPFit:
+    """Approach 2 estimator. fit(frame) with columns n_params, loss and flops (or `budget`).
+
+    Fitted: parabolas_ (per budget: budget, n_runs, c0, c1, c2, n_opt, d_opt, loss_opt,
+    in_range, ok, note), a_, b_ (exponents), k_n_, k_d_, r2_n_, loss_law_ (PowerLawFit of the
+    vertex losses in C, when >= 4 budgets), success_, message_.
+    """
+
+    def __init__(self, *, budget_col: str = "budget", budget_rtol: float = 0.05,
+                 min_runs: int = 3, require_bracketed: bool = False):
+        self.budget_col = budget_col
+        self.budget_rtol = budget_rtol
+        self.min_runs = min_runs
+        self.require_bracketed = require_bracketed
+
+    def fit(self, frame: pd.DataFrame):
+        df = frame.copy()
+        if self.budget_col in df.columns and df[self.budget_col].notna().all():
+            df["_budget"] = df[self.budget_col].astype(float)
+        else:
+            df["_budget"] = group_budgets(df["flops"], budget_rtol=self.budget_rtol)
+        rows = []
+        for C, g in df.groupby("_budget"):
+            x = np.log(g["n_params"].to_numpy(float))
+            L = g["loss"].to_numpy(float)
+            row = {"budget": float(C), "n_runs": len(g), "c0": np.nan, "c1": np.nan, "c2": np.nan,
+                   "n_opt": np.nan, "d_opt": np.nan, "loss_opt": np.nan, "in_range": False,
+                   "ok": False, "note": ""}
+            if np.unique(np.round(x, 9)).size < self.min_runs:
+                row["note"] = f"fewer than {self.min_runs} distinct N"
+                rows.append(row)
+                continue
+            xc = x.mean()    # centre log N for conditioning
+            c2, c1, c0 = np.polyfit(x - xc, L, 2)
+            row.update(c0=c0, c1=c1, c2=c2)
+            if not c2 > 0:
+                row["note"] = "parabola opens downward: no minimum"
+                rows.append(row)
+                continue
+            xv = -c1 / (2 * c2)
+            row["n_opt"] = float(np.exp(xv + xc))
+            row["d_opt"] = float(C / (6 * row["n_opt"]))
+            row["loss_opt"] = float(c0 - c1 * c1 / (4 * c2))
+            row["in_range"] = bool(x.min() - xc <= xv <= x.max() - xc)
+            row["ok"] = row["in_range"] or not self.require_bracketed
+            if not row["in_range"]:
+                row["note"] = "vertex outside the sampled N range (extrapolated)"
+            # keep the centre so the curve can be drawn: L(x) = c0 + c1 (x - xc) + c2 (x - xc)^2
+            row["log_n_center"] = xc
+            rows.append(row)
+        self.parabolas_ = pd.DataFrame(rows)
+        ok = self.parabolas_[self.parabolas_["ok"]] if len(self.parabolas_) else self.parabolas_
+        nan = float("nan")
+        self.a_ = self.b_ = self.k_n_ = self.k_d_ = self.r2_n_ = nan
+        self.loss_law_ = None
+        if len(ok) < 2 or ok["budget"].nunique() < 2:
+            self.success_ = False
+            self.message_ = (f"unidentifiable: {len(ok)} usable IsoFLOP budget(s); need >= 2 budgets "
+                             f"with >= {self.min_runs} distinct N and a convex parabola")
+            return self
+        self.k_n_, self.a_, self.r2_n_ = _powerlaw_ls(ok["budget"], ok["n_opt"])
+        self.k_d_, self.b_, _ = _powerlaw_ls(ok["budget"], ok["d_opt"])
+        if len(ok) >= 4:
+            self.loss_law_ = PowerLawFit(variable="C").fit(ok["budget"], ok["loss_opt"])
+        self.success_ = True
+        n_out = int((~self.parabolas_["in_range"]).sum())
+        self.message_ = (f"{len(ok)} IsoFLOP budgets; N_opt ~ C^{self.a_:.4f}, D_opt ~ C^{self.b_:.4f}"
+                         + (f"; {n_out} vertex(es) outside the sampled range" if n_out else ""))
+        return self
+
+    def compute_optimal(self, flops) -> pd.DataFrame:
+        C = np.atleast_1d(np.asarray(flops, float))
+        N = self.k_n_ * C ** self.a_
+        D = C / (6 * N)
+        L = (self.loss_law_.predict(C) if self.loss_law_ is not None and self.loss_law_.success_
+             else np.full(C.size, np.nan))
+        return pd.DataFrame({"flops": C, "n_params": N, "tokens": D, "tokens_per_param": D / N,
+                             "loss": L})
+
+
+def isoflop_fit(frame: pd.DataFrame, **kw) -> IsoFLOPFit:
+    return IsoFLOPFit(**kw).fit(frame)
+
+
+class EnvelopeFit:
+    """Approach 1 estimator. fit(curves) with columns run_id, n_params, flops, loss (one row per
+    logged evaluation; final points alone also work, giving the frontier).
+
+    Fitted: envelope_ (flops, loss, n_params, tokens of the winning run per grid point),
+    a_, b_, k_n_, k_d_, success_, message_.
+    """
+
+    def __init__(self, *, n_grid: int = 60, min_distinct_n: int = 3):
+        self.n_grid = n_grid
+        self.min_distinct_n = min_distinct_n
+
+    def fit(self, curves: pd.DataFrame):
+        cur = curves[(curves["flops"] > 0) & (curves["loss"] > 0)].copy()
+        if "run_id" not in cur.columns:
+            cur["run_id"] = np.arange(len(cur))
+        nan = float("nan")
+        self.a_ = self.b_ = self.k_n_ = self.k_d_ = nan
+        lo, hi = np.log(cur["flops"].min()), np.log(cur["flops"].max())
+        grid = np.linspace(lo, hi, self.n_grid)
+        best_L = np.full(grid.size, np.inf)
+        best_N = np.full(grid.size, np.nan)
+        for _, g in cur.groupby("run_id"):
+            g = g.sort_values("flops")
+            x = np.log(g["flops"].to_numpy(float))
+            y = g["loss"].to_numpy(float)
+            inside = (grid >= x[0]) & (grid <= x[-1])
+            if len(g) == 1:
+                inside = np.isclose(grid, x[0], rtol=0, atol=(hi - lo) / self.n_grid / 2)
+                val = np.full(inside.sum(), y[0])
+            else:
+                val = np.interp(grid[inside], x, y)
+            better = val < best_L[inside]
+            idx = np.flatnonzero(inside)[better]
+            best_L[idx] = val[better]
+            best_N[idx] = g["n_params"].iloc[0]
+        m = np.isfinite(best_L)
+        env = pd.DataFrame({"flops": np.exp(grid[m]), "loss": best_L[m], "n_params": best_N[m]})
+        env["tokens"] = env["flops"] / (6 * env["n_params"])
+        self.envelope_ = env
+        if env["n_params"].nunique() < self.min_distinct_n:
+            self.success_ = False
+            self.message_ = (f"unidentifiable: the envelope visits {env['n_params'].nunique()} model "
+                             f"size(s); need >= {self.min_distinct_n}")
+            return self
+        self.k_n_, self.a_, _ = _powerlaw_ls(env["flops"], env["n_params"])
+        self.k_d_, self.b_, _ = _powerlaw_ls(env["flops"], env["tokens"])
+        self.success_ = True
+        self.message_ = (f"envelope over {cur['run_id'].nunique()} runs visits "
+                         f"{env['n_params'].nunique()} sizes; N_opt ~ C^{self.a_:.4f}")
+        return self
+
+    def compute_optimal(self, flops) -> pd.DataFrame:
+        C = np.atleast_1d(np.asarray(flops, float))
+        N = self.k_n_ * C ** self.a_
+        D = C / (6 * N)
+        return pd.DataFrame({"flops": C, "n_params": N, "tokens": D, "tokens_per_param": D / N,
+                             "loss": np.full(C.size, np.nan)})
+
+
+def envelope_fit(curves: pd.DataFrame, **kw) -> EnvelopeFit:
+    return EnvelopeFit(**kw).fit(curves)

@@ -1,0 +1,343 @@
+"""The study file: load a YAML, validate every key once, return a frozen `StudyConfig`.
+
+Errors are `StudyError(key, message)` where `key` is the dotted YAML path (`grid.sizes[1]`) and
+the message says what to do. Unknown keys are errors: a typo must not silently fall back to a
+default and cost a day of compute.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from trainer.spec import DataSpec, RecipeSpec, SpecError
+
+STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+MAX_TOKENS = 1e15          # a guard against typos such as 2e51; far beyond any single run
+MAX_FLOPS = 1e28
+
+
+class StudyError(ValueError):
+    """Bad study input. `key` names the YAML key; the message says how to fix it."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+        self.message = message
+
+
+# --------------------------------------------------------------------------- typed sections
+
+@dataclass(frozen=True)
+class ShapeRule:
+    """How a target parameter count becomes a shape: fixed head size and d_model/n_layer."""
+
+    d_head: int = 16
+    aspect_ratio: int = 16
+    tied_head: bool = True
+
+
+@dataclass(frozen=True)
+class ExplicitShape:
+    n_layer: int
+    d_model: int
+    n_head: int = 0           # 0: d_model // d_head of the shape rule
+
+
+Size = ExplicitShape | float   # a float is a target total parameter count
+
+
+@dataclass(frozen=True)
+class MoESetting:
+    """experts=1 is dense. granularity G: each routed expert is d_ff/G wide."""
+
+    experts: int = 1
+    top_k: int = 1
+    granularity: int = 1
+    shared_experts: int = 0
+    aux_loss_coef: float = 0.01
+    z_loss_coef: float = 0.001
+
+
+@dataclass(frozen=True)
+class IsoFlop:
+    budgets: tuple[float, ...]
+    points: int = 7
+    span: float = 1.0                  # decades either side of the centre
+    tokens_per_param: float = 20.0     # the centre: N such that D/N = this at C = 6·N·D
+
+
+@dataclass(frozen=True)
+class ExplicitRun:
+    size: Size
+    tokens: float
+    moe: MoESetting = MoESetting()
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Grid:
+    sizes: tuple[Size, ...] = ()
+    tokens: tuple[float, ...] = ()
+    tokens_per_param: tuple[float, ...] = ()
+    isoflop: IsoFlop | None = None
+    runs: tuple[ExplicitRun, ...] = ()
+    moe: tuple[MoESetting, ...] = (MoESetting(),)
+    seeds: tuple[int, ...] = (0,)
+
+
+@dataclass(frozen=True)
+class Resources:
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    max_retries: int = 2      # per `scalelab run`, for failures that are not bugs or divergence
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    study: str
+    data: DataSpec
+    model: ShapeRule
+    grid: Grid
+    train: RecipeSpec
+    resources: Resources
+    description: str = ""
+    source_path: str = field(default="", compare=False)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What makes two files the same study (the grid may grow; data and recipe may not)."""
+        from dataclasses import asdict
+        return {"data": asdict(self.data), "model": asdict(self.model), "train": asdict(self.train)}
+
+
+# --------------------------------------------------------------------------- validation helpers
+
+def _mapping(value: Any, key: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise StudyError(key, f"must be a mapping of keys to values, got {type(value).__name__}")
+    return value
+
+
+def _check_keys(value: Mapping[str, Any], allowed: set[str], key: str) -> None:
+    for k in value:
+        if k not in allowed:
+            where = f"{key}.{k}" if key else str(k)
+            raise StudyError(where, f"unknown key; allowed here: {', '.join(sorted(allowed))}")
+
+
+def _number(value: Any, key: str, *, positive: bool = True, maximum: float | None = None) -> float:
+    if isinstance(value, str):   # YAML 1.1 reads 2e5 (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            raise StudyError(key, f"must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise StudyError(key, f"must be a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise StudyError(key, f"must be > 0, got {value}")
+    if maximum is not None and value > maximum:
+        raise StudyError(key, f"{value:g} is larger than the allowed {maximum:g}; check the exponent")
+    return float(value)
+
+
+def _integer(value: Any, key: str, minimum: int = 1) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise StudyError(key, f"must be an integer, got {value!r}")
+    if value < minimum:
+        raise StudyError(key, f"must be >= {minimum}, got {value}")
+    return value
+
+
+def _list(value: Any, key: str, *, allow_empty: bool = False) -> list[Any]:
+    if not isinstance(value, list):
+        raise StudyError(key, f"must be a list, got {type(value).__name__}")
+    if not value and not allow_empty:
+        raise StudyError(key, "must not be empty")
+    return value
+
+
+def _build(cls: type, value: Mapping[str, Any], key: str, convert: Mapping[str, Any] = {}) -> Any:
+    """Construct a dataclass from a YAML mapping, checking keys and mapping SpecError to the key."""
+    names = {f.name for f in fields(cls) if f.name != "source_path"}
+    _check_keys(value, names, key)
+    int_fields = {f.name for f in fields(cls) if f.type in (int, "int")}
+    kwargs = {}
+    for k, v in value.items():
+        if k in convert:
+            v = convert[k](v, f"{key}.{k}")
+        elif k in int_fields:
+            v = _integer(v, f"{key}.{k}", minimum=-2**62)   # range checks are the spec's
+        kwargs[k] = v
+    try:
+        return cls(**kwargs)
+    except SpecError as e:
+        raise StudyError(f"{key}.{e.field.split('.', 1)[-1]}", e.message) from None
+    except TypeError as e:
+        raise StudyError(key, str(e)) from None
+
+
+# --------------------------------------------------------------------------- sections
+
+def _size(value: Any, key: str) -> Size:
+    if isinstance(value, Mapping):
+        _check_keys(value, {"n_layer", "d_model", "n_head"}, key)
+        for k in ("n_layer", "d_model"):
+            if k not in value:
+                raise StudyError(f"{key}.{k}", "missing; an explicit shape needs n_layer and d_model")
+        return ExplicitShape(n_layer=_integer(value["n_layer"], f"{key}.n_layer"),
+                             d_model=_integer(value["d_model"], f"{key}.d_model"),
+                             n_head=_integer(value.get("n_head", 0), f"{key}.n_head", minimum=0))
+    target = _number(value, key, maximum=1e13)
+    if target < 1000:
+        raise StudyError(key, f"a target of {target:g} parameters is too small for any GPT; use >= 1e3")
+    return target
+
+
+def _moe(value: Any, key: str) -> MoESetting:
+    m = _mapping(value, key)
+    conv = {"experts": lambda v, k: _integer(v, k), "top_k": lambda v, k: _integer(v, k),
+            "granularity": lambda v, k: _integer(v, k),
+            "shared_experts": lambda v, k: _integer(v, k, 0),
+            "aux_loss_coef": lambda v, k: _number(v, k, positive=False),
+            "z_loss_coef": lambda v, k: _number(v, k, positive=False)}
+    s = _build(MoESetting, m, key, conv)
+    if s.top_k > s.experts:
+        raise StudyError(f"{key}.top_k", f"top_k={s.top_k} exceeds experts={s.experts}; "
+                                         "use top_k <= experts")
+    if s.experts == 1 and (s.top_k != 1 or s.shared_experts or s.granularity != 1):
+        raise StudyError(f"{key}.experts", "experts: 1 is dense; top_k, granularity and "
+                                           "shared_experts need experts > 1")
+    if s.aux_loss_coef < 0 or s.z_loss_coef < 0:
+        raise StudyError(key, "loss coefficients must be >= 0")
+    return s
+
+
+def _grid(value: Any, key: str) -> Grid:
+    g = _mapping(value, key)
+    _check_keys(g, {f.name for f in fields(Grid)}, key)
+    kinds = [k for k in ("tokens", "tokens_per_param", "isoflop") if k in g]
+    if len(kinds) > 1:
+        raise StudyError(f"{key}.{kinds[1]}", f"give one of tokens, tokens_per_param or isoflop, "
+                                             f"not both {kinds[0]} and {kinds[1]}")
+    if not kinds and "runs" not in g:
+        raise StudyError(key, "needs tokens, tokens_per_param, isoflop or runs")
+    sizes = tuple(_size(v, f"{key}.sizes[{i}]")
+                  for i, v in enumerate(_list(g.get("sizes", []), f"{key}.sizes", allow_empty=True)))
+    if kinds and kinds[0] != "isoflop" and not sizes:
+        raise StudyError(f"{key}.sizes", f"required with {kinds[0]}: list shapes or target n_params")
+    tokens = tuple(_number(v, f"{key}.tokens[{i}]", maximum=MAX_TOKENS)
+                   for i, v in enumerate(_list(g["tokens"], f"{key}.tokens"))) if "tokens" in g else ()
+    tpp = tuple(_number(v, f"{key}.tokens_per_param[{i}]", maximum=1e6)
+                for i, v in enumerate(_list(g["tokens_per_param"], f"{key}.tokens_per_param"))
+                ) if "tokens_per_param" in g else ()
+    iso = None
+    if "isoflop" in g:
+        m = _mapping(g["isoflop"], f"{key}.isoflop")
+        if "budgets" not in m:
+            raise StudyError(f"{key}.isoflop.budgets", "missing; list FLOP budgets, e.g. [1e12, 1e13]")
+        conv = {"budgets": lambda v, k: tuple(_number(x, f"{k}[{i}]", maximum=MAX_FLOPS)
+                                              for i, x in enumerate(_list(v, k))),
+                "points": lambda v, k: _integer(v, k, 2),
+                "span": lambda v, k: _number(v, k, maximum=3),
+                "tokens_per_param": lambda v, k: _number(v, k, maximum=1e6)}
+        iso = _build(IsoFlop, m, f"{key}.isoflop", conv)
+    moe = tuple(_moe(v, f"{key}.moe[{i}]")
+                for i, v in enumerate(_list(g.get("moe", [{}]), f"{key}.moe")))
+    seeds = tuple(_integer(v, f"{key}.seeds[{i}]", 0)
+                  for i, v in enumerate(_list(g.get("seeds", [0]), f"{key}.seeds")))
+    runs = []
+    for i, r in enumerate(_list(g.get("runs", []), f"{key}.runs", allow_empty="runs" not in g)):
+        rk = f"{key}.runs[{i}]"
+        r = _mapping(r, rk)
+        _check_keys(r, {"size", "tokens", "moe", "seed"}, rk)
+        for k in ("size", "tokens"):
+            if k not in r:
+                raise StudyError(f"{rk}.{k}", "missing; each explicit run needs size and tokens")
+        runs.append(ExplicitRun(size=_size(r["size"], f"{rk}.size"),
+                                tokens=_number(r["tokens"], f"{rk}.tokens", maximum=MAX_TOKENS),
+                                moe=_moe(r.get("moe", {}), f"{rk}.moe"),
+                                seed=_integer(r.get("seed", 0), f"{rk}.seed", 0)))
+    if len(set(seeds)) != len(seeds):
+        raise StudyError(f"{key}.seeds", "has duplicates; list each seed once")
+    return Grid(sizes=sizes, tokens=tokens, tokens_per_param=tpp, isoflop=iso, runs=tuple(runs),
+                moe=moe, seeds=seeds)
+
+
+def _data(value: Any, key: str) -> DataSpec:
+    d = dict(_mapping(value, key))
+    if "paths" in d:
+        paths = d["paths"]
+        if isinstance(paths, str):
+            paths = [paths]
+        for i, p in enumerate(_list(paths, f"{key}.paths")):
+            if not isinstance(p, str) or not p:
+                raise StudyError(f"{key}.paths[{i}]", "must be a non-empty path string")
+        d["paths"] = tuple(paths)
+    if d.get("source") == "text" and "vocab_size" not in d:
+        d["vocab_size"] = 256
+    spec = _build(DataSpec, d, key)
+    for i, p in enumerate(spec.paths):
+        if not Path(p).expanduser().exists():
+            raise StudyError(f"{key}.paths[{i}]", f"{p} does not exist; give an existing file or "
+                                                  "directory (paths are relative to where you run scalelab)")
+    return spec
+
+
+def parse_study(raw: Any, source_path: str = "") -> StudyConfig:
+    """Validate a parsed YAML document into a StudyConfig (raises StudyError)."""
+    top = _mapping(raw, "")
+    _check_keys(top, {"study", "description", "data", "model", "grid", "train", "resources"}, "")
+    if "study" not in top:
+        raise StudyError("study", "missing; name the study (it becomes the MLflow experiment)")
+    name = top["study"]
+    if not isinstance(name, str) or not STUDY_NAME.match(name):
+        raise StudyError("study", f"{name!r} is not a valid name; use 1-100 ASCII letters, digits, "
+                                  "'.', '_' or '-', starting with a letter or digit")
+    if "grid" not in top:
+        raise StudyError("grid", "missing; give sizes and tokens (or isoflop, or runs)")
+    description = top.get("description", "")
+    if not isinstance(description, str):
+        raise StudyError("description", "must be a string")
+    data = _data(top.get("data"), "data")
+    model = _build(ShapeRule, _mapping(top.get("model"), "model"), "model",
+                   {"d_head": lambda v, k: _integer(v, k),
+                    "aspect_ratio": lambda v, k: _integer(v, k)})
+    if not isinstance(model.tied_head, bool):
+        raise StudyError("model.tied_head", "must be true or false")
+    train = _build(RecipeSpec, _mapping(top.get("train"), "train"), "train",
+                   {k: (lambda v, kk: _number(v, kk, positive=False))
+                    for k in ("lr", "warmup_frac", "min_lr_ratio", "cooldown_frac", "weight_decay",
+                              "grad_clip", "divergence_loss", "beta1", "beta2")})
+    resources = _build(Resources, _mapping(top.get("resources"), "resources"), "resources",
+                       {"num_cpus": lambda v, k: _number(v, k, maximum=1024),
+                        "num_gpus": lambda v, k: _number(v, k, positive=False, maximum=64),
+                        "max_retries": lambda v, k: _integer(v, k, 0)})
+    if resources.num_gpus < 0:
+        raise StudyError("resources.num_gpus", "must be >= 0")
+    grid = _grid(top["grid"], "grid")
+    return StudyConfig(study=name, data=data, model=model, grid=grid, train=train,
+                       resources=resources, description=description, source_path=source_path)
+
+
+def load_study(path: str | Path) -> StudyConfig:
+    """Read and validate a study file. Raises StudyError for anything wrong with it."""
+    p = Path(path)
+    if not p.is_file():
+        raise StudyError("", f"study file {path} not found; pass the path of a YAML file such as "
+                             "configs/quickstart.yaml")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise StudyError("", f"{path} is not valid YAML: {e}") from None
+    except UnicodeDecodeError:
+        raise StudyError("", f"{path} is not UTF-8 text") from None
+    return parse_study(raw, source_path=str(p))

@@ -1,0 +1,221 @@
+"""Expand a study's grid into planned runs: pure functions, no Ray, no MLflow.
+
+Every planned run is one (N, D, MoE, seed) point with a frozen `RunSpec` whose hash is its key.
+Token budgets are rounded to whole optimizer steps, so the key, the FLOPs and what the trainer
+does agree exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Iterable
+
+import numpy as np
+
+from trainer.accounting import count_params, flops_per_token, shape_for_params
+from trainer.spec import ModelSpec, RunSpec, SpecError
+
+from .config import ExplicitShape, MoESetting, Size, StudyConfig, StudyError
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One point of the study, with its accounting under every convention."""
+
+    key: str
+    spec: RunSpec
+    n_params: int                 # total, embeddings included
+    n_params_active: int          # per token (MoE: shared + top_k routed + attention + router + emb)
+    n_params_nonembedding: int
+    flops: float                  # training FLOPs for `tokens`, chinchilla convention
+    flops_6n: float
+    flops_kaplan: float
+    trunk_key: str | None = None  # wsd: branches of one trunk share it
+
+    @property
+    def tokens(self) -> int:
+        return self.spec.tokens
+
+    @property
+    def label(self) -> str:
+        m = self.spec.model
+        moe = f"-E{m.experts}k{m.top_k}" + (f"g{m.granularity:g}" if m.granularity != 1 else "") \
+            if m.is_moe else ""
+        return f"L{m.n_layer}-d{m.d_model}{moe}"
+
+    def mlflow_params(self) -> dict[str, Any]:
+        """The documented per-point params (docs/CONTRACTS.md): users' scripts read these."""
+        m, r = self.spec.model, self.spec.recipe
+        return {
+            "run_key": self.key, "n_params": self.n_params, "n_params_active": self.n_params_active,
+            "n_params_nonembedding": self.n_params_nonembedding, "tokens": self.tokens,
+            "flops": f"{self.flops:.6e}", "flops_6n": f"{self.flops_6n:.6e}",
+            "flops_kaplan": f"{self.flops_kaplan:.6e}", "experts": m.experts, "top_k": m.top_k,
+            "n_layer": m.n_layer, "d_model": m.d_model, "n_head": m.n_head, "d_ff": m.d_ff,
+            "d_expert": m.d_expert, "granularity": f"{m.granularity:g}",
+            "shared_experts": m.shared_experts, "tied_head": m.tied_head, "seed": self.spec.seed,
+            "schedule": r.schedule, "vocab_size": m.vocab_size, "seq_len": m.seq_len,
+            "batch_size": r.batch_size, "lr": r.lr, "warmup_tokens": self.spec.warmup_tokens,
+            "data_source": self.spec.data.source,
+            "trunk_key": self.trunk_key or "",
+        }
+
+
+def _round_tokens(tokens: float, per_step: int, key: str) -> int:
+    if tokens < per_step:
+        raise StudyError(key, f"{tokens:g} tokens is less than one batch ({per_step} = "
+                              "train.batch_size x data.seq_len); raise tokens or lower batch_size")
+    return int(round(tokens / per_step)) * per_step
+
+
+def base_shape(size: Size, cfg: StudyConfig, key: str) -> ModelSpec:
+    """The dense shape for one entry of grid.sizes (explicit, or by target total parameters)."""
+    rule, data = cfg.model, cfg.data
+    try:
+        if isinstance(size, ExplicitShape):
+            n_head = size.n_head or max(1, size.d_model // rule.d_head)
+            if size.d_model % n_head:
+                raise StudyError(f"{key}.d_model", f"d_model={size.d_model} is not divisible by "
+                                                   f"{n_head} heads; use a multiple of model.d_head "
+                                                   f"({rule.d_head}) or give n_head")
+            return ModelSpec(n_layer=size.n_layer, d_model=size.d_model, n_head=n_head,
+                             vocab_size=data.vocab_size, seq_len=data.seq_len,
+                             tied_head=rule.tied_head)
+        return shape_for_params(size, d_head=rule.d_head, aspect_ratio=rule.aspect_ratio,
+                                vocab_size=data.vocab_size, seq_len=data.seq_len,
+                                tied_head=rule.tied_head)
+    except SpecError as e:
+        raise StudyError(key, e.message) from None
+
+
+def with_moe(base: ModelSpec, moe: MoESetting, key: str) -> ModelSpec:
+    if moe.experts == 1:
+        return base
+    if base.d_ff % moe.granularity:
+        raise StudyError(f"{key}.granularity", f"d_ff={base.d_ff} is not divisible by granularity "
+                                               f"{moe.granularity}; use a divisor of 4·d_model")
+    try:
+        return replace(base, experts=moe.experts, top_k=moe.top_k,
+                       d_expert=base.d_ff // moe.granularity, shared_experts=moe.shared_experts,
+                       aux_loss_coef=moe.aux_loss_coef, z_loss_coef=moe.z_loss_coef)
+    except SpecError as e:
+        raise StudyError(key, e.message) from None
+
+
+def _active(model: ModelSpec) -> int:
+    return count_params(model).active
+
+
+def _points(cfg: StudyConfig) -> Iterable[tuple[ModelSpec, float, int, str]]:
+    """(model, tokens, seed, yaml key of the token budget) for every grid kind."""
+    g = cfg.grid
+    bases = [base_shape(s, cfg, f"grid.sizes[{i}]") for i, s in enumerate(g.sizes)]
+    for j, moe in enumerate(g.moe):
+        models = [with_moe(b, moe, f"grid.moe[{j}]") for b in bases]
+        for seed in g.seeds:
+            for model in models:
+                for i, d in enumerate(g.tokens):
+                    yield model, d, seed, f"grid.tokens[{i}]"
+                for i, r in enumerate(g.tokens_per_param):
+                    yield model, r * _active(model), seed, f"grid.tokens_per_param[{i}]"
+            if g.isoflop is not None:
+                for model, d, key in _isoflop_points(cfg, moe, j):
+                    yield model, d, seed, key
+    for i, run in enumerate(g.runs):
+        key = f"grid.runs[{i}]"
+        model = with_moe(base_shape(run.size, cfg, f"{key}.size"), run.moe, f"{key}.moe")
+        yield model, run.tokens, run.seed, f"{key}.tokens"
+
+
+def _isoflop_points(cfg: StudyConfig, moe: MoESetting, j: int):
+    """Chinchilla Approach 2: per budget C, `points` sizes log-spaced ±span decades around the
+    centre N_c = sqrt(C / (6·r)) (r tokens per parameter), each trained on D = C / (6·N)."""
+    iso = cfg.grid.isoflop
+    rule, data = cfg.model, cfg.data
+    for b, budget in enumerate(iso.budgets):
+        key = f"grid.isoflop.budgets[{b}]"
+        centre = math.sqrt(budget / (6.0 * iso.tokens_per_param))
+        seen: set[tuple[int, int]] = set()
+        for target in centre * np.logspace(-iso.span, iso.span, iso.points):
+            try:
+                base = shape_for_params(float(target), d_head=rule.d_head,
+                                        aspect_ratio=rule.aspect_ratio, vocab_size=data.vocab_size,
+                                        seq_len=data.seq_len, tied_head=rule.tied_head)
+            except SpecError as e:
+                raise StudyError(key, f"budget {budget:g} needs a model of {target:.3g} params: "
+                                      f"{e.message}; raise the budget or lower grid.isoflop.span") from None
+            if (base.n_layer, base.d_model) in seen:
+                continue
+            seen.add((base.n_layer, base.d_model))
+            model = with_moe(base, moe, f"grid.moe[{j}]")
+            yield model, budget / (6.0 * _active(model)), key
+
+
+def expand(cfg: StudyConfig) -> list[PlannedRun]:
+    """Every run of the study, deduplicated by key, largest FLOPs first (Ray has no priorities,
+    so the submitter orders the work)."""
+    per_step = cfg.train.batch_size * cfg.data.seq_len
+    raw = []
+    for model, tokens, seed, key in _points(cfg):
+        raw.append((model, _round_tokens(tokens, per_step, key), seed, key))
+
+    # wsd: every branch of one trunk (same model and seed) shares its warmup, sized to the
+    # shortest branch, so the trunk is the same stable-phase run for all of them.
+    warmup: dict[tuple, int] = {}
+    for model, tokens, seed, _ in raw:
+        k = (model, seed)
+        warmup[k] = min(warmup.get(k, tokens), tokens)
+    runs: dict[str, PlannedRun] = {}
+    for model, tokens, seed, key in raw:
+        base = warmup[(model, seed)] if cfg.train.schedule == "wsd" else tokens
+        wt = int(cfg.train.warmup_frac * base) // per_step * per_step
+        try:
+            spec = RunSpec(model=model, data=cfg.data, recipe=cfg.train, tokens=tokens, seed=seed,
+                           warmup_tokens=wt)
+        except SpecError as e:
+            raise StudyError(key, e.message) from None
+        run_key = spec.key()
+        if run_key in runs:
+            continue
+        counts = count_params(model)
+        runs[run_key] = PlannedRun(
+            key=run_key, spec=spec, n_params=counts.total, n_params_active=counts.active,
+            n_params_nonembedding=counts.nonembedding,
+            flops=flops_per_token(model, "chinchilla") * tokens,
+            flops_6n=flops_per_token(model, "6n") * tokens,
+            flops_kaplan=flops_per_token(model, "kaplan") * tokens,
+            trunk_key=spec.trunk_key() if cfg.train.schedule == "wsd" else None)
+    return sorted(runs.values(), key=lambda r: (-r.flops, r.key))
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """What one Ray task does: a single run, or (wsd) every branch of one trunk in ascending D."""
+
+    runs: tuple[PlannedRun, ...]
+    trunk_key: str | None = None
+
+    @property
+    def flops(self) -> float:
+        """Compute actually spent: a wsd trunk trains up to its longest branch once, plus the
+        cooldowns; a plain run trains its budget."""
+        if self.trunk_key is None:
+            return sum(r.flops for r in self.runs)
+        longest = max(r.flops for r in self.runs)
+        cooldowns = sum(r.flops * r.spec.recipe.cooldown_frac for r in self.runs)
+        return longest * (1 - self.runs[-1].spec.recipe.cooldown_frac) + cooldowns
+
+
+def work_items(runs: list[PlannedRun]) -> list[WorkItem]:
+    """Group wsd branches by trunk; order the items largest compute first."""
+    groups: dict[str, list[PlannedRun]] = {}
+    items = []
+    for r in runs:
+        if r.trunk_key is None:
+            items.append(WorkItem((r,)))
+        else:
+            groups.setdefault(r.trunk_key, []).append(r)
+    for trunk, members in groups.items():
+        items.append(WorkItem(tuple(sorted(members, key=lambda r: r.tokens)), trunk))
+    return sorted(items, key=lambda w: -w.flops)

@@ -1,0 +1,320 @@
+"""Run a study on Ray: validate, record the plan, dispatch largest-first, retry, report.
+
+Order of effects (so that bad input writes nothing): expand the grid and check every address
+and the experiment name read-only; attach to / start Ray and check that some node can hold one
+run; only then create the MLflow store, experiment, parent and child runs and the ledger rows,
+and dispatch.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import tracking
+from .config import StudyConfig, StudyError
+from .grid import PlannedRun, WorkItem, expand, work_items
+from .ledger import Ledger, LedgerRow, spec_json
+from .progress import Progress
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+@dataclass
+class StudyOutcome:
+    exit_code: int
+    states: dict[str, str] = field(default_factory=dict)     # run_key -> final state
+    messages: list[str] = field(default_factory=list)
+    experiment_id: str | None = None
+    parent_run_id: str | None = None
+
+
+# --------------------------------------------------------------------------- Ray connection
+
+def check_address(address: str | None) -> None:
+    if not address or address == "auto":
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not port.isdigit():
+        raise StudyError("--address", f"{address!r} is not HOST:PORT or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=3):
+            pass
+    except OSError as e:
+        raise StudyError("--address", f"no Ray cluster answers at {address} ({e}); start it "
+                                      "(`ray start --head --port=...`) or fix --address/RAY_ADDRESS") from None
+
+
+def connect_ray(address: str | None) -> bool:
+    """Attach to a cluster, or start an embedded local Ray. Returns True if we started it."""
+    import ray
+    if ray.is_initialized():
+        return False
+    env = {"env_vars": {"PYTHONUNBUFFERED": "1"}}
+    if address:
+        ray.init(address=address, runtime_env=env, log_to_driver=False)
+        return True
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+             object_store_memory=200 * 1024 * 1024, runtime_env=env)
+    return True
+
+
+def check_resources(cfg: StudyConfig) -> int:
+    """Fail fast if no alive node can hold one run; return how many runs fit at once."""
+    import ray
+    need_cpu, need_gpu = cfg.resources.num_cpus, cfg.resources.num_gpus
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    best_cpu = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
+    best_gpu = max((n["Resources"].get("GPU", 0) for n in nodes), default=0)
+    if not any(n["Resources"].get("CPU", 0) >= need_cpu and n["Resources"].get("GPU", 0) >= need_gpu
+               for n in nodes):
+        key = "resources.num_gpus" if need_gpu > best_gpu else "resources.num_cpus"
+        raise StudyError(key, f"no node can hold one run (asks {need_cpu:g} CPU, {need_gpu:g} GPU; "
+                              f"the largest node has {best_cpu:g} CPU, {best_gpu:g} GPU); lower the "
+                              "request or add a node that has it")
+    slots = 0
+    for n in nodes:
+        r = n["Resources"]
+        fit = int(r.get("CPU", 0) // need_cpu) if need_cpu else 10 ** 6
+        if need_gpu:
+            fit = min(fit, int(r.get("GPU", 0) // need_gpu))
+        slots += fit
+    return max(1, slots)
+
+
+# --------------------------------------------------------------------------- planning
+
+def validate(cfg: StudyConfig, settings: tracking.Settings, address: str | None
+             ) -> list[PlannedRun]:
+    """Everything that can be checked without writing anything. Raises StudyError."""
+    planned = expand(cfg)
+    tracking.check_tracking_uri(settings.tracking_uri)
+    if settings.ledger_uri != settings.tracking_uri:
+        tracking.check_tracking_uri(settings.ledger_uri, flag="SCALELAB_LEDGER_URI")
+    check_address(address)
+    tracking.check_experiment(settings.tracking_uri, cfg.study,
+                              tracking.fingerprint_hash(cfg.fingerprint()))
+    return planned
+
+
+def record_plan(cfg: StudyConfig, settings: tracking.Settings, planned: list[PlannedRun],
+                ledger: Ledger) -> tuple[str, str]:
+    """Create the store, experiment, parent run, a child run per point (and per wsd trunk) and
+    the ledger rows; idempotent. Returns (experiment_id, parent_run_id)."""
+    fp = tracking.fingerprint_hash(cfg.fingerprint())
+    c = tracking.client(settings.tracking_uri)
+    exp_id = tracking.ensure_experiment(c, cfg.study, fp, settings.artifact_root)
+    parent = tracking.ensure_parent_run(c, exp_id, cfg.study, cfg.description)
+    ledger.upsert_study(cfg.study, fingerprint=fp, experiment_id=exp_id, parent_run_id=parent)
+
+    trunks: dict[str, PlannedRun] = {}
+    rows = []
+    for p in planned:
+        rows.append({"run_key": p.key, "study": cfg.study, "kind": "point", "trunk_key": p.trunk_key,
+                     "tokens": p.tokens, "flops": p.flops, "spec_json": spec_json(p.spec.to_dict()),
+                     "checkpoint_dir": settings.checkpoint_dir(cfg.study, p.key)})
+        if p.trunk_key and (p.trunk_key not in trunks or trunks[p.trunk_key].tokens < p.tokens):
+            trunks[p.trunk_key] = p
+    for tk, p in trunks.items():
+        rows.append({"run_key": tk, "study": cfg.study, "kind": "trunk", "trunk_key": tk,
+                     "tokens": p.tokens, "flops": 0.0, "spec_json": None,
+                     "checkpoint_dir": settings.trunk_dir(cfg.study, tk)})
+    ledger.ensure(rows)
+
+    known = {r.run_key: r for r in ledger.rows(cfg.study)}
+    missing = [r for r in rows if not known[r["run_key"]].mlflow_run_id]
+    if missing:
+        existing = tracking.existing_children(c, exp_id)   # adopt runs a crashed driver created
+        by_key = {p.key: p for p in planned}
+        for r in missing:
+            key = r["run_key"]
+            run_id = existing.get(key)
+            if run_id is None:
+                if r["kind"] == "point":
+                    p = by_key[key]
+                    params = p.mlflow_params()     # the trainer adds its own (true_entropy, ...)
+                    run_id = tracking.create_child_run(
+                        c, exp_id, parent, cfg.study, key, f"{p.label}-D{p.tokens:.2g}-s{p.spec.seed}",
+                        "point", params, {"scalelab.label": p.label,
+                                          "scalelab.experts": str(p.spec.model.experts)})
+                else:
+                    p = trunks[key]
+                    run_id = tracking.create_child_run(
+                        c, exp_id, parent, cfg.study, key, f"{p.label}-trunk-s{p.spec.seed}",
+                        "trunk", {"run_key": key, "n_params": p.n_params, "schedule": "wsd"})
+            ledger.update(key, mlflow_run_id=run_id)
+    return exp_id, parent
+
+
+# --------------------------------------------------------------------------- dispatch
+
+def _payload(item: WorkItem, cfg: StudyConfig, settings: tracking.Settings, ledger: Ledger,
+             rows: dict[str, LedgerRow]) -> dict[str, Any]:
+    runs = []
+    for p in item.runs:
+        if rows[p.key].done:
+            continue
+        lease = ledger.acquire(p.key)
+        runs.append({"run_key": p.key, "spec": p.spec.to_dict(), "lease": lease,
+                     "mlflow_run_id": rows[p.key].mlflow_run_id, "attempt": rows[p.key].attempts + 1,
+                     "checkpoint_dir": rows[p.key].checkpoint_dir})
+    payload = {"study": cfg.study, "runs": runs, "tracking_uri": settings.tracking_uri,
+               "ledger_uri": settings.ledger_uri, "num_cpus": cfg.resources.num_cpus}
+    if item.trunk_key:
+        t = rows[item.trunk_key]
+        payload["trunk"] = {"run_key": t.run_key, "lease": ledger.acquire(t.run_key),
+                            "mlflow_run_id": t.mlflow_run_id}
+        payload["trunk_dir"] = t.checkpoint_dir
+    return payload
+
+
+def run_study(cfg: StudyConfig, settings: tracking.Settings, *, address: str | None = None,
+              max_concurrent: int | None = None, show_progress: bool = True) -> StudyOutcome:
+    """Execute the study and block until it ends. Bad input raises StudyError before any write."""
+    planned = validate(cfg, settings, address)
+    started = connect_ray(address)
+    try:
+        import ray
+        slots = check_resources(cfg)
+        ledger = Ledger(settings.ledger_uri)
+        try:
+            exp_id, parent = record_plan(cfg, settings, planned, ledger)
+            ledger.request_cancel(cfg.study, None)
+            ledger.upsert_study(cfg.study, driver=uuid.uuid4().hex)
+            outcome = _dispatch(cfg, settings, planned, ledger, slots, max_concurrent, show_progress)
+            outcome.experiment_id, outcome.parent_run_id = exp_id, parent
+            _close_parent(settings, parent, outcome)
+            return outcome
+        finally:
+            ledger.dispose()
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _close_parent(settings: tracking.Settings, parent: str, outcome: StudyOutcome) -> None:
+    c = tracking.client(settings.tracking_uri)
+    counts: dict[str, int] = {}
+    for s in outcome.states.values():
+        counts[s] = counts.get(s, 0) + 1
+    for state, n in counts.items():
+        c.set_tag(parent, f"scalelab.runs_{state}", str(n))
+    c.set_terminated(parent, "FINISHED" if outcome.exit_code == EXIT_OK else "FAILED")
+
+
+def _dispatch(cfg: StudyConfig, settings: tracking.Settings, planned: list[PlannedRun],
+              ledger: Ledger, slots: int, max_concurrent: int | None,
+              show_progress: bool) -> StudyOutcome:
+    import ray
+    from ray.exceptions import RayError
+
+    from .worker import execute
+
+    remote = ray.remote(execute).options(num_cpus=cfg.resources.num_cpus,
+                                         num_gpus=cfg.resources.num_gpus, max_retries=0)
+    limit = min(slots, max_concurrent) if max_concurrent else slots
+    rows = {r.run_key: r for r in ledger.rows(cfg.study)}
+    queue = [w for w in work_items(planned) if not all(rows[p.key].done for p in w.runs)]
+    retries: dict[str, int] = {}              # per work item (its first run key), this invocation
+    failed_final: dict[str, str] = {}
+    in_flight: dict[Any, WorkItem] = {}
+    messages: list[str] = []
+    cancelled = False
+
+    with Progress(cfg.study, planned, enabled=show_progress) as progress:
+        while queue or in_flight:
+            cancel = ledger.cancel_requested(cfg.study)
+            if cancel and not cancelled:
+                cancelled = True
+                messages.append(f"cancel requested ({cancel}): starting no new runs")
+            while queue and not cancelled and len(in_flight) < limit:
+                item = queue.pop(0)
+                rows = {r.run_key: r for r in ledger.rows(cfg.study)}
+                ref = remote.remote(_payload(item, cfg, settings, ledger, rows))
+                in_flight[ref] = item
+            if not in_flight:
+                break
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+            for ref in ready:
+                item = in_flight.pop(ref)
+                item_id = item.runs[0].key
+                try:
+                    results = ray.get(ref)
+                    retry, why = _handle_results(results, item, ledger, settings, failed_final)
+                except RayError as e:                # worker or node died: retry from checkpoint
+                    retry, why = True, f"{type(e).__name__}: {e}"[-3000:]
+                if retry and not cancelled:
+                    n = retries.get(item_id, 0)
+                    if n < cfg.resources.max_retries:
+                        retries[item_id] = n + 1
+                        messages.append(f"retrying {item.runs[0].label} ({n + 1}/"
+                                        f"{cfg.resources.max_retries}): {why.splitlines()[-1][:200]}")
+                        queue.insert(0, item)
+                        continue
+                    for p in item.runs:
+                        if not rows_done(ledger, p.key):
+                            failed_final[p.key] = why
+                            _mark_failed(ledger, settings, p.key, why)
+            progress.update({r.run_key: r for r in ledger.rows(cfg.study)})
+        final_rows = {r.run_key: r for r in ledger.rows(cfg.study)}
+        progress.update(final_rows)
+
+    if cancelled and ledger.cancel_requested(cfg.study) == "now":
+        _mark_killed(ledger, settings, planned, final_rows)
+        final_rows = {r.run_key: r for r in ledger.rows(cfg.study)}
+    states = {p.key: final_rows[p.key].state for p in planned}
+    if any(s == "failed" for s in states.values()):
+        code = EXIT_FAILED
+    elif all(s in ("finished", "diverged") for s in states.values()):
+        code = EXIT_OK
+    else:
+        code = EXIT_FAILED                      # cancelled or killed before the end
+    return StudyOutcome(exit_code=code, states=states, messages=messages)
+
+
+def rows_done(ledger: Ledger, key: str) -> bool:
+    r = ledger.get(key)
+    return r is not None and r.done
+
+
+def _handle_results(results: list[dict], item: WorkItem, ledger: Ledger,
+                    settings: tracking.Settings, failed_final: dict[str, str]) -> tuple[bool, str]:
+    """Returns (retry?, reason). Bug-class failures and divergence are never retried."""
+    for r in results:
+        if r["state"] == "failed":
+            if r.get("bug"):
+                failed_final[r["run_key"]] = r["message"]
+                _finish_mlflow(ledger, settings, r["run_key"], "failed")
+                return False, r["message"]
+            return True, r["message"] or "failed"
+        if r["state"] == "fenced":
+            return False, r["message"]
+    return False, ""
+
+
+def _finish_mlflow(ledger: Ledger, settings: tracking.Settings, key: str, outcome: str) -> None:
+    row = ledger.get(key)
+    if row and row.mlflow_run_id:
+        try:
+            tracking.finish_run(tracking.client(settings.tracking_uri), row.mlflow_run_id, outcome)
+        except Exception:
+            pass
+
+
+def _mark_failed(ledger: Ledger, settings: tracking.Settings, key: str, why: str) -> None:
+    ledger.update(key, state="failed", error=why)
+    _finish_mlflow(ledger, settings, key, "failed")
+
+
+def _mark_killed(ledger: Ledger, settings: tracking.Settings, planned: list[PlannedRun],
+                 rows: dict[str, LedgerRow]) -> None:
+    for p in planned:
+        r = rows[p.key]
+        if r.state in ("running", "killed"):
+            ledger.update(p.key, state="killed")
+            _finish_mlflow(ledger, settings, p.key, "killed")

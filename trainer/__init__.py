@@ -1,0 +1,33 @@
+"""scalelab trainer: one dense or MoE GPT training run with exact compute accounting.
+
+Importing the package (or `trainer.spec`, `trainer.accounting`) does not import torch: `train`
+and the model are loaded on first use, so the orchestrator's planning stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .accounting import ParamCounts, count_params, flops_per_token, shape_for_params, training_flops
+from .sinks import InMemorySink, MetricSink, MlflowSink, MlflowSinkError
+from .spec import DataSpec, ModelSpec, RecipeSpec, RunResult, RunSpec, SpecError
+
+__all__ = [
+    "ModelSpec", "DataSpec", "RecipeSpec", "RunSpec", "RunResult", "SpecError", "train",
+    "MetricSink", "InMemorySink", "MlflowSink", "MlflowSinkError", "count_params", "ParamCounts",
+    "flops_per_token", "training_flops", "shape_for_params", "true_entropy", "checkpoint_info",
+]
+
+_LAZY = {"train": ("train", "train"), "checkpoint_info": ("train", "checkpoint_info"),
+         "true_entropy": ("data", "true_entropy"), "GPT": ("model", "GPT")}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(f".{module}", __name__), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,281 @@
+"""Validated, frozen specifications of one training run.
+
+A `RunSpec` holds everything that decides a run's result and nothing else (no paths of the
+machine it runs on, no tracking ids): its canonical dict hashes to the run key that the
+orchestrator uses for dedup and resume. Specs are validated once, here; downstream code trusts
+them. Errors name the field, so the orchestrator can map them to the YAML key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+DATA_SOURCES = ("markov", "text", "tokens")
+SCHEDULES = ("cosine", "wsd")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class SpecError(ValueError):
+    """A specification field is invalid. `field` is the dotted field name, `fix` what to do."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _require(ok: bool, field: str, message: str) -> None:
+    if not ok:
+        raise SpecError(field, message)
+
+
+def _positive_int(value: Any, field: str, minimum: int = 1) -> None:
+    _require(isinstance(value, int) and not isinstance(value, bool), field,
+             f"must be an integer, got {value!r}")
+    _require(value >= minimum, field, f"must be >= {minimum}, got {value}")
+
+
+def _finite(value: Any, field: str, lo: float | None = None, hi: float | None = None,
+            lo_open: bool = False) -> None:
+    _require(isinstance(value, (int, float)) and not isinstance(value, bool)
+             and math.isfinite(value), field, f"must be a finite number, got {value!r}")
+    if lo is not None:
+        ok = value > lo if lo_open else value >= lo
+        _require(ok, field, f"must be {'>' if lo_open else '>='} {lo}, got {value}")
+    if hi is not None:
+        _require(value <= hi, field, f"must be <= {hi}, got {value}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Shape of a decoder-only GPT whose FFN is dense (experts=1) or a Mixture of Experts.
+
+    d_ff defaults to 4·d_model; d_expert (width of one routed expert) defaults to d_ff, so
+    granularity G = d_ff / d_expert is 1 unless set. Experts=1 means dense.
+    """
+
+    n_layer: int
+    d_model: int
+    n_head: int
+    vocab_size: int
+    seq_len: int
+    d_ff: int = 0
+    experts: int = 1
+    top_k: int = 1
+    d_expert: int = 0
+    shared_experts: int = 0
+    tied_head: bool = True
+    aux_loss_coef: float = 0.01     # Switch load-balancing loss weight
+    z_loss_coef: float = 0.001      # router z-loss weight
+
+    def __post_init__(self) -> None:
+        for name in ("n_layer", "d_model", "n_head", "vocab_size", "seq_len", "experts", "top_k"):
+            _positive_int(getattr(self, name), f"model.{name}")
+        _require(self.d_model % self.n_head == 0, "model.n_head",
+                 f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
+        if self.d_ff == 0:
+            object.__setattr__(self, "d_ff", 4 * self.d_model)
+        _positive_int(self.d_ff, "model.d_ff")
+        if self.d_expert == 0:
+            object.__setattr__(self, "d_expert", self.d_ff)
+        _positive_int(self.d_expert, "model.d_expert")
+        _positive_int(self.shared_experts, "model.shared_experts", minimum=0)
+        _require(self.top_k <= self.experts, "model.top_k",
+                 f"top_k={self.top_k} exceeds experts={self.experts}; use top_k <= experts")
+        if self.experts == 1:
+            _require(self.top_k == 1 and self.shared_experts == 0, "model.experts",
+                     "a dense model (experts: 1) takes no top_k or shared_experts")
+        _require(isinstance(self.tied_head, bool), "model.tied_head", "must be true or false")
+        _finite(self.aux_loss_coef, "model.aux_loss_coef", lo=0)
+        _finite(self.z_loss_coef, "model.z_loss_coef", lo=0)
+
+    @property
+    def is_moe(self) -> bool:
+        return self.experts > 1
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def granularity(self) -> float:
+        return self.d_ff / self.d_expert
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where tokens come from. `markov` is synthetic with a known entropy rate; `text` is
+    byte-level (vocab 256) from `paths` (files or directories; empty = the built-in corpus);
+    `tokens` is a nanoGPT-style uint16 memmap directory holding train.bin and val.bin."""
+
+    source: str = "markov"
+    vocab_size: int = 64
+    seq_len: int = 64
+    seed: int = 0
+    order: int = 2                  # markov: context length k
+    concentration: float = 0.1      # markov: Dirichlet alpha of the transition rows
+    paths: tuple[str, ...] = ()
+    val_tokens: int = 32768         # held-out tokens, the same for every run of a study
+
+    def __post_init__(self) -> None:
+        _require(self.source in DATA_SOURCES, "data.source",
+                 f"unknown source {self.source!r}; use one of {', '.join(DATA_SOURCES)}")
+        _positive_int(self.vocab_size, "data.vocab_size", minimum=2)
+        _require(self.vocab_size <= 65536, "data.vocab_size",
+                 f"{self.vocab_size} does not fit uint16 tokens; use <= 65536")
+        if self.source == "text":
+            _require(self.vocab_size == 256, "data.vocab_size",
+                     "the text source is byte-level: set vocab_size: 256")
+        _positive_int(self.seq_len, "data.seq_len", minimum=2)
+        _positive_int(self.seed, "data.seed", minimum=0)
+        _positive_int(self.order, "data.order", minimum=1)
+        if self.source == "markov":
+            _require(self.vocab_size ** self.order <= 2 ** 22, "data.order",
+                     f"vocab_size**order = {self.vocab_size ** self.order} contexts is too many; "
+                     "lower order or vocab_size")
+        _finite(self.concentration, "data.concentration", lo=0, lo_open=True)
+        object.__setattr__(self, "paths", tuple(str(p) for p in self.paths))
+        if self.source == "tokens":
+            _require(len(self.paths) == 1, "data.paths",
+                     "the tokens source takes one directory holding train.bin and val.bin")
+        if self.source in ("text", "tokens"):
+            for i, p in enumerate(self.paths):
+                _require(os.path.exists(os.path.expanduser(p)), f"data.paths[{i}]",
+                         f"{p} does not exist; give an existing file or directory")
+        if self.source == "tokens":
+            for name in ("train.bin", "val.bin"):
+                _require(os.path.isfile(os.path.join(os.path.expanduser(self.paths[0]), name)),
+                         "data.paths[0]",
+                         f"{self.paths[0]!r} has no {name}; the tokens source needs a directory "
+                         "holding train.bin and val.bin (uint16)")
+        _positive_int(self.val_tokens, "data.val_tokens", minimum=self.seq_len + 1)
+
+
+@dataclass(frozen=True)
+class RecipeSpec:
+    """The training recipe, fixed across a study. Token counts are in tokens."""
+
+    batch_size: int = 16            # sequences per optimizer step
+    lr: float = 3e-3                # peak learning rate
+    schedule: str = "cosine"
+    warmup_frac: float = 0.05       # warmup as a fraction of the run's tokens (wsd: of the trunk's shortest branch)
+    min_lr_ratio: float = 0.1       # cosine ends at min_lr_ratio·lr exactly at the token budget
+    cooldown_frac: float = 0.2      # wsd: last fraction of each branch, 1-sqrt decay to 0
+    beta1: float = 0.9
+    beta2: float = 0.99
+    weight_decay: float = 0.1       # matrices only
+    grad_clip: float = 1.0
+    eval_interval_tokens: int = 0   # 0: about 10 evaluations per run
+    checkpoint_interval_tokens: int = 0  # 0: at every evaluation
+    divergence_loss: float = 0.0    # 0: 2·ln(vocab) + 1; a train loss above this, or NaN/inf, diverges
+    device: str = "auto"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        _positive_int(self.batch_size, "train.batch_size")
+        _finite(self.lr, "train.lr", lo=0, lo_open=True, hi=10.0)
+        _require(self.schedule in SCHEDULES, "train.schedule",
+                 f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
+        _finite(self.warmup_frac, "train.warmup_frac", lo=0, hi=0.5)
+        _finite(self.min_lr_ratio, "train.min_lr_ratio", lo=0, hi=1)
+        _finite(self.cooldown_frac, "train.cooldown_frac", lo=0, lo_open=True, hi=1)
+        _finite(self.beta1, "train.beta1", lo=0, hi=0.999999)
+        _finite(self.beta2, "train.beta2", lo=0, hi=0.999999)
+        _finite(self.weight_decay, "train.weight_decay", lo=0)
+        _finite(self.grad_clip, "train.grad_clip", lo=0)
+        _positive_int(self.eval_interval_tokens, "train.eval_interval_tokens", minimum=0)
+        _positive_int(self.checkpoint_interval_tokens, "train.checkpoint_interval_tokens", minimum=0)
+        _finite(self.divergence_loss, "train.divergence_loss", lo=0)
+        _require(self.device in DEVICES, "train.device",
+                 f"unknown device {self.device!r}; use one of {', '.join(DEVICES)}")
+        _require(isinstance(self.compile, bool), "train.compile", "must be true or false")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One (N, D, MoE, seed) point. `tokens` is D, the run's token budget.
+
+    `warmup_tokens` is resolved by whoever builds the spec (the orchestrator): warmup_frac·D for
+    cosine; for wsd the same value for every branch of a trunk, so branches share the trunk.
+    """
+
+    model: ModelSpec
+    data: DataSpec
+    recipe: RecipeSpec
+    tokens: int
+    seed: int = 0
+    warmup_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        _positive_int(self.seed, "seed", minimum=0)
+        _positive_int(self.tokens, "tokens", minimum=1)
+        tokens_per_step = self.recipe.batch_size * self.data.seq_len
+        _require(self.tokens >= tokens_per_step, "tokens",
+                 f"{self.tokens} tokens is less than one batch ({tokens_per_step} = "
+                 "batch_size·seq_len); raise tokens or lower batch_size")
+        _positive_int(self.warmup_tokens, "warmup_tokens", minimum=0)
+        _require(self.model.vocab_size == self.data.vocab_size, "model.vocab_size",
+                 f"model vocab {self.model.vocab_size} != data vocab {self.data.vocab_size}")
+        _require(self.model.seq_len == self.data.seq_len, "model.seq_len",
+                 f"model seq_len {self.model.seq_len} != data seq_len {self.data.seq_len}")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.recipe.batch_size * self.data.seq_len
+
+    @property
+    def cooldown_start_tokens(self) -> int:
+        """wsd: tokens at which this branch leaves the shared trunk (a whole number of steps)."""
+        steps = self.tokens // self.tokens_per_step
+        start = int(round(steps * (1.0 - self.recipe.cooldown_frac)))
+        return start * self.tokens_per_step
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RunSpec":
+        data = dict(d["data"])
+        data["paths"] = tuple(data.get("paths", ()))
+        return cls(model=ModelSpec(**d["model"]), data=DataSpec(**data),
+                   recipe=RecipeSpec(**d["recipe"]), tokens=d["tokens"], seed=d["seed"],
+                   warmup_tokens=d.get("warmup_tokens", 0))
+
+    def key(self) -> str:
+        """Run key: a short hash of the canonical run config (sorted-key JSON)."""
+        return spec_hash(self.to_dict())
+
+    def trunk_key(self) -> str:
+        """wsd: the key shared by every branch of one trunk (the spec without its budget)."""
+        d = self.to_dict()
+        d.pop("tokens")
+        return spec_hash({"trunk": d})
+
+
+def spec_hash(d: Mapping[str, Any]) -> str:
+    canonical = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+@dataclass
+class RunResult:
+    """What one training run returns. `status`: finished | diverged | failed | stopped."""
+
+    status: str
+    message: str = ""
+    val_loss: float | None = None         # final held-out loss, nats/token
+    train_loss: float | None = None       # last smoothed training loss, nats/token
+    tokens: int = 0                       # tokens of this point's budget that were reached (D)
+    flops: float = 0.0                    # training FLOPs of the point, chinchilla convention
+    steps: int = 0
+    wall_time_s: float = 0.0
+    device: str = "cpu"
+    epochs: float = 0.0                   # passes over the unique training tokens
+    resumed_from_tokens: int = 0          # 0 when trained from scratch
+    extra: dict[str, Any] = field(default_factory=dict)
