@@ -18,7 +18,7 @@ from .config import StudyConfig, StudyError, load_study
 from .tracking import Settings
 
 EXIT_BAD_INPUT = 2
-ASSUMED_CPU_FLOPS = 2.0e9          # FLOP/s per CPU core for tiny models, when nothing was measured
+ASSUMED_CPU_FLOPS = 1.0e10         # FLOP/s per CPU core for tiny models (measured 1-2e10 here), when nothing was measured
 ASSUMED_GPU_PEAK, ASSUMED_MFU = 989e12, 0.35   # H100 bf16 dense peak, a typical achieved MFU
 
 
@@ -36,6 +36,16 @@ def _settings(a: argparse.Namespace) -> Settings:
                             ledger_uri=getattr(a, "ledger_uri", None),
                             checkpoint_dir=getattr(a, "checkpoint_dir", None),
                             home=getattr(a, "home", None))
+
+
+def redact(uri: str) -> str:
+    """A URI fit to print: a password in it (postgresql://user:PASSWORD@host/db) is masked."""
+    from urllib.parse import urlsplit, urlunsplit
+    u = urlsplit(uri)
+    if u.password:
+        netloc = u.netloc.replace(f":{u.password}@", ":***@", 1)
+        return urlunsplit(u._replace(netloc=netloc))
+    return uri
 
 
 def _read_ledger(settings: Settings, study: str):
@@ -147,9 +157,10 @@ def cmd_run(a: argparse.Namespace) -> int:
     for s in outcome.states.values():
         counts[s] = counts.get(s, 0) + 1
     print(f"study {cfg.study}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
-    print(f"MLflow store: {settings.tracking_uri} (experiment {cfg.study!r}, id "
-          f"{outcome.experiment_id}); browse with: scalelab ui --tracking-uri {settings.tracking_uri}")
-    print(f"ledger: {settings.ledger_uri}; checkpoints: {settings.checkpoint_root}")
+    uri = redact(settings.tracking_uri)
+    print(f"MLflow store: {uri} (experiment {cfg.study!r}, id "
+          f"{outcome.experiment_id}); browse with: scalelab ui --tracking-uri {uri}")
+    print(f"ledger: {redact(settings.ledger_uri)}; checkpoints: {settings.checkpoint_root}")
     return outcome.exit_code
 
 

@@ -42,6 +42,7 @@ runs_table = sa.Table(
     sa.Column("flops_per_s", sa.Float),
     sa.Column("wall_time_s", sa.Float),
     sa.Column("node_id", sa.String(64)),
+    sa.Column("pid", sa.Integer),                    # OS process of the current attempt
     sa.Column("device", sa.String(32)),
     sa.Column("spec_json", sa.Text),
     sa.Column("updated_at", sa.Float),
@@ -79,6 +80,7 @@ class LedgerRow:
     wall_time_s: float | None
     node_id: str | None
     device: str | None
+    pid: int | None = None
 
     @property
     def done(self) -> bool:
@@ -110,7 +112,11 @@ class Ledger:
         self.url = url
         self.engine = make_engine(url)
         if create:
-            metadata.create_all(self.engine)
+            try:
+                metadata.create_all(self.engine)
+            except sa.exc.DatabaseError:     # another process created the tables in between
+                metadata.create_all(self.engine)
+            _add_missing_columns(self.engine)
 
     # ---------------------------------------------------------------- studies
     def study(self, study: str) -> dict[str, Any] | None:
@@ -185,6 +191,16 @@ class Ledger:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _add_missing_columns(engine: sa.Engine) -> None:
+    """Columns added after a ledger was created (e.g. `pid`): ALTER TABLE ADD COLUMN, once."""
+    have = {c["name"] for c in sa.inspect(engine).get_columns(runs_table.name)}
+    for col in runs_table.columns:
+        if col.name not in have:
+            with engine.begin() as c:
+                c.execute(sa.text(f"ALTER TABLE {runs_table.name} ADD COLUMN {col.name} "
+                                  f"{col.type.compile(engine.dialect)}"))
 
 
 def _row(r: Any) -> LedgerRow:

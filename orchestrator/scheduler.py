@@ -51,15 +51,34 @@ def check_address(address: str | None) -> None:
 
 
 def connect_ray(address: str | None) -> bool:
-    """Attach to a cluster, or start an embedded local Ray. Returns True if we started it."""
+    """Attach to a cluster, or start an embedded local Ray. Returns True if we connected.
+
+    `HOST:PORT` (the head's GCS port) joins the cluster as a driver: this machine must be a node
+    of it (Slurm, `ray job submit`, a test cluster). `ray://HOST:10001` uses Ray Client from
+    anywhere that reaches the port. Token auth comes from the environment (`RAY_AUTH_TOKEN`,
+    else ~/.ray/auth_token): a token alone implies `RAY_AUTH_MODE=token`. The embedded local Ray
+    binds its GCS to a port the OS picks (port 0; never 6379, which a local Redis often holds)."""
     import ray
     if ray.is_initialized():
         return False
     env = {"env_vars": {"PYTHONUNBUFFERED": "1"}}
     if address:
-        ray.init(address=address, runtime_env=env, log_to_driver=False)
+        if os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_MODE"):
+            os.environ["RAY_AUTH_MODE"] = "token"
+        try:
+            ray.init(address=address, runtime_env=env, log_to_driver=False)
+        except Exception as e:
+            cause: BaseException | None = e
+            while cause is not None and "auth" not in f"{type(cause).__name__} {cause}".lower():
+                cause = cause.__cause__ or cause.__context__
+            if cause is not None:           # ConnectionError from AuthenticationError
+                raise StudyError("--address", f"the Ray cluster at {address} refused the connection "
+                                              f"({type(cause).__name__}: {str(cause)[:200]}); export "
+                                              "the cluster's RAY_AUTH_MODE=token and RAY_AUTH_TOKEN") from None
+            raise
         return True
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+    # "local": always a new instance, never the cluster a `ray start` on this machine recorded
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
              object_store_memory=200 * 1024 * 1024, runtime_env=env)
     return True
 
@@ -162,15 +181,24 @@ def _payload(item: WorkItem, cfg: StudyConfig, settings: tracking.Settings, ledg
         lease = ledger.acquire(p.key)
         runs.append({"run_key": p.key, "spec": p.spec.to_dict(), "lease": lease,
                      "mlflow_run_id": rows[p.key].mlflow_run_id, "attempt": rows[p.key].attempts + 1,
-                     "checkpoint_dir": rows[p.key].checkpoint_dir})
+                     "checkpoint_dir": rows[p.key].checkpoint_dir,
+                     "checkpoint_rel": _rel(settings, settings.checkpoint_dir(cfg.study, p.key))})
     payload = {"study": cfg.study, "runs": runs, "tracking_uri": settings.tracking_uri,
-               "ledger_uri": settings.ledger_uri, "num_cpus": cfg.resources.num_cpus}
+               "ledger_uri": settings.ledger_uri, "num_cpus": cfg.resources.num_cpus,
+               # how long a run's end waits for an unreachable MLflow store before it fails
+               "tracking_timeout_s": float(os.environ.get("SCALELAB_TRACKING_TIMEOUT_S", 60))}
     if item.trunk_key:
         t = rows[item.trunk_key]
         payload["trunk"] = {"run_key": t.run_key, "lease": ledger.acquire(t.run_key),
                             "mlflow_run_id": t.mlflow_run_id}
         payload["trunk_dir"] = t.checkpoint_dir
+        payload["trunk_rel"] = _rel(settings, settings.trunk_dir(cfg.study, t.run_key))
     return payload
+
+
+def _rel(settings: tracking.Settings, path: str) -> str:
+    """A checkpoint path relative to the root: a node with SCALELAB_NODE_CHECKPOINT_DIR rebases it."""
+    return os.path.relpath(path, settings.checkpoint_root)
 
 
 def run_study(cfg: StudyConfig, settings: tracking.Settings, *, address: str | None = None,
@@ -188,7 +216,11 @@ def run_study(cfg: StudyConfig, settings: tracking.Settings, *, address: str | N
             ledger.upsert_study(cfg.study, driver=uuid.uuid4().hex)
             outcome = _dispatch(cfg, settings, planned, ledger, slots, max_concurrent, show_progress)
             outcome.experiment_id, outcome.parent_run_id = exp_id, parent
-            _close_parent(settings, parent, outcome)
+            try:
+                _close_parent(settings, parent, outcome)
+            except Exception as e:            # the ledger holds the truth; a rerun closes it
+                outcome.messages.append(f"could not update the parent MLflow run (store "
+                                        f"unreachable?): {type(e).__name__}: {str(e)[:300]}")
             return outcome
         finally:
             ledger.dispose()
@@ -246,6 +278,10 @@ def _dispatch(cfg: StudyConfig, settings: tracking.Settings, planned: list[Plann
                 try:
                     results = ray.get(ref)
                     retry, why = _handle_results(results, item, ledger, settings, failed_final)
+                    if any(r.get("storage") for r in results) and not cancelled:
+                        cancelled = True             # every later run would fail the same way
+                        messages.append("checkpoint storage unusable: starting no new runs: "
+                                        + why.splitlines()[0][:300])
                 except RayError as e:                # worker or node died: retry from checkpoint
                     retry, why = True, f"{type(e).__name__}: {e}"[-3000:]
                 if retry and not cancelled:
@@ -268,6 +304,11 @@ def _dispatch(cfg: StudyConfig, settings: tracking.Settings, planned: list[Plann
         _mark_killed(ledger, settings, planned, final_rows)
         final_rows = {r.run_key: r for r in ledger.rows(cfg.study)}
     states = {p.key: final_rows[p.key].state for p in planned}
+    for p in planned:                           # results that are not plain successes, reported
+        r = final_rows[p.key]
+        if r.state != "finished":
+            last = (r.error or "").strip().splitlines()[-1:] or [""]
+            messages.append(f"{p.label} D={p.tokens:.3g} ({p.key}): {r.state} {last[0][:200]}")
     if any(s == "failed" for s in states.values()):
         code = EXIT_FAILED
     elif all(s in ("finished", "diverged") for s in states.values()):
@@ -287,7 +328,7 @@ def _handle_results(results: list[dict], item: WorkItem, ledger: Ledger,
     """Returns (retry?, reason). Bug-class failures and divergence are never retried."""
     for r in results:
         if r["state"] == "failed":
-            if r.get("bug"):
+            if r.get("bug") or r.get("storage"):
                 failed_final[r["run_key"]] = r["message"]
                 _finish_mlflow(ledger, settings, r["run_key"], "failed")
                 return False, r["message"]

@@ -7,7 +7,9 @@ a killed driver stops at its next checkpoint instead of writing over the attempt
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import time
 import traceback
 from dataclasses import asdict
@@ -24,6 +26,16 @@ BUG_ERRORS = (TypeError, ValueError, IndexError, KeyError, AttributeError, Asser
               NotImplementedError, ZeroDivisionError, SyntaxError, ImportError)
 
 
+# OSErrors that say "the checkpoint storage is unusable" (full, read-only, not a directory):
+# retrying cannot help and every later run would fail the same way, so the study stops.
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                  errno.ENOTDIR, errno.EISDIR}
+# torch reports shape errors as RuntimeError: deterministic, so bug-class too.
+SHAPE_ERROR = re.compile(r"size mismatch|shape .* is invalid|must match the size|"
+                         r"mat\d and mat\d shapes cannot be multiplied|dimension out of range")
+TRACKING_TIMEOUT_S = 60.0       # how long a run's end waits for an unreachable MLflow store
+
+
 class Fenced(RuntimeError):
     """This attempt lost its lease: a newer attempt of the same run owns it now."""
 
@@ -31,8 +43,10 @@ class Fenced(RuntimeError):
 class FencedSink:
     """Wraps a sink: every flush first checks the lease, then records progress in the ledger."""
 
-    def __init__(self, inner, ledger: Ledger, run_key: str, lease: str):
+    def __init__(self, inner, ledger: Ledger, run_key: str, lease: str,
+                 close_timeout_s: float = TRACKING_TIMEOUT_S):
         self.inner, self.ledger, self.run_key, self.lease = inner, ledger, run_key, lease
+        self.close_timeout_s = close_timeout_s
         self.run_id = getattr(inner, "run_id", None)     # recorded in checkpoints
         self._tokens = 0
         self._loss: float | None = None
@@ -64,12 +78,19 @@ class FencedSink:
         self.inner.flush()
         self._progress()
 
+    @property
+    def pending(self) -> int:
+        """Items logged but not yet delivered to the store (the trainer does not checkpoint
+        over undelivered metrics)."""
+        return int(getattr(self.inner, "pending", 0))
+
     def close(self) -> None:
-        """Deliver what is still buffered (retrying while the store is briefly down)."""
+        """Deliver what is still buffered (retrying while the store is briefly down); raises
+        MlflowSinkError after `close_timeout_s`."""
         self._check()
         close = getattr(self.inner, "close", None)
         if close is not None:
-            close()
+            close(timeout_s=self.close_timeout_s)
 
     def _progress(self) -> None:
         if not self.ledger.update(self.run_key, lease=self.lease, tokens_done=self._tokens,
@@ -81,6 +102,20 @@ class FencedSink:
             raise Fenced(f"run {self.run_key}: lease lost (a newer attempt owns this run)")
 
 
+def _retry(fn, timeout_s: float):
+    """Call fn until it succeeds or `timeout_s` passed (backoff 0.5 s doubling to 8 s); the last
+    error is raised. For MLflow calls at a run's end, while a server restarts."""
+    deadline, wait = time.monotonic() + timeout_s, 0.5
+    while True:
+        try:
+            return fn()
+        except Exception:
+            if time.monotonic() + wait > deadline:
+                raise
+            time.sleep(wait)
+            wait = min(8.0, wait * 2)
+
+
 def _node_id() -> str:
     try:
         import ray
@@ -89,9 +124,33 @@ def _node_id() -> str:
         return ""
 
 
+def node_local(item: dict[str, Any]) -> dict[str, Any]:
+    """The driver's locations, overridden by this node's SCALELAB_NODE_TRACKING_URI,
+    SCALELAB_NODE_LEDGER_URI and SCALELAB_NODE_CHECKPOINT_DIR when set (e.g. in docker the
+    driver on the host sees http://127.0.0.1:5000 where nodes reach http://mlflow:5000).
+    Checkpoint dirs are rebased: the node's root joined with the driver-relative part."""
+    env = os.environ
+    item = dict(item)
+    item["tracking_uri"] = env.get("SCALELAB_NODE_TRACKING_URI") or item["tracking_uri"]
+    item["ledger_uri"] = env.get("SCALELAB_NODE_LEDGER_URI") or item["ledger_uri"]
+    root = env.get("SCALELAB_NODE_CHECKPOINT_DIR")
+    if root:
+        item["runs"] = [dict(r, checkpoint_dir=os.path.join(root, r["checkpoint_rel"]))
+                        for r in item["runs"]]
+        if item.get("trunk_dir"):
+            item["trunk_dir"] = os.path.join(root, item["trunk_rel"])
+    return item
+
+
 def execute(item: dict[str, Any]) -> list[dict[str, Any]]:
     """Run a work item. `item` is plain data (see scheduler._payload). Returns one outcome dict
     per run: {run_key, state, message, val_loss, ...}."""
+    item = node_local(item)
+    # The sink retries on its own (backoff, bounded buffer): one HTTP request must not block
+    # training for minutes while an MLflow server is down (MLflow's default is 7 retries).
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     ledger = Ledger(item["ledger_uri"], create=False)
     client = tracking.client(item["tracking_uri"])
     study, node = item["study"], _node_id()
@@ -115,7 +174,8 @@ def execute(item: dict[str, Any]) -> list[dict[str, Any]]:
             final = "finished" if all(o["state"] in ("finished", "diverged") for o in out) else None
             if final:
                 ledger.update(trunk["run_key"], lease=trunk["lease"], state="finished")
-                tracking.finish_run(client, trunk["mlflow_run_id"], "finished")
+                _retry(lambda: tracking.finish_run(client, trunk["mlflow_run_id"], "finished"),
+                       float(item.get("tracking_timeout_s", TRACKING_TIMEOUT_S)))
     finally:
         ledger.dispose()
     return out
@@ -125,12 +185,14 @@ def _run_one(run: dict[str, Any], item: dict[str, Any], ledger: Ledger, client, 
              node: str, num_threads: int, trunk_sink) -> dict[str, Any]:
     key, lease, run_id = run["run_key"], run["lease"], run["mlflow_run_id"]
     spec = RunSpec.from_dict(run["spec"])
-    ledger.update(key, lease=lease, node_id=node)
+    ledger.update(key, lease=lease, node_id=node, pid=os.getpid())
+    timeout_s = float(item.get("tracking_timeout_s", TRACKING_TIMEOUT_S))
 
     def should_stop() -> bool:
         return ledger.cancel_requested(study) == "now" or not ledger.holds(key, lease)
 
-    sink = FencedSink(MlflowSink(item["tracking_uri"], run_id, resume=True), ledger, key, lease)
+    sink = FencedSink(MlflowSink(item["tracking_uri"], run_id, resume=True), ledger, key, lease,
+                      close_timeout_s=timeout_s)
     sink.set_tags({"scalelab.node_id": node, "scalelab.attempt": str(run["attempt"])})
     t0 = time.time()
     try:
@@ -138,6 +200,7 @@ def _run_one(run: dict[str, Any], item: dict[str, Any], ledger: Ledger, client, 
                                   trunk_dir=item.get("trunk_dir"), trunk_sink=trunk_sink,
                                   num_threads=num_threads, should_stop=should_stop)
         error_type = result.extra.get("error_type", "")
+        error_errno = result.extra.get("error_errno")
         if error_type == "Fenced":
             return {"run_key": key, "state": "fenced", "message": result.message}
         sink.close()
@@ -146,10 +209,16 @@ def _run_one(run: dict[str, Any], item: dict[str, Any], ledger: Ledger, client, 
     except Exception as e:                          # noqa: BLE001 - recorded, never lost
         result = RunResult(status="failed", message=traceback.format_exc(),
                            wall_time_s=time.time() - t0)
-        error_type = type(e).__name__
+        error_type, error_errno = type(e).__name__, getattr(e, "errno", None)
     state = {"finished": "finished", "diverged": "diverged", "stopped": "killed"}.get(
         result.status, "failed")
-    bug = state == "failed" and error_type in {t.__name__ for t in BUG_ERRORS}
+    bug = state == "failed" and (error_type in {t.__name__ for t in BUG_ERRORS} or (
+        error_type == "RuntimeError" and bool(SHAPE_ERROR.search(result.message or ""))))
+    storage = state == "failed" and error_errno in STORAGE_ERRNOS
+    if storage:
+        result.message = (f"checkpoint storage unusable ({errno.errorcode.get(error_errno, '')}: "
+                          f"{os.strerror(error_errno)}) under {run['checkpoint_dir']}\n"
+                          f"{result.message}")
     if state == "killed" and not ledger.holds(key, lease):
         return {"run_key": key, "state": "fenced", "message": "lease lost"}
     flops_per_s = result.flops / result.wall_time_s if result.wall_time_s > 0 else None
@@ -160,12 +229,15 @@ def _run_one(run: dict[str, Any], item: dict[str, Any], ledger: Ledger, client, 
         return {"run_key": key, "state": "fenced", "message": "lease lost before the final write"}
     try:
         if state == "failed":
-            client.set_tag(run_id, "scalelab.error", (result.message or "")[-4000:])
-            client.log_text(run_id, result.message or "", "error/traceback.txt")
+            _retry(lambda: client.set_tag(run_id, "scalelab.error", (result.message or "")[-4000:]),
+                   timeout_s)
+            _retry(lambda: client.log_text(run_id, result.message or "", "error/traceback.txt"),
+                   timeout_s)
         if state != "failed":
-            tracking.finish_run(client, run_id, state)
+            _retry(lambda: tracking.finish_run(client, run_id, state), timeout_s)
     except Exception:                               # the ledger holds the truth; MLflow catches up
         pass
     return {"run_key": key, "state": state, "message": result.message, "bug": bug,
+            "storage": storage,
             "val_loss": result.val_loss, "device": result.device, "node_id": node,
             "pid": os.getpid(), "result": asdict(result)}

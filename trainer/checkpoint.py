@@ -8,8 +8,10 @@ directory and moved into place with os.replace, so a kill never leaves a torn ch
 
 from __future__ import annotations
 
+import errno
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -56,7 +58,13 @@ def save(path: str | os.PathLike, *, model: torch.nn.Module, optimizer: torch.op
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            try:
+                torch.save(payload, f)
+            except RuntimeError as e:
+                # torch's zip writer reports a full disk as a RuntimeError: say what it is
+                if shutil.disk_usage(path.parent).free < (1 << 20):
+                    raise OSError(errno.ENOSPC, f"no space left on device writing {path} ({e})") from e
+                raise
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

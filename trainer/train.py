@@ -374,8 +374,11 @@ class _Run:
             if stop or self._checkpoint_due(step, evaluated="val_loss" in metrics):
                 t = time.perf_counter()
                 phase.sink.flush()
-                phase.save()
-                self._last_ckpt_time = time.monotonic()
+                # a checkpoint must never cover metrics the store has not received (a resume
+                # would skip them): while the store is unreachable, keep the older checkpoint
+                if not getattr(phase.sink, "pending", 0):
+                    phase.save()
+                    self._last_ckpt_time = time.monotonic()
                 self._interval_excluded += time.perf_counter() - t
             if stop:
                 raise _Stopped(f"stopped on request at step {step} (tokens {self.tokens})")
@@ -417,6 +420,9 @@ class _Run:
         except _Stopped as e:
             return self._result("stopped", str(e))
         sink.flush()
+        close = getattr(sink, "close", None)
+        if close is not None and getattr(sink, "pending", 0):
+            close()      # waits (bounded) for the store; raises before the run is marked finished
         if status == "finished":
             self._save(own, sink, finished=True)
         return self._result(status, message)
@@ -504,6 +510,8 @@ def train(spec: RunSpec, sink: MetricSink, *, checkpoint_dir: str | os.PathLike,
             result = RunResult(status="failed", message=message,
                                wall_time_s=time.perf_counter() - started)
         result.extra["error_type"] = type(e).__name__
+        if isinstance(e, OSError) and e.errno is not None:
+            result.extra["error_errno"] = e.errno
         return result
     finally:
         torch.set_num_threads(previous_threads)

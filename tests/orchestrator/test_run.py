@@ -86,3 +86,55 @@ def test_wsd_study_gives_one_point_per_cooldown(tmp_path, store, ray_session):
     assert len(points) == 8 and len(trunks) == 4               # 4 (N, MoE) trunks, 2 cooldowns each
     for r in points:
         assert c.get_metric_history(r.info.run_id, "val_loss")[-1].step == int(r.data.params["tokens"])
+
+
+def test_cancel_now_then_run_resumes_in_the_same_mlflow_run(tmp_path, store, ray_session):
+    """`cancel --now` stops running runs at a checkpoint (marked killed); `run` resumes them."""
+    import threading
+
+    path = tmp_path / "resume.yaml"
+    path.write_text("""\
+study: resume
+data: {source: markov, vocab_size: 16, order: 1, seed: 0, seq_len: 32, val_tokens: 2048}
+model: {d_head: 8, aspect_ratio: 8}
+grid:
+  sizes: [{n_layer: 2, d_model: 32}]
+  tokens: [6.4e5]
+  seeds: [0, 1]
+train: {batch_size: 16, lr: 1.0e-2, checkpoint_interval_tokens: 32768, eval_interval_tokens: 65536}
+resources: {num_cpus: 1}
+""")
+    cfg = load_study(path)
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("out", run_study(cfg, store, show_progress=False)))
+    t.start()
+    ledger = Ledger(store.ledger_uri)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        rows = ledger.rows("resume")
+        if rows and all((r.tokens_done or 0) >= 65_536 for r in rows):
+            break
+        time.sleep(0.2)
+    assert main(["cancel", str(path), "--now"]) == 0
+    t.join(timeout=120)
+    assert result["out"].exit_code == 1                        # cancelled: not every run reached a result
+    rows = {r.run_key: r for r in ledger.rows("resume")}
+    assert {r.state for r in rows.values()} == {"killed"}
+    c, runs = child_runs(store, "resume")
+    killed_ids = {r.info.run_id for r in runs if r.data.tags.get("scalelab.role") == "point"}
+    assert {r.info.status for r in runs if r.info.run_id in killed_ids} == {"KILLED"}
+    assert all(list(Path(r.checkpoint_dir).glob("*.pt")) for r in rows.values())
+
+    again = run_study(cfg, store, show_progress=False)
+    assert again.exit_code == 0
+    c, runs = child_runs(store, "resume")
+    points = [r for r in runs if r.data.tags.get("scalelab.role") == "point"]
+    assert {r.info.run_id for r in points} == killed_ids           # the same MLflow runs
+    for r in points:
+        assert r.info.status == "FINISHED"
+        steps = [m.step for m in c.get_metric_history(r.info.run_id, "val_loss")]
+        assert steps == sorted(set(steps)) and steps[-1] == 640_000
+        gaps = [b - a for a, b in zip(steps, steps[1:])]
+        assert max(gaps) <= 65536                                   # nothing missing across the kill
+    assert all(r.attempts == 2 for r in ledger.rows("resume"))
+    ledger.dispose()

@@ -1,0 +1,72 @@
+"""Fault 8: security defaults (loopback binds, no unpickling, no shell strings, no logged secrets)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from orchestrator import load_study, run_study
+from orchestrator.cli import main, redact
+from tests.reliability.helpers import long_study, point_runs
+
+SRC = [p for pkg in ("orchestrator", "trainer", "analysis")
+       for p in (Path(__file__).parents[2] / pkg).rglob("*.py")]
+
+
+def _calls(name_test):
+    for path in SRC:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and name_test(ast.unparse(node.func)):
+                yield path, node
+
+
+def test_no_unsafe_deserialisation():
+    loads = list(_calls(lambda f: f.endswith("torch.load")))
+    assert loads and all(any(k.arg == "weights_only" and ast.unparse(k.value) == "True"
+                             for k in n.keywords) for _, n in loads)
+    assert not list(_calls(lambda f: f in ("pickle.load", "pickle.loads", "yaml.load",
+                                           "yaml.unsafe_load", "cloudpickle.loads")))
+    for _, n in _calls(lambda f: f.endswith("np.load")):
+        assert not any(k.arg == "allow_pickle" and ast.unparse(k.value) == "True" for k in n.keywords)
+
+
+def test_no_shell_strings_for_subprocesses():
+    assert not list(_calls(lambda f: f in ("os.system", "os.popen")))
+    for path, n in _calls(lambda f: f.startswith("subprocess.")):
+        assert not any(k.arg == "shell" and ast.unparse(k.value) != "False" for k in n.keywords), path
+        assert not (n.args and isinstance(n.args[0], (ast.JoinedStr, ast.BinOp))), path
+
+
+def test_ui_binds_loopback_and_execs_an_argument_list(monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr("os.execve", lambda exe, argv, env: seen.update(argv=argv, env=env))
+    assert main(["ui", "--home", str(tmp_path)]) == 0
+    argv = seen["argv"]
+    assert isinstance(argv, list) and argv[argv.index("--host") + 1] == "127.0.0.1"
+    assert argv[argv.index("--workers") + 1] == "1"
+    assert seen["env"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+
+
+def test_passwords_in_uris_are_masked_when_printed():
+    assert redact("postgresql://bob:hunter2@db:5432/mlflow") == "postgresql://bob:***@db:5432/mlflow"
+    assert redact("sqlite:////x/mlflow.db") == "sqlite:////x/mlflow.db"
+
+
+@pytest.mark.slow
+def test_secrets_in_the_environment_never_reach_mlflow(tmp_path, store, monkeypatch, ray_session):
+    secret = "s3cr3t-9f1c2e"
+    for var in ("RAY_AUTH_TOKEN", "MLFLOW_TRACKING_PASSWORD", "AWS_SECRET_ACCESS_KEY",
+                "PGPASSWORD"):
+        monkeypatch.setenv(var, secret)
+    cfg = load_study(long_study(tmp_path / "s.yaml", "secrets", tokens="[4096]", interval=2048))
+    assert run_study(cfg, store, show_progress=False).exit_code == 0
+    c, points = point_runs(store.tracking_uri, "secrets")
+    exp = c.get_experiment_by_name("secrets")
+    everything = [exp.tags]
+    for r in c.search_runs([exp.experiment_id]):
+        everything += [r.data.params, r.data.tags]
+    assert points and not [d for d in everything
+                           if any(secret in str(k) + str(v) for k, v in d.items())]
+    assert secret.encode() not in Path(store.tracking_uri[len("sqlite:///"):]).read_bytes()
