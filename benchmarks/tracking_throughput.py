@@ -19,9 +19,10 @@ message when nothing answers).
     .venv/bin/python benchmarks/tracking_throughput.py --smoke-test         # K=2, 200 points
     .venv/bin/python benchmarks/tracking_throughput.py --backends server --server-pool-size 40
 
-Exit status 1 when any point was lost or any process raised. Measured on 2 cores: with MLflow's
-default server pool (5 + 10 overflow) K=32 concurrent runs exhaust it; the server answers
-BAD_REQUEST ("QueuePool limit ... reached"), which MlflowSink treats as permanent.
+Exit status 1 when any point was lost or any process raised. The server runs with scalelab's
+settings (orchestrator.cli.SERVER_ENV: pool 20 + 20 overflow). With MLflow's default pool
+(`--server-pool-size 0`: 5 + 10 overflow) K=32 concurrent runs exhaust it and the server answers
+BAD_REQUEST ("QueuePool limit ... reached"); MlflowSink retries that as transient.
 """
 
 from __future__ import annotations
@@ -96,8 +97,12 @@ class Backend:
             return f"sqlite:///{self.workdir / 'mlflow.db'}"
         if self.kind == "server":
             port = free_port()
-            env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-            if self.pool_size:                     # MLflow's default pool: 5 + 10 overflow
+            from orchestrator.cli import SERVER_ENV      # what `scalelab ui` and compose use
+            env = dict(os.environ, **SERVER_ENV)
+            if self.pool_size == 0:                # MLflow's own default pool (5 + 10 overflow)
+                env.pop("MLFLOW_SQLALCHEMYSTORE_POOL_SIZE")
+                env.pop("MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW")
+            elif self.pool_size:
                 env.update(MLFLOW_SQLALCHEMYSTORE_POOL_SIZE=str(self.pool_size),
                            MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW="0")
             mlflow = str(Path(sys.executable).parent / "mlflow")
@@ -191,8 +196,8 @@ def main(argv=None) -> int:
     ap.add_argument("--points", type=int, default=2000, help="metric points per run (default 2000)")
     ap.add_argument("--flush-every", type=int, default=200, help="points between flushes (default 200)")
     ap.add_argument("--server-pool-size", type=int, default=None,
-                    help="the server's SQLAlchemy pool size (MLFLOW_SQLALCHEMYSTORE_POOL_SIZE, "
-                         "overflow 0); default: MLflow's own (5 + 10 overflow)")
+                    help="the server's SQLAlchemy pool size (overflow 0); default: scalelab's "
+                         "server settings (20 + 20 overflow); 0: MLflow's own (5 + 10 overflow)")
     ap.add_argument("--smoke-test", action="store_true", help="K=2, 200 points: a quick check")
     a = ap.parse_args(argv)
     ks = [2] if a.smoke_test else [int(x) for x in a.k.split(",")]

@@ -19,6 +19,11 @@ from .tracking import Settings
 
 EXIT_BAD_INPUT = 2
 ASSUMED_CPU_FLOPS = 1.0e10         # FLOP/s per CPU core for tiny models (measured 1-2e10 here), when nothing was measured
+# The MLflow server's settings wherever scalelab starts one: no job runner (idle CPU, memory),
+# and a DB pool that 32+ concurrent runs do not exhaust (MLflow's default 5 + 10 overflow lost
+# points at K=32 in benchmarks/tracking_throughput.py).
+SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+              "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "20", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "20"}
 ASSUMED_GPU_PEAK, ASSUMED_MFU = 989e12, 0.35   # H100 bf16 dense peak, a typical achieved MFU
 
 
@@ -188,7 +193,7 @@ def cmd_ui(a: argparse.Namespace) -> int:
     uri = settings.tracking_uri
     if uri.startswith("http"):
         raise StudyError("--tracking-uri", f"{uri} is already a server; open it in a browser")
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    env = dict(os.environ, **SERVER_ENV)
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
            "--host", a.host, "--port", str(a.port), "--workers", "1",
            "--default-artifact-root", settings.artifact_root]

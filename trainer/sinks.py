@@ -55,6 +55,13 @@ class InMemorySink:
         return [(s, v) for k, v, s in self.metrics if k == key]
 
 
+def _overloaded(e: Exception) -> bool:
+    """A server whose DB connection pool is exhausted answers BAD_REQUEST; nothing was written,
+    so it is safe (and right) to retry."""
+    text = str(e)
+    return "QueuePool limit" in text or "connection timed out" in text.lower()
+
+
 class MlflowSinkError(RuntimeError):
     """The MLflow store stayed unreachable until the buffer overflowed, or rejected the data."""
 
@@ -95,6 +102,7 @@ class MlflowSink:
         self._params: dict[str, str] = {}
         self._tags: dict[str, str] = {}
         self._stored_max: dict[str, int] = {}
+        self._recheck = False          # after a failed send: drop points the store already has
         self._failures = 0
         self._next_try = 0.0
         self.last_error: BaseException | None = None
@@ -159,10 +167,14 @@ class MlflowSink:
         try:
             self._send()
         except Exception as e:   # noqa: BLE001 - a store error of any kind is retried
-            if getattr(e, "error_code", None) in _PERMANENT:
+            if getattr(e, "error_code", None) in _PERMANENT and not _overloaded(e):
                 raise MlflowSinkError(f"MLflow run {self.run_id} rejected the data: {e}") from e
             self.last_error = e
             self._failures += 1
+            # The store may have committed a batch whose answer never arrived (timeout, client
+            # retry): re-read what it holds before sending again, so nothing is duplicated.
+            self._stored_max.clear()
+            self._recheck = True
             self._next_try = time.monotonic() + min(60.0, 2.0 ** (self._failures - 1))
             return False
         self._failures = 0
@@ -181,8 +193,9 @@ class MlflowSink:
                 del self._params[k]
             for k, _ in tags:
                 del self._tags[k]
-        if self.resume:
+        if self.resume or self._recheck:
             self._dedup()
+            self._recheck = False
         while self._metrics:
             batch = self._metrics[: self.MAX_METRICS_PER_BATCH]
             self.client.log_batch(self.run_id, metrics=batch)

@@ -105,3 +105,30 @@ def test_train_logs_to_mlflow_and_resumes_same_run(store, tmp_path):
     assert steps == sorted(set(steps)) and steps[-1] == 4096
     assert _history(client, run_id, "val_loss")[-1] == (4096, pytest.approx(res.val_loss))
     assert "true_entropy" in client.get_run(run_id).data.params
+
+
+def test_a_batch_committed_but_unacknowledged_is_not_duplicated(store):
+    """A timeout after the store committed (client retries, overloaded server) must not make the
+    next send write the same points again."""
+    uri, client, _ = store
+    run_id = _run(store)
+    sink = MlflowSink(uri, run_id)
+    real = sink.client.log_batch
+    calls = {"n": 0}
+
+    def commit_then_time_out(*args, **kwargs):
+        real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 1 and kwargs.get("metrics"):
+            raise ConnectionError("read timed out")
+
+    sink.client.log_batch = commit_then_time_out
+    for step in range(10):
+        sink.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+    sink.flush()                          # committed, but reported as failed: kept buffered
+    assert sink.pending == 10
+    for step in range(10, 15):
+        sink.log_metrics({"loss": 0.05}, step=step)
+    sink.close(timeout_s=10)
+    steps = [s for s, _ in _history(client, run_id, "loss")]
+    assert steps == list(range(15))       # every point once
