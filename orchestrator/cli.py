@@ -300,7 +300,16 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def load_dotenv_file(path: str = ".env") -> None:
+    """Secrets (RAY_AUTH_TOKEN, database passwords) come from the environment or from a `.env`
+    file in the working directory; variables already set win. Never logged anywhere."""
+    if Path(path).is_file():
+        from dotenv import load_dotenv
+        load_dotenv(path, override=False)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    load_dotenv_file()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
