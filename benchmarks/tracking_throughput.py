@@ -76,12 +76,9 @@ def free_port() -> int:
 
 
 def pg_reachable() -> bool:
+    from orchestrator.tracking import tcp_reachable
     u = urlparse(PG_URL)
-    try:
-        with socket.create_connection((u.hostname, u.port or 5432), timeout=2):
-            return True
-    except OSError:
-        return False
+    return tcp_reachable(u.hostname, u.port or 5432, timeout=2)
 
 
 class Backend:

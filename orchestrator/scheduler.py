@@ -9,7 +9,6 @@ and dispatch.
 from __future__ import annotations
 
 import os
-import socket
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -42,12 +41,9 @@ def check_address(address: str | None) -> None:
     host, _, port = hostport.rpartition(":")
     if not port.isdigit():
         raise StudyError("--address", f"{address!r} is not HOST:PORT or ray://HOST:PORT")
-    try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=3):
-            pass
-    except OSError as e:
-        raise StudyError("--address", f"no Ray cluster answers at {address} ({e}); start it "
-                                      "(`ray start --head --port=...`) or fix --address/RAY_ADDRESS") from None
+    if not tracking.tcp_reachable(host or "127.0.0.1", int(port)):
+        raise StudyError("--address", f"no Ray cluster answers at {address}; start it "
+                                      "(`ray start --head --port=...`) or fix --address/RAY_ADDRESS")
 
 
 def connect_ray(address: str | None) -> bool:

@@ -60,7 +60,8 @@ class Settings:
 
 # --------------------------------------------------------------------------- reachability
 
-def _tcp_ok(host: str, port: int, timeout: float = 3.0) -> bool:
+def tcp_reachable(host: str, port: int, timeout: float = 3.0) -> bool:
+    """True when something accepts TCP connections at host:port."""
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return True
@@ -81,7 +82,7 @@ def check_tracking_uri(uri: str, flag: str = "--tracking-uri") -> None:
                                    "choose another path or set SCALELAB_HOME")
     elif u.scheme.startswith(("postgresql", "mysql")):
         port = u.port or (5432 if u.scheme.startswith("postgresql") else 3306)
-        if not _tcp_ok(u.hostname or "127.0.0.1", port):
+        if not tcp_reachable(u.hostname or "127.0.0.1", port):
             raise StudyError(flag, f"no database answers at {u.hostname}:{port}; start it or fix "
                                    "the URI (e.g. postgresql://user@127.0.0.1:5432/mlflow)")
     elif u.scheme in ("http", "https"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import textwrap
 import uuid
 from pathlib import Path
@@ -66,12 +65,10 @@ def tiny_study(tmp_path):
 
 def pg_available() -> bool:
     from urllib.parse import urlparse
+
+    from orchestrator.tracking import tcp_reachable
     u = urlparse(PG_URL)
-    try:
-        with socket.create_connection((u.hostname, u.port or 5432), timeout=2):
-            return True
-    except OSError:
-        return False
+    return tcp_reachable(u.hostname, u.port or 5432, timeout=2)
 
 
 @pytest.fixture
