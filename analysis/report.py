@@ -300,7 +300,7 @@ def write_report(points: Points, out_dir, *, true_entropy=None, budgets=None, cu
         ax.set_xlabel("N (parameters)")
         ax.set_ylabel("final loss (nats/token)")
         ax.set_title("IsoFLOP curves with fitted parabolas in log N (x: minima)")
-        if len(good) <= 12:
+        if 0 < len(good) <= 12:
             ax.legend(fontsize=7, ncol=2)
         doc.fig("isoflop", fig, "IsoFLOP profiles")
 
