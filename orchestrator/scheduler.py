@@ -46,6 +46,11 @@ def check_address(address: str | None) -> None:
                                       "(`ray start --head --port=...`) or fix --address/RAY_ADDRESS")
 
 
+# Ray binds its gRPC servers to the node IP, which on Linux is the machine's address; with
+# "clusters" off the embedded Ray's node IP is 127.0.0.1 and every server listens on loopback.
+LOCAL_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
 def connect_ray(address: str | None) -> bool:
     """Attach to a cluster, or start an embedded local Ray. Returns True if we connected.
 
@@ -53,7 +58,11 @@ def connect_ray(address: str | None) -> bool:
     of it (Slurm, `ray job submit`, a test cluster). `ray://HOST:10001` uses Ray Client from
     anywhere that reaches the port. Token auth comes from the environment (`RAY_AUTH_TOKEN`,
     else ~/.ray/auth_token): a token alone implies `RAY_AUTH_MODE=token`. The embedded local Ray
-    binds its GCS to a port the OS picks (port 0; never 6379, which a local Redis often holds)."""
+    binds its GCS to a port the OS picks (port 0; never 6379, which a local Redis often holds)
+    and, like everything scalelab starts, listens on 127.0.0.1 only (LOCAL_ONLY_ENV)."""
+    if not address:
+        for k, v in LOCAL_ONLY_ENV.items():     # read when ray is first imported
+            os.environ.setdefault(k, v)
     import ray
     if ray.is_initialized():
         return False

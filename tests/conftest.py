@@ -13,6 +13,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.pop("MLFLOW_TRACKING_URI", None)       # tests choose their own stores
 os.environ.pop("RAY_ADDRESS", None)
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")   # the session Ray: loopback only,
+                                                                   # as orchestrator.scheduler.connect_ray
 
 PG_URL = os.environ.get("SCALELAB_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,38 @@ def test_secrets_in_the_environment_never_reach_mlflow(tmp_path, store, monkeypa
     assert points and not [d for d in everything
                            if any(secret in str(k) + str(v) for k, v in d.items())]
     assert secret.encode() not in Path(store.tracking_uri[len("sqlite:///"):]).read_bytes()
+
+
+def test_embedded_ray_listens_on_loopback_only():
+    """`scalelab run` without --address starts a local Ray: none of its servers may be reachable
+    from other machines."""
+    import shutil
+    import subprocess
+    import sys
+    if shutil.which("ss") is None:
+        pytest.skip("needs `ss` (iproute2) to list listening sockets")
+    probe = r"""
+import os, subprocess
+os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+from orchestrator.scheduler import connect_ray
+connect_ray(None)                                        # imports ray: nothing may before it
+import ray
+ray.get(ray.remote(lambda: 1).remote())                  # a worker process is up too
+def children(pid):
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    kids = [int(p) for p in out.stdout.split()]
+    return kids + [g for k in kids for g in children(k)]
+pids = {os.getpid(), *children(os.getpid())}
+for line in subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True).stdout.splitlines():
+    if any(f"pid={p}," in line for p in pids):
+        print(line.split()[3])
+ray.shutdown()
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    addresses = out.stdout.split()
+    assert len(addresses) >= 3, out.stdout                  # gcs, raylet, worker at least
+    bad = [a for a in addresses if not a.rsplit(":", 1)[0].strip("[]").endswith("127.0.0.1")]
+    assert not bad, f"listening beyond loopback: {bad}"
