@@ -112,10 +112,14 @@ class Ledger:
         self.url = url
         self.engine = make_engine(url)
         if create:
-            try:
-                metadata.create_all(self.engine)
-            except sa.exc.DatabaseError:     # another process created the tables in between
-                metadata.create_all(self.engine)
+            for attempt in range(len(metadata.tables) + 2):
+                try:
+                    metadata.create_all(self.engine)
+                    break
+                except sa.exc.DatabaseError:  # another process created a table in between
+                    if attempt == len(metadata.tables) + 1:
+                        raise
+                    time.sleep(0.05)
             _add_missing_columns(self.engine)
 
     # ---------------------------------------------------------------- studies
