@@ -15,7 +15,6 @@ are biased upward (SCALING.md), so the envelope is only as good as the schedule 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
 
-from .chinchilla import ChinchillaFit, predict_loss
+from .chinchilla import ChinchillaFit
 
 CONFIG_COLS = ("experts", "top_k", "granularity")
 

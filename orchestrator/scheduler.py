@@ -9,7 +9,6 @@ and dispatch.
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any

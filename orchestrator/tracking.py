@@ -178,7 +178,7 @@ def existing_children(c, experiment_id: str) -> dict[str, str]:
 
 def create_child_run(c, experiment_id: str, parent_id: str, study: str, run_key: str,
                      run_name: str, role: str, params: dict, extra_tags: dict | None = None) -> str:
-    from mlflow.entities import Param, RunTag
+    from mlflow.entities import Param
     tags = {"mlflow.parentRunId": parent_id, ROLE: role, STUDY: study, RUN_KEY: run_key,
             **(extra_tags or {})}
     run = c.create_run(experiment_id, run_name=run_name, tags=tags)

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.chinchilla import ChinchillaFit, compute_optimal, predict_loss
+from analysis.chinchilla import compute_optimal, predict_loss
 from analysis.constrained import data_constrained_loss, effective_data
 from analysis.moe import (effective_dense_params, fit_clark, fit_krajewski, fit_moe_per_config,
                           saturating_experts)

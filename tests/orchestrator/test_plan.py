@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 
-import pytest
 
 from orchestrator.cli import main
 from tests.conftest import write_study
