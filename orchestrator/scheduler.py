@@ -185,8 +185,7 @@ def _payload(item: WorkItem, cfg: StudyConfig, settings: tracking.Settings, ledg
         lease = ledger.acquire(p.key)
         runs.append({"run_key": p.key, "spec": p.spec.to_dict(), "lease": lease,
                      "mlflow_run_id": rows[p.key].mlflow_run_id, "attempt": rows[p.key].attempts + 1,
-                     "checkpoint_dir": rows[p.key].checkpoint_dir,
-                     "checkpoint_rel": _rel(settings, settings.checkpoint_dir(cfg.study, p.key))})
+                     "checkpoint_dir": rows[p.key].checkpoint_dir})
     payload = {"study": cfg.study, "runs": runs, "tracking_uri": settings.tracking_uri,
                "ledger_uri": settings.ledger_uri, "num_cpus": cfg.resources.num_cpus,
                # how long a run's end waits for an unreachable MLflow store before it fails
@@ -196,13 +195,7 @@ def _payload(item: WorkItem, cfg: StudyConfig, settings: tracking.Settings, ledg
         payload["trunk"] = {"run_key": t.run_key, "lease": ledger.acquire(t.run_key),
                             "mlflow_run_id": t.mlflow_run_id}
         payload["trunk_dir"] = t.checkpoint_dir
-        payload["trunk_rel"] = _rel(settings, settings.trunk_dir(cfg.study, t.run_key))
     return payload
-
-
-def _rel(settings: tracking.Settings, path: str) -> str:
-    """A checkpoint path relative to the root: a node with SCALELAB_NODE_CHECKPOINT_DIR rebases it."""
-    return os.path.relpath(path, settings.checkpoint_root)
 
 
 def run_study(cfg: StudyConfig, settings: tracking.Settings, *, address: str | None = None,

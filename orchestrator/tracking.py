@@ -52,10 +52,20 @@ class Settings:
                    artifact_root=artifacts)
 
     def checkpoint_dir(self, study: str, run_key: str) -> str:
-        return str(Path(self.checkpoint_root) / study / run_key)
+        return checkpoint_path(self.checkpoint_root, study, run_key)
 
     def trunk_dir(self, study: str, trunk_key: str) -> str:
-        return str(Path(self.checkpoint_root) / study / "trunks" / trunk_key)
+        return trunk_path(self.checkpoint_root, study, trunk_key)
+
+
+# The checkpoint layout under a root, shared by the driver and by nodes that mount the same
+# storage under another root (SCALELAB_NODE_CHECKPOINT_DIR).
+def checkpoint_path(root: str, study: str, run_key: str) -> str:
+    return str(Path(root) / study / run_key)
+
+
+def trunk_path(root: str, study: str, trunk_key: str) -> str:
+    return str(Path(root) / study / "trunks" / trunk_key)
 
 
 # --------------------------------------------------------------------------- reachability

@@ -128,17 +128,18 @@ def node_local(item: dict[str, Any]) -> dict[str, Any]:
     """The driver's locations, overridden by this node's SCALELAB_NODE_TRACKING_URI,
     SCALELAB_NODE_LEDGER_URI and SCALELAB_NODE_CHECKPOINT_DIR when set (e.g. in docker the
     driver on the host sees http://127.0.0.1:5000 where nodes reach http://mlflow:5000).
-    Checkpoint dirs are rebased: the node's root joined with the driver-relative part."""
+    Checkpoint dirs are rebased: the same layout (tracking.checkpoint_path) under the node's root."""
     env = os.environ
     item = dict(item)
     item["tracking_uri"] = env.get("SCALELAB_NODE_TRACKING_URI") or item["tracking_uri"]
     item["ledger_uri"] = env.get("SCALELAB_NODE_LEDGER_URI") or item["ledger_uri"]
     root = env.get("SCALELAB_NODE_CHECKPOINT_DIR")
     if root:
-        item["runs"] = [dict(r, checkpoint_dir=os.path.join(root, r["checkpoint_rel"]))
+        study = item["study"]
+        item["runs"] = [dict(r, checkpoint_dir=tracking.checkpoint_path(root, study, r["run_key"]))
                         for r in item["runs"]]
-        if item.get("trunk_dir"):
-            item["trunk_dir"] = os.path.join(root, item["trunk_rel"])
+        if item.get("trunk"):
+            item["trunk_dir"] = tracking.trunk_path(root, study, item["trunk"]["run_key"])
     return item
 
 

@@ -13,12 +13,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def payload(settings: Settings) -> dict:
-    from orchestrator.scheduler import _rel
     return {"study": "s", "tracking_uri": settings.tracking_uri, "ledger_uri": settings.ledger_uri,
-            "num_cpus": 1, "trunk_dir": settings.trunk_dir("s", "t1"),
-            "trunk_rel": _rel(settings, settings.trunk_dir("s", "t1")),
-            "runs": [{"run_key": "k1", "checkpoint_dir": settings.checkpoint_dir("s", "k1"),
-                      "checkpoint_rel": _rel(settings, settings.checkpoint_dir("s", "k1"))}]}
+            "num_cpus": 1, "trunk": {"run_key": "t1"}, "trunk_dir": settings.trunk_dir("s", "t1"),
+            "runs": [{"run_key": "k1", "checkpoint_dir": settings.checkpoint_dir("s", "k1")}]}
 
 
 def test_local_mode_changes_nothing(tmp_path, monkeypatch):
