@@ -70,6 +70,16 @@ def _read_ledger(settings: Settings, study: str):
         ledger.dispose()
 
 
+def _study_view(settings: Settings, cfg: StudyConfig, rows: dict) -> dict:
+    """Rows as a reader should see them (runs of a dead driver: `interrupted`), after a warning
+    on stderr when the study file's recipe differs from the one the study ran with."""
+    from .bookkeeping import inspect_study
+    view = inspect_study(settings.ledger_uri, cfg, rows)
+    if view.warning:
+        print(f"warning: {view.warning}", file=sys.stderr)
+    return view.rows
+
+
 # --------------------------------------------------------------------------- plan / status
 
 def cmd_plan(a: argparse.Namespace) -> int:
@@ -78,6 +88,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
     planned = expand(cfg)
     settings = _settings(a)
     rows, measured = _read_ledger(settings, cfg.study)
+    rows = _study_view(settings, cfg, rows)
     if measured:
         rate, how = measured, "measured"
     elif cfg.resources.num_gpus:
@@ -119,7 +130,9 @@ def cmd_status(a: argparse.Namespace) -> int:
     from .progress import summarize
     cfg = load_study(a.study)
     planned = expand(cfg)
-    rows, _ = _read_ledger(_settings(a), cfg.study)
+    settings = _settings(a)
+    rows, _ = _read_ledger(settings, cfg.study)
+    rows = _study_view(settings, cfg, rows)
     summary = summarize(planned, rows, 0.0, 0.0)
     runs = []
     for p in planned:
@@ -155,7 +168,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     if a.max_concurrent is not None and a.max_concurrent < 1:
         raise StudyError("--max-concurrent", "must be >= 1")
     outcome = run_study(cfg, settings, address=address, max_concurrent=a.max_concurrent,
-                        show_progress=not a.no_progress)
+                        show_progress=not a.no_progress, reuse=not a.no_reuse)
     for m in outcome.messages:
         print(m)
     counts: dict[str, int] = {}
@@ -262,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
                                             "else $SCALELAB_HOME/checkpoints); shared storage on "
                                             "a multi-node cluster")
     p.add_argument("--no-progress", action="store_true", help="no live progress display")
+    p.add_argument("--no-reuse", action="store_true",
+                   help="train every point, even those another study of the store finished "
+                        "(default: copy such results in, tagged scalelab.reused_from)")
     _store_args(p)
     p.set_defaults(func=cmd_run)
 

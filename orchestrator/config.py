@@ -110,9 +110,20 @@ class StudyConfig:
     source_path: str = field(default="", compare=False)
 
     def fingerprint(self) -> dict[str, Any]:
-        """What makes two files the same study (the grid may grow; data and recipe may not)."""
+        """What makes two files the same study (the grid may grow; data and recipe may not;
+        run-time settings such as the device or the eval cadence may change)."""
         from dataclasses import asdict
-        return {"data": asdict(self.data), "model": asdict(self.model), "train": asdict(self.train)}
+
+        from trainer.spec import RUNTIME_FIELDS
+        train = {k: v for k, v in asdict(self.train).items() if k not in RUNTIME_FIELDS}
+        return {"data": asdict(self.data), "model": asdict(self.model), "train": train}
+
+    def legacy_fingerprint(self, **runtime: Any) -> dict[str, Any]:
+        """The fingerprint of stores written before run-time settings left it, with those
+        settings as the study ran then (`runtime`, default: as in this file)."""
+        from dataclasses import asdict, replace
+        train = replace(self.train, **runtime) if runtime else self.train
+        return {"data": asdict(self.data), "model": asdict(self.model), "train": asdict(train)}
 
 
 # --------------------------------------------------------------------------- validation helpers

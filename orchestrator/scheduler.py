@@ -9,12 +9,12 @@ and dispatch.
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import tracking
+from . import bookkeeping, tracking
 from .config import StudyConfig, StudyError
+from .driverlock import StudyBusy, busy_message, driver_alive, hold_study
 from .grid import PlannedRun, WorkItem, expand, work_items
 from .ledger import Ledger, LedgerRow, spec_json
 from .progress import Progress
@@ -121,57 +121,97 @@ def validate(cfg: StudyConfig, settings: tracking.Settings, address: str | None
         tracking.check_tracking_uri(settings.ledger_uri, flag="SCALELAB_LEDGER_URI")
     check_address(address)
     tracking.check_experiment(settings.tracking_uri, cfg.study,
-                              tracking.fingerprint_hash(cfg.fingerprint()))
+                              tracking.fingerprint_hash(cfg.fingerprint()),
+                              legacy=_legacy_fingerprints(cfg, settings))
     return planned
 
 
+def _legacy_fingerprints(cfg: StudyConfig, settings: tracking.Settings) -> tuple[str, ...]:
+    """Read-only: the study's fingerprints under the older scheme (see bookkeeping)."""
+    import sqlalchemy as sa
+    if not tracking.store_exists(settings.ledger_uri):
+        return bookkeeping.legacy_fingerprints(cfg, None)
+    ledger = Ledger(settings.ledger_uri, create=False)
+    try:
+        return bookkeeping.legacy_fingerprints(cfg, ledger)
+    except sa.exc.SQLAlchemyError:          # no ledger tables yet: only this file's settings
+        return bookkeeping.legacy_fingerprints(cfg, None)
+    finally:
+        ledger.dispose()
+
+
 def record_plan(cfg: StudyConfig, settings: tracking.Settings, planned: list[PlannedRun],
-                ledger: Ledger) -> tuple[str, str]:
-    """Create the store, experiment, parent run, a child run per point (and per wsd trunk) and
-    the ledger rows; idempotent. Returns (experiment_id, parent_run_id)."""
+                ledger: Ledger, *, reuse: bool = True,
+                messages: list[str] | None = None) -> tuple[str, str]:
+    """Create the store, experiment and parent run; reconcile the ledger with MLflow (legacy
+    keys, lost runs, adoptable results, reuse from other studies); insert the study's ledger rows
+    and a child run per point still to train (and per wsd trunk); idempotent.
+    Returns (experiment_id, parent_run_id)."""
+    notes = messages if messages is not None else []
     fp = tracking.fingerprint_hash(cfg.fingerprint())
     c = tracking.client(settings.tracking_uri)
     exp_id = tracking.ensure_experiment(c, cfg.study, fp, settings.artifact_root)
     parent = tracking.ensure_parent_run(c, exp_id, cfg.study, cfg.description)
     ledger.upsert_study(cfg.study, fingerprint=fp, experiment_id=exp_id, parent_run_id=parent)
+    bookkeeping.migrate_legacy_keys(ledger, c)
+    runs = tracking.child_runs(c, exp_id)
+    lost = bookkeeping.forget_lost_runs(ledger, cfg.study, {r.info.run_id for r in runs})
+    if lost:
+        notes.append(f"{len(lost)} run(s) recorded in the ledger are missing from the MLflow store "
+                     "(lost or deleted): re-logging them from their checkpoints, else retraining")
+    ledger.ensure(cfg.study, _plan_rows(cfg, settings, planned))
+    adopted = bookkeeping.adopt_children(ledger, cfg.study, tracking.children_by_key(runs))
+    if adopted:
+        notes.append(f"{len(adopted)} run(s) adopted as results from the MLflow store")
+    if reuse:
+        reused = bookkeeping.reuse_finished(c, ledger, cfg.study, exp_id, parent, planned)
+        if reused:
+            notes.append(f"{len(reused)} point(s) reused from other studies of this store "
+                         "(tagged scalelab.reused_from; `--no-reuse` retrains them)")
+    _create_missing_children(c, cfg, ledger, exp_id, parent, planned)
+    return exp_id, parent
 
+
+def _plan_rows(cfg: StudyConfig, settings: tracking.Settings,
+               planned: list[PlannedRun]) -> list[dict[str, Any]]:
+    """One ledger row per point, and per wsd trunk (sized by its longest branch)."""
     trunks: dict[str, PlannedRun] = {}
     rows = []
     for p in planned:
-        rows.append({"run_key": p.key, "study": cfg.study, "kind": "point", "trunk_key": p.trunk_key,
+        rows.append({"run_key": p.key, "kind": "point", "trunk_key": p.trunk_key,
                      "tokens": p.tokens, "flops": p.flops, "spec_json": spec_json(p.spec.to_dict()),
                      "checkpoint_dir": settings.checkpoint_dir(cfg.study, p.key)})
         if p.trunk_key and (p.trunk_key not in trunks or trunks[p.trunk_key].tokens < p.tokens):
             trunks[p.trunk_key] = p
     for tk, p in trunks.items():
-        rows.append({"run_key": tk, "study": cfg.study, "kind": "trunk", "trunk_key": tk,
+        rows.append({"run_key": tk, "kind": "trunk", "trunk_key": tk,
                      "tokens": p.tokens, "flops": 0.0, "spec_json": None,
                      "checkpoint_dir": settings.trunk_dir(cfg.study, tk)})
-    ledger.ensure(rows)
+    return rows
 
-    known = {r.run_key: r for r in ledger.rows(cfg.study)}
-    missing = [r for r in rows if not known[r["run_key"]].mlflow_run_id]
-    if missing:
-        existing = tracking.existing_children(c, exp_id)   # adopt runs a crashed driver created
-        by_key = {p.key: p for p in planned}
-        for r in missing:
-            key = r["run_key"]
-            run_id = existing.get(key)
-            if run_id is None:
-                if r["kind"] == "point":
-                    p = by_key[key]
-                    params = p.mlflow_params()     # the trainer adds its own (true_entropy, ...)
-                    run_id = tracking.create_child_run(
-                        c, exp_id, parent, cfg.study, key, f"{p.label}-D{p.tokens:.2g}-s{p.spec.seed}",
-                        "point", params, {"scalelab.label": p.label,
-                                          "scalelab.experts": str(p.spec.model.experts)})
-                else:
-                    p = trunks[key]
-                    run_id = tracking.create_child_run(
-                        c, exp_id, parent, cfg.study, key, f"{p.label}-trunk-s{p.spec.seed}",
-                        "trunk", {"run_key": key, "n_params": p.n_params, "schedule": "wsd"})
-            ledger.update(key, mlflow_run_id=run_id)
-    return exp_id, parent
+
+def _create_missing_children(c, cfg: StudyConfig, ledger: Ledger, exp_id: str, parent: str,
+                             planned: list[PlannedRun]) -> None:
+    """An MLflow child run for every row still to train that has none yet."""
+    rows = {r.run_key: r for r in ledger.rows(cfg.study)}
+    by_key = {p.key: p for p in planned}
+    trunks = {p.trunk_key: p for p in sorted(planned, key=lambda p: p.tokens) if p.trunk_key}
+    for key, row in rows.items():
+        if row.mlflow_run_id or (key not in by_key and key not in trunks) or \
+                not bookkeeping.needs_run(rows, key, planned):
+            continue
+        if row.kind == "point":
+            p = by_key[key]
+            params = p.mlflow_params()     # the trainer adds its own (true_entropy, ...)
+            run_id = tracking.create_child_run(
+                c, exp_id, parent, cfg.study, key, bookkeeping.point_run_name(p), "point", params,
+                {"scalelab.label": p.label, "scalelab.experts": str(p.spec.model.experts)})
+        else:
+            p = trunks[key]
+            run_id = tracking.create_child_run(
+                c, exp_id, parent, cfg.study, key, f"{p.label}-trunk-s{p.spec.seed}",
+                "trunk", {"run_key": key, "n_params": p.n_params, "schedule": "wsd"})
+        ledger.update(cfg.study, key, mlflow_run_id=run_id)
 
 
 # --------------------------------------------------------------------------- dispatch
@@ -182,7 +222,7 @@ def _payload(item: WorkItem, cfg: StudyConfig, settings: tracking.Settings, ledg
     for p in item.runs:
         if rows[p.key].done:
             continue
-        lease = ledger.acquire(p.key)
+        lease = ledger.acquire(cfg.study, p.key)
         runs.append({"run_key": p.key, "spec": p.spec.to_dict(), "lease": lease,
                      "mlflow_run_id": rows[p.key].mlflow_run_id, "attempt": rows[p.key].attempts + 1,
                      "checkpoint_dir": rows[p.key].checkpoint_dir})
@@ -192,38 +232,68 @@ def _payload(item: WorkItem, cfg: StudyConfig, settings: tracking.Settings, ledg
                "tracking_timeout_s": float(os.environ.get("SCALELAB_TRACKING_TIMEOUT_S", 60))}
     if item.trunk_key:
         t = rows[item.trunk_key]
-        payload["trunk"] = {"run_key": t.run_key, "lease": ledger.acquire(t.run_key),
+        payload["trunk"] = {"run_key": t.run_key, "lease": ledger.acquire(cfg.study, t.run_key),
                             "mlflow_run_id": t.mlflow_run_id}
         payload["trunk_dir"] = t.checkpoint_dir
     return payload
 
 
 def run_study(cfg: StudyConfig, settings: tracking.Settings, *, address: str | None = None,
-              max_concurrent: int | None = None, show_progress: bool = True) -> StudyOutcome:
-    """Execute the study and block until it ends. Bad input raises StudyError before any write."""
+              max_concurrent: int | None = None, show_progress: bool = True,
+              reuse: bool = True) -> StudyOutcome:
+    """Execute the study and block until it ends. Bad input raises StudyError before any write;
+    so does a study another live driver holds (StudyBusy). `reuse`: copy points that other
+    studies of the store finished instead of training them again."""
     planned = validate(cfg, settings, address)
+    refuse_if_held(cfg, settings)
     started = connect_ray(address)
     try:
         import ray
         slots = check_resources(cfg)
         ledger = Ledger(settings.ledger_uri)
         try:
-            exp_id, parent = record_plan(cfg, settings, planned, ledger)
-            ledger.request_cancel(cfg.study, None)
-            ledger.upsert_study(cfg.study, driver=uuid.uuid4().hex)
-            outcome = _dispatch(cfg, settings, planned, ledger, slots, max_concurrent, show_progress)
-            outcome.experiment_id, outcome.parent_run_id = exp_id, parent
-            try:
-                _close_parent(settings, parent, outcome)
-            except Exception as e:            # the ledger holds the truth; a rerun closes it
-                outcome.messages.append(f"could not update the parent MLflow run (store "
-                                        f"unreachable?): {type(e).__name__}: {str(e)[:300]}")
-            return outcome
+            with hold_study(ledger, cfg.study, cfg.source_path or "STUDY.yaml"):
+                return _run_held(cfg, settings, planned, ledger, slots, max_concurrent,
+                                 show_progress, reuse)
         finally:
             ledger.dispose()
     finally:
         if started:
             ray.shutdown()
+
+
+def refuse_if_held(cfg: StudyConfig, settings: tracking.Settings) -> None:
+    """Read-only early check (before Ray starts): StudyBusy if a live driver holds the study."""
+    import sqlalchemy as sa
+    if not tracking.store_exists(settings.ledger_uri):
+        return
+    ledger = Ledger(settings.ledger_uri, create=False)
+    try:
+        holder = ledger.study(cfg.study)
+    except sa.exc.SQLAlchemyError:            # no ledger tables yet (or an older schema)
+        return
+    finally:
+        ledger.dispose()
+    if driver_alive(holder):
+        raise StudyBusy("study", busy_message(cfg.study, holder, cfg.source_path or "STUDY.yaml"))
+
+
+def _run_held(cfg: StudyConfig, settings: tracking.Settings, planned: list[PlannedRun],
+              ledger: Ledger, slots: int, max_concurrent: int | None, show_progress: bool,
+              reuse: bool) -> StudyOutcome:
+    """The study once this driver holds it: record the plan, dispatch, close the parent run."""
+    notes: list[str] = []
+    exp_id, parent = record_plan(cfg, settings, planned, ledger, reuse=reuse, messages=notes)
+    ledger.request_cancel(cfg.study, None)
+    outcome = _dispatch(cfg, settings, planned, ledger, slots, max_concurrent, show_progress)
+    outcome.messages[:0] = notes
+    outcome.experiment_id, outcome.parent_run_id = exp_id, parent
+    try:
+        _close_parent(settings, parent, outcome)
+    except Exception as e:            # the ledger holds the truth; a rerun closes it
+        outcome.messages.append(f"could not update the parent MLflow run (store "
+                                f"unreachable?): {type(e).__name__}: {str(e)[:300]}")
+    return outcome
 
 
 def _close_parent(settings: tracking.Settings, parent: str, outcome: StudyOutcome) -> None:
@@ -274,7 +344,7 @@ def _dispatch(cfg: StudyConfig, settings: tracking.Settings, planned: list[Plann
                 item_id = item.runs[0].key
                 try:
                     results = ray.get(ref)
-                    retry, why = _handle_results(results, item, ledger, settings, failed_final)
+                    retry, why = _handle_results(results, cfg.study, ledger, settings, failed_final)
                     if any(r.get("storage") for r in results) and not cancelled:
                         cancelled = True             # every later run would fail the same way
                         messages.append("checkpoint storage unusable: starting no new runs: "
@@ -290,15 +360,15 @@ def _dispatch(cfg: StudyConfig, settings: tracking.Settings, planned: list[Plann
                         queue.insert(0, item)
                         continue
                     for p in item.runs:
-                        if not rows_done(ledger, p.key):
+                        if not rows_done(ledger, cfg.study, p.key):
                             failed_final[p.key] = why
-                            _mark_failed(ledger, settings, p.key, why)
+                            _mark_failed(ledger, settings, cfg.study, p.key, why)
             progress.update({r.run_key: r for r in ledger.rows(cfg.study)})
         final_rows = {r.run_key: r for r in ledger.rows(cfg.study)}
         progress.update(final_rows)
 
     if cancelled and ledger.cancel_requested(cfg.study) == "now":
-        _mark_killed(ledger, settings, planned, final_rows)
+        _mark_killed(ledger, settings, cfg.study, planned, final_rows)
         final_rows = {r.run_key: r for r in ledger.rows(cfg.study)}
     states = {p.key: final_rows[p.key].state for p in planned}
     for p in planned:                           # results that are not plain successes, reported
@@ -315,19 +385,19 @@ def _dispatch(cfg: StudyConfig, settings: tracking.Settings, planned: list[Plann
     return StudyOutcome(exit_code=code, states=states, messages=messages)
 
 
-def rows_done(ledger: Ledger, key: str) -> bool:
-    r = ledger.get(key)
+def rows_done(ledger: Ledger, study: str, key: str) -> bool:
+    r = ledger.get(study, key)
     return r is not None and r.done
 
 
-def _handle_results(results: list[dict], item: WorkItem, ledger: Ledger,
+def _handle_results(results: list[dict], study: str, ledger: Ledger,
                     settings: tracking.Settings, failed_final: dict[str, str]) -> tuple[bool, str]:
     """Returns (retry?, reason). Bug-class failures and divergence are never retried."""
     for r in results:
         if r["state"] == "failed":
             if r.get("bug") or r.get("storage"):
                 failed_final[r["run_key"]] = r["message"]
-                _finish_mlflow(ledger, settings, r["run_key"], "failed")
+                _finish_mlflow(ledger, settings, study, r["run_key"], "failed")
                 return False, r["message"]
             return True, r["message"] or "failed"
         if r["state"] == "fenced":
@@ -335,8 +405,9 @@ def _handle_results(results: list[dict], item: WorkItem, ledger: Ledger,
     return False, ""
 
 
-def _finish_mlflow(ledger: Ledger, settings: tracking.Settings, key: str, outcome: str) -> None:
-    row = ledger.get(key)
+def _finish_mlflow(ledger: Ledger, settings: tracking.Settings, study: str, key: str,
+                   outcome: str) -> None:
+    row = ledger.get(study, key)
     if row and row.mlflow_run_id:
         try:
             tracking.finish_run(tracking.client(settings.tracking_uri), row.mlflow_run_id, outcome)
@@ -344,15 +415,16 @@ def _finish_mlflow(ledger: Ledger, settings: tracking.Settings, key: str, outcom
             pass
 
 
-def _mark_failed(ledger: Ledger, settings: tracking.Settings, key: str, why: str) -> None:
-    ledger.update(key, state="failed", error=why)
-    _finish_mlflow(ledger, settings, key, "failed")
+def _mark_failed(ledger: Ledger, settings: tracking.Settings, study: str, key: str,
+                 why: str) -> None:
+    ledger.update(study, key, state="failed", error=why)
+    _finish_mlflow(ledger, settings, study, key, "failed")
 
 
-def _mark_killed(ledger: Ledger, settings: tracking.Settings, planned: list[PlannedRun],
-                 rows: dict[str, LedgerRow]) -> None:
+def _mark_killed(ledger: Ledger, settings: tracking.Settings, study: str,
+                 planned: list[PlannedRun], rows: dict[str, LedgerRow]) -> None:
     for p in planned:
         r = rows[p.key]
         if r.state in ("running", "killed"):
-            ledger.update(p.key, state="killed")
-            _finish_mlflow(ledger, settings, p.key, "killed")
+            ledger.update(study, p.key, state="killed")
+            _finish_mlflow(ledger, settings, study, p.key, "killed")

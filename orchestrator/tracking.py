@@ -128,8 +128,9 @@ def fingerprint_hash(fp: dict) -> str:
 
 # --------------------------------------------------------------------------- layout
 
-def check_experiment(uri: str, study: str, fingerprint: str) -> None:
-    """An existing experiment of this name must belong to this same study (read-only check)."""
+def check_experiment(uri: str, study: str, fingerprint: str, legacy: tuple[str, ...] = ()) -> None:
+    """An existing experiment of this name must belong to this same study (read-only check).
+    `legacy`: fingerprints this study had under the older scheme (run-time settings hashed)."""
     if not store_exists(uri):
         return
     exp = client(uri).get_experiment_by_name(study)
@@ -139,7 +140,7 @@ def check_experiment(uri: str, study: str, fingerprint: str) -> None:
     if theirs is None:
         raise StudyError("study", f"an MLflow experiment named {study!r} already exists and was not "
                                   "made by scalelab; choose another study name")
-    if theirs != fingerprint:
+    if theirs != fingerprint and theirs not in legacy:
         raise StudyError("study", f"experiment {study!r} already holds a different study (its data, "
                                   "model or train settings differ); choose a new study name for "
                                   "the changed recipe, or restore the original settings")
@@ -148,6 +149,8 @@ def check_experiment(uri: str, study: str, fingerprint: str) -> None:
 def ensure_experiment(c, study: str, fingerprint: str, artifact_root: str) -> str:
     exp = c.get_experiment_by_name(study)
     if exp is not None:
+        if exp.tags.get(FINGERPRINT) != fingerprint:    # checked compatible: a legacy fingerprint
+            c.set_experiment_tag(exp.experiment_id, FINGERPRINT, fingerprint)
         return exp.experiment_id
     try:
         return c.create_experiment(study, artifact_location=f"{artifact_root.rstrip('/')}/{study}",
@@ -170,20 +173,65 @@ def ensure_parent_run(c, experiment_id: str, study: str, description: str = "") 
     return run.info.run_id
 
 
-def existing_children(c, experiment_id: str) -> dict[str, str]:
-    """run_key -> MLflow run id for every child run already in the experiment (paged)."""
-    out: dict[str, str] = {}
+def child_runs(c, experiment_id: str) -> list:
+    """Every live (not deleted) child run of the experiment, oldest first (paged)."""
+    out: list = []
     token = None
     while True:
         page = c.search_runs([experiment_id], filter_string=f"tags.`{ROLE}` != 'parent'",
-                             max_results=1000, page_token=token)
-        for r in page:
-            key = r.data.tags.get(RUN_KEY)
-            if key and key not in out:
-                out[key] = r.info.run_id
+                             max_results=1000, page_token=token, order_by=["attributes.start_time ASC"])
+        out.extend(page)
         token = page.token
         if not token:
             return out
+
+
+def children_by_key(runs: list) -> dict:
+    """run_key -> the first child run carrying it."""
+    out: dict = {}
+    for r in runs:
+        key = r.data.tags.get(RUN_KEY)
+        if key and key not in out:
+            out[key] = r
+    return out
+
+
+def existing_children(c, experiment_id: str) -> dict[str, str]:
+    """run_key -> MLflow run id for every child run already in the experiment (paged)."""
+    return {k: r.info.run_id for k, r in children_by_key(child_runs(c, experiment_id)).items()}
+
+
+def recorded_outcome(run) -> str | None:
+    """'finished' / 'diverged' when an MLflow run holds a complete result, else None."""
+    outcome = run.data.tags.get(OUTCOME)
+    if outcome == "finished" and run.info.status == "FINISHED" and "val_loss" in run.data.metrics:
+        return outcome
+    if outcome == "diverged" and run.info.status == "FAILED":
+        return outcome
+    return None
+
+
+def copy_point_run(c, source_id: str, experiment_id: str, parent_id: str, study: str,
+                   run_key: str, run_name: str) -> str:
+    """A finished point of another study as a point run of this one: same params and tags,
+    every metric with its steps, tagged scalelab.reused_from=<source run id>."""
+    from mlflow.entities import Param
+    src = c.get_run(source_id)
+    own = {ROLE, STUDY, RUN_KEY, OUTCOME, "scalelab.error"}
+    tags = {k: v for k, v in src.data.tags.items() if not k.startswith("mlflow.") and k not in own}
+    tags.update({"scalelab.reused_from": source_id, "scalelab.reused_from_study":
+                 src.data.tags.get(STUDY, "")})
+    run_id = create_child_run(c, experiment_id, parent_id, study, run_key, run_name, "point", {},
+                              tags)
+    params = [Param(k, v) for k, v in src.data.params.items()]
+    for i in range(0, len(params), 100):
+        c.log_batch(run_id, params=params[i:i + 100])
+    for name in src.data.metrics:
+        history = c.get_metric_history(source_id, name)
+        for i in range(0, len(history), 1000):
+            c.log_batch(run_id, metrics=history[i:i + 1000])
+    finish_run(c, run_id, "finished")
+    return run_id
 
 
 def create_child_run(c, experiment_id: str, parent_id: str, study: str, run_key: str,

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from trainer import RunResult, RunSpec, train
 from trainer.sinks import MlflowSink
+from trainer.train import ALREADY_FINISHED
 
 from . import tracking
 from .ledger import Ledger
@@ -36,6 +37,27 @@ SHAPE_ERROR = re.compile(r"size mismatch|shape .* is invalid|must match the size
 TRACKING_TIMEOUT_S = 60.0       # how long a run's end waits for an unreachable MLflow store
 
 
+def is_bug(error: BaseException | None, message: str = "") -> bool:
+    """Bug-class failures (the code or the spec is wrong, so a retry cannot help), by type:
+    subclasses count (a SpecError is a ValueError), and torch's shape RuntimeErrors."""
+    if isinstance(error, BUG_ERRORS):
+        return True
+    return isinstance(error, RuntimeError) and bool(SHAPE_ERROR.search(message))
+
+
+def _relog_final(client, run_id: str, result: RunResult, timeout_s: float) -> None:
+    """A run found finished in its checkpoint whose MLflow run lacks the result (the store was
+    lost): log the final losses at step = tokens, so the point is complete again."""
+    from mlflow.entities import Metric
+    if "val_loss" in _retry(lambda: client.get_run(run_id), timeout_s).data.metrics:
+        return
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, int(result.tokens)) for k, v in
+               (("val_loss", result.val_loss), ("train_loss", result.train_loss)) if v is not None]
+    _retry(lambda: client.log_batch(run_id, metrics=metrics), timeout_s)
+    _retry(lambda: client.set_tag(run_id, "scalelab.relogged_from_checkpoint", "true"), timeout_s)
+
+
 class Fenced(RuntimeError):
     """This attempt lost its lease: a newer attempt of the same run owns it now."""
 
@@ -43,9 +65,10 @@ class Fenced(RuntimeError):
 class FencedSink:
     """Wraps a sink: every flush first checks the lease, then records progress in the ledger."""
 
-    def __init__(self, inner, ledger: Ledger, run_key: str, lease: str,
+    def __init__(self, inner, ledger: Ledger, study: str, run_key: str, lease: str,
                  close_timeout_s: float = TRACKING_TIMEOUT_S):
         self.inner, self.ledger, self.run_key, self.lease = inner, ledger, run_key, lease
+        self.study = study
         self.close_timeout_s = close_timeout_s
         self.run_id = getattr(inner, "run_id", None)     # recorded in checkpoints
         self._tokens = 0
@@ -93,12 +116,12 @@ class FencedSink:
             close(timeout_s=self.close_timeout_s)
 
     def _progress(self) -> None:
-        if not self.ledger.update(self.run_key, lease=self.lease, tokens_done=self._tokens,
+        if not self.ledger.update(self.study, self.run_key, lease=self.lease, tokens_done=self._tokens,
                                   last_loss=self._loss):
             raise Fenced(f"run {self.run_key}: lease lost (a newer attempt owns this run)")
 
     def _check(self) -> None:
-        if not self.ledger.holds(self.run_key, self.lease):
+        if not self.ledger.holds(self.study, self.run_key, self.lease):
             raise Fenced(f"run {self.run_key}: lease lost (a newer attempt owns this run)")
 
 
@@ -161,10 +184,10 @@ def execute(item: dict[str, Any]) -> list[dict[str, Any]]:
     trunk_sink = None
     if trunk:
         trunk_sink = FencedSink(MlflowSink(item["tracking_uri"], trunk["mlflow_run_id"], resume=True),
-                                ledger, trunk["run_key"], trunk["lease"])
+                                ledger, item["study"], trunk["run_key"], trunk["lease"])
     try:
         for run in item["runs"]:
-            row = ledger.get(run["run_key"])
+            row = ledger.get(study, run["run_key"])
             if row is not None and row.done:            # a wsd branch finished in an earlier attempt
                 out.append({"run_key": run["run_key"], "state": row.state, "message": "already done"})
                 continue
@@ -174,7 +197,7 @@ def execute(item: dict[str, Any]) -> list[dict[str, Any]]:
         if trunk:
             final = "finished" if all(o["state"] in ("finished", "diverged") for o in out) else None
             if final:
-                ledger.update(trunk["run_key"], lease=trunk["lease"], state="finished")
+                ledger.update(study, trunk["run_key"], lease=trunk["lease"], state="finished")
                 _retry(lambda: tracking.finish_run(client, trunk["mlflow_run_id"], "finished"),
                        float(item.get("tracking_timeout_s", TRACKING_TIMEOUT_S)))
     finally:
@@ -186,23 +209,23 @@ def _run_one(run: dict[str, Any], item: dict[str, Any], ledger: Ledger, client, 
              node: str, num_threads: int, trunk_sink) -> dict[str, Any]:
     key, lease, run_id = run["run_key"], run["lease"], run["mlflow_run_id"]
     spec = RunSpec.from_dict(run["spec"])
-    ledger.update(key, lease=lease, node_id=node, pid=os.getpid())
+    ledger.update(study, key, lease=lease, node_id=node, pid=os.getpid())
     timeout_s = float(item.get("tracking_timeout_s", TRACKING_TIMEOUT_S))
 
     def should_stop() -> bool:
-        return ledger.cancel_requested(study) == "now" or not ledger.holds(key, lease)
+        return ledger.cancel_requested(study) == "now" or not ledger.holds(study, key, lease)
 
-    sink = FencedSink(MlflowSink(item["tracking_uri"], run_id, resume=True), ledger, key, lease,
-                      close_timeout_s=timeout_s)
+    sink = FencedSink(MlflowSink(item["tracking_uri"], run_id, resume=True), ledger, study, key,
+                      lease, close_timeout_s=timeout_s)
     sink.set_tags({"scalelab.node_id": node, "scalelab.attempt": str(run["attempt"])})
     t0 = time.time()
     try:
         result: RunResult = train(spec, sink, checkpoint_dir=run["checkpoint_dir"],
                                   trunk_dir=item.get("trunk_dir"), trunk_sink=trunk_sink,
                                   num_threads=num_threads, should_stop=should_stop)
-        error_type = result.extra.get("error_type", "")
+        error = result.extra.pop("exception", None)
         error_errno = result.extra.get("error_errno")
-        if error_type == "Fenced":
+        if isinstance(error, Fenced):
             return {"run_key": key, "state": "fenced", "message": result.message}
         sink.close()
     except Fenced as e:
@@ -210,23 +233,26 @@ def _run_one(run: dict[str, Any], item: dict[str, Any], ledger: Ledger, client, 
     except Exception as e:                          # noqa: BLE001 - recorded, never lost
         result = RunResult(status="failed", message=traceback.format_exc(),
                            wall_time_s=time.time() - t0)
-        error_type, error_errno = type(e).__name__, getattr(e, "errno", None)
+        error, error_errno = e, getattr(e, "errno", None)
     state = {"finished": "finished", "diverged": "diverged", "stopped": "killed"}.get(
         result.status, "failed")
-    bug = state == "failed" and (error_type in {t.__name__ for t in BUG_ERRORS} or (
-        error_type == "RuntimeError" and bool(SHAPE_ERROR.search(result.message or ""))))
+    bug = state == "failed" and is_bug(error, result.message or "")
+    from_checkpoint = state == "finished" and result.message == ALREADY_FINISHED
+    if from_checkpoint:                             # a result, not an error; re-log if lost
+        result.message = ""
+        _relog_final(client, run_id, result, timeout_s)
     storage = state == "failed" and error_errno in STORAGE_ERRNOS
     if storage:
         result.message = (f"checkpoint storage unusable ({errno.errorcode.get(error_errno, '')}: "
                           f"{os.strerror(error_errno)}) under {run['checkpoint_dir']}\n"
                           f"{result.message}")
-    if state == "killed" and not ledger.holds(key, lease):
+    if state == "killed" and not ledger.holds(study, key, lease):
         return {"run_key": key, "state": "fenced", "message": "lease lost"}
     flops_per_s = result.flops / result.wall_time_s if result.wall_time_s > 0 else None
     values = dict(state=state, error=result.message or None, val_loss=result.val_loss,
                   wall_time_s=result.wall_time_s, flops_per_s=flops_per_s, device=result.device,
                   tokens_done=result.tokens)
-    if not ledger.update(key, lease=lease, **values):
+    if not ledger.update(study, key, lease=lease, **values):
         return {"run_key": key, "state": "fenced", "message": "lease lost before the final write"}
     try:
         if state == "failed":

@@ -157,6 +157,11 @@ class DataSpec:
         _positive_int(self.val_tokens, "data.val_tokens", minimum=self.seq_len + 1)
 
 
+# Recipe fields that say where and how fast a run goes, not what it computes: not hashed into
+# the run key, so a study moved to another device or cadence keeps its finished runs.
+RUNTIME_FIELDS = ("device", "compile", "eval_interval_tokens", "checkpoint_interval_tokens")
+
+
 @dataclass(frozen=True)
 class RecipeSpec:
     """The training recipe, fixed across a study. Token counts are in tokens."""
@@ -247,12 +252,28 @@ class RunSpec:
                    recipe=RecipeSpec(**d["recipe"]), tokens=d["tokens"], seed=d["seed"],
                    warmup_tokens=d.get("warmup_tokens", 0))
 
+    def identity(self) -> dict[str, Any]:
+        """What changes the result (model, data, recipe, tokens, seed), without the run-time
+        settings (RUNTIME_FIELDS: where and how fast it runs)."""
+        d = self.to_dict()
+        d["recipe"] = {k: v for k, v in d["recipe"].items() if k not in RUNTIME_FIELDS}
+        return d
+
     def key(self) -> str:
-        """Run key: a short hash of the canonical run config (sorted-key JSON)."""
-        return spec_hash(self.to_dict())
+        """Run key: a short hash of the run's identity (sorted-key JSON)."""
+        return spec_hash(self.identity())
 
     def trunk_key(self) -> str:
-        """wsd: the key shared by every branch of one trunk (the spec without its budget)."""
+        """wsd: the key shared by every branch of one trunk (the identity without its budget)."""
+        d = self.identity()
+        d.pop("tokens")
+        return spec_hash({"trunk": d})
+
+    def legacy_key(self) -> str:
+        """The key of stores written before run-time settings left the hash (compatibility)."""
+        return spec_hash(self.to_dict())
+
+    def legacy_trunk_key(self) -> str:
         d = self.to_dict()
         d.pop("tokens")
         return spec_hash({"trunk": d})

@@ -57,6 +57,9 @@ def peak_flops(device: torch.device) -> float | None:
     return next((v for k, v in PEAK_FLOPS if k in name), None)
 
 
+ALREADY_FINISHED = "already finished (from checkpoint)"   # RunResult.message of such a run
+
+
 def checkpoint_info(checkpoint_dir: str | os.PathLike) -> dict[str, Any] | None:
     """(step, tokens, run_id, run_key, finished) of the run checkpoint in a directory, or None:
     lets a caller find the MLflow run id to resume before it builds the sink."""
@@ -66,7 +69,8 @@ def checkpoint_info(checkpoint_dir: str | os.PathLike) -> dict[str, Any] | None:
     p = ckpt.load(path)
     extra = p["extra"]
     return {"step": p["step"], "tokens": p["tokens"], "run_id": extra.get("run_id"),
-            "run_key": extra.get("run_key"), "finished": bool(extra.get("finished"))}
+            "run_key": extra.get("run_key"), "finished": bool(extra.get("finished")),
+            "val_loss": extra.get("val_loss"), "train_loss": extra.get("train_loss")}
 
 
 # --------------------------------------------------------------------------- plan of a run
@@ -234,7 +238,8 @@ class _Run:
         extra = payload["extra"]
         key = "run_key" if own else "trunk_key"
         expected = self.spec.key() if own else self.spec.trunk_key()
-        if extra.get(key) != expected:
+        legacy = self.spec.legacy_key() if own else self.spec.legacy_trunk_key()
+        if extra.get(key) not in (expected, legacy):     # legacy: keys of older stores
             raise RuntimeError(f"{path} belongs to {key} {extra.get(key)}, not {expected}; "
                                "use a fresh checkpoint_dir for a changed spec")
         ckpt.restore(payload, model=self.model, optimizer=self.optimizer)
@@ -397,7 +402,7 @@ class _Run:
             extra = self._restore(own, own=True)
             fresh_branch = False
             if extra.get("finished"):
-                return self._result("finished", "already finished (from checkpoint)", extra)
+                return self._result("finished", ALREADY_FINISHED, extra)
         elif self._shares_trunk:
             self._enter_trunk(trunk_sink or sink)
         if fresh_branch:
@@ -510,6 +515,7 @@ def train(spec: RunSpec, sink: MetricSink, *, checkpoint_dir: str | os.PathLike,
             result = RunResult(status="failed", message=message,
                                wall_time_s=time.perf_counter() - started)
         result.extra["error_type"] = type(e).__name__
+        result.extra["exception"] = e      # the caller classifies by type; not serialised
         if isinstance(e, OSError) and e.errno is not None:
             result.extra["error_errno"] = e.errno
         return result

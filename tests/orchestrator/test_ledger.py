@@ -25,6 +25,6 @@ def test_concurrent_creation_of_a_fresh_ledger_never_fails(tmp_path):
             t.join()
         assert not errors, errors
         ledger = Ledger(url)
-        ledger.ensure([{"run_key": "k", "study": "s", "kind": "point"}])
+        ledger.ensure("s", [{"run_key": "k", "kind": "point"}])
         assert [r.run_key for r in ledger.rows("s")] == ["k"]
         ledger.dispose()

@@ -111,13 +111,13 @@ def test_an_orphaned_attempt_is_fenced_when_a_newer_attempt_takes_the_run(tmp_pa
     orphan_payload = _payload(item, cfg, store, ledger, rows)      # the killed driver's attempt
     key = planned[0].key
     thread, box = in_thread(execute, orphan_payload)
-    wait_for(lambda: (ledger.get(key).tokens_done or 0) > TOKENS // 4, 60, "the orphan to train")
+    wait_for(lambda: (ledger.get("orphan", key).tokens_done or 0) > TOKENS // 4, 60, "the orphan to train")
 
-    new_lease = ledger.acquire(key)                                # a new driver takes the run
+    new_lease = ledger.acquire("orphan", key)                                # a new driver takes the run
     thread.join(30)
     assert not thread.is_alive(), "the orphan did not stop"
     assert box["result"][0]["state"] == "fenced", box
-    fenced_row = ledger.get(key)
+    fenced_row = ledger.get("orphan", key)
     assert fenced_row.lease == new_lease and fenced_row.state == "running"
     c, (run,) = point_runs(store.tracking_uri, "orphan")
     n_points = len(c.get_metric_history(run.info.run_id, "val_loss"))

@@ -1,0 +1,197 @@
+"""Reconcile the ledger with the MLflow store before a study is dispatched.
+
+Each step is idempotent and runs on the driver: rekey rows written under the older run-key
+scheme, forget MLflow runs that no longer exist (a lost or recreated store), adopt complete
+results MLflow still holds (never overwrite a FINISHED run as failed), and reuse points that
+another study of the same store already finished.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from typing import Any
+
+from trainer.spec import RunSpec
+
+from . import tracking
+from .config import StudyConfig
+from .grid import PlannedRun
+from .ledger import TERMINAL, Ledger, LedgerRow
+
+
+# --------------------------------------------------------------------------- legacy run keys
+
+def _spec_of(row: LedgerRow, specs: dict[tuple[str, str], str]) -> RunSpec | None:
+    text = specs.get((row.study, row.run_key)) if row.kind == "point" else None
+    if not text:
+        return None
+    try:
+        return RunSpec.from_dict(json.loads(text))
+    except (ValueError, TypeError, KeyError):      # a spec this version no longer reads
+        return None
+
+
+def migrate_legacy_keys(ledger: Ledger, c=None) -> int:
+    """Rows keyed by the older scheme (run-time settings hashed into the key) get today's key,
+    keeping their state, MLflow run and checkpoint; their trunks follow. Returns rows rekeyed."""
+    rows, specs = ledger.rows(), ledger.specs()
+    trunks: dict[tuple[str, str], str] = {}
+    n = 0
+    for row in rows:
+        spec = _spec_of(row, specs)
+        if spec is None or row.run_key == spec.key() or row.run_key != spec.legacy_key():
+            continue
+        values: dict[str, Any] = {}
+        if row.trunk_key:
+            values["trunk_key"] = trunks[(row.study, row.trunk_key)] = spec.trunk_key()
+        ledger.rekey(row.study, row.run_key, spec.key(), **values)
+        _retag(c, row.mlflow_run_id, row.run_key, spec.key())
+        n += 1
+    for row in rows:
+        new = trunks.get((row.study, row.run_key))
+        if row.kind == "trunk" and new:
+            ledger.rekey(row.study, row.run_key, new, trunk_key=new)
+            _retag(c, row.mlflow_run_id, row.run_key, new)
+    return n
+
+
+def _retag(c, run_id: str | None, old: str, new: str) -> None:
+    if c is None or not run_id:
+        return
+    try:
+        c.set_tag(run_id, tracking.RUN_KEY, new)
+        c.set_tag(run_id, "scalelab.legacy_run_key", old)
+    except Exception:      # noqa: BLE001 - a lost run is found and handled by forget_lost_runs
+        pass
+
+
+def legacy_fingerprints(cfg: StudyConfig, ledger: Ledger | None) -> tuple[str, ...]:
+    """The fingerprints this study had under the older scheme: with this file's run-time
+    settings, and with those the study's recorded runs ran with."""
+    out = {tracking.fingerprint_hash(cfg.legacy_fingerprint())}
+    if ledger is not None:
+        specs = ledger.specs(cfg.study)
+        for row in ledger.rows(cfg.study):
+            spec = _spec_of(row, specs)
+            if spec is not None:
+                r = spec.recipe
+                out.add(tracking.fingerprint_hash(cfg.legacy_fingerprint(
+                    device=r.device, compile=r.compile, eval_interval_tokens=r.eval_interval_tokens,
+                    checkpoint_interval_tokens=r.checkpoint_interval_tokens)))
+                break
+    return tuple(sorted(out))
+
+
+# --------------------------------------------------------------------------- MLflow vs ledger
+
+def forget_lost_runs(ledger: Ledger, study: str, live_ids: set[str]) -> list[str]:
+    """Rows whose MLflow run no longer exists (store lost or recreated, run or experiment
+    deleted) lose that link; their results are re-logged from the checkpoint or retrained.
+    Returns the keys affected."""
+    lost = []
+    for row in ledger.rows(study):
+        if row.mlflow_run_id and row.mlflow_run_id not in live_ids:
+            values: dict[str, Any] = {"mlflow_run_id": None}
+            if row.state != "running":
+                values.update(state="pending", error=None)
+            ledger.update(study, row.run_key, **values)
+            lost.append(row.run_key)
+    return lost
+
+
+def adopt_children(ledger: Ledger, study: str, children: dict[str, Any]) -> list[str]:
+    """Link rows without an MLflow run to the run already in the experiment (made by a driver
+    that crashed, or before the ledger was lost); a run that holds a complete result (FINISHED
+    with its loss, or diverged) is that row's result. Returns the keys adopted as results."""
+    results = []
+    for row in ledger.rows(study):
+        run = children.get(row.run_key)
+        if row.mlflow_run_id or run is None:
+            continue
+        values: dict[str, Any] = {"mlflow_run_id": run.info.run_id}
+        outcome = tracking.recorded_outcome(run) if row.kind == "point" else None
+        if outcome and not row.done:
+            values.update(state=outcome, error=None, val_loss=run.data.metrics.get("val_loss"),
+                          tokens_done=row.tokens)
+            results.append(row.run_key)
+        ledger.update(study, row.run_key, **values)
+    return results
+
+
+def reuse_finished(c, ledger: Ledger, study: str, exp_id: str, parent: str,
+                   planned: list[PlannedRun]) -> list[str]:
+    """Points of this study not yet started that another study of the store finished: copy
+    that result in as this study's own point run instead of training it again."""
+    rows = {r.run_key: r for r in ledger.rows(study)}
+    todo = [p for p in planned if rows[p.key].state == "pending" and not rows[p.key].attempts
+            and not rows[p.key].mlflow_run_id]
+    sources = ledger.finished_elsewhere(study, [p.key for p in todo]) if todo else {}
+    reused = []
+    for p in todo:
+        src = sources.get(p.key)
+        if src is None or not _finished_in_mlflow(c, src.mlflow_run_id):
+            continue
+        run_id = tracking.copy_point_run(c, src.mlflow_run_id, exp_id, parent, study, p.key,
+                                         point_run_name(p))
+        ledger.update(study, p.key, state="finished", mlflow_run_id=run_id, error=None,
+                      val_loss=src.val_loss, tokens_done=src.tokens_done, wall_time_s=0.0,
+                      flops_per_s=src.flops_per_s, device=src.device,
+                      checkpoint_dir=src.checkpoint_dir)
+        reused.append(p.key)
+    return reused
+
+
+def _finished_in_mlflow(c, run_id: str | None) -> bool:
+    try:
+        run = c.get_run(run_id)
+    except Exception:      # noqa: BLE001 - gone: not a result to reuse, train it instead
+        return False
+    return run.info.lifecycle_stage == "active" and tracking.recorded_outcome(run) == "finished"
+
+
+def point_run_name(p: PlannedRun) -> str:
+    return f"{p.label}-D{p.tokens:.2g}-s{p.spec.seed}"
+
+
+def needs_run(rows: dict[str, LedgerRow], key: str, planned: list[PlannedRun]) -> bool:
+    """A row needs an MLflow run unless it is a result already (a trunk: unless every branch is)."""
+    row = rows[key]
+    if row.kind == "trunk":
+        return any(p.trunk_key == key and not rows[p.key].done for p in planned)
+    return row.state not in TERMINAL
+
+
+# --------------------------------------------------------------------------- read-only views
+
+@dataclass(frozen=True)
+class StudyView:
+    rows: dict[str, LedgerRow]
+    warning: str = ""
+
+
+def inspect_study(ledger_uri: str, cfg: StudyConfig, rows: dict[str, LedgerRow]) -> StudyView:
+    """For `plan`/`status` (writes nothing): runs left `running` by a driver that is gone show as
+    `interrupted`; a warning when the file's recipe is not the one the study ran with."""
+    import sqlalchemy as sa
+
+    from .driverlock import driver_alive
+    if not rows or not tracking.store_exists(ledger_uri):
+        return StudyView(rows)
+    ledger = Ledger(ledger_uri, create=False)
+    try:
+        study = ledger.study(cfg.study)
+        legacy = legacy_fingerprints(cfg, ledger)
+    except sa.exc.SQLAlchemyError:
+        return StudyView(rows)
+    finally:
+        ledger.dispose()
+    if not driver_alive(study):
+        rows = {k: replace(r, state="interrupted") if r.state == "running" else r
+                for k, r in rows.items()}
+    ran = (study or {}).get("fingerprint")
+    if ran and ran != tracking.fingerprint_hash(cfg.fingerprint()) and ran not in legacy:
+        return StudyView(rows, f"the data, model or train settings in {cfg.source_path or 'the file'}"
+                               f" differ from those study {cfg.study!r} ran with: `scalelab run` "
+                               "will refuse; restore them, or give the changed recipe a new study name")
+    return StudyView(rows)
