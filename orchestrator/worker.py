@@ -15,9 +15,10 @@ import traceback
 from dataclasses import asdict
 from typing import Any, Mapping
 
-from trainer import RunResult, RunSpec, train
+from trainer import RunResult, RunSpec
 from trainer.sinks import MlflowSink
-from trainer.train import ALREADY_FINISHED
+from trainer.train import ALREADY_FINISHED, train    # the function (the package attribute is
+                                                     # the submodule once anything imports it)
 
 from . import tracking
 from .ledger import Ledger
@@ -42,7 +43,7 @@ def is_bug(error: BaseException | None, message: str = "") -> bool:
     subclasses count (a SpecError is a ValueError), and torch's shape RuntimeErrors."""
     if isinstance(error, BUG_ERRORS):
         return True
-    return isinstance(error, RuntimeError) and bool(SHAPE_ERROR.search(message))
+    return isinstance(error, RuntimeError) and bool(SHAPE_ERROR.search(f"{error}\n{message}"))
 
 
 def _relog_final(client, run_id: str, result: RunResult, timeout_s: float) -> None:

@@ -1,0 +1,43 @@
+"""Bug-class errors (the code or the spec is wrong) are matched by type, subclasses included:
+they fail the run at once instead of being retried as if transient."""
+
+from __future__ import annotations
+
+import trainer.train as trainer_train
+from orchestrator import load_study
+from orchestrator.grid import work_items
+from orchestrator.ledger import Ledger
+from orchestrator.scheduler import _handle_results, _payload, record_plan, validate
+from orchestrator.worker import execute, is_bug
+from tests.orchestrator.test_shared_points import small
+from trainer.spec import SpecError
+
+
+class WidthSpecError(SpecError):
+    """A project-specific refinement of SpecError, as model code defines them."""
+
+
+def test_bug_classes_are_matched_by_type():
+    assert is_bug(WidthSpecError("model.d_model", "not a multiple of d_head"))
+    assert is_bug(RuntimeError("size mismatch for wte.weight"))       # torch shape errors
+    assert not is_bug(ConnectionError("store unreachable")) and not is_bug(RuntimeError("OOM"))
+    assert not is_bug(None)
+
+
+def test_a_spec_error_subclass_in_a_run_is_not_retried(tmp_path, store, ray_session, monkeypatch):
+    cfg = load_study(small(tmp_path, "bug"))
+    planned = validate(cfg, store, None)
+    ledger = Ledger(store.ledger_uri)
+    record_plan(cfg, store, planned, ledger)
+    rows = {r.run_key: r for r in ledger.rows("bug")}
+    (item,) = work_items(planned)
+
+    def broken(self, sink, trunk_sink):
+        raise WidthSpecError("model.d_model", "must be a multiple of d_head")
+    monkeypatch.setattr(trainer_train._Run, "execute", broken)
+    (result,) = execute(_payload(item, cfg, store, ledger, rows))     # the real worker, in-process
+    assert result["state"] == "failed" and result["bug"]
+    retry, why = _handle_results([result], "bug", ledger, store, {})
+    assert not retry and "WidthSpecError" in why
+    assert ledger.get("bug", planned[0].key).state == "failed"
+    ledger.dispose()
