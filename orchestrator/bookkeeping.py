@@ -9,6 +9,7 @@ another study of the same store already finished.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -19,13 +20,17 @@ from .config import StudyConfig
 from .grid import PlannedRun
 from .ledger import TERMINAL, Ledger, LedgerRow
 
+log = logging.getLogger(__name__)
+
 
 # --------------------------------------------------------------------------- legacy run keys
 
 def _spec_of(row: LedgerRow, specs: dict[tuple[str, str], str]) -> RunSpec | None:
     text = specs.get((row.study, row.run_key)) if row.kind == "point" else None
-    if not text:
-        return None
+    return _parse_spec(text) if text else None
+
+
+def _parse_spec(text: str) -> RunSpec | None:
     try:
         return RunSpec.from_dict(json.loads(text))
     except (ValueError, TypeError, KeyError):      # a spec this version no longer reads
@@ -62,18 +67,17 @@ def _retag(c, run_id: str | None, old: str, new: str) -> None:
     try:
         c.set_tag(run_id, tracking.RUN_KEY, new)
         c.set_tag(run_id, "scalelab.legacy_run_key", old)
-    except Exception:      # noqa: BLE001 - a lost run is found and handled by forget_lost_runs
-        pass
+    except Exception as e:  # noqa: BLE001 - a lost run is found and handled by forget_lost_runs
+        log.warning("could not retag MLflow run %s with its new run key: %s", run_id, e)
 
 
 def legacy_fingerprints(cfg: StudyConfig, ledger: Ledger | None) -> tuple[str, ...]:
     """The fingerprints this study had under the older scheme: with this file's run-time
     settings, and with those the study's recorded runs ran with."""
     out = {tracking.fingerprint_hash(cfg.legacy_fingerprint())}
-    if ledger is not None:
-        specs = ledger.specs(cfg.study)
-        for row in ledger.rows(cfg.study):
-            spec = _spec_of(row, specs)
+    if ledger is not None:                  # spec_json only: readable in every ledger version
+        for text in ledger.specs(cfg.study).values():
+            spec = _parse_spec(text)
             if spec is not None:
                 r = spec.recipe
                 out.add(tracking.fingerprint_hash(cfg.legacy_fingerprint(

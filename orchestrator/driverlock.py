@@ -5,17 +5,20 @@ holder is alive, and takes over the lease of a dead one (its process gone, or si
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from .config import StudyError
 from .ledger import Ledger
 
+log = logging.getLogger(__name__)
 HEARTBEAT_S = 5.0          # how often the holder renews its lease
 LEASE_S = 60.0             # a holder silent for this long is dead (any host)
 
@@ -75,8 +78,8 @@ def hold_study(ledger: Ledger, study: str, study_path: str = "STUDY.yaml") -> It
             try:
                 if not ledger.driver_heartbeat(study, token):
                     return
-            except Exception:        # noqa: BLE001 - a missed beat only shortens the lease
-                continue
+            except Exception as e:   # noqa: BLE001 - a missed beat only shortens the lease
+                log.warning("driver heartbeat of study %s failed: %s", study, e)
 
     thread = threading.Thread(target=beat, name=f"scalelab-driver-{study}", daemon=True)
     thread.start()

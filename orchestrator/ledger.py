@@ -157,8 +157,8 @@ class Ledger:
             cur = self.study(study)
             if cur is not None and cur["driver"] and alive(cur):
                 return cur
-            values = dict(driver=token, driver_host=host, driver_pid=pid,
-                          driver_heartbeat=time.time(), updated_at=time.time())
+            values = {"driver": token, "driver_host": host, "driver_pid": pid,
+                      "driver_heartbeat": time.time(), "updated_at": time.time()}
             try:
                 with self.engine.begin() as c:
                     if cur is None:

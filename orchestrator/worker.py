@@ -12,14 +12,16 @@ import os
 import re
 import time
 import traceback
+from collections.abc import Mapping
 from dataclasses import asdict
-from typing import Any, Mapping
+from typing import Any
 
 from trainer import RunResult, RunSpec
 from trainer.sinks import MlflowSink
-from trainer.train import ALREADY_FINISHED, train    # the function (the package attribute is
-                                                     # the submodule once anything imports it)
+# `train` from its module: the package attribute becomes the submodule once anything imports it
+from trainer.train import ALREADY_FINISHED, train
 
+# the submodule once anything imports it)
 from . import tracking
 from .ledger import Ledger
 
