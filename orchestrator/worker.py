@@ -18,10 +18,8 @@ from typing import Any
 
 from trainer import RunResult, RunSpec
 from trainer.sinks import MlflowSink
-# `train` from its module: the package attribute becomes the submodule once anything imports it
-from trainer.train import ALREADY_FINISHED, train
+from trainer.train import ALREADY_FINISHED, train   # not `trainer.train`: a submodule once imported
 
-# the submodule once anything imports it)
 from . import tracking
 from .ledger import Ledger
 
