@@ -18,7 +18,10 @@ from typing import Any
 
 from trainer import RunResult, RunSpec
 from trainer.sinks import MlflowSink
-from trainer.train import ALREADY_FINISHED, train   # not `trainer.train`: a submodule once imported
+from trainer.train import (  # not `trainer.train`: a submodule once imported
+    ALREADY_FINISHED,
+    train,
+)
 
 from . import tracking
 from .ledger import Ledger
