@@ -131,7 +131,10 @@ def _legacy_fingerprints(cfg: StudyConfig, settings: tracking.Settings) -> tuple
     import sqlalchemy as sa
     if not tracking.store_exists(settings.ledger_uri):
         return bookkeeping.legacy_fingerprints(cfg, None)
-    ledger = Ledger(settings.ledger_uri, create=False)
+    try:
+        ledger = Ledger(settings.ledger_uri, create=False)
+    except ImportError:                     # no driver for this URI: reported where it is used
+        return bookkeeping.legacy_fingerprints(cfg, None)
     try:
         return bookkeeping.legacy_fingerprints(cfg, ledger)
     except sa.exc.SQLAlchemyError:          # no ledger tables yet: only this file's settings
@@ -267,7 +270,10 @@ def refuse_if_held(cfg: StudyConfig, settings: tracking.Settings) -> None:
     import sqlalchemy as sa
     if not tracking.store_exists(settings.ledger_uri):
         return
-    ledger = Ledger(settings.ledger_uri, create=False)
+    try:
+        ledger = Ledger(settings.ledger_uri, create=False)
+    except ImportError:                     # no driver for this URI: reported where it is used
+        return
     try:
         holder = ledger.study(cfg.study)
     except sa.exc.SQLAlchemyError:            # no ledger tables yet (or an older schema)

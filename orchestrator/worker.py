@@ -16,12 +16,9 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
-from trainer import RunResult, RunSpec
+from trainer import RunResult, RunSpec, train
 from trainer.sinks import MlflowSink
-from trainer.train import (  # not `trainer.train`: a submodule once imported
-    ALREADY_FINISHED,
-    train,
-)
+from trainer.spec import ALREADY_FINISHED
 
 from . import tracking
 from .ledger import Ledger

@@ -284,6 +284,9 @@ def spec_hash(d: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+ALREADY_FINISHED = "already finished (from checkpoint)"   # RunResult.message of such a run
+
+
 @dataclass
 class RunResult:
     """What one training run returns. `status`: finished | diverged | failed | stopped."""

@@ -36,7 +36,7 @@ from .data import make_source
 from .model import GPT, param_groups
 from .schedule import lr_at
 from .sinks import MetricSink
-from .spec import RunResult, RunSpec, SpecError
+from .spec import ALREADY_FINISHED, RunResult, RunSpec, SpecError
 
 CKPT_NAME = "ckpt.pt"
 LOG_POINTS = 100                # train metrics about every 1% of the run
@@ -55,9 +55,6 @@ def peak_flops(device: torch.device) -> float | None:
         return None
     name = torch.cuda.get_device_name(device)
     return next((v for k, v in PEAK_FLOPS if k in name), None)
-
-
-ALREADY_FINISHED = "already finished (from checkpoint)"   # RunResult.message of such a run
 
 
 def checkpoint_info(checkpoint_dir: str | os.PathLike) -> dict[str, Any] | None:

@@ -3,13 +3,15 @@ they fail the run at once instead of being retried as if transient."""
 
 from __future__ import annotations
 
-import trainer.train as trainer_train
+import sys
+
 from orchestrator import load_study
 from orchestrator.grid import work_items
 from orchestrator.ledger import Ledger
 from orchestrator.scheduler import _handle_results, _payload, record_plan, validate
 from orchestrator.worker import execute, is_bug
 from tests.orchestrator.test_shared_points import small
+from trainer import train
 from trainer.spec import SpecError
 
 
@@ -34,7 +36,7 @@ def test_a_spec_error_subclass_in_a_run_is_not_retried(tmp_path, store, ray_sess
 
     def broken(self, sink, trunk_sink):
         raise WidthSpecError("model.d_model", "must be a multiple of d_head")
-    monkeypatch.setattr(trainer_train._Run, "execute", broken)
+    monkeypatch.setattr(sys.modules[train.__module__]._Run, "execute", broken)
     (result,) = execute(_payload(item, cfg, store, ledger, rows))     # the real worker, in-process
     assert result["state"] == "failed" and result["bug"]
     retry, why = _handle_results([result], "bug", ledger, store, {})
