@@ -186,6 +186,7 @@ def inspect_study(ledger_uri: str, cfg: StudyConfig, rows: dict[str, LedgerRow])
     try:
         study = ledger.study(cfg.study)
         legacy = legacy_fingerprints(cfg, ledger)
+        rows = _current_keys(rows, ledger.specs(cfg.study))
     except sa.exc.SQLAlchemyError:
         return StudyView(rows)
     finally:
@@ -199,3 +200,14 @@ def inspect_study(ledger_uri: str, cfg: StudyConfig, rows: dict[str, LedgerRow])
                                f" differ from those study {cfg.study!r} ran with: `scalelab run` "
                                "will refuse; restore them, or give the changed recipe a new study name")
     return StudyView(rows)
+
+
+def _current_keys(rows: dict[str, LedgerRow], specs: dict[tuple[str, str], str]
+                  ) -> dict[str, LedgerRow]:
+    """Rows of a store not yet migrated, under today's run keys (what `run` will rekey)."""
+    out = {}
+    for key, row in rows.items():
+        spec = _spec_of(row, specs)
+        new = spec.key() if spec is not None and key == spec.legacy_key() else key
+        out[new] = replace(row, run_key=new)
+    return out

@@ -146,11 +146,15 @@ def _make_legacy(store, cfg) -> dict[str, str]:
     return legacy
 
 
-def test_a_store_keyed_the_old_way_is_recognised_after_a_device_move(tmp_path, store, ray_session):
+def test_a_store_keyed_the_old_way_is_recognised_after_a_device_move(tmp_path, store, ray_session,
+                                                                     capsys):
     cfg = load_study(small(tmp_path, "legacy", tokens="[4096, 8192]"))
     assert run_study(cfg, store, show_progress=False).exit_code == 0
     ids = {k: r.info.run_id for k, r in points(store, "legacy").items()}
     legacy = _make_legacy(store, cfg)
+    capsys.readouterr()
+    assert main(["status", str(tmp_path / "legacy.yaml"), "--json"]) == 0    # read before migrating
+    assert {r["state"] for r in json.loads(capsys.readouterr().out)["runs"]} == {"finished"}
     moved = load_study(small(tmp_path, "legacy", tokens="[4096, 8192]", device="auto",
                              file="legacy-auto"))
     assert run_study(moved, store, show_progress=False).exit_code == 0
