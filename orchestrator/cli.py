@@ -92,7 +92,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
                     "n_head": m.n_head, "n_params": p.n_params, "n_params_active": p.n_params_active,
                     "n_params_nonembedding": p.n_params_nonembedding, "tokens": p.tokens,
                     "tokens_per_param": p.tokens / p.n_params_active, "flops": p.flops,
-                    "flops_6n": p.flops_6n, "experts": m.experts, "top_k": m.top_k,
+                    "flops_6n": p.flops_6n, "budget": p.budget, "experts": m.experts, "top_k": m.top_k,
                     "seed": p.spec.seed, "trunk_key": p.trunk_key,
                     "est_wall_time_s": p.flops / rate,
                     "status": row.state if row else "pending"})
