@@ -300,12 +300,28 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+# What `.env` may set: the secrets README and .env.example document (tokens, passwords, and the
+# store URIs that embed passwords). Anything else (PYTHONPATH, SCALELAB_CHECKPOINT_DIR, ...) in an
+# untrusted checkout's .env could redirect data or run code, so it is ignored.
+DOTENV_KEYS = ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE", "POSTGRES_PASSWORD", "PGPASSWORD",
+               "MLFLOW_TRACKING_URI", "SCALELAB_LEDGER_URI", "MLFLOW_TRACKING_USERNAME",
+               "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
 def load_dotenv_file(path: str = ".env") -> None:
-    """Secrets (RAY_AUTH_TOKEN, database passwords) come from the environment or from a `.env`
-    file in the working directory; variables already set win. Never logged anywhere."""
-    if Path(path).is_file():
-        from dotenv import load_dotenv
-        load_dotenv(path, override=False)
+    """Secrets (DOTENV_KEYS) come from the environment or from a `.env` file in the working
+    directory; variables already set win; other keys are ignored with one warning."""
+    if not Path(path).is_file():
+        return
+    from dotenv import dotenv_values
+    values = dotenv_values(path)
+    ignored = sorted(k for k in values if k not in DOTENV_KEYS)
+    for k in DOTENV_KEYS:
+        if values.get(k) is not None and k not in os.environ:
+            os.environ[k] = values[k]
+    if ignored:
+        print(f"warning: {path}: ignored {', '.join(ignored)[:300]} (a .env may set only "
+              f"{', '.join(DOTENV_KEYS)}; export other settings or pass flags)", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
