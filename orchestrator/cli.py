@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from trainer.redact import redact_text
+
 from .config import StudyConfig, StudyError, load_study
 from .tracking import Settings
 
@@ -59,15 +61,27 @@ def _read_ledger(settings: Settings, study: str):
     if settings.ledger_uri.startswith("sqlite:///") and \
             not Path(settings.ledger_uri[len("sqlite:///"):]).exists():
         return {}, None
-    ledger = Ledger(settings.ledger_uri, create=False)
+    ledger = None
     try:
+        ledger = Ledger(settings.ledger_uri, create=False)
+        import sqlalchemy as sa
+        if not sa.inspect(ledger.engine).has_table("scalelab_runs"):   # not created yet
+            return {}, None
         rows = {r.run_key: r for r in ledger.rows(study)}
         measured = [r.flops_per_s for r in ledger.rows() if r.state == "finished" and r.flops_per_s]
         return rows, (statistics.median(measured) if measured else None)
-    except Exception:              # tables not created yet
-        return {}, None
+    except Exception as e:         # unreadable: say so, never show every run as pending
+        raise LedgerUnreadable(f"cannot read the ledger {redact(settings.ledger_uri)}: "
+                               f"{type(e).__name__}: {redact_text(str(e).splitlines()[0] if str(e) else '')[:300]}; "
+                               "fix its permissions or restore it (--ledger-uri / "
+                               "SCALELAB_LEDGER_URI)") from None
     finally:
-        ledger.dispose()
+        if ledger is not None:
+            ledger.dispose()
+
+
+class LedgerUnreadable(Exception):
+    """The ledger exists but cannot be read: exit 1 with the reason."""
 
 
 # --------------------------------------------------------------------------- plan / status
@@ -129,7 +143,8 @@ def cmd_status(a: argparse.Namespace) -> int:
                      "tokens_done": (r.tokens_done or 0) if r else 0,
                      "val_loss": r.val_loss if r else None,
                      "mlflow_run_id": r.mlflow_run_id if r else None,
-                     "error": (r.error or "").strip().splitlines()[-1:] if r and r.error else None})
+                     "error": redact_text(r.error or "").strip().splitlines()[-1:]
+                     if r and r.error else None})
     if a.json:
         print(json.dumps({"study": cfg.study, "states": summary["states"],
                           "flops_done": summary["flops_done"], "flops_total": summary["flops_total"],
@@ -157,7 +172,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     outcome = run_study(cfg, settings, address=address, max_concurrent=a.max_concurrent,
                         show_progress=not a.no_progress)
     for m in outcome.messages:
-        print(m)
+        print(redact_text(m))
     counts: dict[str, int] = {}
     for s in outcome.states.values():
         counts[s] = counts.get(s, 0) + 1
@@ -330,8 +345,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except StudyError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact_text(str(e))}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except LedgerUnreadable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: run `scalelab run` again to resume", file=sys.stderr)
         return 130

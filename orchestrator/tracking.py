@@ -14,7 +14,9 @@ import socket
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
+
+from trainer.redact import redact_text
 
 from .config import StudyError
 
@@ -96,15 +98,30 @@ def check_tracking_uri(uri: str, flag: str = "--tracking-uri") -> None:
             raise StudyError(flag, f"no database answers at {u.hostname}:{port}; start it or fix "
                                    "the URI (e.g. postgresql://user@127.0.0.1:5432/mlflow)")
     elif u.scheme in ("http", "https"):
-        try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5) as r:
-                r.read()
-        except Exception as e:       # any failure to reach it is the same bad input
-            raise StudyError(flag, f"no MLflow server answers at {uri} ({e}); start it "
-                                   "(`scalelab ui` or docker compose) or fix the URI") from None
+        check_http_store(uri, flag)
     else:
-        raise StudyError(flag, f"unsupported tracking URI {uri!r}; use sqlite:///PATH, "
+        raise StudyError(flag, f"unsupported tracking URI {redact_text(uri)!r}; use sqlite:///PATH, "
                                "postgresql://..., or http://HOST:PORT")
+
+
+def check_http_store(uri: str, flag: str) -> None:
+    """GET /health of an MLflow server. `http://user:pass@host` (which MLflow accepts) is sent
+    as HTTP basic auth, as MLflow does; the password is never printed."""
+    import base64
+    from urllib.parse import urlsplit, urlunsplit
+    u = urlsplit(uri)
+    bare = urlunsplit(u._replace(netloc=u.netloc.rpartition("@")[2]))
+    req = urllib.request.Request(f"{bare.rstrip('/')}/health")
+    if u.username is not None:
+        cred = f"{unquote(u.username)}:{unquote(u.password or '')}".encode()
+        req.add_header("Authorization", "Basic " + base64.b64encode(cred).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            r.read()
+    except Exception as e:           # any failure to reach it is the same bad input
+        raise StudyError(flag, f"no MLflow server answers at {redact_text(uri)} "
+                               f"({redact_text(str(e))[:200]}); start it (`scalelab ui` or docker "
+                               "compose) or fix the URI") from None
 
 
 def store_exists(uri: str) -> bool:
