@@ -90,6 +90,9 @@ def cmd_plan(a: argparse.Namespace) -> int:
     from .grid import expand
     cfg = load_study(a.study)
     planned = expand(cfg)
+    from .hostinfo import available_memory_bytes
+    from .memory import check_memory, run_memory
+    check_memory(cfg, planned, None if os.environ.get("RAY_ADDRESS") else available_memory_bytes())
     settings = _settings(a)
     rows, measured = _read_ledger(settings, cfg.study)
     if measured:
@@ -109,6 +112,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
                     "flops_6n": p.flops_6n, "budget": p.budget, "experts": m.experts, "top_k": m.top_k,
                     "seed": p.spec.seed, "trunk_key": p.trunk_key,
                     "est_wall_time_s": p.flops / rate,
+                    "est_memory_bytes": sum(run_memory(p).values()),
                     "status": row.state if row else "pending"})
     if a.json:
         print(json.dumps(out, indent=1))

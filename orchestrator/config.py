@@ -222,6 +222,10 @@ def _size(value: Any, key: str) -> Size:
         for k in ("n_layer", "d_model"):
             if k not in value:
                 raise StudyError(f"{key}.{k}", "missing; an explicit shape needs n_layer and d_model")
+        for k, top in (("n_layer", 4096), ("d_model", 1 << 18)):   # beyond any trained model
+            if _integer(value[k], f"{key}.{k}") > top:
+                raise StudyError(f"{key}.{k}", f"{value[k]} is larger than the allowed {top}; "
+                                               "check the value")
         return ExplicitShape(n_layer=_integer(value["n_layer"], f"{key}.n_layer"),
                              d_model=_integer(value["d_model"], f"{key}.d_model"),
                              n_head=_integer(value.get("n_head", 0), f"{key}.n_head", minimum=0))

@@ -117,6 +117,9 @@ def validate(cfg: StudyConfig, settings: tracking.Settings, address: str | None
              ) -> list[PlannedRun]:
     """Everything that can be checked without writing anything. Raises StudyError."""
     planned = expand(cfg)
+    from .hostinfo import available_memory_bytes
+    from .memory import check_memory
+    check_memory(cfg, planned, None if address else available_memory_bytes())
     tracking.check_tracking_uri(settings.tracking_uri)
     if settings.ledger_uri != settings.tracking_uri:
         tracking.check_tracking_uri(settings.ledger_uri, flag="SCALELAB_LEDGER_URI")
@@ -207,6 +210,9 @@ def run_study(cfg: StudyConfig, settings: tracking.Settings, *, address: str | N
     try:
         import ray
         slots = check_resources(cfg)
+        if address:                          # the cluster's nodes, not this machine's RAM
+            from .memory import check_memory, cluster_memory_bytes
+            check_memory(cfg, planned, cluster_memory_bytes())
         ledger = Ledger(settings.ledger_uri)
         try:
             exp_id, parent = record_plan(cfg, settings, planned, ledger)
