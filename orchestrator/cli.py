@@ -225,9 +225,14 @@ def cmd_ui(a: argparse.Namespace) -> int:
 
 def cmd_fit(a: argparse.Namespace) -> int:
     from analysis.cli import run_fit
+
+    from .tracking import bounded_http_retries, check_store_readable
     if a.experiment and not a.tracking_uri:
         a.tracking_uri = _settings(a).tracking_uri
-    return run_fit(a)
+    if a.experiment:
+        check_store_readable(a.tracking_uri)
+    with bounded_http_retries():
+        return run_fit(a)
 
 
 def cmd_report(a: argparse.Namespace) -> int:
@@ -245,8 +250,11 @@ def cmd_report(a: argparse.Namespace) -> int:
     else:
         raise StudyError("report", "give a study file or --experiment NAME")
     budgets = _budgets(a.budgets) if a.budgets else None
-    return run_report(experiment, settings.tracking_uri, a.out, true_entropy=true_entropy,
-                      budgets=budgets, log_to_mlflow=not a.no_mlflow)
+    from .tracking import bounded_http_retries, check_store_readable
+    check_store_readable(settings.tracking_uri)
+    with bounded_http_retries():
+        return run_report(experiment, settings.tracking_uri, a.out, true_entropy=true_entropy,
+                          budgets=budgets, log_to_mlflow=not a.no_mlflow)
 
 
 def _budgets(text: str) -> list[float]:

@@ -122,7 +122,7 @@ def validate(cfg: StudyConfig, settings: tracking.Settings, address: str | None
     check_memory(cfg, planned, None if address else available_memory_bytes())
     tracking.check_tracking_uri(settings.tracking_uri)
     if settings.ledger_uri != settings.tracking_uri:
-        tracking.check_tracking_uri(settings.ledger_uri, flag="SCALELAB_LEDGER_URI")
+        tracking.check_ledger_uri(settings.ledger_uri, flag="--ledger-uri/SCALELAB_LEDGER_URI")
     check_address(address)
     tracking.check_experiment(settings.tracking_uri, cfg.study,
                               tracking.fingerprint_hash(cfg.fingerprint()))
