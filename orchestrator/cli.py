@@ -173,8 +173,17 @@ def cmd_run(a: argparse.Namespace) -> int:
     address = a.address or os.environ.get("RAY_ADDRESS") or None
     if a.max_concurrent is not None and a.max_concurrent < 1:
         raise StudyError("--max-concurrent", "must be >= 1")
-    outcome = run_study(cfg, settings, address=address, max_concurrent=a.max_concurrent,
-                        show_progress=not a.no_progress)
+    try:
+        outcome = run_study(cfg, settings, address=address, max_concurrent=a.max_concurrent,
+                            show_progress=not a.no_progress)
+    except Exception as e:
+        if not ray_died(e):
+            raise
+        print(f"error: Ray stopped or failed under the study ({type(e).__name__}: "
+              f"{redact_text(str(e)).strip().splitlines()[0][:160] if str(e).strip() else ''}); "
+              "run the same `scalelab run` again to resume (finished runs are kept, interrupted "
+              "ones resume from their checkpoints)", file=sys.stderr)
+        return 1
     for m in outcome.messages:
         print(redact_text(m))
     counts: dict[str, int] = {}
@@ -186,6 +195,15 @@ def cmd_run(a: argparse.Namespace) -> int:
           f"{outcome.experiment_id}); browse with: scalelab ui --tracking-uri {uri}")
     print(f"ledger: {redact(settings.ledger_uri)}; checkpoints: {settings.checkpoint_root}")
     return outcome.exit_code
+
+
+def ray_died(e: BaseException) -> bool:
+    """An error raised because the Ray cluster (GCS, raylet, the embedded Ray) went away."""
+    while e is not None:
+        if type(e).__module__.startswith("ray") or "raylet" in str(e) or "GCS" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def cmd_cancel(a: argparse.Namespace) -> int:
@@ -362,9 +380,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LedgerUnreadable as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:         # Ctrl-C, or SIGTERM during `run` (same clean path)
         print("interrupted: run `scalelab run` again to resume", file=sys.stderr)
-        return 130
+        sched = sys.modules.get(f"{__package__}.scheduler")
+        terminated = type(e).__name__ == "Terminated" or bool(getattr(sched, "TERMINATED", None))
+        return 143 if terminated else 130
 
 
 if __name__ == "__main__":

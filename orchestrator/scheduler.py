@@ -88,6 +88,40 @@ def connect_ray(address: str | None) -> bool:
     return True
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C (a clean stop, not Ray's sys.exit and a C++ abort)."""
+
+
+TERMINATED: list[int] = []     # signals received (Ray may re-raise ours as a KeyboardInterrupt)
+
+
+def sigterm_as_interrupt() -> None:
+    import signal
+    import threading
+    if threading.current_thread() is threading.main_thread():
+        def handler(signum, frame):
+            TERMINATED.append(signum)
+            raise Terminated()
+        signal.signal(signal.SIGTERM, handler)
+
+
+STOP_GRACE_S = 20.0
+
+
+def stop_running_runs(ledger: Ledger, study: str, grace_s: float = STOP_GRACE_S) -> None:
+    """Ask running runs to checkpoint and stop (as `cancel --now`), wait up to grace_s for them,
+    then leave: the next `scalelab run` clears the request and resumes from the checkpoints."""
+    import time
+    try:
+        ledger.request_cancel(study, "now")
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and any(
+                r.state == "running" for r in ledger.rows(study)):
+            time.sleep(0.5)
+    except Exception:                        # stopping must never mask the interrupt
+        pass
+
+
 def check_resources(cfg: StudyConfig) -> int:
     """Fail fast if no alive node can hold one run; return how many runs fit at once."""
     import ray
@@ -207,6 +241,7 @@ def run_study(cfg: StudyConfig, settings: tracking.Settings, *, address: str | N
     """Execute the study and block until it ends. Bad input raises StudyError before any write."""
     planned = validate(cfg, settings, address)
     started = connect_ray(address)
+    sigterm_as_interrupt()                   # after ray.init, which installs sys.exit on SIGTERM
     try:
         import ray
         slots = check_resources(cfg)
@@ -218,7 +253,12 @@ def run_study(cfg: StudyConfig, settings: tracking.Settings, *, address: str | N
             exp_id, parent = record_plan(cfg, settings, planned, ledger)
             ledger.request_cancel(cfg.study, None)
             ledger.upsert_study(cfg.study, driver=uuid.uuid4().hex)
-            outcome = _dispatch(cfg, settings, planned, ledger, slots, max_concurrent, show_progress)
+            try:
+                outcome = _dispatch(cfg, settings, planned, ledger, slots, max_concurrent,
+                                    show_progress)
+            except KeyboardInterrupt:        # Ctrl-C or SIGTERM: running runs checkpoint first
+                stop_running_runs(ledger, cfg.study)
+                raise
             outcome.experiment_id, outcome.parent_run_id = exp_id, parent
             try:
                 _close_parent(settings, parent, outcome)
