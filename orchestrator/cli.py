@@ -71,10 +71,10 @@ def _read_ledger(settings: Settings, study: str):
         measured = [r.flops_per_s for r in ledger.rows() if r.state == "finished" and r.flops_per_s]
         return rows, (statistics.median(measured) if measured else None)
     except Exception as e:         # unreadable: say so, never show every run as pending
+        reason = redact_text(str(e).splitlines()[0] if str(e) else "")[:300]
         raise LedgerUnreadable(f"cannot read the ledger {redact(settings.ledger_uri)}: "
-                               f"{type(e).__name__}: {redact_text(str(e).splitlines()[0] if str(e) else '')[:300]}; "
-                               "fix its permissions or restore it (--ledger-uri / "
-                               "SCALELAB_LEDGER_URI)") from None
+                               f"{type(e).__name__}: {reason}; fix its permissions or restore "
+                               "it (--ledger-uri / SCALELAB_LEDGER_URI)") from None
     finally:
         if ledger is not None:
             ledger.dispose()
@@ -109,7 +109,8 @@ def cmd_plan(a: argparse.Namespace) -> int:
                     "n_head": m.n_head, "n_params": p.n_params, "n_params_active": p.n_params_active,
                     "n_params_nonembedding": p.n_params_nonembedding, "tokens": p.tokens,
                     "tokens_per_param": p.tokens / p.n_params_active, "flops": p.flops,
-                    "flops_6n": p.flops_6n, "budget": p.budget, "experts": m.experts, "top_k": m.top_k,
+                    "flops_6n": p.flops_6n, "budget": p.budget,
+                    "experts": m.experts, "top_k": m.top_k,
                     "seed": p.spec.seed, "trunk_key": p.trunk_key,
                     "est_wall_time_s": p.flops / rate,
                     "est_memory_bytes": sum(run_memory(p).values()),
@@ -177,7 +178,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         outcome = run_study(cfg, settings, address=address, max_concurrent=a.max_concurrent,
                             show_progress=not a.no_progress)
     except Exception as e:
-        if not ray_died(e):
+        if isinstance(e, StudyError) or not ray_died(e):
             raise
         print(f"error: Ray stopped or failed under the study ({type(e).__name__}: "
               f"{redact_text(str(e)).strip().splitlines()[0][:160] if str(e).strip() else ''}); "

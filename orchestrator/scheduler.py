@@ -82,7 +82,7 @@ def connect_ray(address: str | None) -> bool:
             raise
         return True
     # "local": always a new instance, never the cluster a `ray start` on this machine recorded
-    from .hostinfo import available_cpus      # affinity + cgroup quota, not os.cpu_count()
+    from .hostinfo import available_cpus  # affinity + cgroup quota, not os.cpu_count()
     ray.init(address="local", num_cpus=available_cpus(), include_dashboard=False, log_to_driver=False,
              object_store_memory=200 * 1024 * 1024, runtime_env=env)
     return True

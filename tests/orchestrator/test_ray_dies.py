@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import orchestrator.scheduler as scheduler
+from orchestrator import scheduler
 from orchestrator.cli import main, ray_died
 from tests.conftest import TINY_STUDY
 

@@ -89,8 +89,8 @@ def test_bounded_http_retries_is_scoped(monkeypatch):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")          # the user's choice wins
     with bounded_http_retries():
-        from mlflow.environment_variables import (MLFLOW_HTTP_REQUEST_MAX_RETRIES,
-                                                  MLFLOW_HTTP_REQUEST_TIMEOUT)
-        assert MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == 2 and MLFLOW_HTTP_REQUEST_TIMEOUT.get() == 7
+        from mlflow import environment_variables as env
+        assert env.MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == 2
+        assert env.MLFLOW_HTTP_REQUEST_TIMEOUT.get() == 7
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"

@@ -43,7 +43,7 @@ def test_sigterm_is_a_clean_stop_and_the_rerun_resumes(tmp_path, store, ray_sess
                              for r in _rows(store.ledger_uri, "sigterm").values()),
                  120, "a run two checkpoints in")
         proc.send_signal(signal.SIGTERM)                    # the driver only, as `kill PID`
-        out, err = proc.communicate(timeout=90)
+        _, err = proc.communicate(timeout=90)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
