@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from trainer.redact import redact_text
+
 from .config import StudyConfig, StudyError, load_study
 from .tracking import Settings
 
@@ -59,15 +61,27 @@ def _read_ledger(settings: Settings, study: str):
     if settings.ledger_uri.startswith("sqlite:///") and \
             not Path(settings.ledger_uri[len("sqlite:///"):]).exists():
         return {}, None
-    ledger = Ledger(settings.ledger_uri, create=False)
+    ledger = None
     try:
+        ledger = Ledger(settings.ledger_uri, create=False)
+        import sqlalchemy as sa
+        if not sa.inspect(ledger.engine).has_table("scalelab_runs"):   # not created yet
+            return {}, None
         rows = {r.run_key: r for r in ledger.rows(study)}
         measured = [r.flops_per_s for r in ledger.rows() if r.state == "finished" and r.flops_per_s]
         return rows, (statistics.median(measured) if measured else None)
-    except Exception:              # tables not created yet
-        return {}, None
+    except Exception as e:         # unreadable: say so, never show every run as pending
+        reason = redact_text(str(e).splitlines()[0] if str(e) else "")[:300]
+        raise LedgerUnreadable(f"cannot read the ledger {redact(settings.ledger_uri)}: "
+                               f"{type(e).__name__}: {reason}; fix its permissions or restore "
+                               "it (--ledger-uri / SCALELAB_LEDGER_URI)") from None
     finally:
-        ledger.dispose()
+        if ledger is not None:
+            ledger.dispose()
+
+
+class LedgerUnreadable(Exception):
+    """The ledger exists but cannot be read: exit 1 with the reason."""
 
 
 def _study_view(settings: Settings, cfg: StudyConfig, rows: dict) -> dict:
@@ -86,6 +100,9 @@ def cmd_plan(a: argparse.Namespace) -> int:
     from .grid import expand
     cfg = load_study(a.study)
     planned = expand(cfg)
+    from .hostinfo import available_memory_bytes
+    from .memory import check_memory, run_memory
+    check_memory(cfg, planned, None if os.environ.get("RAY_ADDRESS") else available_memory_bytes())
     settings = _settings(a)
     rows, measured = _read_ledger(settings, cfg.study)
     rows = _study_view(settings, cfg, rows)
@@ -103,9 +120,11 @@ def cmd_plan(a: argparse.Namespace) -> int:
                     "n_head": m.n_head, "n_params": p.n_params, "n_params_active": p.n_params_active,
                     "n_params_nonembedding": p.n_params_nonembedding, "tokens": p.tokens,
                     "tokens_per_param": p.tokens / p.n_params_active, "flops": p.flops,
-                    "flops_6n": p.flops_6n, "experts": m.experts, "top_k": m.top_k,
+                    "flops_6n": p.flops_6n, "budget": p.budget,
+                    "experts": m.experts, "top_k": m.top_k,
                     "seed": p.spec.seed, "trunk_key": p.trunk_key,
                     "est_wall_time_s": p.flops / rate,
+                    "est_memory_bytes": sum(run_memory(p).values()),
                     "status": row.state if row else "pending"})
     if a.json:
         print(json.dumps(out, indent=1))
@@ -142,7 +161,8 @@ def cmd_status(a: argparse.Namespace) -> int:
                      "tokens_done": (r.tokens_done or 0) if r else 0,
                      "val_loss": r.val_loss if r else None,
                      "mlflow_run_id": r.mlflow_run_id if r else None,
-                     "error": (r.error or "").strip().splitlines()[-1:] if r and r.error else None})
+                     "error": redact_text(r.error or "").strip().splitlines()[-1:]
+                     if r and r.error else None})
     if a.json:
         print(json.dumps({"study": cfg.study, "states": summary["states"],
                           "flops_done": summary["flops_done"], "flops_total": summary["flops_total"],
@@ -167,10 +187,20 @@ def cmd_run(a: argparse.Namespace) -> int:
     address = a.address or os.environ.get("RAY_ADDRESS") or None
     if a.max_concurrent is not None and a.max_concurrent < 1:
         raise StudyError("--max-concurrent", "must be >= 1")
-    outcome = run_study(cfg, settings, address=address, max_concurrent=a.max_concurrent,
-                        show_progress=not a.no_progress, reuse=not a.no_reuse)
+    try:
+        outcome = run_study(cfg, settings, address=address, max_concurrent=a.max_concurrent,
+                            show_progress=not a.no_progress,
+                            reuse=not a.no_reuse)
+    except Exception as e:
+        if isinstance(e, StudyError) or not ray_died(e):
+            raise
+        print(f"error: Ray stopped or failed under the study ({type(e).__name__}: "
+              f"{redact_text(str(e)).strip().splitlines()[0][:160] if str(e).strip() else ''}); "
+              "run the same `scalelab run` again to resume (finished runs are kept, interrupted "
+              "ones resume from their checkpoints)", file=sys.stderr)
+        return 1
     for m in outcome.messages:
-        print(m)
+        print(redact_text(m))
     counts: dict[str, int] = {}
     for s in outcome.states.values():
         counts[s] = counts.get(s, 0) + 1
@@ -180,6 +210,15 @@ def cmd_run(a: argparse.Namespace) -> int:
           f"{outcome.experiment_id}); browse with: scalelab ui --tracking-uri {uri}")
     print(f"ledger: {redact(settings.ledger_uri)}; checkpoints: {settings.checkpoint_root}")
     return outcome.exit_code
+
+
+def ray_died(e: BaseException) -> bool:
+    """An error raised because the Ray cluster (GCS, raylet, the embedded Ray) went away."""
+    while e is not None:
+        if type(e).__module__.startswith("ray") or "raylet" in str(e) or "GCS" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def cmd_cancel(a: argparse.Namespace) -> int:
@@ -219,9 +258,14 @@ def cmd_ui(a: argparse.Namespace) -> int:
 
 def cmd_fit(a: argparse.Namespace) -> int:
     from analysis.cli import run_fit
+
+    from .tracking import bounded_http_retries, check_store_readable
     if a.experiment and not a.tracking_uri:
         a.tracking_uri = _settings(a).tracking_uri
-    return run_fit(a)
+    if a.experiment:
+        check_store_readable(a.tracking_uri)
+    with bounded_http_retries():
+        return run_fit(a)
 
 
 def cmd_report(a: argparse.Namespace) -> int:
@@ -239,8 +283,11 @@ def cmd_report(a: argparse.Namespace) -> int:
     else:
         raise StudyError("report", "give a study file or --experiment NAME")
     budgets = _budgets(a.budgets) if a.budgets else None
-    return run_report(experiment, settings.tracking_uri, a.out, true_entropy=true_entropy,
-                      budgets=budgets, log_to_mlflow=not a.no_mlflow)
+    from .tracking import bounded_http_retries, check_store_readable
+    check_store_readable(settings.tracking_uri)
+    with bounded_http_retries():
+        return run_report(experiment, settings.tracking_uri, a.out, true_entropy=true_entropy,
+                          budgets=budgets, log_to_mlflow=not a.no_mlflow)
 
 
 def _budgets(text: str) -> list[float]:
@@ -316,12 +363,28 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+# What `.env` may set: the secrets README and .env.example document (tokens, passwords, and the
+# store URIs that embed passwords). Anything else (PYTHONPATH, SCALELAB_CHECKPOINT_DIR, ...) in an
+# untrusted checkout's .env could redirect data or run code, so it is ignored.
+DOTENV_KEYS = ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE", "POSTGRES_PASSWORD", "PGPASSWORD",
+               "MLFLOW_TRACKING_URI", "SCALELAB_LEDGER_URI", "MLFLOW_TRACKING_USERNAME",
+               "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
 def load_dotenv_file(path: str = ".env") -> None:
-    """Secrets (RAY_AUTH_TOKEN, database passwords) come from the environment or from a `.env`
-    file in the working directory; variables already set win. Never logged anywhere."""
-    if Path(path).is_file():
-        from dotenv import load_dotenv
-        load_dotenv(path, override=False)
+    """Secrets (DOTENV_KEYS) come from the environment or from a `.env` file in the working
+    directory; variables already set win; other keys are ignored with one warning."""
+    if not Path(path).is_file():
+        return
+    from dotenv import dotenv_values
+    values = dotenv_values(path)
+    ignored = sorted(k for k in values if k not in DOTENV_KEYS)
+    for k in DOTENV_KEYS:
+        if values.get(k) is not None and k not in os.environ:
+            os.environ[k] = values[k]
+    if ignored:
+        print(f"warning: {path}: ignored {', '.join(ignored)[:300]} (a .env may set only "
+              f"{', '.join(DOTENV_KEYS)}; export other settings or pass flags)", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -330,11 +393,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except StudyError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact_text(str(e))}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
+    except LedgerUnreadable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:         # Ctrl-C, or SIGTERM during `run` (same clean path)
         print("interrupted: run `scalelab run` again to resume", file=sys.stderr)
-        return 130
+        sched = sys.modules.get(f"{__package__}.scheduler")
+        terminated = type(e).__name__ == "Terminated" or bool(getattr(sched, "TERMINATED", None))
+        return 143 if terminated else 130
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -20,12 +21,19 @@ from trainer.spec import DataSpec, RecipeSpec, SpecError
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 MAX_TOKENS = 1e15          # a guard against typos such as 2e51; far beyond any single run
 MAX_FLOPS = 1e28
+MAX_FILE_BYTES = 1 << 20   # 1 MiB: a study file is a few hundred bytes; more is a mistake or an attack
+MAX_YAML_NODES = 100_000   # nodes after alias expansion (a 445-byte alias bomb expands to billions)
+MAX_LIST = 10_000          # entries of any one list in the study file
+MAX_RUNS = 10_000          # runs one study may plan
+MAX_SHOWN = 200            # characters of an offending value echoed in an error
 
 
 class StudyError(ValueError):
     """Bad study input. `key` names the YAML key; the message says how to fix it."""
 
     def __init__(self, key: str, message: str):
+        if len(message) > 4 * MAX_SHOWN:       # never echo megabytes back to the terminal
+            message = message[:4 * MAX_SHOWN] + " ..."
         super().__init__(f"{key}: {message}" if key else message)
         self.key = key
         self.message = message
@@ -128,6 +136,16 @@ class StudyConfig:
 
 # --------------------------------------------------------------------------- validation helpers
 
+def show(value: Any) -> str:
+    """repr(value) cut to MAX_SHOWN characters, for error messages."""
+    r = reprlib.Repr()
+    r.maxstring = r.maxother = MAX_SHOWN
+    r.maxlist = r.maxdict = 6
+    r.maxlevel = 3
+    text = r.repr(value)
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "..."
+
+
 def _mapping(value: Any, key: str) -> Mapping[str, Any]:
     if value is None:
         return {}
@@ -148,9 +166,9 @@ def _number(value: Any, key: str, *, positive: bool = True, maximum: float | Non
         try:
             value = float(value)
         except ValueError:
-            raise StudyError(key, f"must be a number, got {value!r}") from None
+            raise StudyError(key, f"must be a number, got {show(value)}") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise StudyError(key, f"must be a finite number, got {value!r}")
+        raise StudyError(key, f"must be a finite number, got {show(value)}")
     if positive and value <= 0:
         raise StudyError(key, f"must be > 0, got {value}")
     if maximum is not None and value > maximum:
@@ -159,10 +177,18 @@ def _number(value: Any, key: str, *, positive: bool = True, maximum: float | Non
 
 
 def _integer(value: Any, key: str, minimum: int = 1) -> int:
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, str) and not isinstance(value, bool):   # YAML 1.1 reads 1.0e7 as a string
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise StudyError(key, f"must be a whole number, got {show(value)}") from None
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         value = int(value)
+    elif isinstance(value, float) and math.isfinite(value):
+        raise StudyError(key, f"must be a whole number, got {value:g}; round it (e.g. "
+                              f"{max(math.floor(value), minimum)})")
     if isinstance(value, bool) or not isinstance(value, int):
-        raise StudyError(key, f"must be an integer, got {value!r}")
+        raise StudyError(key, f"must be a whole number, got {show(value)}")
     if value < minimum:
         raise StudyError(key, f"must be >= {minimum}, got {value}")
     return value
@@ -173,6 +199,9 @@ def _list(value: Any, key: str, *, allow_empty: bool = False) -> list[Any]:
         raise StudyError(key, f"must be a list, got {type(value).__name__}")
     if not value and not allow_empty:
         raise StudyError(key, "must not be empty")
+    if len(value) > MAX_LIST:
+        raise StudyError(key, f"has {len(value)} entries, more than the {MAX_LIST} allowed; "
+                              "split the study into several files")
     return value
 
 
@@ -204,6 +233,10 @@ def _size(value: Any, key: str) -> Size:
         for k in ("n_layer", "d_model"):
             if k not in value:
                 raise StudyError(f"{key}.{k}", "missing; an explicit shape needs n_layer and d_model")
+        for k, top in (("n_layer", 4096), ("d_model", 1 << 18)):   # beyond any trained model
+            if _integer(value[k], f"{key}.{k}") > top:
+                raise StudyError(f"{key}.{k}", f"{value[k]} is larger than the allowed {top}; "
+                                               "check the value")
         return ExplicitShape(n_layer=_integer(value["n_layer"], f"{key}.n_layer"),
                              d_model=_integer(value["d_model"], f"{key}.d_model"),
                              n_head=_integer(value.get("n_head", 0), f"{key}.n_head", minimum=0))
@@ -303,6 +336,32 @@ def _data(value: Any, key: str) -> DataSpec:
     return spec
 
 
+def _check_recipe(train: RecipeSpec, data: DataSpec) -> None:
+    """Recipe checks that involve two keys (or the data source)."""
+    if train.schedule == "wsd" and train.warmup_frac + train.cooldown_frac > 1:
+        raise StudyError("train.cooldown_frac", f"warmup_frac + cooldown_frac = "
+                         f"{train.warmup_frac:g} + {train.cooldown_frac:g} > 1: with schedule wsd "
+                         "the warmup and the cooldown of a branch would overlap; lower one of them")
+    if train.divergence_loss > 0 and data.source == "markov" \
+            and data.vocab_size ** (data.order + 1) <= 2 ** 22:     # the table is cheap to build
+        from trainer.data import true_entropy
+        floor = true_entropy(data)
+        if train.divergence_loss <= floor:
+            raise StudyError("train.divergence_loss", f"{train.divergence_loss:g} nats is at or "
+                             f"below the source's entropy rate ({floor:.4g} nats/token), a loss no "
+                             "run can go under, so every run would end as diverged; raise it "
+                             "(or 0 for the default 2 ln(vocab) + 1)")
+
+
+def _check_run_count(g: Grid) -> None:
+    per_size = len(g.tokens) + len(g.tokens_per_param)
+    iso = len(g.isoflop.budgets) * g.isoflop.points if g.isoflop else 0
+    n = (len(g.sizes) * per_size + iso) * len(g.moe) * len(g.seeds) + len(g.runs)
+    if n > MAX_RUNS:
+        raise StudyError("grid", f"plans {n} runs, more than the {MAX_RUNS} one study may hold; "
+                                 "split it into several studies")
+
+
 def parse_study(raw: Any, source_path: str = "") -> StudyConfig:
     """Validate a parsed YAML document into a StudyConfig (raises StudyError)."""
     top = _mapping(raw, "")
@@ -310,8 +369,8 @@ def parse_study(raw: Any, source_path: str = "") -> StudyConfig:
     if "study" not in top:
         raise StudyError("study", "missing; name the study (it becomes the MLflow experiment)")
     name = top["study"]
-    if not isinstance(name, str) or not STUDY_NAME.match(name):
-        raise StudyError("study", f"{name!r} is not a valid name; use 1-100 ASCII letters, digits, "
+    if not isinstance(name, str) or not STUDY_NAME.fullmatch(name):   # fullmatch: no trailing \n
+        raise StudyError("study", f"{show(name)} is not a valid name; use 1-100 ASCII letters, digits, "
                                   "'.', '_' or '-', starting with a letter or digit")
     if "grid" not in top:
         raise StudyError("grid", "missing; give sizes and tokens (or isoflop, or runs)")
@@ -334,9 +393,41 @@ def parse_study(raw: Any, source_path: str = "") -> StudyConfig:
                         "max_retries": lambda v, k: _integer(v, k, 0)})
     if resources.num_gpus < 0:
         raise StudyError("resources.num_gpus", "must be >= 0")
+    _check_recipe(train, data)
     grid = _grid(top["grid"], "grid")
+    _check_run_count(grid)
     return StudyConfig(study=name, data=data, model=model, grid=grid, train=train,
                        resources=resources, description=description, source_path=source_path)
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """Nodes in the document once every alias is expanded (memoised: aliases share nodes)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = 1                        # a recursive alias counts once, then is cut
+    n = 1
+    if isinstance(node, yaml.SequenceNode):
+        n += sum(_expanded_size(v, memo) for v in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        n += sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    memo[id(node)] = n
+    return n
+
+
+def _safe_load_bounded(text: str, path: str) -> Any:
+    """yaml.safe_load, refusing documents whose aliases expand past MAX_YAML_NODES nodes."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)   # libyaml when built with it
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_YAML_NODES:
+            raise StudyError("", f"{path} holds more than {MAX_YAML_NODES} values (each YAML "
+                                 "alias *name counted as expanded); a study needs far fewer: "
+                                 "list fewer values and write them out without aliases")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def load_study(path: str | Path) -> StudyConfig:
@@ -345,10 +436,15 @@ def load_study(path: str | Path) -> StudyConfig:
     if not p.is_file():
         raise StudyError("", f"study file {path} not found; pass the path of a YAML file such as "
                              "configs/quickstart.yaml")
+    if p.stat().st_size > MAX_FILE_BYTES:
+        raise StudyError("", f"{path} is {p.stat().st_size} bytes, over the {MAX_FILE_BYTES} "
+                             "bytes (1 MiB) a study file may have; a study is a few hundred bytes")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        raw = _safe_load_bounded(p.read_text(encoding="utf-8"), str(path))
     except yaml.YAMLError as e:
         raise StudyError("", f"{path} is not valid YAML: {e}") from None
     except UnicodeDecodeError:
         raise StudyError("", f"{path} is not UTF-8 text") from None
+    except RecursionError:
+        raise StudyError("", f"{path} nests lists or mappings too deeply; flatten it") from None
     return parse_study(raw, source_path=str(p))

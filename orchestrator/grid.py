@@ -32,6 +32,7 @@ class PlannedRun:
     flops_6n: float
     flops_kaplan: float
     trunk_key: str | None = None  # wsd: branches of one trunk share it
+    budget: float | None = None   # isoflop: the designed budget C (chinchilla FLOPs, as `flops`)
 
     @property
     def tokens(self) -> int:
@@ -59,6 +60,7 @@ class PlannedRun:
             "batch_size": r.batch_size, "lr": r.lr, "warmup_tokens": self.spec.warmup_tokens,
             "data_source": self.spec.data.source,
             "trunk_key": self.trunk_key or "",
+            **({"budget": f"{self.budget:.6e}"} if self.budget is not None else {}),
         }
 
 
@@ -82,11 +84,48 @@ def base_shape(size: Size, cfg: StudyConfig, key: str) -> ModelSpec:
             return ModelSpec(n_layer=size.n_layer, d_model=size.d_model, n_head=n_head,
                              vocab_size=data.vocab_size, seq_len=data.seq_len,
                              tied_head=rule.tied_head)
-        return shape_for_params(size, d_head=rule.d_head, aspect_ratio=rule.aspect_ratio,
-                                vocab_size=data.vocab_size, seq_len=data.seq_len,
-                                tied_head=rule.tied_head)
+        shape = shape_for_params(size, d_head=rule.d_head, aspect_ratio=rule.aspect_ratio,
+                                 vocab_size=data.vocab_size, seq_len=data.seq_len,
+                                 tied_head=rule.tied_head)
     except SpecError as e:
         raise StudyError(key, e.message) from None
+    check_built_size(shape, size, key)
+    return shape
+
+
+MAX_SIZE_ERROR = 3.0     # the nearest shape of the rule may be this far (×) from its target
+
+
+def check_built_size(shape: ModelSpec, target: float, key: str) -> None:
+    """The shape rule caps at 512 layers (and steps coarsely at tiny sizes): a target it cannot
+    build within MAX_SIZE_ERROR× is an error, not a silently different model."""
+    n = count_params(shape).total
+    capped = shape.n_layer >= 512 and n < target / 1.25
+    if capped or not (1 / MAX_SIZE_ERROR <= n / target <= MAX_SIZE_ERROR):
+        why = "the shape rule caps at 512 layers" if capped else "the shape rule has no shape near it"
+        raise StudyError(key, f"a target of {target:.3g} parameters cannot be built: {why}; the "
+                              f"nearest shape (n_layer={shape.n_layer}, d_model={shape.d_model}) has "
+                              f"{n:.3g}; raise model.aspect_ratio, or give an explicit shape "
+                              "{n_layer, d_model}")
+
+
+def check_distinct_sizes(bases: list[ModelSpec], sizes: tuple) -> None:
+    """Two entries of grid.sizes that build the same shape would silently be one run."""
+    seen: dict[tuple[int, int, int], int] = {}
+    for i, (b, s) in enumerate(zip(bases, sizes)):
+        k = (b.n_layer, b.d_model, b.n_head)
+        if k in seen:
+            j = seen[k]
+            raise StudyError(f"grid.sizes[{i}]", f"{_size_text(s)} builds the same shape as "
+                             f"grid.sizes[{j}] ({_size_text(sizes[j])}): n_layer={b.n_layer}, "
+                             f"d_model={b.d_model}, so both would be one run; remove one, or "
+                             "change model.aspect_ratio / give explicit shapes")
+        seen[k] = i
+
+
+def _size_text(size: Size) -> str:
+    return f"{size:.3g} parameters" if isinstance(size, float) else \
+        f"{{n_layer: {size.n_layer}, d_model: {size.d_model}}}"
 
 
 def with_moe(base: ModelSpec, moe: MoESetting, key: str) -> ModelSpec:
@@ -107,32 +146,40 @@ def _active(model: ModelSpec) -> int:
     return count_params(model).active
 
 
-def _points(cfg: StudyConfig) -> Iterable[tuple[ModelSpec, float, int, str]]:
-    """(model, tokens, seed, yaml key of the token budget) for every grid kind."""
+def _points(cfg: StudyConfig) -> Iterable[tuple[ModelSpec, float, int, str, float | None]]:
+    """(model, tokens, seed, yaml key of the token budget, isoflop budget or None) for every
+    grid kind."""
     g = cfg.grid
     bases = [base_shape(s, cfg, f"grid.sizes[{i}]") for i, s in enumerate(g.sizes)]
+    check_distinct_sizes(bases, g.sizes)
     for j, moe in enumerate(g.moe):
         models = [with_moe(b, moe, f"grid.moe[{j}]") for b in bases]
         for seed in g.seeds:
             for model in models:
                 for i, d in enumerate(g.tokens):
-                    yield model, d, seed, f"grid.tokens[{i}]"
+                    yield model, d, seed, f"grid.tokens[{i}]", None
                 for i, r in enumerate(g.tokens_per_param):
-                    yield model, r * _active(model), seed, f"grid.tokens_per_param[{i}]"
+                    yield model, r * _active(model), seed, f"grid.tokens_per_param[{i}]", None
             if g.isoflop is not None:
-                for model, d, key in _isoflop_points(cfg, moe, j):
-                    yield model, d, seed, key
+                for model, d, key, budget in _isoflop_points(cfg, moe, j):
+                    yield model, d, seed, key, budget
     for i, run in enumerate(g.runs):
         key = f"grid.runs[{i}]"
         model = with_moe(base_shape(run.size, cfg, f"{key}.size"), run.moe, f"{key}.moe")
-        yield model, run.tokens, run.seed, f"{key}.tokens"
+        yield model, run.tokens, run.seed, f"{key}.tokens", None
+
+
+ISOFLOP_TOLERANCE = 0.05     # a point's logged FLOPs are within 5% of its budget
 
 
 def _isoflop_points(cfg: StudyConfig, moe: MoESetting, j: int):
     """Chinchilla Approach 2: per budget C, `points` sizes log-spaced ±span decades around the
-    centre N_c = sqrt(C / (6·r)) (r tokens per parameter), each trained on D = C / (6·N)."""
+    centre N_c = sqrt(C / (6·r)) (r tokens per parameter). Each is trained on the D that spends
+    exactly C under the logged (chinchilla) convention, D = C / flops_per_token(model), not
+    C / (6·N): attention and the head would otherwise put points 1.1-1.4× off their budget."""
     iso = cfg.grid.isoflop
     rule, data = cfg.model, cfg.data
+    per_step = cfg.train.batch_size * data.seq_len
     for b, budget in enumerate(iso.budgets):
         key = f"grid.isoflop.budgets[{b}]"
         centre = math.sqrt(budget / (6.0 * iso.tokens_per_param))
@@ -145,11 +192,26 @@ def _isoflop_points(cfg: StudyConfig, moe: MoESetting, j: int):
             except SpecError as e:
                 raise StudyError(key, f"budget {budget:g} needs a model of {target:.3g} params: "
                                       f"{e.message}; raise the budget or lower grid.isoflop.span") from None
+            check_built_size(base, float(target), key)
             if (base.n_layer, base.d_model) in seen:
                 continue
             seen.add((base.n_layer, base.d_model))
             model = with_moe(base, moe, f"grid.moe[{j}]")
-            yield model, budget / (6.0 * _active(model)), key
+            tokens = budget / flops_per_token(model, "chinchilla")
+            _check_budget_reachable(model, tokens, budget, per_step, key)
+            yield model, tokens, key, budget
+
+
+def _check_budget_reachable(model: ModelSpec, tokens: float, budget: float, per_step: int,
+                            key: str) -> None:
+    """Tokens are rounded to whole optimizer steps: too few steps and no D lands near C."""
+    steps = max(1, round(tokens / per_step))
+    spent = flops_per_token(model, "chinchilla") * steps * per_step
+    if abs(spent / budget - 1) > ISOFLOP_TOLERANCE:
+        raise StudyError(key, f"budget {budget:.3g} gives the {count_params(model).total:.3g}-"
+                              f"parameter point only {tokens / per_step:.2g} optimizer steps, so its "
+                              f"FLOPs ({spent:.3g}) cannot be within 5% of the budget; raise the "
+                              "budget, lower grid.isoflop.span or train.batch_size")
 
 
 def expand(cfg: StudyConfig) -> list[PlannedRun]:
@@ -157,17 +219,17 @@ def expand(cfg: StudyConfig) -> list[PlannedRun]:
     so the submitter orders the work)."""
     per_step = cfg.train.batch_size * cfg.data.seq_len
     raw = []
-    for model, tokens, seed, key in _points(cfg):
-        raw.append((model, _round_tokens(tokens, per_step, key), seed, key))
+    for model, tokens, seed, key, budget in _points(cfg):
+        raw.append((model, _round_tokens(tokens, per_step, key), seed, key, budget))
 
     # wsd: every branch of one trunk (same model and seed) shares its warmup, sized to the
     # shortest branch, so the trunk is the same stable-phase run for all of them.
     warmup: dict[tuple, int] = {}
-    for model, tokens, seed, _ in raw:
+    for model, tokens, seed, _, _ in raw:
         k = (model, seed)
         warmup[k] = min(warmup.get(k, tokens), tokens)
     runs: dict[str, PlannedRun] = {}
-    for model, tokens, seed, key in raw:
+    for model, tokens, seed, key, budget in raw:
         base = warmup[(model, seed)] if cfg.train.schedule == "wsd" else tokens
         wt = int(cfg.train.warmup_frac * base) // per_step * per_step
         try:
@@ -185,7 +247,7 @@ def expand(cfg: StudyConfig) -> list[PlannedRun]:
             flops=flops_per_token(model, "chinchilla") * tokens,
             flops_6n=flops_per_token(model, "6n") * tokens,
             flops_kaplan=flops_per_token(model, "kaplan") * tokens,
-            trunk_key=spec.trunk_key() if cfg.train.schedule == "wsd" else None)
+            trunk_key=spec.trunk_key() if cfg.train.schedule == "wsd" else None, budget=budget)
     return sorted(runs.values(), key=lambda r: (-r.flops, r.key))
 
 

@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterable
 
 import sqlalchemy as sa
 
+from trainer.redact import redact_text
+
 TERMINAL = ("finished", "diverged")                 # results: never rerun
 STATES = ("pending", "running", "finished", "diverged", "failed", "killed", "stopped")
 
@@ -236,6 +238,8 @@ class Ledger:
     def update(self, study: str, run_key: str, *, lease: str | None = None, **values: Any) -> bool:
         """Update a run; with `lease`, only if that lease is still the current one."""
         values["updated_at"] = time.time()
+        if values.get("error"):              # stored errors never hold a password
+            values["error"] = redact_text(values["error"])
         q = runs_table.update().where(*_pk(study, run_key))
         if lease is not None:
             q = q.where(runs_table.c.lease == lease)

@@ -82,9 +82,44 @@ def connect_ray(address: str | None) -> bool:
             raise
         return True
     # "local": always a new instance, never the cluster a `ray start` on this machine recorded
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+    from .hostinfo import available_cpus  # affinity + cgroup quota, not os.cpu_count()
+    ray.init(address="local", num_cpus=available_cpus(), include_dashboard=False, log_to_driver=False,
              object_store_memory=200 * 1024 * 1024, runtime_env=env)
     return True
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C (a clean stop, not Ray's sys.exit and a C++ abort)."""
+
+
+TERMINATED: list[int] = []     # signals received (Ray may re-raise ours as a KeyboardInterrupt)
+
+
+def sigterm_as_interrupt() -> None:
+    import signal
+    import threading
+    if threading.current_thread() is threading.main_thread():
+        def handler(signum, frame):
+            TERMINATED.append(signum)
+            raise Terminated()
+        signal.signal(signal.SIGTERM, handler)
+
+
+STOP_GRACE_S = 20.0
+
+
+def stop_running_runs(ledger: Ledger, study: str, grace_s: float = STOP_GRACE_S) -> None:
+    """Ask running runs to checkpoint and stop (as `cancel --now`), wait up to grace_s for them,
+    then leave: the next `scalelab run` clears the request and resumes from the checkpoints."""
+    import time
+    try:
+        ledger.request_cancel(study, "now")
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and any(
+                r.state == "running" for r in ledger.rows(study)):
+            time.sleep(0.5)
+    except Exception:                        # stopping must never mask the interrupt
+        pass
 
 
 def check_resources(cfg: StudyConfig) -> int:
@@ -116,9 +151,12 @@ def validate(cfg: StudyConfig, settings: tracking.Settings, address: str | None
              ) -> list[PlannedRun]:
     """Everything that can be checked without writing anything. Raises StudyError."""
     planned = expand(cfg)
+    from .hostinfo import available_memory_bytes
+    from .memory import check_memory
+    check_memory(cfg, planned, None if address else available_memory_bytes())
     tracking.check_tracking_uri(settings.tracking_uri)
     if settings.ledger_uri != settings.tracking_uri:
-        tracking.check_tracking_uri(settings.ledger_uri, flag="SCALELAB_LEDGER_URI")
+        tracking.check_ledger_uri(settings.ledger_uri, flag="--ledger-uri/SCALELAB_LEDGER_URI")
     check_address(address)
     tracking.check_experiment(settings.tracking_uri, cfg.study,
                               tracking.fingerprint_hash(cfg.fingerprint()),
@@ -250,9 +288,13 @@ def run_study(cfg: StudyConfig, settings: tracking.Settings, *, address: str | N
     planned = validate(cfg, settings, address)
     refuse_if_held(cfg, settings)
     started = connect_ray(address)
+    sigterm_as_interrupt()                   # after ray.init, which installs sys.exit on SIGTERM
     try:
         import ray
         slots = check_resources(cfg)
+        if address:                          # the cluster's nodes, not this machine's RAM
+            from .memory import check_memory, cluster_memory_bytes
+            check_memory(cfg, planned, cluster_memory_bytes())
         ledger = Ledger(settings.ledger_uri)
         try:
             with hold_study(ledger, cfg.study, cfg.source_path or "STUDY.yaml"):
@@ -291,7 +333,11 @@ def _run_held(cfg: StudyConfig, settings: tracking.Settings, planned: list[Plann
     notes: list[str] = []
     exp_id, parent = record_plan(cfg, settings, planned, ledger, reuse=reuse, messages=notes)
     ledger.request_cancel(cfg.study, None)
-    outcome = _dispatch(cfg, settings, planned, ledger, slots, max_concurrent, show_progress)
+    try:
+        outcome = _dispatch(cfg, settings, planned, ledger, slots, max_concurrent, show_progress)
+    except KeyboardInterrupt:        # Ctrl-C or SIGTERM: running runs checkpoint first
+        stop_running_runs(ledger, cfg.study)
+        raise
     outcome.messages[:0] = notes
     outcome.experiment_id, outcome.parent_run_id = exp_id, parent
     try:

@@ -7,6 +7,7 @@ child run, before any worker starts: concurrent `set_experiment` and first-time 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -14,7 +15,9 @@ import socket
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
+
+from trainer.redact import redact_text
 
 from .config import StudyError
 
@@ -82,6 +85,10 @@ def tcp_reachable(host: str, port: int, timeout: float = 3.0) -> bool:
 def check_tracking_uri(uri: str, flag: str = "--tracking-uri") -> None:
     """Fail fast (StudyError) when the store cannot be reached; writes nothing."""
     u = urlparse(uri)
+    if u.scheme == "sqlite" and (not uri.startswith("sqlite:///") or
+                                 uri[len("sqlite:///"):] in ("", ":memory:")):
+        raise StudyError(flag, f"{uri} is an in-memory SQLite database: every process would see "
+                               "its own empty store; give a file, sqlite:///PATH/mlflow.db")
     if u.scheme == "sqlite":
         path = Path(uri[len("sqlite:///"):])
         parent = path.parent
@@ -91,20 +98,116 @@ def check_tracking_uri(uri: str, flag: str = "--tracking-uri") -> None:
             raise StudyError(flag, f"cannot write the SQLite store {path}: {parent} is not writable; "
                                    "choose another path or set SCALELAB_HOME")
     elif u.scheme.startswith(("postgresql", "mysql")):
+        _sql_engine(uri, flag).dispose()          # the driver first: no server needed to say so
         port = u.port or (5432 if u.scheme.startswith("postgresql") else 3306)
         if not tcp_reachable(u.hostname or "127.0.0.1", port):
             raise StudyError(flag, f"no database answers at {u.hostname}:{port}; start it or fix "
                                    "the URI (e.g. postgresql://user@127.0.0.1:5432/mlflow)")
+        check_sql_database(uri, flag)
     elif u.scheme in ("http", "https"):
-        try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5) as r:
-                r.read()
-        except Exception as e:       # any failure to reach it is the same bad input
-            raise StudyError(flag, f"no MLflow server answers at {uri} ({e}); start it "
-                                   "(`scalelab ui` or docker compose) or fix the URI") from None
+        check_http_store(uri, flag)
     else:
-        raise StudyError(flag, f"unsupported tracking URI {uri!r}; use sqlite:///PATH, "
+        raise StudyError(flag, f"unsupported tracking URI {redact_text(uri)!r}; use sqlite:///PATH, "
                                "postgresql://..., or http://HOST:PORT")
+
+
+def _sql_engine(uri: str, flag: str):
+    """An engine for a probe; a missing DB driver is bad input naming the package to install."""
+    import sqlalchemy as sa
+    try:
+        return sa.create_engine(uri, connect_args={"connect_timeout": 5})
+    except (ImportError, sa.exc.NoSuchModuleError) as e:
+        if uri.startswith("postgresql://"):           # psycopg2 missing: psycopg 3 will do
+            return _sql_engine("postgresql+psycopg://" + uri[len("postgresql://"):], flag)
+        scheme = uri.split("://", 1)[0]
+        hint = ("pip install pymysql and write mysql+pymysql://..." if scheme.startswith("mysql")
+                else "install its SQLAlchemy driver")
+        raise StudyError(flag, f"no database driver for {scheme}:// is installed "
+                               f"({type(e).__name__}: {e}); {hint}, or use postgresql:// "
+                               "(psycopg is installed)") from None
+
+
+def check_sql_database(uri: str, flag: str) -> None:
+    """Connect once (5 s timeout): a missing database or refused login is bad input now, not
+    two minutes of MLflow's retries and a traceback later."""
+    import sqlalchemy as sa
+    engine = _sql_engine(uri, flag)
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.DBAPIError as e:
+        reason = redact_text(str(getattr(e, "orig", e)).strip().splitlines()[0] if str(e) else "")
+        u = engine.url
+        if "does not exist" in reason and "database" in reason:
+            cmd = (f"createdb -h {u.host or '127.0.0.1'} -p {u.port or 5432}"
+                   + (f" -U {u.username}" if u.username else "") + f" {u.database}")
+            raise StudyError(flag, f"database {u.database!r} does not exist on {u.host}:"
+                                   f"{u.port or 5432}; create it with `{cmd}` (scalelab creates the "
+                                   "tables, not the database) or fix the URI") from None
+        raise StudyError(flag, f"cannot connect to {redact_text(uri)}: {reason[:300]}; check the "
+                               "user, password and database name in the URI") from None
+    finally:
+        engine.dispose()
+
+
+def check_ledger_uri(uri: str, flag: str = "--ledger-uri") -> None:
+    """The ledger is a SQL database (SQLite file or a server every node can reach)."""
+    if not uri.startswith(("sqlite", "postgresql", "mysql")):
+        raise StudyError(flag, f"{redact_text(uri)} cannot hold the ledger: it must be a SQL "
+                               "database (sqlite:///PATH/ledger.db or postgresql://...); an http:// "
+                               "MLflow server does not hold it; omit --ledger-uri to keep it beside "
+                               "the store under --home")
+    check_tracking_uri(uri, flag)
+
+
+def check_http_store(uri: str, flag: str) -> None:
+    """GET /health of an MLflow server. `http://user:pass@host` (which MLflow accepts) is sent
+    as HTTP basic auth, as MLflow does; the password is never printed."""
+    import base64
+    from urllib.parse import urlsplit, urlunsplit
+    u = urlsplit(uri)
+    bare = urlunsplit(u._replace(netloc=u.netloc.rpartition("@")[2]))
+    req = urllib.request.Request(f"{bare.rstrip('/')}/health")
+    if u.username is not None:
+        cred = f"{unquote(u.username)}:{unquote(u.password or '')}".encode()
+        req.add_header("Authorization", "Basic " + base64.b64encode(cred).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            r.read()
+    except Exception as e:           # any failure to reach it is the same bad input
+        raise StudyError(flag, f"no MLflow server answers at {redact_text(uri)} "
+                               f"({redact_text(str(e))[:200]}); start it (`scalelab ui` or docker "
+                               "compose) or fix the URI") from None
+
+
+def check_store_readable(uri: str, flag: str = "--tracking-uri") -> None:
+    """For commands that only read (fit, report): a server or database that does not answer is
+    bad input within seconds (a SQLite path is left to the reader, which says it is missing)."""
+    if not uri.startswith("sqlite"):
+        check_tracking_uri(uri, flag)
+
+
+# MLflow retries an unreachable http store for minutes (7 retries, backoff 2: 251 s of silence
+# seen); read-only commands bound it. Values the user exported win.
+READ_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
+
+@contextlib.contextmanager
+def bounded_http_retries():
+    """Within the block, MLflow's HTTP client gives up after ~2 retries (MLflow reads these
+    variables per request); the previous environment is restored afterwards."""
+    saved = {k: os.environ.get(k) for k in READ_HTTP_ENV}
+    for k, v in READ_HTTP_ENV.items():
+        os.environ.setdefault(k, v)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def store_exists(uri: str) -> bool:
@@ -136,6 +239,12 @@ def check_experiment(uri: str, study: str, fingerprint: str, legacy: tuple[str, 
     exp = client(uri).get_experiment_by_name(study)
     if exp is None:
         return
+    if exp.lifecycle_stage == "deleted":
+        raise StudyError("study", f"the MLflow experiment {study!r} (id {exp.experiment_id}) was "
+                                  "deleted (it is in MLflow's trash); restore it with `MLFLOW_"
+                                  f"TRACKING_URI={redact_text(uri)} mlflow experiments restore "
+                                  f"--experiment-id {exp.experiment_id}`, or choose a new study "
+                                  "name (`mlflow gc` empties the trash for good)")
     theirs = exp.tags.get(FINGERPRINT)
     if theirs is None:
         raise StudyError("study", f"an MLflow experiment named {study!r} already exists and was not "

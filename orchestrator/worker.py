@@ -17,6 +17,7 @@ from dataclasses import asdict
 from typing import Any
 
 from trainer import RunResult, RunSpec, train
+from trainer.redact import redact_text
 from trainer.sinks import MlflowSink
 from trainer.spec import ALREADY_FINISHED
 
@@ -247,6 +248,7 @@ def _run_one(run: dict[str, Any], item: dict[str, Any], ledger: Ledger, client, 
         result.message = (f"checkpoint storage unusable ({errno.errorcode.get(error_errno, '')}: "
                           f"{os.strerror(error_errno)}) under {run['checkpoint_dir']}\n"
                           f"{result.message}")
+    result.message = redact_text(result.message or "")   # driver errors may carry store URIs
     if state == "killed" and not ledger.holds(study, key, lease):
         return {"run_key": key, "state": "fenced", "message": "lease lost"}
     flops_per_s = result.flops / result.wall_time_s if result.wall_time_s > 0 else None

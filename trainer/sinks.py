@@ -63,7 +63,12 @@ def _overloaded(e: Exception) -> bool:
 
 
 class MlflowSinkError(RuntimeError):
-    """The MLflow store stayed unreachable until the buffer overflowed, or rejected the data."""
+    """The MLflow store stayed unreachable until the buffer overflowed, or rejected the data.
+    Its message never carries a password (URIs in it are masked)."""
+
+    def __init__(self, message: str):
+        from .redact import redact_text
+        super().__init__(redact_text(message))
 
 
 # MLflow error codes that no retry can fix (bad value, param changed, run gone or deleted).
