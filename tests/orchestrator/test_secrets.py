@@ -51,9 +51,9 @@ def test_ledger_error_and_status_json_mask_the_password(tmp_path, monkeypatch, c
     key = json.loads(capsys.readouterr().out)[0]["run_key"]
     (tmp_path / "store").mkdir()
     ledger = Ledger(f"sqlite:///{tmp_path / 'store' / 'ledger.db'}")
-    ledger.ensure([{"run_key": key, "study": "secrets", "kind": "point", "tokens": 1, "flops": 1.0}])
-    ledger.update(key, state="failed", error=f"MlflowException: postgresql://postgres:{PW}@db/x down")
-    assert PW not in ledger.get(key).error
+    ledger.ensure("secrets", [{"run_key": key, "study": "secrets", "kind": "point", "tokens": 1, "flops": 1.0}])
+    ledger.update("secrets", key, state="failed", error=f"MlflowException: postgresql://postgres:{PW}@db/x down")
+    assert PW not in ledger.get("secrets", key).error
     ledger.dispose()
     assert main(["status", "s.yaml", "--json", "--home", str(tmp_path / "store")]) == 0
     out = capsys.readouterr().out
