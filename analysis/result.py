@@ -73,3 +73,20 @@ class FitResult:
         }
         out.update(self.extra)
         return out
+
+
+def optimal_rows(table) -> list[dict[str, float | None]]:
+    """A compute-optimal table (DataFrame with flops, n_params, tokens, tokens_per_param, loss)
+    as the JSON rows of the contract; NaN cells become None."""
+    cols = ("flops", "n_params", "tokens", "tokens_per_param", "loss")
+    return [{c: (float(r[c]) if r.get(c) is not None and math.isfinite(float(r[c])) else None)
+             for c in cols} for r in table.to_dict("records")]
+
+
+def result_at(estimator: Any, budgets: Any = None) -> FitResult:
+    """`estimator.result_` with its compute-optimal rows at `budgets` (FLOPs) filled in, for
+    estimators that allocate compute (Approaches 1-3); others are returned unchanged."""
+    res: FitResult = estimator.result_
+    if not budgets or not res.success or not hasattr(estimator, "compute_optimal"):
+        return res
+    return res.with_(compute_optimal=optimal_rows(estimator.compute_optimal(list(budgets))))
