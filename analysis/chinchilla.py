@@ -25,7 +25,7 @@ import pandas as pd
 from scipy.optimize import minimize
 
 from ._optim import batched_lbfgs
-from .result import FitResult
+from .result import FitResult, estimator_result
 
 PARAM_NAMES = ("E", "A", "B", "alpha", "beta")
 CHINCHILLA_PUBLISHED = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
@@ -386,10 +386,7 @@ class ChinchillaFit:
     def result_(self) -> FitResult:
         """This fit as a FitResult (what the CLI, the report and the bootstrap read)."""
         self._check_fitted()
-        return FitResult(law="chinchilla", params=dict(self.params_), objective=self.objective_,
-                         success=bool(self.success_), converged=bool(self.converged_),
-                         identifiable=bool(self.identifiable_), message=self.message_,
-                         n_points=int(self.n_points_), exponents=dict(self.exponents_))
+        return estimator_result(self, "chinchilla", self.params_, exponents=self.exponents_)
 
     def _check_fitted(self):
         if not hasattr(self, "params_"):

@@ -28,13 +28,11 @@ import json
 import math
 import sys
 
-import dataclasses
-
 import numpy as np
 import pandas as pd
 
 from .data import InputError, load_csv, load_mlflow
-from .groups import is_dense, select_setting, split_by
+from .groups import in_active_params, select_setting, split_by
 from .result import FitResult, optimal_rows, result_at
 
 LAWS = ("chinchilla", "kaplan-n", "kaplan-d", "compute")
@@ -165,16 +163,6 @@ def fit_law(points, law: str, *, bootstrap: int = 0, budgets=None, seed: int = 0
     return out
 
 
-def in_active_params(points):
-    """MoE points are fitted in active parameters (n_params_active) within their setting."""
-    frame = points.frame
-    if is_dense(frame).all() or "n_params_active" not in frame.columns:
-        return points
-    frame = frame.assign(n_params_total=frame["n_params"], n_params=frame["n_params_active"])
-    return dataclasses.replace(points, frame=frame, notes=list(points.notes) + [
-        "MoE setting: N is the active parameter count (n_params_active)"])
-
-
 def fit_groups(points, law: str, column: str, *, reuse=None, **kw) -> dict:
     """{label: contract dict} with one fit per group of `--group-by column`. `reuse` is
     (Points, dict): a fit already made on exactly one group's points."""
@@ -267,7 +255,8 @@ def run_fit(args) -> int:
 
 def run_report(experiment=None, tracking_uri=None, out_dir="report", *, points=None,
                true_entropy=None, budgets=None, log_to_mlflow: bool = True,
-               drop_top_loss: int = 0, include_failed: bool = False) -> int:
+               drop_top_loss: int = 0, include_failed: bool = False,
+               n_bootstrap: int = 200, grid: str = "hoffmann") -> int:
     """Build the HTML + Markdown report for a study (or for `points` given directly) and log it
     to the study's MLflow parent run. Returns the exit status (0 ok, 2 bad input)."""
     from .report import log_report_to_mlflow, write_report
@@ -283,7 +272,7 @@ def run_report(experiment=None, tracking_uri=None, out_dir="report", *, points=N
             except Exception as exc:   # curves are optional (Approach 1 only)
                 points.notes.append(f"loss curves unavailable: {exc}")
         paths = write_report(points, out_dir, true_entropy=true_entropy, budgets=budgets,
-                             curves=curves)
+                             curves=curves, n_bootstrap=n_bootstrap, grid=grid)
     except InputError as exc:
         print(f"scalelab report: error: {exc}", file=sys.stderr)
         return 2

@@ -27,7 +27,7 @@ from scipy.optimize import minimize
 from scipy.special import huber
 
 from .chinchilla import allocation_constants, predict_loss
-from .result import FitResult
+from .result import FitResult, estimator_result
 
 MUENNIGHOFF_C4 = {"E": 1.87, "A": 521.0, "B": 1488.0, "alpha": 0.353, "beta": 0.353,
                   "R_D_star": 15.39, "R_N_star": 5.31}
@@ -97,13 +97,7 @@ class DataConstrainedFit:
     @property
     def result_(self) -> FitResult:
         """This fit as a FitResult: the base law's params plus R_D_star and R_N_star."""
-        if not hasattr(self, "success_"):
-            raise AttributeError("DataConstrainedFit is not fitted")
-        ok = bool(self.success_)
-        return FitResult(law="constrained", params=dict(self.params_),
-                         objective=getattr(self, "objective_", float("nan")), success=ok,
-                         converged=ok, identifiable=not str(self.message_).startswith("unidentifiable"),
-                         message=str(self.message_), n_points=int(self.n_points_))
+        return estimator_result(self, "constrained", getattr(self, "params_", {}))
 
     def predict(self, N, D, U_D):
         return data_constrained_loss(N, D, U_D, self.params_)

@@ -147,3 +147,14 @@ def split_by(points: Points, column: str) -> dict[str, Points]:
                 points, frame=points.frame[(labels == lab).to_numpy()].reset_index(drop=True),
                 notes=list(points.notes) + [f"group {lab!r} of --group-by {column}"])
             for lab in sorted(labels.unique(), key=str)}
+
+
+def in_active_params(points: Points) -> Points:
+    """MoE points are fitted in active parameters (n_params_active) within their setting;
+    the total count stays in `n_params_total`."""
+    frame = points.frame
+    if is_dense(frame).all() or "n_params_active" not in frame.columns:
+        return points
+    frame = frame.assign(n_params_total=frame["n_params"], n_params=frame["n_params_active"])
+    return dataclasses.replace(points, frame=frame, notes=list(points.notes) + [
+        "MoE setting: N is the active parameter count (n_params_active)"])

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .kaplan import PowerLawFit
-from .result import FitResult
+from .result import FitResult, estimator_result
 
 
 def _powerlaw_ls(C, Y):
@@ -82,13 +82,9 @@ class _AllocationFit:
         """This fit as a FitResult: params k_n, a, k_d, b; objective is NaN (a regression)."""
         if not hasattr(self, "success_"):
             raise AttributeError(f"{type(self).__name__} is not fitted")
-        ok = bool(self.success_)
-        return FitResult(law=self.law, params={"k_n": self.k_n_, "a": self.a_, "k_d": self.k_d_,
-                                               "b": self.b_},
-                         objective=float("nan"), success=ok, converged=ok,
-                         identifiable=not self.message_.startswith("unidentifiable"),
-                         message=self.message_, n_points=int(self.n_points_),
-                         exponents={"a": self.a_, "b": self.b_})
+        return estimator_result(self, self.law, {"k_n": self.k_n_, "a": self.a_, "k_d": self.k_d_,
+                                                 "b": self.b_},
+                                exponents={"a": self.a_, "b": self.b_}, objective=float("nan"))
 
 
 def _parabola(C: float, g: pd.DataFrame, min_runs: int, require_bracketed: bool) -> dict:

@@ -16,7 +16,7 @@ from scipy.optimize import minimize
 from scipy.special import huber
 
 from ._optim import batched_lbfgs
-from .result import FitResult
+from .result import FitResult, estimator_result
 
 DEFAULT_DELTA = 1e-3
 
@@ -143,13 +143,9 @@ class PowerLawFit:
     @property
     def result_(self) -> FitResult:
         """This fit as a FitResult; exponents.a is the loss exponent -alpha, b is None."""
-        if not hasattr(self, "params_"):
-            raise AttributeError("PowerLawFit is not fitted")
         law = {"N": "kaplan-n", "D": "kaplan-d", "C": "compute"}.get(self.variable, f"power-{self.variable}")
-        return FitResult(law=law, params=dict(self.params_), objective=self.objective_,
-                         success=bool(self.success_), converged=bool(self.converged_),
-                         identifiable=bool(self.identifiable_), message=self.message_,
-                         n_points=int(self.n_points_), exponents={"a": self.exponent_, "b": None})
+        return estimator_result(self, law, getattr(self, "params_", {}),
+                                exponents={"a": getattr(self, "exponent_", None), "b": None})
 
     def predict(self, x):
         if not hasattr(self, "params_"):

@@ -32,7 +32,7 @@ from scipy.special import huber
 
 from .chinchilla import ChinchillaFit
 from .groups import is_dense
-from .result import FitResult
+from .result import FitResult, estimator_result
 
 CONFIG_COLS = ("experts", "top_k", "granularity")
 
@@ -107,13 +107,8 @@ class ClarkFit:
     @property
     def result_(self) -> FitResult:
         """This fit as a FitResult: params a, b, c, d; objective the RMSE of log loss."""
-        if not hasattr(self, "success_"):
-            raise AttributeError("ClarkFit is not fitted")
-        ok = bool(self.success_)
-        return FitResult(law="clark", params=dict(self.coef_),
-                         objective=getattr(self, "rmse_", float("nan")), success=ok, converged=ok,
-                         identifiable=not self.message_.startswith("unidentifiable"),
-                         message=self.message_, n_points=int(self.n_points_))
+        return estimator_result(self, "clark", getattr(self, "coef_", {}),
+                                objective=getattr(self, "rmse_", float("nan")))
 
     def predict(self, N, experts):
         x = np.log(np.asarray(N, float))
@@ -184,13 +179,7 @@ class KrajewskiFit:
     @property
     def result_(self) -> FitResult:
         """This fit as a FitResult: params c, a, g, gamma, alpha, b, beta."""
-        if not hasattr(self, "success_"):
-            raise AttributeError("KrajewskiFit is not fitted")
-        return FitResult(law="krajewski", params=dict(self.params_),
-                         objective=getattr(self, "objective_", float("nan")),
-                         success=bool(self.success_), converged=getattr(self, "converged_", False),
-                         identifiable=not self.message_.startswith("unidentifiable"),
-                         message=self.message_, n_points=int(self.n_points_))
+        return estimator_result(self, "krajewski", getattr(self, "params_", {}))
 
     def predict(self, N, D, G):
         return self._pred(self.theta_, np.asarray(N, float), np.asarray(D, float), np.asarray(G, float))
