@@ -13,10 +13,13 @@ from .isoflop import EnvelopeFit, IsoFLOPFit, envelope_fit, isoflop_fit
 from .moe import (ClarkFit, KrajewskiFit, effective_dense_params, fit_clark, fit_krajewski,
                   fit_moe_per_config)
 from .validate import entropy_check, extrapolation_test, leave_one_out, residuals_by_decile
+from .result import FitResult, result_at
+from .groups import select_setting, setting_labels, split_by
 
 def __getattr__(name):
     # the report pulls in matplotlib: import it only when asked for
-    if name in ("write_report", "log_report_to_mlflow", "ReportPaths"):
+    if name in ("write_report", "log_report_to_mlflow", "ReportPaths", "ReportContext",
+                "register_section", "SECTIONS"):
         from . import report
         return getattr(report, name)
     raise AttributeError(name)
@@ -26,7 +29,8 @@ __all__ = [
     "ClarkFit", "DataConstrainedFit", "EnvelopeFit", "IsoFLOPFit", "KrajewskiFit",
     "data_constrained_loss", "effective_dense_params", "envelope_fit", "fit_clark",
     "fit_krajewski", "fit_moe_per_config", "isoflop_fit", "write_report",
-    "log_report_to_mlflow", "ReportPaths",
+    "log_report_to_mlflow", "ReportPaths", "ReportContext", "register_section", "SECTIONS",
+    "FitResult", "result_at", "select_setting", "setting_labels", "split_by",
     "BootstrapResult", "ChinchillaFit", "InputError", "Points", "PowerLawFit",
     "bootstrap_chinchilla", "bootstrap_fit", "check_convergence", "compute_optimal",
     "entropy_check", "extrapolation_test", "fit_compute_frontier", "fit_kaplan_d",

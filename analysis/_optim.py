@@ -44,6 +44,49 @@ def batched_lbfgs(fg: BatchFG, x0: np.ndarray, *, m: int = 10, maxiter: int = 40
                               stall_rtol)
 
 
+def _direction(gi, Sh, Yh, rho, m):
+    """L-BFGS two-loop recursion per row (history slot m-1 newest); rho == 0 skips a slot."""
+    q = gi.copy()
+    alph = np.zeros((gi.shape[0], m))
+    for j in range(m - 1, -1, -1):
+        a_j = rho[:, j] * np.einsum("ij,ij->i", Sh[:, j], q)
+        alph[:, j] = a_j
+        q -= a_j[:, None] * Yh[:, j]
+    # initial Hessian scale from the newest accepted pair, else a gradient-size scale
+    sy = np.einsum("ij,ij->i", Sh[:, -1], Yh[:, -1])
+    yy = np.einsum("ij,ij->i", Yh[:, -1], Yh[:, -1])
+    gam = np.where(rho[:, -1] > 0, sy / np.where(yy > 0, yy, 1.0),
+                   1.0 / np.maximum(1.0, np.sum(np.abs(gi), axis=1)))
+    r = gam[:, None] * q
+    for j in range(m):
+        b_j = rho[:, j] * np.einsum("ij,ij->i", Yh[:, j], r)
+        r += Sh[:, j] * (alph[:, j] - b_j)[:, None]
+    return -r
+
+
+def _line_search(fg, idx, xi, fi, gi, d, gd, max_backtracks):
+    """Armijo backtracking, evaluating only the rows still searching.
+    Returns step sizes, new f and g, and the rows whose search failed."""
+    t = np.ones(idx.size)
+    fnew = np.full(idx.size, np.nan)
+    gnew = np.zeros_like(gi)
+    pending = np.arange(idx.size)
+    for _ in range(max_backtracks):
+        xt = xi[pending] + t[pending, None] * d[pending]
+        ft, gt = fg(xt, idx[pending])
+        ok = np.isfinite(ft) & (ft <= fi[pending] + 1e-4 * t[pending] * gd[pending])
+        done = pending[ok]
+        fnew[done] = ft[ok]
+        gnew[done] = gt[ok]
+        pending = pending[~ok]
+        if pending.size == 0:
+            break
+        t[pending] *= 0.5
+    failed = np.zeros(idx.size, dtype=bool)
+    failed[pending] = True
+    return t, fnew, gnew, failed
+
+
 def _batched_lbfgs(fg, x0, m, maxiter, gtol, ftol, max_backtracks, stall_window, stall_rtol):
     X = np.array(x0, dtype=float, copy=True)
     S, n = X.shape
@@ -64,48 +107,14 @@ def _batched_lbfgs(fg, x0, m, maxiter, gtol, ftol, max_backtracks, stall_window,
         if idx.size == 0:
             break
         gi, xi, fi = g[idx], X[idx], f[idx]
-        # two-loop recursion, newest slot last (we roll the history so slot m-1 is newest)
-        q = gi.copy()
-        alph = np.zeros((idx.size, m))
-        for j in range(m - 1, -1, -1):
-            a_j = rho[idx, j] * np.einsum("ij,ij->i", Sh[idx, j], q)
-            alph[:, j] = a_j
-            q -= a_j[:, None] * Yh[idx, j]
-        # initial Hessian scale from the newest accepted pair, else a gradient-size scale
-        sy = np.einsum("ij,ij->i", Sh[idx, -1], Yh[idx, -1])
-        yy = np.einsum("ij,ij->i", Yh[idx, -1], Yh[idx, -1])
-        have = rho[idx, -1] > 0
-        gam = np.where(have, sy / np.where(yy > 0, yy, 1.0),
-                       1.0 / np.maximum(1.0, np.sum(np.abs(gi), axis=1)))
-        r = gam[:, None] * q
-        for j in range(m):
-            b_j = rho[idx, j] * np.einsum("ij,ij->i", Yh[idx, j], r)
-            r += Sh[idx, j] * (alph[:, j] - b_j)[:, None]
-        d = -r
+        d = _direction(gi, Sh[idx], Yh[idx], rho[idx], m)
         gd = np.einsum("ij,ij->i", gi, d)
         bad = ~(gd < 0) | ~np.all(np.isfinite(d), axis=1)
         if bad.any():   # not a descent direction: reset this row to steepest descent
             d[bad] = -gi[bad] / np.maximum(1.0, np.sum(np.abs(gi[bad]), axis=1))[:, None]
             gd[bad] = np.einsum("ij,ij->i", gi[bad], d[bad])
             rho[idx[bad]] = 0.0
-        # Armijo backtracking, evaluating only the rows still searching
-        t = np.ones(idx.size)
-        fnew = np.full(idx.size, np.nan)
-        gnew = np.zeros_like(gi)
-        pending = np.arange(idx.size)
-        for _ in range(max_backtracks):
-            xt = xi[pending] + t[pending, None] * d[pending]
-            ft, gt = fg(xt, idx[pending])
-            ok = np.isfinite(ft) & (ft <= fi[pending] + 1e-4 * t[pending] * gd[pending])
-            done = pending[ok]
-            fnew[done] = ft[ok]
-            gnew[done] = gt[ok]
-            pending = pending[~ok]
-            if pending.size == 0:
-                break
-            t[pending] *= 0.5
-        failed = np.zeros(idx.size, dtype=bool)
-        failed[pending] = True
+        t, fnew, gnew, failed = _line_search(fg, idx, xi, fi, gi, d, gd, max_backtracks)
         okr = ~failed
         s = t[:, None] * d
         y = gnew - gi

@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 
 from ._optim import batched_lbfgs
+from .result import FitResult
 from .chinchilla import (ChinchillaFit, _fg_batch, allocation_constants, compute_optimal,
-                         theta_to_params, DEFAULT_DELTA)
+                         params_to_theta, theta_to_params, DEFAULT_DELTA)
 
 
 @dataclass
@@ -120,23 +121,25 @@ def weighted_refits(N, D, loss, W, theta0, *, delta: float = DEFAULT_DELTA,
 
 def bootstrap_chinchilla(N, D, loss, *, n_resamples: int = 1000, seed: int = 0,
                          budgets=(), delta: float = DEFAULT_DELTA, groups=None,
-                         full_fit: ChinchillaFit | None = None, n_jobs: int | None = None,
+                         full_fit: ChinchillaFit | FitResult | None = None, n_jobs: int | None = None,
                          level: float = 0.95, maxiter: int = 400) -> BootstrapResult:
     """Approach 3 bootstrap; intervals for E, A, B, alpha, beta, a, b, G and, per budget C,
     N_opt@C, D_opt@C, D/N@C, loss@C."""
     N, D, L = (np.asarray(v, float) for v in (N, D, loss))
     if full_fit is None:
         full_fit = ChinchillaFit(delta=delta).fit(N, D, L)
-    if not full_fit.success_:
+    full = full_fit.result_ if hasattr(full_fit, "result_") else full_fit   # a FitResult
+    if not full.success:
         return BootstrapResult(pd.DataFrame(), {}, n_resamples, level, seed, n_resamples, False,
-                               "full-data fit failed: " + full_fit.message_)
+                               "full-data fit failed: " + full.message)
     rng = np.random.default_rng(seed)
     W = resample_weights(N.size, n_resamples, rng, groups)
-    T, _ = weighted_refits(N, D, L, W, full_fit.theta_, delta=delta, n_jobs=n_jobs, maxiter=maxiter)
-    return _summarise_chinchilla(T, budgets, n_resamples, level, seed, full_fit)
+    T, _ = weighted_refits(N, D, L, W, params_to_theta(full.params), delta=delta, n_jobs=n_jobs,
+                           maxiter=maxiter)
+    return _summarise_chinchilla(T, budgets, n_resamples, level, seed, full)
 
 
-def _summarise_chinchilla(T, budgets, n_resamples, level, seed, full_fit):
+def _summarise_chinchilla(T, budgets, n_resamples, level, seed, full):
     rows = []
     for th in T:
         p = theta_to_params(th)
@@ -155,8 +158,8 @@ def _summarise_chinchilla(T, budgets, n_resamples, level, seed, full_fit):
     samples = pd.DataFrame(rows)
     n_failed = int(samples["alpha"].isna().sum())
     ci = percentile_ci(samples, level)
-    pe = dict(full_fit.params_)
-    pe.update(allocation_constants(full_fit.params_))
+    pe = dict(full.params)
+    pe.update(allocation_constants(full.params))
     msg = f"{n_resamples} resamples over runs, {n_failed} failed refits excluded"
     return BootstrapResult(samples, ci, n_resamples, level, seed, n_failed,
                            n_failed < 0.05 * n_resamples, msg, pe)

@@ -25,6 +25,7 @@ import pandas as pd
 from scipy.optimize import minimize
 
 from ._optim import batched_lbfgs
+from .result import FitResult, estimator_result
 
 PARAM_NAMES = ("E", "A", "B", "alpha", "beta")
 CHINCHILLA_PUBLISHED = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
@@ -380,6 +381,12 @@ class ChinchillaFit:
     def objective(self, N, D, loss) -> float:
         self._check_fitted()
         return huber_objective(self.params_, N, D, loss, delta=self.delta)
+
+    @property
+    def result_(self) -> FitResult:
+        """This fit as a FitResult (what the CLI, the report and the bootstrap read)."""
+        self._check_fitted()
+        return estimator_result(self, "chinchilla", self.params_, exponents=self.exponents_)
 
     def _check_fitted(self):
         if not hasattr(self, "params_"):

@@ -9,7 +9,11 @@
 JSON contract (--json): stdout is ONE object
   {"law", "n_points", "params", "objective", "converged", "ci95": {name: [lo, hi]},
    "compute_optimal": [{"flops", "n_params", "tokens", "tokens_per_param", "loss"}],
-   "exponents": {"a", "b"}, ...extra keys: identifiable, success, message, excluded, source}
+   "exponents": {"a", "b"}, ...extra keys: identifiable, success, message, excluded, source,
+   notes, bootstrap, and with --group-by: "groups": {label: {...the same contract...}}}
+The top level is one setting's fit (dense points by default, `--experts K` for an MoE
+setting, in active parameters); points of other settings are counted in `excluded` with the
+reason, and the notes say which setting was fitted (see analysis/groups.py).
 Chinchilla params are E, A, B, alpha, beta; exponents a, b are those of N_opt ~ C^a and
 D_opt ~ C^b. For the single-variable laws (kaplan-n, kaplan-d, compute) params are E, x_c,
 alpha (L = E + (x_c/x)^alpha); exponents.a is the loss exponent -alpha (L - E ~ x^a) and
@@ -25,8 +29,11 @@ import math
 import sys
 
 import numpy as np
+import pandas as pd
 
 from .data import InputError, load_csv, load_mlflow
+from .groups import in_active_params, select_setting, split_by
+from .result import FitResult, optimal_rows, result_at
 
 LAWS = ("chinchilla", "kaplan-n", "kaplan-d", "compute")
 
@@ -51,6 +58,12 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument("--drop-top-loss", type=int, default=0, metavar="K",
                         help="outlier policy: drop the K highest-loss points (Epoch's Chinchilla subset: 5)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--experts", type=int, default=None, metavar="K",
+                        help="fit the MoE setting with K experts (default: the dense points; "
+                             "settings are never pooled)")
+    parser.add_argument("--group-by", default=None, metavar="COLUMN",
+                        help="also fit each group of COLUMN (experts: MoE setting, arch, or any "
+                             "param) separately; JSON key \"groups\": {label: {...}}")
     return parser
 
 
@@ -86,60 +99,89 @@ def _jsonable(v):
     return v
 
 
-def fit_law(points, law: str, *, bootstrap: int = 0, budgets=None, seed: int = 0) -> dict:
-    """Fit one law to Points and return the contract dict (see module docstring)."""
-    from .bootstrap import bootstrap_chinchilla, bootstrap_fit
+def _fit_chinchilla(points, budgets, bootstrap: int, seed: int) -> FitResult:
+    from .bootstrap import bootstrap_chinchilla
     from .chinchilla import ChinchillaFit
-    from .kaplan import PowerLawFit, kaplan_per_variable, lower_envelope
 
     frame = points.frame
-    out = {"law": law, "source": points.source, "excluded": dict(points.excluded),
-           "notes": list(points.notes)}
-    if law == "chinchilla":
-        budgets = budgets or default_budgets(frame["flops"])
-        fit = ChinchillaFit().fit(points.N, points.D, points.loss)
-        out.update(n_points=len(frame), params=fit.params_, objective=fit.objective_,
-                   converged=fit.converged_, identifiable=fit.identifiable_, success=fit.success_,
-                   message=fit.message_, exponents=dict(fit.exponents_), ci95={},
-                   compute_optimal=(fit.compute_optimal(budgets).to_dict("records")
-                                    if fit.success_ else []))
-        if bootstrap and fit.success_:
-            b = bootstrap_chinchilla(points.N, points.D, points.loss, n_resamples=bootstrap,
-                                     seed=seed, budgets=budgets, full_fit=fit,
-                                     groups=frame["run_id"] if "run_id" in frame else None)
-            out["ci95"] = {k: list(v) for k, v in b.ci.items()}
-            out["bootstrap"] = {"n_resamples": b.n_resamples, "n_failed": b.n_failed, "seed": seed}
-        return out
+    budgets = budgets or default_budgets(frame["flops"])
+    fit = ChinchillaFit().fit(points.N, points.D, points.loss)
+    res = result_at(fit, budgets)
+    if bootstrap and res.success:
+        b = bootstrap_chinchilla(points.N, points.D, points.loss, n_resamples=bootstrap,
+                                 seed=seed, budgets=budgets, full_fit=fit,
+                                 groups=frame["run_id"] if "run_id" in frame else None)
+        res = res.with_(ci95=dict(b.ci), extra={**res.extra, "bootstrap": {
+            "n_resamples": b.n_resamples, "n_failed": b.n_failed, "seed": seed}})
+    return res
 
+
+def _fit_one_variable(points, law: str, budgets, bootstrap: int, seed: int) -> FitResult:
+    from .bootstrap import bootstrap_fit
+    from .kaplan import PowerLawFit, frontier_points, kaplan_per_variable
+
+    frame = points.frame
     var = {"kaplan-n": "N", "kaplan-d": "D", "compute": "C"}[law]
-    if law == "compute":
-        sel = frame[np.isfinite(frame["flops"].to_numpy(float))]
-        sel = sel[lower_envelope(sel["flops"], sel["loss"])]
-        xcol = "flops"
-    else:
-        xcol = {"N": "n_params", "D": "tokens"}[var]
-        sel = kaplan_per_variable(frame[np.isfinite(frame[xcol].to_numpy(float))], var)
+    xcol = {"N": "n_params", "D": "tokens", "C": "flops"}[var]
+    sel = frame[np.isfinite(frame[xcol].to_numpy(float))]
+    sel = frontier_points(sel) if law == "compute" else kaplan_per_variable(sel, var)
 
     def fitf(f):
-        return PowerLawFit(variable=var).fit(f[xcol], f["loss"])
-    fit = fitf(sel)
-    out.update(n_points=len(sel), params=fit.params_, objective=fit.objective_,
-               converged=fit.converged_, identifiable=fit.identifiable_, success=fit.success_,
-               message=fit.message_ + f" (fitted on {len(sel)} {'frontier' if law == 'compute' else 'best-per-' + var} points of {len(frame)})",
-               exponents={"a": fit.exponent_, "b": None}, ci95={}, compute_optimal=[])
-    if law == "compute" and fit.success_:
-        budgets = budgets or default_budgets(frame["flops"])
-        out["compute_optimal"] = [{"flops": C, "n_params": None, "tokens": None,
-                                   "tokens_per_param": None, "loss": float(fit.predict(C))}
-                                  for C in budgets]
-    if bootstrap and fit.success_:
+        return PowerLawFit(variable=var).fit(f[xcol], f["loss"]).result_
+    res = fitf(sel)
+    kind = "frontier" if law == "compute" else "best-per-" + var
+    res = res.with_(message=res.message + f" (fitted on {len(sel)} {kind} points of {len(frame)})")
+    if law == "compute" and res.success:
+        C = np.asarray(budgets or default_budgets(frame["flops"]), float)
+        fit = PowerLawFit(variable=var).fit(sel[xcol], sel["loss"])
+        nan = np.full(C.size, np.nan)
+        res = res.with_(compute_optimal=optimal_rows(pd.DataFrame(
+            {"flops": C, "n_params": nan, "tokens": nan, "tokens_per_param": nan,
+             "loss": fit.predict(C)})))
+    if bootstrap and res.success:
         def stats(f):
             r = fitf(f)
-            return {**r.params_, "exponent": r.exponent_} if r.success_ else {}
+            return {**r.params, "exponent": r.exponents["a"]} if r.success else {}
         b = bootstrap_fit(stats, sel.reset_index(drop=True), n_resamples=bootstrap, seed=seed)
-        out["ci95"] = {k: list(v) for k, v in b.ci.items()}
-        out["bootstrap"] = {"n_resamples": b.n_resamples, "n_failed": b.n_failed, "seed": seed}
+        res = res.with_(ci95=dict(b.ci), extra={**res.extra, "bootstrap": {
+            "n_resamples": b.n_resamples, "n_failed": b.n_failed, "seed": seed}})
+    return res
+
+
+def fit_result(points, law: str, *, bootstrap: int = 0, budgets=None, seed: int = 0) -> FitResult:
+    """Fit one law to Points (one setting: see analysis.groups) and return its FitResult."""
+    if law == "chinchilla":
+        return _fit_chinchilla(points, budgets, bootstrap, seed)
+    return _fit_one_variable(points, law, budgets, bootstrap, seed)
+
+
+def fit_law(points, law: str, *, bootstrap: int = 0, budgets=None, seed: int = 0) -> dict:
+    """Fit one law to Points and return the contract dict (see module docstring)."""
+    out = {"law": law, "source": points.source, "excluded": dict(points.excluded),
+           "notes": list(points.notes)}
+    out.update(fit_result(points, law, bootstrap=bootstrap, budgets=budgets, seed=seed).to_dict())
     return out
+
+
+def fit_groups(points, law: str, column: str, *, reuse=None, **kw) -> dict:
+    """{label: contract dict} with one fit per group of `--group-by column`. `reuse` is
+    (Points, dict): a fit already made on exactly one group's points."""
+    out = {}
+    for label, grp in split_by(points, column).items():
+        grp = in_active_params(grp)
+        if reuse is not None and _same_points(grp, reuse[0]):
+            out[label] = {**reuse[1], "notes": list(grp.notes), "excluded": dict(grp.excluded)}
+            continue
+        out[label] = fit_law(grp, law, **kw)
+    return out
+
+
+def _same_points(a, b) -> bool:
+    fa, fb = a.frame, b.frame
+    if "run_id" not in fa or "run_id" not in fb or len(fa) != len(fb):
+        return False
+    return set(fa["run_id"]) == set(fb["run_id"]) and np.allclose(
+        np.sort(fa["n_params"].to_numpy(float)), np.sort(fb["n_params"].to_numpy(float)))
 
 
 def _load(args, law):
@@ -161,6 +203,8 @@ def _print_text(res, stream):
     w(f"law: {res['law']}   points: {res['n_points']}   source: {res['source']}\n")
     if res["excluded"]:
         w("excluded: " + ", ".join(f"{k}: {v}" for k, v in res["excluded"].items()) + "\n")
+    for note in res.get("notes", []):
+        w(f"note: {note}\n")
     for k, v in p.items():
         ci = res["ci95"].get(k)
         w(f"  {k:>6} = {v:.6g}" + (f"   95% CI [{ci[0]:.6g}, {ci[1]:.6g}]" if ci else "") + "\n")
@@ -183,7 +227,12 @@ def run_fit(args) -> int:
         if args.bootstrap < 0:
             raise InputError("--bootstrap must be >= 0")
         pts = _load(args, args.law)
-        res = fit_law(pts, args.law, bootstrap=args.bootstrap, budgets=budgets, seed=args.seed)
+        sel = select_setting(pts, experts=getattr(args, "experts", None))
+        sel = in_active_params(sel)
+        kw = dict(bootstrap=args.bootstrap, budgets=budgets, seed=args.seed)
+        res = fit_law(sel, args.law, **kw)
+        if getattr(args, "group_by", None):
+            res["groups"] = fit_groups(pts, args.law, args.group_by, reuse=(sel, res), **kw)
     except InputError as exc:
         print(f"scalelab fit: error: {exc}", file=sys.stderr)
         return 2
@@ -198,12 +247,16 @@ def run_fit(args) -> int:
         print(json.dumps(_jsonable(res)))
     else:
         _print_text(res, sys.stdout)
+        for label, g in res.get("groups", {}).items():
+            sys.stdout.write(f"\n== group {label} ==\n")
+            _print_text(g, sys.stdout)
     return status
 
 
 def run_report(experiment=None, tracking_uri=None, out_dir="report", *, points=None,
                true_entropy=None, budgets=None, log_to_mlflow: bool = True,
-               drop_top_loss: int = 0, include_failed: bool = False) -> int:
+               drop_top_loss: int = 0, include_failed: bool = False,
+               n_bootstrap: int = 200, grid: str = "hoffmann") -> int:
     """Build the HTML + Markdown report for a study (or for `points` given directly) and log it
     to the study's MLflow parent run. Returns the exit status (0 ok, 2 bad input)."""
     from .report import log_report_to_mlflow, write_report
@@ -219,7 +272,7 @@ def run_report(experiment=None, tracking_uri=None, out_dir="report", *, points=N
             except Exception as exc:   # curves are optional (Approach 1 only)
                 points.notes.append(f"loss curves unavailable: {exc}")
         paths = write_report(points, out_dir, true_entropy=true_entropy, budgets=budgets,
-                             curves=curves)
+                             curves=curves, n_bootstrap=n_bootstrap, grid=grid)
     except InputError as exc:
         print(f"scalelab report: error: {exc}", file=sys.stderr)
         return 2

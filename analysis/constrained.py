@@ -24,8 +24,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
+from scipy.special import huber
 
 from .chinchilla import allocation_constants, predict_loss
+from .result import FitResult, estimator_result
 
 MUENNIGHOFF_C4 = {"E": 1.87, "A": 521.0, "B": 1488.0, "alpha": 0.353, "beta": 0.353,
                   "R_D_star": 15.39, "R_N_star": 5.31}
@@ -81,8 +83,7 @@ class DataConstrainedFit:
         def obj(x):
             p = {**self.base_params, "R_D_star": np.exp(x[0]), "R_N_star": np.exp(x[1])}
             r = np.log(data_constrained_loss(N, D, U, p)) - np.log(L)
-            a = np.abs(r)
-            return float(np.sum(np.where(a <= self.delta, 0.5 * r * r, self.delta * (a - 0.5 * self.delta))))
+            return float(np.sum(huber(self.delta, r)))
         best = min((minimize(obj, [np.log(rd), np.log(rn)], method="Nelder-Mead",
                              options={"xatol": 1e-8, "fatol": 1e-14, "maxiter": 4000})
                     for rd in (2, 15, 60) for rn in (1, 5, 30)), key=lambda r: r.fun)
@@ -92,6 +93,11 @@ class DataConstrainedFit:
         self.success_ = bool(best.success)
         self.message_ = best.message
         return self
+
+    @property
+    def result_(self) -> FitResult:
+        """This fit as a FitResult: the base law's params plus R_D_star and R_N_star."""
+        return estimator_result(self, "constrained", getattr(self, "params_", {}))
 
     def predict(self, N, D, U_D):
         return data_constrained_loss(N, D, U_D, self.params_)

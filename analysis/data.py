@@ -34,7 +34,7 @@ _OPTION = {"n": "--n-col", "d": "--d-col", "c": "--c-col", "loss": "--loss-col"}
 _NUMERIC_PARAMS = ("n_params", "n_params_active", "n_params_nonembedding", "tokens", "flops",
                    "experts", "top_k", "n_layer", "d_model", "n_head", "seed", "d_ff", "d_expert",
                    "granularity", "shared_experts", "vocab_size", "seq_len", "batch_size", "lr",
-                   "true_entropy", "flops_6n", "flops_kaplan", "unique_tokens", "epochs")
+                   "true_entropy", "flops_6n", "flops_kaplan", "unique_tokens", "epochs", "budget")
 
 
 class InputError(ValueError):

@@ -15,11 +15,11 @@ are biased upward (SCALING.md), so the envelope is only as good as the schedule 
 
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 
 from .kaplan import PowerLawFit
+from .result import FitResult, estimator_result
 
 
 def _powerlaw_ls(C, Y):
@@ -36,6 +36,8 @@ def group_budgets(flops, *, budget_rtol: float = 0.05) -> np.ndarray:
     """Cluster FLOP values into budgets: a new budget starts where log C jumps by more than
     log(1 + budget_rtol). Returns the budget (geometric mean of its cluster) per point."""
     C = np.asarray(flops, float)
+    if C.size == 0:
+        return C.copy()
     order = np.argsort(C)
     lc = np.log(C[order])
     breaks = np.concatenate([[True], np.diff(lc) > np.log1p(budget_rtol)])
@@ -46,13 +48,89 @@ def group_budgets(flops, *, budget_rtol: float = 0.05) -> np.ndarray:
     return out
 
 
-class IsoFLOPFit:
-    """Approach 2 estimator. fit(frame) with columns n_params, loss and flops (or `budget`).
+def point_budgets(frame: pd.DataFrame, *, budget_col: str = "budget",
+                  budget_rtol: float = 0.05) -> np.ndarray:
+    """The IsoFLOP budget of every point: its designed `budget` (logged by IsoFLOP studies)
+    where present, else the cluster of its logged FLOPs (`group_budgets`)."""
+    out = np.full(len(frame), np.nan)
+    if budget_col in frame.columns:
+        out = pd.to_numeric(frame[budget_col], errors="coerce").to_numpy(float)
+    missing = ~(np.isfinite(out) & (out > 0))
+    if missing.any():
+        out[missing] = group_budgets(frame["flops"].to_numpy(float)[missing],
+                                     budget_rtol=budget_rtol)
+    return out
+
+
+class _AllocationFit:
+    """Shared by Approaches 1 and 2: N_opt = k_n C^a, D_opt = k_d C^b, as a FitResult."""
+
+    law = "allocation"
+
+    def _optimal_loss(self, C: np.ndarray) -> np.ndarray:
+        return np.full(C.size, np.nan)
+
+    def compute_optimal(self, flops) -> pd.DataFrame:
+        C = np.atleast_1d(np.asarray(flops, float))
+        N = self.k_n_ * C ** self.a_
+        D = self.k_d_ * C ** self.b_
+        return pd.DataFrame({"flops": C, "n_params": N, "tokens": D, "tokens_per_param": D / N,
+                             "loss": self._optimal_loss(C)})
+
+    @property
+    def result_(self) -> FitResult:
+        """This fit as a FitResult: params k_n, a, k_d, b; objective is NaN (a regression)."""
+        if not hasattr(self, "success_"):
+            raise AttributeError(f"{type(self).__name__} is not fitted")
+        return estimator_result(self, self.law, {"k_n": self.k_n_, "a": self.a_, "k_d": self.k_d_,
+                                                 "b": self.b_},
+                                exponents={"a": self.a_, "b": self.b_}, objective=float("nan"))
+
+
+def _parabola(C: float, g: pd.DataFrame, min_runs: int, require_bracketed: bool) -> dict:
+    """Fit L = c0 + c1 u + c2 u^2, u = log N - mean log N, to one IsoFLOP group; its vertex is
+    the budget's N_opt. D_opt comes from the group's own tokens (log D linear in log N), so it
+    holds whatever FLOP convention the budget was logged in."""
+    x = np.log(g["n_params"].to_numpy(float))
+    L = g["loss"].to_numpy(float)
+    row = {"budget": float(C), "n_runs": len(g), "c0": np.nan, "c1": np.nan, "c2": np.nan,
+           "n_opt": np.nan, "d_opt": np.nan, "loss_opt": np.nan, "in_range": False,
+           "ok": False, "note": ""}
+    if np.unique(np.round(x, 9)).size < min_runs:
+        row["note"] = f"fewer than {min_runs} distinct N"
+        return row
+    xc = x.mean()    # centre log N for conditioning
+    c2, c1, c0 = np.polyfit(x - xc, L, 2)
+    row.update(c0=c0, c1=c1, c2=c2, log_n_center=xc)
+    if not c2 > 0:
+        row["note"] = "parabola opens downward: no minimum"
+        return row
+    xv = -c1 / (2 * c2)
+    row["n_opt"] = float(np.exp(xv + xc))
+    if "tokens" in g and np.all(np.asarray(g["tokens"], float) > 0):
+        k1, k0 = np.polyfit(x - xc, np.log(g["tokens"].to_numpy(float)), 1)
+        row["d_opt"] = float(np.exp(k0 + k1 * xv))
+    else:
+        row["d_opt"] = float(C / (6 * row["n_opt"]))
+    row["loss_opt"] = float(c0 - c1 * c1 / (4 * c2))
+    row["in_range"] = bool(x.min() - xc <= xv <= x.max() - xc)
+    row["ok"] = row["in_range"] or not require_bracketed
+    if not row["in_range"]:
+        row["note"] = "vertex outside the sampled N range (extrapolated)"
+    return row
+
+
+class IsoFLOPFit(_AllocationFit):
+    """Approach 2 estimator. fit(frame) with columns n_params, loss, flops (and `budget`, the
+    designed budget, when the study logged one; tokens, when known, give D_opt).
 
     Fitted: parabolas_ (per budget: budget, n_runs, c0, c1, c2, n_opt, d_opt, loss_opt,
     in_range, ok, note), a_, b_ (exponents), k_n_, k_d_, r2_n_, loss_law_ (PowerLawFit of the
-    vertex losses in C, when >= 4 budgets), success_, message_.
+    vertex losses in C, when >= 4 budgets), budget_source_ ("budget" or "flops clusters"),
+    n_points_, success_, message_, result_ (FitResult).
     """
+
+    law = "isoflop"
 
     def __init__(self, *, budget_col: str = "budget", budget_rtol: float = 0.05,
                  min_runs: int = 3, require_bracketed: bool = False):
@@ -62,40 +140,12 @@ class IsoFLOPFit:
         self.require_bracketed = require_bracketed
 
     def fit(self, frame: pd.DataFrame):
-        df = frame.copy()
-        if self.budget_col in df.columns and df[self.budget_col].notna().all():
-            df["_budget"] = df[self.budget_col].astype(float)
-        else:
-            df["_budget"] = group_budgets(df["flops"], budget_rtol=self.budget_rtol)
-        rows = []
-        for C, g in df.groupby("_budget"):
-            x = np.log(g["n_params"].to_numpy(float))
-            L = g["loss"].to_numpy(float)
-            row = {"budget": float(C), "n_runs": len(g), "c0": np.nan, "c1": np.nan, "c2": np.nan,
-                   "n_opt": np.nan, "d_opt": np.nan, "loss_opt": np.nan, "in_range": False,
-                   "ok": False, "note": ""}
-            if np.unique(np.round(x, 9)).size < self.min_runs:
-                row["note"] = f"fewer than {self.min_runs} distinct N"
-                rows.append(row)
-                continue
-            xc = x.mean()    # centre log N for conditioning
-            c2, c1, c0 = np.polyfit(x - xc, L, 2)
-            row.update(c0=c0, c1=c1, c2=c2)
-            if not c2 > 0:
-                row["note"] = "parabola opens downward: no minimum"
-                rows.append(row)
-                continue
-            xv = -c1 / (2 * c2)
-            row["n_opt"] = float(np.exp(xv + xc))
-            row["d_opt"] = float(C / (6 * row["n_opt"]))
-            row["loss_opt"] = float(c0 - c1 * c1 / (4 * c2))
-            row["in_range"] = bool(x.min() - xc <= xv <= x.max() - xc)
-            row["ok"] = row["in_range"] or not self.require_bracketed
-            if not row["in_range"]:
-                row["note"] = "vertex outside the sampled N range (extrapolated)"
-            # keep the centre so the curve can be drawn: L(x) = c0 + c1 (x - xc) + c2 (x - xc)^2
-            row["log_n_center"] = xc
-            rows.append(row)
+        budgets = point_budgets(frame, budget_col=self.budget_col, budget_rtol=self.budget_rtol)
+        logged = self.budget_col in frame.columns and frame[self.budget_col].notna().any()
+        self.budget_source_ = "budget" if logged else "flops clusters"
+        self.n_points_ = len(frame)
+        rows = [_parabola(C, g, self.min_runs, self.require_bracketed)
+                for C, g in frame.assign(_budget=budgets).groupby("_budget")]
         self.parabolas_ = pd.DataFrame(rows)
         ok = self.parabolas_[self.parabolas_["ok"]] if len(self.parabolas_) else self.parabolas_
         nan = float("nan")
@@ -112,31 +162,30 @@ class IsoFLOPFit:
             self.loss_law_ = PowerLawFit(variable="C").fit(ok["budget"], ok["loss_opt"])
         self.success_ = True
         n_out = int((~self.parabolas_["in_range"]).sum())
-        self.message_ = (f"{len(ok)} IsoFLOP budgets; N_opt ~ C^{self.a_:.4f}, D_opt ~ C^{self.b_:.4f}"
+        self.message_ = (f"{len(ok)} IsoFLOP budgets (grouped by {self.budget_source_}); "
+                         f"N_opt ~ C^{self.a_:.4f}, D_opt ~ C^{self.b_:.4f}"
                          + (f"; {n_out} vertex(es) outside the sampled range" if n_out else ""))
         return self
 
-    def compute_optimal(self, flops) -> pd.DataFrame:
-        C = np.atleast_1d(np.asarray(flops, float))
-        N = self.k_n_ * C ** self.a_
-        D = C / (6 * N)
-        L = (self.loss_law_.predict(C) if self.loss_law_ is not None and self.loss_law_.success_
-             else np.full(C.size, np.nan))
-        return pd.DataFrame({"flops": C, "n_params": N, "tokens": D, "tokens_per_param": D / N,
-                             "loss": L})
+    def _optimal_loss(self, C):
+        if self.loss_law_ is not None and self.loss_law_.success_:
+            return self.loss_law_.predict(C)
+        return np.full(C.size, np.nan)
 
 
 def isoflop_fit(frame: pd.DataFrame, **kw) -> IsoFLOPFit:
     return IsoFLOPFit(**kw).fit(frame)
 
 
-class EnvelopeFit:
+class EnvelopeFit(_AllocationFit):
     """Approach 1 estimator. fit(curves) with columns run_id, n_params, flops, loss (one row per
     logged evaluation; final points alone also work, giving the frontier).
 
     Fitted: envelope_ (flops, loss, n_params, tokens of the winning run per grid point),
-    a_, b_, k_n_, k_d_, success_, message_.
+    a_, b_, k_n_, k_d_, n_points_ (runs), success_, message_, result_ (FitResult).
     """
+
+    law = "envelope"
 
     def __init__(self, *, n_grid: int = 60, min_distinct_n: int = 3):
         self.n_grid = n_grid
@@ -148,6 +197,7 @@ class EnvelopeFit:
             cur["run_id"] = np.arange(len(cur))
         nan = float("nan")
         self.a_ = self.b_ = self.k_n_ = self.k_d_ = nan
+        self.n_points_ = int(cur["run_id"].nunique())
         lo, hi = np.log(cur["flops"].min()), np.log(cur["flops"].max())
         grid = np.linspace(lo, hi, self.n_grid)
         best_L = np.full(grid.size, np.inf)
@@ -181,13 +231,6 @@ class EnvelopeFit:
         self.message_ = (f"envelope over {cur['run_id'].nunique()} runs visits "
                          f"{env['n_params'].nunique()} sizes; N_opt ~ C^{self.a_:.4f}")
         return self
-
-    def compute_optimal(self, flops) -> pd.DataFrame:
-        C = np.atleast_1d(np.asarray(flops, float))
-        N = self.k_n_ * C ** self.a_
-        D = C / (6 * N)
-        return pd.DataFrame({"flops": C, "n_params": N, "tokens": D, "tokens_per_param": D / N,
-                             "loss": np.full(C.size, np.nan)})
 
 
 def envelope_fit(curves: pd.DataFrame, **kw) -> EnvelopeFit:

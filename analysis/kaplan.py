@@ -13,8 +13,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
+from scipy.special import huber
 
 from ._optim import batched_lbfgs
+from .result import FitResult, estimator_result
 
 DEFAULT_DELTA = 1e-3
 
@@ -32,8 +34,7 @@ def _fg(T, lx, lL, delta, irreducible, W=None):
         k, al = T[:, 0:1], T[:, 1:2]
         pred = k - al * lx
     r = pred - lL
-    ar = np.abs(r)
-    h = np.where(ar <= delta, 0.5 * r * r, delta * (ar - 0.5 * delta))
+    h = huber(delta, r)
     dh = np.clip(r, -delta, delta)
     if W is not None:
         h, dh = h * W, dh * W
@@ -138,6 +139,13 @@ class PowerLawFit:
             msgs.append("irreducible term collapsed to ~0 (pure power law fits as well)")
         self.message_ = "; ".join(msgs)
         return self
+
+    @property
+    def result_(self) -> FitResult:
+        """This fit as a FitResult; exponents.a is the loss exponent -alpha, b is None."""
+        law = {"N": "kaplan-n", "D": "kaplan-d", "C": "compute"}.get(self.variable, f"power-{self.variable}")
+        return estimator_result(self, law, getattr(self, "params_", {}),
+                                exponents={"a": getattr(self, "exponent_", None), "b": None})
 
     def predict(self, x):
         if not hasattr(self, "params_"):

@@ -28,8 +28,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
+from scipy.special import huber
 
 from .chinchilla import ChinchillaFit
+from .groups import is_dense
+from .result import FitResult, estimator_result
 
 CONFIG_COLS = ("experts", "top_k", "granularity")
 
@@ -38,8 +41,6 @@ def _config_cols(df):
     return [c for c in CONFIG_COLS if c in df.columns]
 
 
-def is_dense(df: pd.DataFrame) -> np.ndarray:
-    return (df["experts"].fillna(0).to_numpy(float) <= 1) if "experts" in df.columns else np.ones(len(df), bool)
 
 
 def fit_moe_per_config(frame: pd.DataFrame, *, grid="coarse") -> dict:
@@ -103,6 +104,12 @@ class ClarkFit:
         self.message_ = f"fitted on {len(frame)} runs, {np.unique(E).size} expert counts"
         return self
 
+    @property
+    def result_(self) -> FitResult:
+        """This fit as a FitResult: params a, b, c, d; objective the RMSE of log loss."""
+        return estimator_result(self, "clark", getattr(self, "coef_", {}),
+                                objective=getattr(self, "rmse_", float("nan")))
+
     def predict(self, N, experts):
         x = np.log(np.asarray(N, float))
         e = np.log(saturating_experts(experts, self.E_start, self.E_max))
@@ -148,8 +155,7 @@ class KrajewskiFit:
                 r = np.log(self._pred(th, N, D, G)) - lL
             if not np.all(np.isfinite(r)):
                 return 1e10
-            a = np.abs(r)
-            return float(np.sum(np.where(a <= self.delta, 0.5 * r * r, self.delta * (a - 0.5 * self.delta))))
+            return float(np.sum(huber(self.delta, r)))
         best = None
         for c0 in (np.log(0.5 * L.min()), np.log(0.9 * L.min())):
             for al in (0.2, 0.4):
@@ -166,8 +172,14 @@ class KrajewskiFit:
         self.theta_ = th
         self.objective_ = float(best.fun)
         self.success_ = bool(np.isfinite(best.fun) and best.fun < 1e9)
+        self.converged_ = bool(best.success)
         self.message_ = str(best.message)
         return self
+
+    @property
+    def result_(self) -> FitResult:
+        """This fit as a FitResult: params c, a, g, gamma, alpha, b, beta."""
+        return estimator_result(self, "krajewski", getattr(self, "params_", {}))
 
     def predict(self, N, D, G):
         return self._pred(self.theta_, np.asarray(N, float), np.asarray(D, float), np.asarray(G, float))

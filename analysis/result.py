@@ -73,3 +73,38 @@ class FitResult:
         }
         out.update(self.extra)
         return out
+
+
+def optimal_rows(table) -> list[dict[str, float | None]]:
+    """A compute-optimal table (DataFrame with flops, n_params, tokens, tokens_per_param, loss)
+    as the JSON rows of the contract; NaN cells become None."""
+    cols = ("flops", "n_params", "tokens", "tokens_per_param", "loss")
+    return [{c: (float(r[c]) if r.get(c) is not None and math.isfinite(float(r[c])) else None)
+             for c in cols} for r in table.to_dict("records")]
+
+
+def result_at(estimator: Any, budgets: Any = None) -> FitResult:
+    """`estimator.result_` with its compute-optimal rows at `budgets` (FLOPs) filled in, for
+    estimators that allocate compute (Approaches 1-3); others are returned unchanged."""
+    res: FitResult = estimator.result_
+    if not budgets or not res.success or not hasattr(estimator, "compute_optimal"):
+        return res
+    return res.with_(compute_optimal=optimal_rows(estimator.compute_optimal(list(budgets))))
+
+
+def estimator_result(est: Any, law: str, params: dict[str, float], *,
+                     exponents: dict[str, float | None] | None = None,
+                     objective: float | None = None) -> FitResult:
+    """Build `est.result_` from the fitted attributes every estimator keeps: success_,
+    message_, n_points_, and where it has them converged_, identifiable_, objective_.
+    Raises AttributeError (as sklearn does) when `est` is not fitted."""
+    if not hasattr(est, "success_"):
+        raise AttributeError(f"{type(est).__name__} is not fitted: call fit(...) first")
+    message = str(est.message_)
+    ok = bool(est.success_)
+    return FitResult(
+        law=law, params={k: float(v) for k, v in params.items()},
+        objective=float(getattr(est, "objective_", math.nan) if objective is None else objective),
+        success=ok, converged=bool(getattr(est, "converged_", ok)),
+        identifiable=bool(getattr(est, "identifiable_", not message.startswith("unidentifiable"))),
+        message=message, n_points=int(est.n_points_), exponents=dict(exponents or {}))
