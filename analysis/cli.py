@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import sys
+import time
 
 import numpy as np
 
@@ -51,6 +52,20 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument("--drop-top-loss", type=int, default=0, metavar="K",
                         help="outlier policy: drop the K highest-loss points (Epoch's Chinchilla subset: 5)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    add_form_arguments(parser)
+    return parser
+
+
+def add_form_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--form / --fixed-e / --holdout-flops (Approach 3 law forms, analysis/forms.py)."""
+    from .forms import FORMS
+    parser.add_argument("--form", type=str.lower, choices=FORMS, default="free",
+                        help="Approach 3 form: free (5 parameters), tied (alpha = beta), fixed-e "
+                             "(E given by --fixed-e), gadre (Gadre et al. 2024 over-training law)")
+    parser.add_argument("--fixed-e", type=float, default=None, metavar="E",
+                        help="irreducible loss for --form fixed-e (nats/token)")
+    parser.add_argument("--holdout-flops", type=float, default=None, metavar="C",
+                        help="fit on runs with compute <= C, report relative errors on the runs above")
     return parser
 
 
@@ -86,8 +101,12 @@ def _jsonable(v):
     return v
 
 
-def fit_law(points, law: str, *, bootstrap: int = 0, budgets=None, seed: int = 0) -> dict:
+def fit_law(points, law: str, *, bootstrap: int = 0, budgets=None, seed: int = 0,
+            form: str = "free", fixed_e=None, holdout_flops=None) -> dict:
     """Fit one law to Points and return the contract dict (see module docstring)."""
+    if law == "chinchilla" and (form != "free" or holdout_flops is not None):
+        return fit_form_law(points, form, fixed_e=fixed_e, holdout_flops=holdout_flops,
+                            budgets=budgets, bootstrap=bootstrap)
     from .bootstrap import bootstrap_chinchilla, bootstrap_fit
     from .chinchilla import ChinchillaFit
     from .kaplan import PowerLawFit, kaplan_per_variable, lower_envelope
@@ -142,6 +161,45 @@ def fit_law(points, law: str, *, bootstrap: int = 0, budgets=None, seed: int = 0
     return out
 
 
+def fit_form_law(points, form, *, fixed_e=None, holdout_flops=None, budgets=None,
+                 bootstrap=0) -> dict:
+    """Approach 3 under a law form (analysis/forms.py), optionally fitted below
+    `holdout_flops` with relative errors on the runs above it in `holdout`."""
+    from .forms import FormFit, fit_with_holdout
+    frame = points.frame
+    if form == "fixed-e" and fixed_e is None:
+        raise InputError("--form fixed-e needs --fixed-e VALUE (the irreducible loss, nats/token)")
+    if fixed_e is not None and not (math.isfinite(fixed_e) and fixed_e > 0):
+        raise InputError(f"--fixed-e {fixed_e}: must be a positive number of nats/token")
+    if holdout_flops is not None:
+        if not (math.isfinite(holdout_flops) and holdout_flops > 0):
+            raise InputError(f"--holdout-flops {holdout_flops}: must be a positive FLOP count, e.g. 1e20")
+        fit, holdout = fit_with_holdout(form, points.N, points.D, points.loss, points.C,
+                                        holdout_flops, fixed_E=fixed_e)
+        if holdout["n_test"] == 0:
+            raise InputError(f"--holdout-flops {holdout_flops:g}: no run has more compute "
+                             f"(largest: {float(np.max(points.C)):.3g}); choose a smaller C")
+    else:
+        fit, holdout = FormFit(form, fixed_E=fixed_e).fit(points.N, points.D, points.loss), None
+    r = fit.result_
+    budgets = budgets or default_budgets(frame["flops"])
+    out = {"law": "chinchilla", "source": points.source, "excluded": dict(points.excluded),
+           "notes": list(points.notes), **r.to_dict(),
+           "compute_optimal": (compute_optimal_rows(fit.params_, budgets) if r.success else [])}
+    if holdout is not None:
+        out["holdout"] = holdout
+        out["n_points"] = holdout["n_train"]
+    if bootstrap:
+        out["notes"].append("--bootstrap applies to --form free without --holdout-flops; skipped")
+    return out
+
+
+def compute_optimal_rows(params, budgets):
+    from .chinchilla import compute_optimal
+    return compute_optimal({k: params[k] for k in ("E", "A", "B", "alpha", "beta")},
+                           budgets).to_dict("records")
+
+
 def _load(args, law):
     need = {"chinchilla": ("n", "d"), "kaplan-n": ("n",), "kaplan-d": ("d",),
             "compute": ("c",)}[law]
@@ -158,6 +216,9 @@ def _load(args, law):
 def _print_text(res, stream):
     p = res.get("params") or {}
     w = stream.write
+    if not res.get("success", True):   # the reason first; no "= nan" lines
+        w(f"fit failed: {res['message']}\n")
+        p = {k: v for k, v in p.items() if v is not None and math.isfinite(v)}
     w(f"law: {res['law']}   points: {res['n_points']}   source: {res['source']}\n")
     if res["excluded"]:
         w("excluded: " + ", ".join(f"{k}: {v}" for k, v in res["excluded"].items()) + "\n")
@@ -174,19 +235,31 @@ def _print_text(res, stream):
               f"D/N={r['tokens_per_param']:.2f}  loss={r['loss']:.4f}\n")
         else:
             w(f"  C={r['flops']:.3g}: frontier loss={r['loss']:.4f}\n")
+    if res.get("holdout"):
+        h = res["holdout"]
+        w(f"holdout: fit on {h['n_train']} runs with C <= {h['flops']:.3g}, tested on {h['n_test']} above: "
+          f"mean |rel. error| {h['mean_abs_rel_error']:.3%}, max {h['max_abs_rel_error']:.3%}\n")
+    for n in res.get("notes") or []:
+        w(f"note: {n}\n")
+    if res.get("elapsed_s") is not None:
+        w(f"elapsed: {res['elapsed_s']:.2f} s\n")
 
 
 def run_fit(args) -> int:
     """Run `scalelab fit`; prints the result; returns the exit status (0, 1 not converged, 2 bad input)."""
+    t0 = time.perf_counter()
     try:
         budgets = parse_budgets(args.budgets)
         if args.bootstrap < 0:
             raise InputError("--bootstrap must be >= 0")
         pts = _load(args, args.law)
-        res = fit_law(pts, args.law, bootstrap=args.bootstrap, budgets=budgets, seed=args.seed)
+        res = fit_law(pts, args.law, bootstrap=args.bootstrap, budgets=budgets, seed=args.seed,
+                      form=getattr(args, "form", "free"), fixed_e=getattr(args, "fixed_e", None),
+                      holdout_flops=getattr(args, "holdout_flops", None))
     except InputError as exc:
         print(f"scalelab fit: error: {exc}", file=sys.stderr)
         return 2
+    res["elapsed_s"] = time.perf_counter() - t0
     status = 0
     if not res["identifiable"]:
         print(f"scalelab fit: error: {res['message']}", file=sys.stderr)
