@@ -66,6 +66,9 @@ def add_form_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="irreducible loss for --form fixed-e (nats/token)")
     parser.add_argument("--holdout-flops", type=float, default=None, metavar="C",
                         help="fit on runs with compute <= C, report relative errors on the runs above")
+    parser.add_argument("--dropna", action="store_true",
+                        help="drop rows with missing/non-numeric/non-positive N, D, C or loss "
+                             "(counted in `excluded`) instead of failing")
     return parser
 
 
@@ -200,12 +203,25 @@ def compute_optimal_rows(params, budgets):
                            budgets).to_dict("records")
 
 
+def kaplan_d_warning(points, max_sizes: int = 2) -> str | None:
+    """kaplan-d fits L(D) on the best run per D, which is a data law only when N does not
+    limit the loss; across many model sizes it mixes size and data effects."""
+    N = points.N[np.isfinite(points.N)]
+    sizes = np.unique(np.round(np.log(N), 6)).size if N.size else 0
+    if sizes <= max_sizes:
+        return None
+    return (f"kaplan-d: the runs span {sizes} model sizes (N {N.min():.3g} to {N.max():.3g}); "
+            f"L(D) is a data law only when N is large enough not to limit the loss. Fit the "
+            f"largest size alone, or use --law chinchilla for L(N, D)")
+
+
 def _load(args, law):
     need = {"chinchilla": ("n", "d"), "kaplan-n": ("n",), "kaplan-d": ("d",),
             "compute": ("c",)}[law]
     if args.csv:
         pts = load_csv(args.csv, n_col=args.n_col, d_col=args.d_col, c_col=args.c_col,
-                       loss_col=args.loss_col, include_failed=args.include_diverged, need=need)
+                       loss_col=args.loss_col, include_failed=args.include_diverged, need=need,
+                       dropna=getattr(args, "dropna", False))
     else:
         pts = load_mlflow(args.experiment, args.tracking_uri, include_failed=args.include_diverged)
     if args.drop_top_loss < 0:
@@ -218,7 +234,11 @@ def _print_text(res, stream):
     w = stream.write
     if not res.get("success", True):   # the reason first; no "= nan" lines
         w(f"fit failed: {res['message']}\n")
-        p = {k: v for k, v in p.items() if v is not None and math.isfinite(v)}
+        w(f"law: {res['law']}   points: {res['n_points']}   source: {res['source']}\n")
+        if res["excluded"]:
+            w("excluded: " + ", ".join(f"{k}: {v}" for k, v in res["excluded"].items()) + "\n")
+        _print_tail(res, w)
+        return
     w(f"law: {res['law']}   points: {res['n_points']}   source: {res['source']}\n")
     if res["excluded"]:
         w("excluded: " + ", ".join(f"{k}: {v}" for k, v in res["excluded"].items()) + "\n")
@@ -235,7 +255,11 @@ def _print_text(res, stream):
               f"D/N={r['tokens_per_param']:.2f}  loss={r['loss']:.4f}\n")
         else:
             w(f"  C={r['flops']:.3g}: frontier loss={r['loss']:.4f}\n")
-    if res.get("holdout"):
+    _print_tail(res, w)
+
+
+def _print_tail(res, w):
+    if res.get("holdout") and res["holdout"]["n_test"] and res.get("success", True):
         h = res["holdout"]
         w(f"holdout: fit on {h['n_train']} runs with C <= {h['flops']:.3g}, tested on {h['n_test']} above: "
           f"mean |rel. error| {h['mean_abs_rel_error']:.3%}, max {h['max_abs_rel_error']:.3%}\n")
@@ -260,6 +284,10 @@ def run_fit(args) -> int:
         print(f"scalelab fit: error: {exc}", file=sys.stderr)
         return 2
     res["elapsed_s"] = time.perf_counter() - t0
+    warn = kaplan_d_warning(pts) if args.law == "kaplan-d" else None
+    if warn:
+        res.setdefault("notes", []).append(warn)
+        print(f"scalelab fit: warning: {warn}", file=sys.stderr)
     status = 0
     if not res["identifiable"]:
         print(f"scalelab fit: error: {res['message']}", file=sys.stderr)
