@@ -26,10 +26,11 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 
 from .data import InputError, load_csv, load_mlflow
 
-LAWS = ("chinchilla", "kaplan-n", "kaplan-d", "compute")
+LAWS = ("chinchilla", "kaplan-n", "kaplan-d", "compute", "constrained")
 
 
 def add_fit_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -66,6 +67,10 @@ def add_form_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="irreducible loss for --form fixed-e (nats/token)")
     parser.add_argument("--holdout-flops", type=float, default=None, metavar="C",
                         help="fit on runs with compute <= C, report relative errors on the runs above")
+    parser.add_argument("--unique-col", default=None, metavar="NAME",
+                        help="--law constrained: column with the unique tokens U_D")
+    parser.add_argument("--epochs-col", default=None, metavar="NAME",
+                        help="--law constrained: column with epochs over the data (U_D = D/epochs)")
     parser.add_argument("--dropna", action="store_true",
                         help="drop rows with missing/non-numeric/non-positive N, D, C or loss "
                              "(counted in `excluded`) instead of failing")
@@ -105,8 +110,12 @@ def _jsonable(v):
 
 
 def fit_law(points, law: str, *, bootstrap: int = 0, budgets=None, seed: int = 0,
-            form: str = "free", fixed_e=None, holdout_flops=None) -> dict:
+            form: str = "free", fixed_e=None, holdout_flops=None, unique_col=None,
+            epochs_col=None) -> dict:
     """Fit one law to Points and return the contract dict (see module docstring)."""
+    if law == "constrained":
+        return fit_constrained_law(points, unique_col=unique_col, epochs_col=epochs_col,
+                                   bootstrap=bootstrap, seed=seed)
     if law == "chinchilla" and (form != "free" or holdout_flops is not None):
         return fit_form_law(points, form, fixed_e=fixed_e, holdout_flops=holdout_flops,
                             budgets=budgets, bootstrap=bootstrap)
@@ -197,6 +206,33 @@ def fit_form_law(points, form, *, fixed_e=None, holdout_flops=None, budgets=None
     return out
 
 
+def fit_constrained_law(points, *, unique_col=None, epochs_col=None, bootstrap=0, seed=0) -> dict:
+    """Muennighoff et al.'s data-constrained law: R_D*, R_N* on all runs (analysis/constrained.py)."""
+    from .constrained import DataConstrainedFit
+    from .data import find_column
+    frame = points.frame
+    cols = list(frame.columns)
+    uc = find_column(cols, unique_col, "--unique-col", ("unique_tokens", "unique_data", "u_d"))
+    ec = None if uc is not None else find_column(cols, epochs_col, "--epochs-col", ("epochs", "n_epochs"))
+    if uc is None and ec is None:
+        raise InputError("--law constrained needs the unique tokens per run: pass --unique-col NAME "
+                         "(U_D) or --epochs-col NAME (U_D = D/epochs)")
+    src = uc if uc is not None else ec
+    vals = pd.to_numeric(frame[src], errors="coerce").to_numpy(float)
+    if not np.all(np.isfinite(vals) & (vals > 0)):
+        raise InputError(f"column {src!r} has missing or non-positive values; fix them or pass --dropna")
+    U = vals if uc is not None else frame["tokens"].to_numpy(float) / vals
+    df = pd.DataFrame({"n_params": points.N, "tokens": points.D, "unique_tokens": U, "loss": points.loss})
+    fit = DataConstrainedFit(n_bootstrap=bootstrap, seed=seed).fit(df)
+    out = {"source": points.source, "excluded": dict(points.excluded),
+           "notes": list(points.notes) + [f"unique tokens from column {src!r}"
+                                          + (" (U_D = D/epochs)" if uc is None else "")],
+           **fit.result_.to_dict(), "compute_optimal": [], "exponents": {"a": None, "b": None}}
+    if bootstrap:
+        out["bootstrap"] = {"n_resamples": bootstrap, "seed": seed}
+    return out
+
+
 def compute_optimal_rows(params, budgets):
     from .chinchilla import compute_optimal
     return compute_optimal({k: params[k] for k in ("E", "A", "B", "alpha", "beta")},
@@ -217,7 +253,7 @@ def kaplan_d_warning(points, max_sizes: int = 2) -> str | None:
 
 def _load(args, law):
     need = {"chinchilla": ("n", "d"), "kaplan-n": ("n",), "kaplan-d": ("d",),
-            "compute": ("c",)}[law]
+            "compute": ("c",), "constrained": ("n", "d")}[law]
     if args.csv:
         pts = load_csv(args.csv, n_col=args.n_col, d_col=args.d_col, c_col=args.c_col,
                        loss_col=args.loss_col, include_failed=args.include_diverged, need=need,
@@ -279,7 +315,9 @@ def run_fit(args) -> int:
         pts = _load(args, args.law)
         res = fit_law(pts, args.law, bootstrap=args.bootstrap, budgets=budgets, seed=args.seed,
                       form=getattr(args, "form", "free"), fixed_e=getattr(args, "fixed_e", None),
-                      holdout_flops=getattr(args, "holdout_flops", None))
+                      holdout_flops=getattr(args, "holdout_flops", None),
+                      unique_col=getattr(args, "unique_col", None),
+                      epochs_col=getattr(args, "epochs_col", None))
     except InputError as exc:
         print(f"scalelab fit: error: {exc}", file=sys.stderr)
         return 2

@@ -203,6 +203,22 @@ def _missing(need, nc, dc, cc, lc, cols):
                          + f". Columns found: {', '.join(map(str, cols))}")
 
 
+def find_column(columns, given, flag: str, guesses=()):
+    """A column by its --*-col flag (case-insensitive, export prefixes ignored) or, without a
+    flag, by the first of `guesses` present. None when neither finds one."""
+    if given is None:
+        low = {_norm(c): c for c in columns}
+        return next((low[g] for g in guesses if g in low), None)
+    hits = [c for c in columns if c == given] or \
+        [c for c in columns if str(c).strip().lower() == str(given).strip().lower()] or \
+        [c for c in columns if _norm(c) == _norm(given)]
+    if len(hits) != 1:
+        raise InputError(f"column {given!r} (from {flag}) "
+                         f"{'matches several columns' if hits else 'is not in the file'}; "
+                         f"columns are: {', '.join(map(str, columns))}")
+    return hits[0]
+
+
 def from_frame(df: pd.DataFrame, *, n_col=None, d_col=None, c_col=None, loss_col=None,
                source: str = "table", status_col: str | None = None,
                include_failed: bool = False, need=("n", "d", "loss"),
