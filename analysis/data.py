@@ -322,15 +322,63 @@ def _experiment_id(client, experiment: str) -> str:
 
 
 def search_all_runs(client, experiment_id: str, filter_string: str = ""):
-    """Every run matching the filter, paged 1000 at a time (params, tags, latest metrics)."""
+    """Every run matching the filter, in pages of 50,000 (MLflow's maximum), with params, tags
+    and latest metrics."""
     runs, token = [], None
     while True:
         page = client.search_runs([experiment_id], filter_string=filter_string,
-                                  max_results=1000, page_token=token)
+                                  max_results=50000, page_token=token)
         runs.extend(page)
         token = page.token
         if not token:
             return runs
+
+
+_SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+
+
+def _sql_point_runs(tracking_uri: str, experiment_id: str):
+    """Point runs read straight from an MLflow SQL store: [(run_id, status, params, tags,
+    metrics)]. Four set-based queries instead of ORM objects per run: 10,000 runs load in about
+    a second where search_runs takes ~20 s. Same selection as search_runs (active runs, tag
+    scalelab.role = point; latest metric values, NaN kept)."""
+    import sqlalchemy as sa
+    eng = sa.create_engine(tracking_uri)
+    eid = int(experiment_id)
+    base = ("FROM {t} x JOIN runs r ON x.run_uuid = r.run_uuid "
+            "WHERE r.experiment_id = :eid AND r.lifecycle_stage = 'active'")
+    try:
+        with eng.connect() as con:
+            def q(sql):
+                return con.execute(sa.text(sql), {"eid": eid}).fetchall()
+            runs = q("SELECT r.run_uuid, r.status " + base.format(t="tags")
+                     + " AND x.key = 'scalelab.role' AND x.value = 'point'")
+            kv = {t: q(f"SELECT x.run_uuid, x.key, x.value{', x.is_nan' if t == 'latest_metrics' else ''} "
+                       + base.format(t=t)) for t in ("params", "tags", "latest_metrics")}
+    finally:
+        eng.dispose()
+    out = {rid: (rid, status, {}, {}, {}) for rid, status in runs}
+    for slot, t in ((2, "params"), (3, "tags"), (4, "latest_metrics")):
+        for row in kv[t]:
+            rec = out.get(row[0])
+            if rec is not None:
+                val = float("nan") if t == "latest_metrics" and row[3] else row[2]
+                rec[slot][row[1]] = float(val) if t == "latest_metrics" else val
+    return list(out.values())
+
+
+def _point_runs(client, tracking_uri, experiment_id):
+    uri = tracking_uri
+    if uri is None:
+        import mlflow
+        uri = mlflow.get_tracking_uri()
+    if str(uri).split(":", 1)[0].split("+", 1)[0] in _SQL_SCHEMES:
+        try:
+            return _sql_point_runs(uri, experiment_id)
+        except Exception:   # schema drift or driver trouble: the API below always works
+            pass
+    runs = search_all_runs(client, experiment_id, "tags.`scalelab.role` = 'point'")
+    return [(r.info.run_id, r.info.status, r.data.params, r.data.tags, r.data.metrics) for r in runs]
 
 
 def _num(v):
@@ -344,26 +392,25 @@ def load_mlflow(experiment: str, tracking_uri: str | None = None, *,
                 include_failed: bool = False, loss_metric: str = "val_loss") -> Points:
     """Points from a scalelab study in MLflow (docs/CONTRACTS.md layout).
 
-    One batched search (paged, 1000 runs per page) returns params, tags and the LATEST value of
-    every metric, so no metric history is fetched. Child runs with tag scalelab.role=point are
+    From a SQL store, four set-based queries read params, tags and the LATEST value of every
+    metric (no metric history); otherwise one batched search_runs in pages of 50,000. Child runs with tag scalelab.role=point are
     points; outcome from tag scalelab.outcome (else the run status). Runs not finished
     (diverged, failed, killed, still running) or without a final loss are excluded and counted.
     """
     client = _client(tracking_uri)
     eid = _experiment_id(client, experiment)
-    runs = search_all_runs(client, eid, "tags.`scalelab.role` = 'point'")
+    runs = _point_runs(client, tracking_uri, eid)
     rows, excluded = [], {}
-    for r in runs:
-        tags = r.data.tags
+    for run_id, status, params, tags, metrics in runs:
         outcome = tags.get("scalelab.outcome")
         if outcome is None:
             outcome = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "killed"}.get(
-                r.info.status, "unfinished")
-        if r.info.status in ("RUNNING", "SCHEDULED") and outcome == "finished":
+                status, "unfinished")
+        if status in ("RUNNING", "SCHEDULED") and outcome == "finished":
             outcome = "unfinished"
-        row = {k: (_num(v) if k in _NUMERIC_PARAMS else v) for k, v in r.data.params.items()}
-        row["loss"] = r.data.metrics.get(loss_metric, np.nan)
-        row["run_id"] = r.info.run_id
+        row = {k: (_num(v) if k in _NUMERIC_PARAMS else v) for k, v in params.items()}
+        row["loss"] = metrics.get(loss_metric, np.nan)
+        row["run_id"] = run_id
         row["outcome"] = outcome
         row["run_key"] = tags.get("scalelab.run_key", row.get("run_key"))
         if outcome != "finished" and not include_failed:

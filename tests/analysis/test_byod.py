@@ -98,3 +98,22 @@ def test_failed_fit_prints_reason_first(tmp_path, capsys):
     assert code == 2
     assert out.splitlines()[0].startswith("fit failed: unidentifiable")
     assert "nan" not in out
+
+
+def test_mlflow_sql_read_matches_search_runs(tmp_path):
+    """The direct SQL read of a SQLite store returns what search_runs returns (deleted runs
+    skipped, latest metric values)."""
+    from mlflow.tracking import MlflowClient
+
+    from analysis.data import _experiment_id, _sql_point_runs, search_all_runs
+    from tests.analysis.test_data_cli import _make_store
+    uri, _ = _make_store(tmp_path)
+    c = MlflowClient(tracking_uri=uri)
+    eid = _experiment_id(c, "study1")
+    gone = c.create_run(eid, tags={"scalelab.role": "point"})
+    c.delete_run(gone.info.run_id)
+    api = {r.info.run_id: (r.info.status, r.data.params, r.data.tags, r.data.metrics)
+           for r in search_all_runs(c, eid, "tags.`scalelab.role` = 'point'")}
+    sql = {rid: (st, p, t, m) for rid, st, p, t, m in _sql_point_runs(uri, eid)}
+    assert len(sql) == 17 and gone.info.run_id not in sql
+    assert sql == api
