@@ -113,6 +113,8 @@ def fit_law(points, law: str, *, bootstrap: int = 0, budgets=None, seed: int = 0
             form: str = "free", fixed_e=None, holdout_flops=None, unique_col=None,
             epochs_col=None) -> dict:
     """Fit one law to Points and return the contract dict (see module docstring)."""
+    if law != "chinchilla" and (form != "free" or holdout_flops is not None):
+        raise InputError(f"--form and --holdout-flops apply to --law chinchilla, not --law {law}")
     if law == "constrained":
         return fit_constrained_law(points, unique_col=unique_col, epochs_col=epochs_col,
                                    bootstrap=bootstrap, seed=seed)
