@@ -125,6 +125,8 @@ class DataConstrainedFit:
             return self._fail("unidentifiable: no run repeats data or exceeds N_opt(U_D); "
                               "R_D* and R_N* need runs with D > U_D or N > N_opt(U_D)", len(df))
         x, f = self._optimise(N, D, U, L, free, np.ones(len(df)))
+        if self.base_params is None:    # the single-epoch fit is biased by excess parameters:
+            x, f = self._joint(N, D, U, L, free, x)   # refine base law and R* together
         self._set(x, f, free, N, D, U, L)
         if self.n_bootstrap:
             self._bootstrap(N, D, U, L, free, x)
@@ -164,6 +166,32 @@ class DataConstrainedFit:
                              options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 2000})
                     for s in starts), key=lambda r: r.fun)
         return best.x, float(best.fun)
+
+    def _joint(self, N, D, U, L, free, x_r):
+        """All parameters at once (log E, log A, log B, alpha, beta, log R*), from the two-step
+        estimate; R* stay within their bounds. Updates base_params_."""
+        keys = ("E", "A", "B")
+        b = self.base_params_
+        x0 = np.r_[[np.log(b[k]) for k in keys], b["alpha"], b["beta"], x_r]
+        lL = np.log(L)
+
+        def obj(x):
+            p = {"E": np.exp(x[0]), "A": np.exp(x[1]), "B": np.exp(x[2]), "alpha": x[3],
+                 "beta": x[4], "R_D_star": np.inf, "R_N_star": np.inf}
+            for k, v in zip(free, x[5:]):
+                p[k] = float(np.exp(v))
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                r = np.log(data_constrained_loss(N, D, U, p)) - lL
+            return _huber_sum(r, self.delta) if np.all(np.isfinite(r)) else np.inf
+        bnds = [(None, None)] * 3 + [(1e-3, 5.0)] * 2 + [self.bounds_[k] for k in free]
+        res = minimize(obj, x0, method="L-BFGS-B", bounds=bnds,
+                       options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 5000, "maxfun": 50000})
+        if not res.fun < obj(x0):
+            return x_r, float(obj(x0))
+        x = res.x
+        self.base_params_ = {"E": float(np.exp(x[0])), "A": float(np.exp(x[1])),
+                             "B": float(np.exp(x[2])), "alpha": float(x[3]), "beta": float(x[4])}
+        return x[5:], float(res.fun)
 
     def _set(self, x, f, free, N, D, U, L):
         vals = dict(zip(free, np.exp(x)))
@@ -228,3 +256,31 @@ class DataConstrainedFit:
 
     def predict(self, N, D, U_D):
         return data_constrained_loss(N, D, U_D, self.params_)
+
+
+def constrained_section(points, *, n_bootstrap: int = 200, seed: int = 0) -> dict | None:
+    """Report section {"title", "markdown", "figures"} when runs repeat data (a column
+    unique_tokens, or epochs); None otherwise."""
+    f = points.frame
+    if "unique_tokens" in f:
+        U = pd.to_numeric(f["unique_tokens"], errors="coerce").to_numpy(float)
+    elif "epochs" in f:
+        U = f["tokens"].to_numpy(float) / pd.to_numeric(f["epochs"], errors="coerce").to_numpy(float)
+    else:
+        return None
+    ok = np.isfinite(U) & (U > 0)
+    if not np.any(f["tokens"].to_numpy(float)[ok] > U[ok] * (1 + 1e-9)):
+        return None
+    df = pd.DataFrame({"n_params": points.N, "tokens": points.D, "unique_tokens": U,
+                       "loss": points.loss})[ok]
+    fit = DataConstrainedFit(n_bootstrap=n_bootstrap, seed=seed).fit(df)
+    rows = ["| parameter | value | 95% interval | flat | at bound |", "|---|---|---|---|---|"]
+    for k in R_NAMES:
+        ci = fit.ci95_.get(k)
+        rows.append(f"| {k} | {fit.params_.get(k, float('nan')):.4g} | "
+                    + (f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "-")
+                    + f" | {fit.flat_.get(k, '-')} | {fit.at_bound_.get(k, '-')} |")
+    md = (f"Muennighoff et al. (2023) decay of repeated data and excess parameters, fitted on "
+          f"{len(df)} runs ({int(np.sum(df.tokens > df.unique_tokens))} repeat data). "
+          f"{fit.message_}.\n\n" + "\n".join(rows))
+    return {"title": "Data-constrained scaling", "markdown": md, "figures": {}}

@@ -78,3 +78,13 @@ def test_cli_constrained_needs_unique_tokens(tmp_path, capsys):
     _runs().drop(columns="unique_tokens").to_csv(p, index=False)
     assert main(["fit", "--csv", str(p), "--law", "constrained"]) == 2
     assert "--unique-col" in capsys.readouterr().err
+
+
+def test_constrained_report_section_only_when_data_repeat():
+    from analysis.constrained import constrained_section
+    from analysis.data import Points
+    df = _runs()
+    df["flops"] = 6 * df.n_params * df.tokens
+    sec = constrained_section(Points(df), n_bootstrap=5)
+    assert sec["title"] == "Data-constrained scaling" and "| R_D_star | 15.39" in sec["markdown"]
+    assert constrained_section(Points(df[df.tokens <= df.unique_tokens])) is None
