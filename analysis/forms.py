@@ -287,62 +287,75 @@ def fit_with_holdout(form, N, D, loss, flops, threshold, *, fixed_E=None):
     return fit, holdout_errors(fit, N, D, L, C, threshold)
 
 
-def default_holdout_flops(flops, n_train_min: int = 6, frac: float = 0.2) -> float | None:
-    """A compute threshold that holds out the largest ~20% of runs (at least one), keeping at
-    least n_train_min below it; None when there are too few runs to hold any out."""
-    C = np.sort(np.unique(np.asarray(flops, float)))
-    counts = np.array([(np.asarray(flops) <= c).sum() for c in C])
-    want = max(n_train_min, int(np.ceil((1 - frac) * len(flops))))
-    ok = np.flatnonzero((counts >= want) & (counts < len(flops)))
-    if ok.size == 0:
-        ok = np.flatnonzero((counts >= n_train_min) & (counts < len(flops)))
-        if ok.size == 0:
-            return None
-    i = ok[0]
-    return float(np.sqrt(C[i] * C[i + 1]))   # between the last train and the first test run
+def largest_sizes_threshold(n_params, frac: float = 0.2, min_train_sizes: int = 2) -> float | None:
+    """A model-size threshold holding out the largest sizes (at least one, about `frac` of
+    the runs), keeping at least `min_train_sizes` sizes to fit on; None if impossible."""
+    N = np.asarray(n_params, float)
+    sizes = np.unique(N)
+    if sizes.size <= min_train_sizes:
+        return None
+    for k in range(1, sizes.size - min_train_sizes + 1):
+        thr = float(np.sqrt(sizes[-k] * sizes[-k - 1]))
+        if (N > thr).mean() >= frac or k == sizes.size - min_train_sizes:
+            return thr
+    return None
 
 
-def select_form(N, D, loss, flops=None, *, holdout_flops=None, fixed_E=None, forms=FORMS) -> dict:
-    """Fit every identifiable form below `holdout_flops`, score each by its mean absolute
-    relative error on the runs above it, choose the smallest (ties: fewer parameters), and
-    refit the chosen form on all runs.
+def select_form(N, D, loss, flops=None, *, holdout_flops=None, fixed_E=None, forms=FORMS,
+                tolerance: float = 0.1) -> dict:
+    """Choose the law form that extrapolates best to the largest runs.
 
-    Returns {"chosen", "reason", "holdout_flops", "table": [{"form", "n_params", "success",
-    "objective", "mean_abs_rel_error", "max_abs_rel_error", "errors"}], "fit": FormFit on all
-    runs (or None)}. Forms that the training runs cannot identify are listed with the reason.
+    Every identifiable form is fitted without the largest runs and scored by its mean absolute
+    relative error on them. "Largest" means the largest model sizes (about 20% of the runs),
+    since the question a law answers is usually a bigger model; with `holdout_flops` it means
+    the runs above that compute instead. The simplest form whose held-out error is within
+    `tolerance` (relative) of the best wins (a more flexible form must earn its parameters
+    out of sample), and is refitted on all runs.
+
+    Returns {"chosen", "reason", "holdout": {"by", "threshold"}, "table": [{"form",
+    "n_params", "success", "objective", "message", "n_train", "n_test", "errors",
+    "mean_abs_rel_error", "max_abs_rel_error"}], "fit": FormFit on all runs (or None)}.
     """
     N, D, L = (np.asarray(v, float) for v in (N, D, loss))
     C = 6.0 * N * D if flops is None else np.asarray(flops, float)
-    thr = default_holdout_flops(C) if holdout_flops is None else float(holdout_flops)
+    by, var = ("flops", C) if holdout_flops is not None else ("n_params", N)
+    thr = float(holdout_flops) if holdout_flops is not None else largest_sizes_threshold(N)
     if thr is None:
-        return {"chosen": None, "reason": f"{N.size} runs: too few to hold any out", "table": [],
-                "holdout_flops": None, "fit": None}
+        return {"chosen": None, "reason": "fewer than three model sizes: none can be held out",
+                "table": [], "holdout": None, "fit": None}
     rows = []
     for form in forms:
         if form == "fixed-e" and fixed_E is None:
             continue
-        fit, ho = fit_with_holdout(form, N, D, L, C, thr, fixed_E=fixed_E)
+        fit, ho = fit_with_holdout(form, N, D, L, var, thr, fixed_E=fixed_E)
+        ho.pop("flops")
         rows.append({"form": form, "n_params": n_free_params(form), "success": fit.success_,
                      "objective": fit.objective_, "message": fit.message_, **ho})
     ok = [r for r in rows if r["success"] and np.isfinite(r["mean_abs_rel_error"])]
+    out = {"holdout": {"by": by, "threshold": thr}, "table": rows}
     if not ok:
-        return {"chosen": None, "holdout_flops": thr, "table": rows, "fit": None,
-                "reason": "no form could be fitted on the runs below the hold-out threshold: "
+        return {**out, "chosen": None, "fit": None,
+                "reason": "no form could be fitted without the largest runs: "
                           + "; ".join(f"{r['form']}: {r['message']}" for r in rows)}
-    best = min(ok, key=lambda r: (round(r["mean_abs_rel_error"], 5), r["n_params"]))
-    return {"chosen": best["form"], "holdout_flops": thr, "table": rows,
-            "reason": _reason(best, rows, thr),
+    best_err = min(r["mean_abs_rel_error"] for r in ok)
+    near = [r for r in ok if r["mean_abs_rel_error"] <= best_err * (1 + tolerance)]
+    best = min(near, key=lambda r: (r["n_params"], r["mean_abs_rel_error"]))
+    return {**out, "chosen": best["form"], "reason": _reason(best, rows, by, thr, best_err),
             "fit": FormFit(best["form"], fixed_E=fixed_E).fit(N, D, L)}
 
 
-def _reason(best, rows, thr):
+def _reason(best, rows, by, thr, best_err):
+    what = f"N > {thr:.3g}" if by == "n_params" else f"C > {thr:.3g}"
     others = ", ".join(f"{r['form']} {r['mean_abs_rel_error']:.2%}" if r["success"]
                        else f"{r['form']} not identifiable" for r in rows if r is not best)
     txt = (f"{best['form']} extrapolates best: mean |relative error| {best['mean_abs_rel_error']:.2%} "
            f"(max {best['max_abs_rel_error']:.2%}) on the {best['n_test']} largest runs "
-           f"(C > {thr:.3g}) when fitted on the {best['n_train']} below; others: {others or 'none'}")
-    insample = min((r for r in rows if r["success"]), key=lambda r: r["objective"] / 1.0)
-    if insample is not best and insample["form"] != "gadre" and best["form"] != "gadre":
+           f"({what}) when fitted on the {best['n_train']} below; others: {others or 'none'}")
+    if best["mean_abs_rel_error"] > best_err:
+        txt += "; preferred for having fewer parameters at an error within 10% of the best"
+    same = [r for r in rows if r["success"] and r["form"] != "gadre" and best["form"] != "gadre"]
+    insample = min(same, key=lambda r: r["objective"]) if same else None
+    if insample is not None and insample is not best:
         txt += f". The in-sample objective alone would have chosen {insample['form']}"
     return txt + "."
 
