@@ -51,6 +51,8 @@ def test_form_recovers_planted_parameters(form, truth, fixed_E):
     assert r.extra["form"] == form and r.params["alpha"] == pytest.approx(truth[3], rel=1e-4)
     if form == "gadre":   # the paper's parameterisation: c = B 6^(eta/2)
         assert r.extra["gadre_params"]["c"] == pytest.approx(truth[2] * 6 ** (truth[3] / 2), rel=1e-4)
+        # loss vs compute at fixed tokens-per-parameter M: N = sqrt(C / 6M), D = M N
+        assert fit.predict_compute(6 * 20 * 1e9 ** 2, 20) == pytest.approx(fit.predict(1e9, 2e10))
 
 
 def test_tied_form_is_tied_even_when_truth_is_not():
