@@ -9,6 +9,7 @@ from .chinchilla import (ChinchillaFit, check_convergence, compute_optimal, hube
 from .data import InputError, Points, load_csv, load_curves, load_mlflow
 from .kaplan import PowerLawFit, fit_compute_frontier, fit_kaplan_d, fit_kaplan_n
 from .constrained import DataConstrainedFit, data_constrained_loss
+from .forms import FormFit, form_selection_section, select_form
 from .isoflop import EnvelopeFit, IsoFLOPFit, envelope_fit, isoflop_fit
 from .moe import (ClarkFit, KrajewskiFit, effective_dense_params, fit_clark, fit_krajewski,
                   fit_moe_per_config)
@@ -36,4 +37,5 @@ __all__ = [
     "entropy_check", "extrapolation_test", "fit_compute_frontier", "fit_kaplan_d",
     "fit_kaplan_n", "huber_objective", "leave_one_out", "load_csv", "load_curves",
     "load_mlflow", "predict_loss", "residuals_by_decile",
+    "FormFit", "form_selection_section", "select_form",
 ]

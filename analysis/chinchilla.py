@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
 
-from ._optim import batched_lbfgs
+from ._optim import staged_lbfgs
 from .result import FitResult, estimator_result
 
 PARAM_NAMES = ("E", "A", "B", "alpha", "beta")
@@ -317,16 +317,19 @@ class ChinchillaFit:
         W = None if sample_weight is None else np.asarray(sample_weight, float)
         starts = self._starts()
 
-        def fg(X, rows):
-            return _fg_batch(X, lN, lD, lL, self.delta, W)
+        def make_fg(idx):   # objective over the points idx (None: all); see staged_lbfgs
+            if idx is None:
+                return lambda X, rows: _fg_batch(X, lN, lD, lL, self.delta, W)
+            Wi = None if W is None else W[idx]
+            return lambda X, rows: _fg_batch(X, lN[idx], lD[idx], lL[idx], self.delta, Wi)
 
-        br = batched_lbfgs(fg, starts, maxiter=self.maxiter, gtol=1e-10, ftol=1e-10)
+        br = staged_lbfgs(make_fg, starts, N.size, maxiter=self.maxiter, gtol=1e-10, ftol=1e-10)
         self.grid_objectives_ = br.fun
         order = np.argsort(np.where(np.isfinite(br.fun), br.fun, np.inf))
         cands = []
         for i in order:                     # best distinct candidates
-            if not np.isfinite(br.fun[i]):
-                break
+            if not np.isfinite(br.fun[i]) or br.fun[i] > 1.01 * br.fun[order[0]] + 1e-300:
+                break           # a basin 1% worse than the best cannot win a local polish
             if all(np.max(np.abs(br.x[i] - br.x[j])) > 1e-3 for j in cands):
                 cands.append(i)
             if len(cands) >= self.n_polish:

@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -35,7 +36,7 @@ from .data import InputError, load_csv, load_mlflow
 from .groups import in_active_params, select_setting, split_by
 from .result import FitResult, optimal_rows, result_at
 
-LAWS = ("chinchilla", "kaplan-n", "kaplan-d", "compute")
+LAWS = ("chinchilla", "kaplan-n", "kaplan-d", "compute", "constrained")
 
 
 def add_fit_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -64,6 +65,27 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument("--group-by", default=None, metavar="COLUMN",
                         help="also fit each group of COLUMN (experts: MoE setting, arch, or any "
                              "param) separately; JSON key \"groups\": {label: {...}}")
+    add_form_arguments(parser)
+    return parser
+
+
+def add_form_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--form / --fixed-e / --holdout-flops (Approach 3 law forms, analysis/forms.py)."""
+    from .forms import FORMS
+    parser.add_argument("--form", type=str.lower, choices=FORMS, default="free",
+                        help="Approach 3 form: free (5 parameters), tied (alpha = beta), fixed-e "
+                             "(E given by --fixed-e), gadre (Gadre et al. 2024 over-training law)")
+    parser.add_argument("--fixed-e", type=float, default=None, metavar="E",
+                        help="irreducible loss for --form fixed-e (nats/token)")
+    parser.add_argument("--holdout-flops", type=float, default=None, metavar="C",
+                        help="fit on runs with compute <= C, report relative errors on the runs above")
+    parser.add_argument("--unique-col", default=None, metavar="NAME",
+                        help="--law constrained: column with the unique tokens U_D")
+    parser.add_argument("--epochs-col", default=None, metavar="NAME",
+                        help="--law constrained: column with epochs over the data (U_D = D/epochs)")
+    parser.add_argument("--dropna", action="store_true",
+                        help="drop rows with missing/non-numeric/non-positive N, D, C or loss "
+                             "(counted in `excluded`) instead of failing")
     return parser
 
 
@@ -155,8 +177,18 @@ def fit_result(points, law: str, *, bootstrap: int = 0, budgets=None, seed: int 
     return _fit_one_variable(points, law, budgets, bootstrap, seed)
 
 
-def fit_law(points, law: str, *, bootstrap: int = 0, budgets=None, seed: int = 0) -> dict:
+def fit_law(points, law: str, *, bootstrap: int = 0, budgets=None, seed: int = 0,
+            form: str = "free", fixed_e=None, holdout_flops=None, unique_col=None,
+            epochs_col=None) -> dict:
     """Fit one law to Points and return the contract dict (see module docstring)."""
+    if law != "chinchilla" and (form != "free" or holdout_flops is not None):
+        raise InputError(f"--form and --holdout-flops apply to --law chinchilla, not --law {law}")
+    if law == "constrained":
+        return fit_constrained_law(points, unique_col=unique_col, epochs_col=epochs_col,
+                                   bootstrap=bootstrap, seed=seed)
+    if law == "chinchilla" and (form != "free" or holdout_flops is not None):
+        return fit_form_law(points, form, fixed_e=fixed_e, holdout_flops=holdout_flops,
+                            budgets=budgets, bootstrap=bootstrap)
     out = {"law": law, "source": points.source, "excluded": dict(points.excluded),
            "notes": list(points.notes)}
     out.update(fit_result(points, law, bootstrap=bootstrap, budgets=budgets, seed=seed).to_dict())
@@ -184,12 +216,91 @@ def _same_points(a, b) -> bool:
         np.sort(fa["n_params"].to_numpy(float)), np.sort(fb["n_params"].to_numpy(float)))
 
 
+def fit_form_law(points, form, *, fixed_e=None, holdout_flops=None, budgets=None,
+                 bootstrap=0) -> dict:
+    """Approach 3 under a law form (analysis/forms.py), optionally fitted below
+    `holdout_flops` with relative errors on the runs above it in `holdout`."""
+    from .forms import FormFit, fit_with_holdout
+    frame = points.frame
+    if form == "fixed-e" and fixed_e is None:
+        raise InputError("--form fixed-e needs --fixed-e VALUE (the irreducible loss, nats/token)")
+    if fixed_e is not None and not (math.isfinite(fixed_e) and fixed_e > 0):
+        raise InputError(f"--fixed-e {fixed_e}: must be a positive number of nats/token")
+    if holdout_flops is not None:
+        if not (math.isfinite(holdout_flops) and holdout_flops > 0):
+            raise InputError(f"--holdout-flops {holdout_flops}: must be a positive FLOP count, e.g. 1e20")
+        fit, holdout = fit_with_holdout(form, points.N, points.D, points.loss, points.C,
+                                        holdout_flops, fixed_E=fixed_e)
+        if holdout["n_test"] == 0:
+            raise InputError(f"--holdout-flops {holdout_flops:g}: no run has more compute "
+                             f"(largest: {float(np.max(points.C)):.3g}); choose a smaller C")
+    else:
+        fit, holdout = FormFit(form, fixed_E=fixed_e).fit(points.N, points.D, points.loss), None
+    r = fit.result_
+    budgets = budgets or default_budgets(frame["flops"])
+    out = {"law": "chinchilla", "source": points.source, "excluded": dict(points.excluded),
+           "notes": list(points.notes), **r.to_dict(),
+           "compute_optimal": (compute_optimal_rows(fit.params_, budgets) if r.success else [])}
+    if holdout is not None:
+        out["holdout"] = holdout
+        out["n_points"] = holdout["n_train"]
+    if bootstrap:
+        out["notes"].append("--bootstrap applies to --form free without --holdout-flops; skipped")
+    return out
+
+
+def fit_constrained_law(points, *, unique_col=None, epochs_col=None, bootstrap=0, seed=0) -> dict:
+    """Muennighoff et al.'s data-constrained law: R_D*, R_N* on all runs (analysis/constrained.py)."""
+    from .constrained import DataConstrainedFit
+    from .data import find_column
+    frame = points.frame
+    cols = list(frame.columns)
+    uc = find_column(cols, unique_col, "--unique-col", ("unique_tokens", "unique_data", "u_d"))
+    ec = None if uc is not None else find_column(cols, epochs_col, "--epochs-col", ("epochs", "n_epochs"))
+    if uc is None and ec is None:
+        raise InputError("--law constrained needs the unique tokens per run: pass --unique-col NAME "
+                         "(U_D) or --epochs-col NAME (U_D = D/epochs)")
+    src = uc if uc is not None else ec
+    vals = pd.to_numeric(frame[src], errors="coerce").to_numpy(float)
+    if not np.all(np.isfinite(vals) & (vals > 0)):
+        raise InputError(f"column {src!r} has missing or non-positive values; fix them or pass --dropna")
+    U = vals if uc is not None else frame["tokens"].to_numpy(float) / vals
+    df = pd.DataFrame({"n_params": points.N, "tokens": points.D, "unique_tokens": U, "loss": points.loss})
+    fit = DataConstrainedFit(n_bootstrap=bootstrap, seed=seed).fit(df)
+    out = {"source": points.source, "excluded": dict(points.excluded),
+           "notes": list(points.notes) + [f"unique tokens from column {src!r}"
+                                          + (" (U_D = D/epochs)" if uc is None else "")],
+           **fit.result_.to_dict(), "compute_optimal": [], "exponents": {"a": None, "b": None}}
+    if bootstrap:
+        out["bootstrap"] = {"n_resamples": bootstrap, "seed": seed}
+    return out
+
+
+def compute_optimal_rows(params, budgets):
+    from .chinchilla import compute_optimal
+    return compute_optimal({k: params[k] for k in ("E", "A", "B", "alpha", "beta")},
+                           budgets).to_dict("records")
+
+
+def kaplan_d_warning(points, max_sizes: int = 2) -> str | None:
+    """kaplan-d fits L(D) on the best run per D, which is a data law only when N does not
+    limit the loss; across many model sizes it mixes size and data effects."""
+    N = points.N[np.isfinite(points.N)]
+    sizes = np.unique(np.round(np.log(N), 6)).size if N.size else 0
+    if sizes <= max_sizes:
+        return None
+    return (f"kaplan-d: the runs span {sizes} model sizes (N {N.min():.3g} to {N.max():.3g}); "
+            f"L(D) is a data law only when N is large enough not to limit the loss. Fit the "
+            f"largest size alone, or use --law chinchilla for L(N, D)")
+
+
 def _load(args, law):
     need = {"chinchilla": ("n", "d"), "kaplan-n": ("n",), "kaplan-d": ("d",),
-            "compute": ("c",)}[law]
+            "compute": ("c",), "constrained": ("n", "d")}[law]
     if args.csv:
         pts = load_csv(args.csv, n_col=args.n_col, d_col=args.d_col, c_col=args.c_col,
-                       loss_col=args.loss_col, include_failed=args.include_diverged, need=need)
+                       loss_col=args.loss_col, include_failed=args.include_diverged, need=need,
+                       dropna=getattr(args, "dropna", False))
     else:
         pts = load_mlflow(args.experiment, args.tracking_uri, include_failed=args.include_diverged)
     if args.drop_top_loss < 0:
@@ -200,6 +311,13 @@ def _load(args, law):
 def _print_text(res, stream):
     p = res.get("params") or {}
     w = stream.write
+    if not res.get("success", True):   # the reason first; no "= nan" lines
+        w(f"fit failed: {res['message']}\n")
+        w(f"law: {res['law']}   points: {res['n_points']}   source: {res['source']}\n")
+        if res["excluded"]:
+            w("excluded: " + ", ".join(f"{k}: {v}" for k, v in res["excluded"].items()) + "\n")
+        _print_tail(res, w)
+        return
     w(f"law: {res['law']}   points: {res['n_points']}   source: {res['source']}\n")
     if res["excluded"]:
         w("excluded: " + ", ".join(f"{k}: {v}" for k, v in res["excluded"].items()) + "\n")
@@ -218,10 +336,23 @@ def _print_text(res, stream):
               f"D/N={r['tokens_per_param']:.2f}  loss={r['loss']:.4f}\n")
         else:
             w(f"  C={r['flops']:.3g}: frontier loss={r['loss']:.4f}\n")
+    _print_tail(res, w)
+
+
+def _print_tail(res, w):
+    if res.get("holdout") and res["holdout"]["n_test"] and res.get("success", True):
+        h = res["holdout"]
+        w(f"holdout: fit on {h['n_train']} runs with C <= {h['flops']:.3g}, tested on {h['n_test']} above: "
+          f"mean |rel. error| {h['mean_abs_rel_error']:.3%}, max {h['max_abs_rel_error']:.3%}\n")
+    for n in res.get("notes") or []:
+        w(f"note: {n}\n")
+    if res.get("elapsed_s") is not None:
+        w(f"elapsed: {res['elapsed_s']:.2f} s\n")
 
 
 def run_fit(args) -> int:
     """Run `scalelab fit`; prints the result; returns the exit status (0, 1 not converged, 2 bad input)."""
+    t0 = time.perf_counter()
     try:
         budgets = parse_budgets(args.budgets)
         if args.bootstrap < 0:
@@ -229,13 +360,22 @@ def run_fit(args) -> int:
         pts = _load(args, args.law)
         sel = select_setting(pts, experts=getattr(args, "experts", None))
         sel = in_active_params(sel)
-        kw = dict(bootstrap=args.bootstrap, budgets=budgets, seed=args.seed)
+        kw = dict(bootstrap=args.bootstrap, budgets=budgets, seed=args.seed,
+                  form=getattr(args, "form", "free"), fixed_e=getattr(args, "fixed_e", None),
+                  holdout_flops=getattr(args, "holdout_flops", None),
+                  unique_col=getattr(args, "unique_col", None),
+                  epochs_col=getattr(args, "epochs_col", None))
         res = fit_law(sel, args.law, **kw)
         if getattr(args, "group_by", None):
             res["groups"] = fit_groups(pts, args.law, args.group_by, reuse=(sel, res), **kw)
     except InputError as exc:
         print(f"scalelab fit: error: {exc}", file=sys.stderr)
         return 2
+    res["elapsed_s"] = time.perf_counter() - t0
+    warn = kaplan_d_warning(pts) if args.law == "kaplan-d" else None
+    if warn:
+        res.setdefault("notes", []).append(warn)
+        print(f"scalelab fit: warning: {warn}", file=sys.stderr)
     status = 0
     if not res["identifiable"]:
         print(f"scalelab fit: error: {res['message']}", file=sys.stderr)

@@ -67,10 +67,10 @@ def test_moe_small_data_unidentifiable():
 
 
 def test_data_constrained_reference_values():
-    """Muennighoff et al.'s C4 fit. See analysis/constrained.py: we reproduce the check values
-    of SCALING.md to 0.1% (2.223617 vs 2.2256441; 2.224891 vs 2.2269634), not exactly."""
-    assert data_constrained_loss(6.34e9, 242e9, 25e9) == pytest.approx(2.2256441, rel=2e-3)
-    assert data_constrained_loss(8.67e9, 178e9, 25e9) == pytest.approx(2.2269634, rel=2e-3)
+    """Muennighoff et al.'s C4 fit with the unrounded constants reproduces SCALING.md's check
+    values exactly (to their 8 printed digits)."""
+    assert data_constrained_loss(6.34e9, 242e9, 25e9) == pytest.approx(2.2256441, abs=5e-8)
+    assert data_constrained_loss(8.67e9, 178e9, 25e9) == pytest.approx(2.2269634, abs=5e-8)
     # one epoch: no decay; many epochs: D' saturates at U_D (1 + R_D*)
     assert effective_data(25e9, 25e9, 15.39) == pytest.approx(25e9)
     assert effective_data(25e9 * 1e4, 25e9, 15.39) == pytest.approx(25e9 * 16.39, rel=1e-6)
