@@ -10,6 +10,7 @@ import pytest
 from analysis import (ChinchillaFit, ClarkFit, DataConstrainedFit, EnvelopeFit, IsoFLOPFit,
                       KrajewskiFit, PowerLawFit)
 from analysis.chinchilla import compute_optimal, predict_loss
+from analysis.constrained import data_constrained_loss
 from analysis.result import FitResult, result_at
 
 LAW = {"E": 1.8, "A": 400.0, "B": 1500.0, "alpha": 0.34, "beta": 0.30}
@@ -68,8 +69,11 @@ def test_every_estimator_exposes_a_fit_result():
     moe = _moe()
     _check(ClarkFit().fit(moe).result_, "clark", ("a", "b", "c", "d"))
     _check(KrajewskiFit().fit(moe[moe.experts == 8]).result_, "krajewski", ("c", "gamma", "alpha"))
-    rep = moe[moe.experts == 1].assign(unique_tokens=lambda f: f.tokens / 4)
-    dc = DataConstrainedFit(base_params={**LAW, "beta": 0.3}).fit(rep)
+    rep = moe[moe.experts == 1].reset_index(drop=True)
+    rep["unique_tokens"] = rep.tokens / np.resize([1.0, 2.0, 4.0, 16.0, 64.0], len(rep))
+    rep["loss"] = data_constrained_loss(rep.n_params, rep.tokens, rep.unique_tokens,
+                                        {**LAW, "R_D_star": 15.0, "R_N_star": 5.0})
+    dc = DataConstrainedFit(base_params=LAW).fit(rep)
     _check(dc.result_, "constrained", ("R_D_star", "R_N_star"))
 
 
