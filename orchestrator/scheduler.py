@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import tracking
+from . import mlflow_view, tracking
 from .config import StudyConfig, StudyError
 from .grid import PlannedRun, WorkItem, expand, work_items
 from .ledger import Ledger, LedgerRow, spec_json
@@ -127,11 +127,13 @@ def validate(cfg: StudyConfig, settings: tracking.Settings, address: str | None
 
 def record_plan(cfg: StudyConfig, settings: tracking.Settings, planned: list[PlannedRun],
                 ledger: Ledger) -> tuple[str, str]:
-    """Create the store, experiment, parent run, a child run per point (and per wsd trunk) and
-    the ledger rows; idempotent. Returns (experiment_id, parent_run_id)."""
+    """Create the store, experiment (with its scaling-law view), parent run and the ledger rows;
+    idempotent. Child runs are created at dispatch (ensure_child_runs). Returns
+    (experiment_id, parent_run_id)."""
     fp = tracking.fingerprint_hash(cfg.fingerprint())
     c = tracking.client(settings.tracking_uri)
     exp_id = tracking.ensure_experiment(c, cfg.study, fp, settings.artifact_root)
+    mlflow_view.ensure_view(c, exp_id)
     parent = tracking.ensure_parent_run(c, exp_id, cfg.study, cfg.description)
     ledger.upsert_study(cfg.study, fingerprint=fp, experiment_id=exp_id, parent_run_id=parent)
 
@@ -149,29 +151,46 @@ def record_plan(cfg: StudyConfig, settings: tracking.Settings, planned: list[Pla
                      "checkpoint_dir": settings.trunk_dir(cfg.study, tk)})
     ledger.ensure(rows)
 
-    known = {r.run_key: r for r in ledger.rows(cfg.study)}
-    missing = [r for r in rows if not known[r["run_key"]].mlflow_run_id]
-    if missing:
-        existing = tracking.existing_children(c, exp_id)   # adopt runs a crashed driver created
-        by_key = {p.key: p for p in planned}
-        for r in missing:
-            key = r["run_key"]
-            run_id = existing.get(key)
-            if run_id is None:
-                if r["kind"] == "point":
-                    p = by_key[key]
-                    params = p.mlflow_params()     # the trainer adds its own (true_entropy, ...)
-                    run_id = tracking.create_child_run(
-                        c, exp_id, parent, cfg.study, key, f"{p.label}-D{p.tokens:.2g}-s{p.spec.seed}",
-                        "point", params, {"scalelab.label": p.label,
-                                          "scalelab.experts": str(p.spec.model.experts)})
-                else:
-                    p = trunks[key]
-                    run_id = tracking.create_child_run(
-                        c, exp_id, parent, cfg.study, key, f"{p.label}-trunk-s{p.spec.seed}",
-                        "trunk", {"run_key": key, "n_params": p.n_params, "schedule": "wsd"})
-            ledger.update(key, mlflow_run_id=run_id)
+    adopt_child_runs(c, exp_id, ledger, cfg.study)
     return exp_id, parent
+
+
+def adopt_child_runs(c, exp_id: str, ledger: Ledger, study: str) -> None:
+    """Child runs a crashed driver created but did not record in the ledger are adopted (by
+    their run_key tag), never duplicated."""
+    missing = [r.run_key for r in ledger.rows(study) if not r.mlflow_run_id]
+    if missing:
+        existing = tracking.existing_children(c, exp_id)
+        for key in missing:
+            if key in existing:
+                ledger.update(key, mlflow_run_id=existing[key])
+
+
+def ensure_child_runs(cfg: StudyConfig, settings: tracking.Settings, item: WorkItem,
+                      ledger: Ledger, exp_id: str, parent: str) -> None:
+    """Create the MLflow runs of a work item (its points, its wsd trunk) as it is dispatched:
+    a run's Duration is then its own training time, and a queued point is no RUNNING run.
+    Only the driver creates runs; the ledger records each id at once (adopted after a crash)."""
+    rows = {r.run_key: r for r in ledger.rows(cfg.study)}
+    todo = [p for p in item.runs if not rows[p.key].mlflow_run_id and not rows[p.key].done]
+    trunk_todo = bool(item.trunk_key and not rows[item.trunk_key].mlflow_run_id)
+    if not todo and not trunk_todo:
+        return
+    c = tracking.client(settings.tracking_uri)
+    if trunk_todo:
+        p = max(item.runs, key=lambda r: r.tokens)
+        run_id = tracking.create_child_run(
+            c, exp_id, parent, cfg.study, item.trunk_key, f"{p.label}-trunk-s{p.spec.seed}",
+            "trunk", {"run_key": item.trunk_key, "n_params": p.n_params, "schedule": "wsd"})
+        ledger.update(item.trunk_key, mlflow_run_id=run_id)
+    for p in todo:
+        params = p.mlflow_params()          # the trainer adds its own (true_entropy, ...)
+        run_id = tracking.create_child_run(
+            c, exp_id, parent, cfg.study, p.key, f"{p.label}-D{p.tokens:.2g}-s{p.spec.seed}",
+            "point", params, {"scalelab.label": p.label,
+                              "scalelab.experts": str(p.spec.model.experts)},
+            metrics={k: getattr(p, k) for k in tracking.POINT_METRICS})
+        ledger.update(p.key, mlflow_run_id=run_id)
 
 
 # --------------------------------------------------------------------------- dispatch
@@ -211,7 +230,8 @@ def run_study(cfg: StudyConfig, settings: tracking.Settings, *, address: str | N
             exp_id, parent = record_plan(cfg, settings, planned, ledger)
             ledger.request_cancel(cfg.study, None)
             ledger.upsert_study(cfg.study, driver=uuid.uuid4().hex)
-            outcome = _dispatch(cfg, settings, planned, ledger, slots, max_concurrent, show_progress)
+            outcome = _dispatch(cfg, settings, planned, ledger, slots, max_concurrent, show_progress,
+                                (exp_id, parent))
             outcome.experiment_id, outcome.parent_run_id = exp_id, parent
             try:
                 _close_parent(settings, parent, outcome)
@@ -238,7 +258,7 @@ def _close_parent(settings: tracking.Settings, parent: str, outcome: StudyOutcom
 
 def _dispatch(cfg: StudyConfig, settings: tracking.Settings, planned: list[PlannedRun],
               ledger: Ledger, slots: int, max_concurrent: int | None,
-              show_progress: bool) -> StudyOutcome:
+              show_progress: bool, mlflow_ids: tuple[str, str]) -> StudyOutcome:
     import ray
     from ray.exceptions import RayError
 
@@ -263,6 +283,7 @@ def _dispatch(cfg: StudyConfig, settings: tracking.Settings, planned: list[Plann
                 messages.append(f"cancel requested ({cancel}): starting no new runs")
             while queue and not cancelled and len(in_flight) < limit:
                 item = queue.pop(0)
+                ensure_child_runs(cfg, settings, item, ledger, *mlflow_ids)
                 rows = {r.run_key: r for r in ledger.rows(cfg.study)}
                 ref = remote.remote(_payload(item, cfg, settings, ledger, rows))
                 in_flight[ref] = item

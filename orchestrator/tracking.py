@@ -186,14 +186,26 @@ def existing_children(c, experiment_id: str) -> dict[str, str]:
             return out
 
 
+# The point's accounting, also as single-step metrics (step 0): params are strings, metrics
+# sort, filter (`metrics.n_params > 1e5`) and serve as chart axes in the MLflow UI.
+POINT_METRICS = ("n_params", "n_params_active", "tokens", "flops")
+
+
 def create_child_run(c, experiment_id: str, parent_id: str, study: str, run_key: str,
-                     run_name: str, role: str, params: dict, extra_tags: dict | None = None) -> str:
-    from mlflow.entities import Param
+                     run_name: str, role: str, params: dict, extra_tags: dict | None = None,
+                     metrics: dict | None = None) -> str:
+    """Created when the driver dispatches the run, so MLflow's start time (and Duration) is the
+    run's own, not the study's queue."""
+    import time
+
+    from mlflow.entities import Metric, Param
     tags = {"mlflow.parentRunId": parent_id, ROLE: role, STUDY: study, RUN_KEY: run_key,
             **(extra_tags or {})}
     run = c.create_run(experiment_id, run_name=run_name, tags=tags)
-    if params:
-        c.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    now_ms = int(time.time() * 1000)
+    if params or metrics:
+        c.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()],
+                    metrics=[Metric(k, float(v), now_ms, 0) for k, v in (metrics or {}).items()])
     return run.info.run_id
 
 
