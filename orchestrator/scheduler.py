@@ -8,6 +8,7 @@ and dispatch.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -70,7 +71,8 @@ def connect_ray(address: str | None) -> bool:
         if os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_MODE"):
             os.environ["RAY_AUTH_MODE"] = "token"
         try:
-            ray.init(address=address, runtime_env=env, log_to_driver=False)
+            ray.init(address=address, runtime_env=env, log_to_driver=False,
+                     logging_level=logging.ERROR)
         except Exception as e:
             cause: BaseException | None = e
             while cause is not None and "auth" not in f"{type(cause).__name__} {cause}".lower():
@@ -83,7 +85,7 @@ def connect_ray(address: str | None) -> bool:
         return True
     # "local": always a new instance, never the cluster a `ray start` on this machine recorded
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-             object_store_memory=200 * 1024 * 1024, runtime_env=env)
+             object_store_memory=200 * 1024 * 1024, runtime_env=env, logging_level=logging.ERROR)
     return True
 
 
