@@ -152,7 +152,8 @@ def cmd_status(a: argparse.Namespace) -> int:
     from .progress import summarize
     cfg = load_study(a.study)
     planned = expand(cfg)
-    rows, _ = _read_ledger(_settings(a), cfg.study)
+    settings = _settings(a)
+    rows, _ = _read_ledger(settings, cfg.study)
     summary = summarize(planned, rows, 0.0, 0.0)
     runs = []
     for p in planned:
@@ -170,6 +171,11 @@ def cmd_status(a: argparse.Namespace) -> int:
         return 0
     states = " ".join(f"{k}={v}" for k, v in sorted(summary["states"].items()))
     print(f"study {cfg.study}: {states}; FLOPs {summary['flops_done']:.3g}/{summary['flops_total']:.3g}")
+    exp_id = _experiment_id(settings, cfg.study)
+    if exp_id:
+        from .mlflow_view import view_hint
+        print(view_hint(settings.tracking_uri, exp_id,
+                        _ui_command(a, redact(settings.tracking_uri))))
     for r in runs:
         vl = f"{r['val_loss']:.4f}" if r["val_loss"] is not None else ""
         err = f"  {r['error'][0][:100]}" if r["error"] else ""
@@ -202,7 +208,32 @@ def cmd_run(a: argparse.Namespace) -> int:
     print(f"MLflow store: {uri} (experiment {cfg.study!r}, id "
           f"{outcome.experiment_id}); browse with: scalelab ui --tracking-uri {uri}")
     print(f"ledger: {redact(settings.ledger_uri)}; checkpoints: {settings.checkpoint_root}")
+    if outcome.experiment_id:
+        from .mlflow_view import view_hint
+        print(view_hint(settings.tracking_uri, outcome.experiment_id, _ui_command(a, uri)))
     return outcome.exit_code
+
+
+def _ui_command(a: argparse.Namespace, shown_uri: str) -> str:
+    """The `scalelab ui` command for the store this command used."""
+    explicit = getattr(a, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI")
+    return f"scalelab ui --tracking-uri {shown_uri}" if explicit or getattr(a, "home", None) \
+        else "scalelab ui"
+
+
+def _experiment_id(settings: Settings, study: str) -> str | None:
+    """The study's MLflow experiment id as the ledger recorded it (None before any run)."""
+    if settings.ledger_uri.startswith("sqlite:///") and \
+            not Path(settings.ledger_uri[len("sqlite:///"):]).exists():
+        return None
+    from .ledger import Ledger
+    ledger = Ledger(settings.ledger_uri, create=False)
+    try:
+        return (ledger.study(study) or {}).get("experiment_id")
+    except Exception:                        # no tables yet
+        return None
+    finally:
+        ledger.dispose()
 
 
 def quiet_logs() -> None:

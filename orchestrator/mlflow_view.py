@@ -50,6 +50,7 @@ def view_state() -> dict:
              "yaxis": {"key": "val_loss", "type": "METRIC", "scaleType": "log"}}
     return {
         "searchFilter": POINT_FILTER, "orderByKey": "metrics.`val_loss`", "orderByAsc": True,
+        # (a columnOrder would hide the columns it does not list, Duration among them)
         "selectedColumns": [key for _, key in COLUMNS], "columnOrder": [], "columnWidths": {},
         "runsHiddenMode": "SHOW_ALL", "compareRunCharts": [curves, final],
         "compareRunSections": [{"uuid": SECTION_ID, "name": VIEW_NAME, "display": True,
@@ -96,3 +97,12 @@ def ensure_view(c, experiment_id: str) -> None:
         c.set_experiment_tag(experiment_id, key, value)
     if EXPERIMENT_KIND_TAG not in tags:
         c.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+
+
+def view_hint(tracking_uri: str, experiment_id: str, ui_command: str = "scalelab ui") -> str:
+    """One line telling where the view opens: on the MLflow server itself when the store is one,
+    else on the server `scalelab ui` starts (port 5000 by default)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"scaling-law view: {view_url(tracking_uri, experiment_id)}"
+    return (f"scaling-law view: run `{ui_command}`, then open "
+            f"{view_url('http://127.0.0.1:5000', experiment_id)}")

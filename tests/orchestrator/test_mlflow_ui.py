@@ -10,6 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator import load_study, run_study
+from orchestrator.cli import main
 from orchestrator.ledger import Ledger
 from orchestrator.mlflow_view import (COLUMNS, TAG_PREFIX, VIEW_KEY, decode_state, view_state,
                                       view_url)
@@ -34,11 +35,13 @@ def test_view_state_round_trips_through_mlflow_compression():
 
 
 def test_point_runs_carry_numeric_accounting_and_the_experiment_its_view(tiny_study, store,
-                                                                         ray_session):
+                                                                         ray_session, capsys):
     cfg = load_study(tiny_study("numbers"))
     outcome = run_study(cfg, store, show_progress=False)
     assert outcome.exit_code == 0
     c, exp = _experiment(store, "numbers")
+    assert main(["status", str(tiny_study("numbers"))]) == 0       # prints where the view opens
+    assert view_url("http://127.0.0.1:5000", exp.experiment_id) in capsys.readouterr().out
 
     envelope = json.loads(exp.tags[TAG_PREFIX + VIEW_KEY])
     assert envelope["name"] == "Scaling law" and isinstance(envelope["createdAt"], int)
