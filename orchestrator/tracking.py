@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import socket
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -96,6 +95,7 @@ def check_tracking_uri(uri: str, flag: str = "--tracking-uri") -> None:
             raise StudyError(flag, f"no database answers at {u.hostname}:{port}; start it or fix "
                                    "the URI (e.g. postgresql://user@127.0.0.1:5432/mlflow)")
     elif u.scheme in ("http", "https"):
+        import urllib.request               # not on the CLI's start-up path
         try:
             with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5) as r:
                 r.read()
