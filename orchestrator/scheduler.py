@@ -195,6 +195,36 @@ def ensure_child_runs(cfg: StudyConfig, settings: tracking.Settings, item: WorkI
         ledger.update(p.key, mlflow_run_id=run_id)
 
 
+
+def _create_runs(cfg: StudyConfig, settings: tracking.Settings, item: WorkItem, ledger: Ledger,
+                 mlflow_ids: tuple[str, str]) -> None:
+    """ensure_child_runs, retried while the store is briefly unreachable."""
+    _with_store_retry(lambda: ensure_child_runs(cfg, settings, item, ledger, *mlflow_ids),
+                      lambda: adopt_child_runs(tracking.client(settings.tracking_uri),
+                                               mlflow_ids[0], ledger, cfg.study))
+
+
+def _with_store_retry(fn, before_retry) -> None:
+    """Run `fn` (creating MLflow runs at dispatch) while the store is briefly unreachable: retry
+    with backoff for SCALELAB_TRACKING_TIMEOUT_S (60 s), adopting what an attempt created
+    (`before_retry`) so nothing is created twice; then the last error is raised."""
+    import time
+    deadline = time.monotonic() + float(os.environ.get("SCALELAB_TRACKING_TIMEOUT_S", 60))
+    wait = 0.5
+    while True:
+        try:
+            return fn()
+        except Exception:
+            if time.monotonic() + wait > deadline:
+                raise
+            time.sleep(wait)
+            wait = min(8.0, wait * 2)
+            try:
+                before_retry()
+            except Exception:               # still down: the next attempt tells
+                pass
+
+
 # --------------------------------------------------------------------------- dispatch
 
 def _payload(item: WorkItem, cfg: StudyConfig, settings: tracking.Settings, ledger: Ledger,
@@ -285,7 +315,7 @@ def _dispatch(cfg: StudyConfig, settings: tracking.Settings, planned: list[Plann
                 messages.append(f"cancel requested ({cancel}): starting no new runs")
             while queue and not cancelled and len(in_flight) < limit:
                 item = queue.pop(0)
-                ensure_child_runs(cfg, settings, item, ledger, *mlflow_ids)
+                _create_runs(cfg, settings, item, ledger, mlflow_ids)
                 rows = {r.run_key: r for r in ledger.rows(cfg.study)}
                 ref = remote.remote(_payload(item, cfg, settings, ledger, rows))
                 in_flight[ref] = item

@@ -14,7 +14,7 @@ import pytest
 
 from orchestrator import estimate, load_study
 from orchestrator.cli import main
-from orchestrator.grid import expand, work_items
+from orchestrator.grid import expand
 from tests.conftest import write_study
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,14 +6,19 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from mlflow.tracking import MlflowClient
 
 from orchestrator import load_study, run_study
 from orchestrator.cli import main
 from orchestrator.ledger import Ledger
-from orchestrator.mlflow_view import (COLUMNS, TAG_PREFIX, VIEW_KEY, decode_state, view_state,
-                                      view_url)
+from orchestrator.mlflow_view import (
+    COLUMNS,
+    TAG_PREFIX,
+    VIEW_KEY,
+    decode_state,
+    view_state,
+    view_url,
+)
 from tests.reliability.helpers import in_thread, long_study, wait_for
 
 
