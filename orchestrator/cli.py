@@ -18,7 +18,6 @@ from .config import StudyConfig, StudyError, load_study
 from .tracking import Settings
 
 EXIT_BAD_INPUT = 2
-ASSUMED_CPU_FLOPS = 1.0e10         # FLOP/s per CPU core when nothing was measured (see estimate.py)
 # The MLflow server's settings wherever scalelab starts one: no job runner (idle CPU, memory),
 # and a DB pool that 32+ concurrent runs do not exhaust (MLflow's default 5 + 10 overflow lost
 # points at K=32 in benchmarks/tracking_throughput.py).
@@ -73,13 +72,13 @@ def _read_ledger(settings: Settings, study: str):
 
 def _plan_rate(cfg: StudyConfig, rows: dict) -> tuple[float, str]:
     """FLOP/s per run: measured on this study's finished runs of its device kind, else assumed."""
-    from .estimate import assumed_rate, device_kind, measured_rate
+    from .estimate import ASSUMED_CPU_FLOPS, assumed_rate, device_kind, measured_rate
     kind = device_kind(cfg.resources.num_gpus, cfg.train.device)
     rate, n = measured_rate(rows.values(), kind)
     if rate:
         return rate, f"measured on {n} finished {kind} run(s) of this study"
     rate = assumed_rate(kind, cfg.resources.num_cpus, cfg.resources.num_gpus)
-    how = "assumed MFU 35%" if kind == "cuda" else f"assumed {ASSUMED_CPU_FLOPS:.0e} per core"
+    how = "assumed MFU 35%" if kind == "cuda" else f"assumed {ASSUMED_CPU_FLOPS:.0e} FLOP/s per core"
     return rate, f"{how}; nothing of this study measured on {kind} yet"
 
 

@@ -125,3 +125,14 @@ def test_ui_on_a_missing_store_says_so_and_creates_nothing(tmp_path, capsys):
     assert main(["ui", "--home", str(home), "--port", "1"]) == 2
     assert "no MLflow store at" in capsys.readouterr().err
     assert not home.exists()
+
+
+def test_run_says_what_it_does_without_ray_or_mlflow_log_noise(tiny_study, store, ray_session,
+                                                               capfd):
+    path = tiny_study("quiet")
+    assert main(["run", str(path), "--no-progress"]) == 0
+    out, err = capfd.readouterr()
+    lines = out.splitlines()
+    assert lines[0].startswith("quiet: starting a local Ray and its workers")
+    assert "INFO" not in out + err                  # no MLflow/alembic/Ray INFO logs
+    assert "viewStateShareKey=scalelab-scaling-law" in lines[-1]
