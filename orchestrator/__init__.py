@@ -5,12 +5,28 @@ Public API:
     expand(cfg) -> list[PlannedRun]          every (N, D, MoE, seed) point with its accounting
     Settings.resolve(...)                    where the store, ledger and checkpoints live
     run_study(cfg, settings, ...)            execute on Ray; resume, dedup, retry
+
+The grid, the scheduler (SQLAlchemy, rich, Ray) load on first use, so `scalelab --help` and
+`scalelab plan` start fast.
 """
 
+from typing import Any
+
 from .config import StudyConfig, StudyError, load_study, parse_study
-from .grid import PlannedRun, expand
-from .scheduler import StudyOutcome, run_study
 from .tracking import Settings
+
+_LAZY = {"PlannedRun": "grid", "expand": "grid", "StudyOutcome": "scheduler",
+         "run_study": "scheduler"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["StudyConfig", "StudyError", "load_study", "parse_study", "PlannedRun", "expand",
            "StudyOutcome", "run_study", "Settings"]

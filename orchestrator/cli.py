@@ -20,13 +20,11 @@ from .config import StudyConfig, StudyError, load_study
 from .tracking import Settings
 
 EXIT_BAD_INPUT = 2
-ASSUMED_CPU_FLOPS = 1.0e10         # FLOP/s per CPU core for tiny models (measured 1-2e10 here), when nothing was measured
 # The MLflow server's settings wherever scalelab starts one: no job runner (idle CPU, memory),
 # and a DB pool that 32+ concurrent runs do not exhaust (MLflow's default 5 + 10 overflow lost
 # points at K=32 in benchmarks/tracking_throughput.py).
 SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
               "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "20", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "20"}
-ASSUMED_GPU_PEAK, ASSUMED_MFU = 989e12, 0.35   # H100 bf16 dense peak, a typical achieved MFU
 
 
 def _store_args(p: argparse.ArgumentParser) -> None:
@@ -57,10 +55,10 @@ def redact(uri: str) -> str:
 
 def _read_ledger(settings: Settings, study: str):
     """Ledger rows by key, without creating anything (plan and status only read)."""
-    from .ledger import Ledger
     if settings.ledger_uri.startswith("sqlite:///") and \
             not Path(settings.ledger_uri[len("sqlite:///"):]).exists():
         return {}, None
+    from .ledger import Ledger              # SQLAlchemy: only when there is a ledger to read
     ledger = None
     try:
         ledger = Ledger(settings.ledger_uri, create=False)
@@ -96,52 +94,88 @@ def _study_view(settings: Settings, cfg: StudyConfig, rows: dict) -> dict:
 
 # --------------------------------------------------------------------------- plan / status
 
+def _plan_rate(cfg: StudyConfig, rows: dict) -> tuple[float, str]:
+    """FLOP/s per run: measured on this study's finished runs of its device kind, else assumed."""
+    from .estimate import ASSUMED_CPU_FLOPS, assumed_rate, device_kind, measured_rate
+    kind = device_kind(cfg.resources.num_gpus, cfg.train.device)
+    rate, n = measured_rate(rows.values(), kind)
+    if rate:
+        return rate, f"measured on {n} finished {kind} run(s) of this study"
+    rate = assumed_rate(kind, cfg.resources.num_cpus, cfg.resources.num_gpus)
+    how = "assumed MFU 35%" if kind == "cuda" else f"assumed {ASSUMED_CPU_FLOPS:.0e} FLOP/s per core"
+    return rate, f"{how}; nothing of this study measured on {kind} yet"
+
+
+def _plan_slots(cfg: StudyConfig, max_concurrent: int | None) -> tuple[int, str]:
+    """Runs at once on the embedded local Ray (a cluster may hold more: pass --max-concurrent)."""
+    if cfg.resources.num_gpus:
+        local, why = 1, "1 local GPU assumed"
+    else:
+        cpus = os.cpu_count() or 1
+        local = max(1, int(cpus // cfg.resources.num_cpus))
+        why = f"{cpus} local CPUs / resources.num_cpus {cfg.resources.num_cpus:g}"
+    if max_concurrent:
+        return min(local, max_concurrent), f"--max-concurrent {max_concurrent}, {why}"
+    return local, why
+
+
 def cmd_plan(a: argparse.Namespace) -> int:
-    from .grid import expand
+    from .estimate import study_wall_time, trained_flops
+    from .grid import expand, work_items
     cfg = load_study(a.study)
+    if a.max_concurrent is not None and a.max_concurrent < 1:
+        raise StudyError("--max-concurrent", "must be >= 1")
     planned = expand(cfg)
+    items = work_items(planned)
     from .hostinfo import available_memory_bytes
-    from .memory import check_memory, run_memory
+    from .memory import check_memory
     check_memory(cfg, planned, None if os.environ.get("RAY_ADDRESS") else available_memory_bytes())
     settings = _settings(a)
-    rows, measured = _read_ledger(settings, cfg.study)
+    rows, _ = _read_ledger(settings, cfg.study)
     rows = _study_view(settings, cfg, rows)
-    if measured:
-        rate, how = measured, "measured"
-    elif cfg.resources.num_gpus:
-        rate, how = ASSUMED_GPU_PEAK * ASSUMED_MFU * cfg.resources.num_gpus, "assumed MFU 35%"
-    else:
-        rate, how = ASSUMED_CPU_FLOPS * cfg.resources.num_cpus, "assumed"
-    out = []
-    for p in planned:
-        m = p.spec.model
-        row = rows.get(p.key)
-        out.append({"run_key": p.key, "label": p.label, "n_layer": m.n_layer, "d_model": m.d_model,
-                    "n_head": m.n_head, "n_params": p.n_params, "n_params_active": p.n_params_active,
-                    "n_params_nonembedding": p.n_params_nonembedding, "tokens": p.tokens,
-                    "tokens_per_param": p.tokens / p.n_params_active, "flops": p.flops,
-                    "flops_6n": p.flops_6n, "budget": p.budget,
-                    "experts": m.experts, "top_k": m.top_k,
-                    "seed": p.spec.seed, "trunk_key": p.trunk_key,
-                    "est_wall_time_s": p.flops / rate,
-                    "est_memory_bytes": sum(run_memory(p).values()),
-                    "status": row.state if row else "pending"})
+    rate, how = _plan_rate(cfg, rows)
+    slots, slots_why = _plan_slots(cfg, a.max_concurrent)
+    trained = trained_flops(items)
+    out = [_plan_row(p, rows.get(p.key), trained[p.key], rate) for p in planned]
     if a.json:
         print(json.dumps(out, indent=1))
         return 0
-    print(f"study {cfg.study}: {len(out)} runs; wall time {how} at {rate:.3g} FLOP/s per run")
-    hdr = f"{'run_key':16} {'shape':18} {'N total':>9} {'N non-emb':>9} {'N active':>9} " \
-          f"{'tokens':>9} {'D/N':>7} {'FLOPs':>9} {'est time':>9}  status"
-    print(hdr)
+    print(f"study {cfg.study}: {len(out)} runs; rate {rate:.3g} FLOP/s per run ({how})")
+    print(f"{'run_key':16} {'shape':18} {'N total':>9} {'N non-emb':>9} {'N active':>9} "
+          f"{'tokens':>9} {'D/N':>7} {'FLOPs':>9} {'trained':>9} {'est time':>9}  status")
     for r in out:
         print(f"{r['run_key']:16} {r['label']:18} {r['n_params']:9.3g} {r['n_params_nonembedding']:9.3g} "
               f"{r['n_params_active']:9.3g} {r['tokens']:9.3g} {r['tokens_per_param']:7.1f} "
-              f"{r['flops']:9.3g} {r['est_wall_time_s']:8.0f}s  {r['status']}")
-    total = sum(r["flops"] for r in out)
-    done = sum(1 for r in out if r["status"] in ("finished", "diverged"))
-    print(f"total: {total:.3g} FLOPs ({total / 8.64e19:.3g} PF-days), "
-          f"{sum(r['est_wall_time_s'] for r in out):.0f} s of run time, {done}/{len(out)} done")
+              f"{r['flops']:9.3g} {r['flops_trained']:9.3g} {r['est_wall_time_s']:8.0f}s  {r['status']}")
+    done = {r["run_key"] for r in out if r["status"] in ("finished", "diverged")}
+    total, spent = sum(r["flops"] for r in out), sum(r["flops_trained"] for r in out)
+    wall = study_wall_time(planned, items, rate, slots, done)
+    shared = " (wsd branches share their trunk)" if cfg.train.schedule == "wsd" else ""
+    print(f"total: {total:.3g} FLOPs of the points, {spent:.3g} FLOPs trained{shared} "
+          f"({spent / 8.64e19:.3g} PF-days); {sum(r['est_wall_time_s'] for r in out):.0f} s of "
+          f"run time; wall time ~{_fmt_duration(wall)} left at {slots} run(s) at once "
+          f"({slots_why}); {len(done)}/{len(out)} done")
     return 0
+
+
+def _plan_row(p, row, flops_trained: float, rate: float) -> dict:
+    from .memory import run_memory
+    m = p.spec.model
+    return {"run_key": p.key, "label": p.label, "n_layer": m.n_layer, "d_model": m.d_model,
+            "n_head": m.n_head, "n_params": p.n_params, "n_params_active": p.n_params_active,
+            "n_params_nonembedding": p.n_params_nonembedding, "tokens": p.tokens,
+            "tokens_per_param": p.tokens / p.n_params_active, "flops": p.flops,
+            "flops_trained": flops_trained, "flops_6n": p.flops_6n, "experts": m.experts,
+            "top_k": m.top_k, "seed": p.spec.seed, "trunk_key": p.trunk_key,
+            "budget": p.budget, "est_wall_time_s": flops_trained / rate,
+            "est_memory_bytes": sum(run_memory(p).values()),
+            "status": row.state if row else "pending"}
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
 
 
 def cmd_status(a: argparse.Namespace) -> int:
@@ -170,6 +204,11 @@ def cmd_status(a: argparse.Namespace) -> int:
         return 0
     states = " ".join(f"{k}={v}" for k, v in sorted(summary["states"].items()))
     print(f"study {cfg.study}: {states}; FLOPs {summary['flops_done']:.3g}/{summary['flops_total']:.3g}")
+    exp_id = _experiment_id(settings, cfg.study)
+    if exp_id:
+        from .mlflow_view import view_hint
+        print(view_hint(settings.tracking_uri, exp_id,
+                        _ui_command(a, redact(settings.tracking_uri))))
     for r in runs:
         vl = f"{r['val_loss']:.4f}" if r["val_loss"] is not None else ""
         err = f"  {r['error'][0][:100]}" if r["error"] else ""
@@ -187,6 +226,9 @@ def cmd_run(a: argparse.Namespace) -> int:
     address = a.address or os.environ.get("RAY_ADDRESS") or None
     if a.max_concurrent is not None and a.max_concurrent < 1:
         raise StudyError("--max-concurrent", "must be >= 1")
+    quiet_logs()
+    print(f"{cfg.study}: starting {'Ray at ' + address if address else 'a local Ray'} and its "
+          "workers (the first progress appears once a worker has loaded torch) ...", flush=True)
     try:
         outcome = run_study(cfg, settings, address=address, max_concurrent=a.max_concurrent,
                             show_progress=not a.no_progress,
@@ -209,6 +251,9 @@ def cmd_run(a: argparse.Namespace) -> int:
     print(f"MLflow store: {uri} (experiment {cfg.study!r}, id "
           f"{outcome.experiment_id}); browse with: scalelab ui --tracking-uri {uri}")
     print(f"ledger: {redact(settings.ledger_uri)}; checkpoints: {settings.checkpoint_root}")
+    if outcome.experiment_id:
+        from .mlflow_view import view_hint
+        print(view_hint(settings.tracking_uri, outcome.experiment_id, _ui_command(a, uri)))
     return outcome.exit_code
 
 
@@ -219,6 +264,36 @@ def ray_died(e: BaseException) -> bool:
             return True
         e = e.__cause__ or e.__context__
     return False
+
+
+def _ui_command(a: argparse.Namespace, shown_uri: str) -> str:
+    """The `scalelab ui` command for the store this command used."""
+    explicit = getattr(a, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI")
+    return f"scalelab ui --tracking-uri {shown_uri}" if explicit or getattr(a, "home", None) \
+        else "scalelab ui"
+
+
+def _experiment_id(settings: Settings, study: str) -> str | None:
+    """The study's MLflow experiment id as the ledger recorded it (None before any run)."""
+    if settings.ledger_uri.startswith("sqlite:///") and \
+            not Path(settings.ledger_uri[len("sqlite:///"):]).exists():
+        return None
+    from .ledger import Ledger
+    ledger = Ledger(settings.ledger_uri, create=False)
+    try:
+        return (ledger.study(study) or {}).get("experiment_id")
+    except Exception:                        # no tables yet
+        return None
+    finally:
+        ledger.dispose()
+
+
+def quiet_logs() -> None:
+    """The terminal shows scalelab's lines, not Ray's or MLflow's INFO logs (warnings stay)."""
+    import logging
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")      # read when mlflow is imported
+    for name in ("mlflow", "alembic", "ray"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def cmd_cancel(a: argparse.Namespace) -> int:
@@ -245,13 +320,48 @@ def cmd_ui(a: argparse.Namespace) -> int:
     uri = settings.tracking_uri
     if uri.startswith("http"):
         raise StudyError("--tracking-uri", f"{uri} is already a server; open it in a browser")
+    from .tracking import store_exists
+    if not store_exists(uri):
+        raise StudyError("--tracking-uri", f"no MLflow store at {redact(uri)} (run `scalelab run "
+                                           "STUDY.yaml` first, or point --home / --tracking-uri "
+                                           "at an existing store)")
+    _check_port_free(a.host, a.port)
     env = dict(os.environ, **SERVER_ENV)
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
            "--host", a.host, "--port", str(a.port), "--workers", "1",
            "--default-artifact-root", settings.artifact_root]
-    print(f"MLflow UI on http://{a.host}:{a.port} for {uri} (Ctrl-C to stop)", flush=True)
+    base = f"http://{a.host}:{a.port}"
+    print(f"MLflow UI on {base} for {redact(uri)} (Ctrl-C to stop)", flush=True)
+    for name, exp_id in _scalelab_experiments(uri):
+        from .mlflow_view import view_url
+        print(f"  {name}: {view_url(base, exp_id)}", flush=True)
     os.execve(sys.executable, cmd, env)      # argument list, no shell: nothing is interpolated
     return 0
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Exit 2 before starting a server whose port another process holds (its URL would open
+    the other server)."""
+    import socket
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # a listener still blocks it
+        try:
+            s.bind((host, port))
+        except OSError:
+            raise StudyError("--port", f"port {port} on {host} is already in use (another "
+                                       f"`scalelab ui` or server?); stop it or choose another "
+                                       f"port, e.g. --port {port + 1}") from None
+
+
+def _scalelab_experiments(uri: str) -> list[tuple[str, str]]:
+    """(name, id) of the store's experiments that carry the scaling-law view; [] if unreadable."""
+    from .mlflow_view import TAG_PREFIX, VIEW_KEY
+    try:
+        from mlflow.tracking import MlflowClient
+        exps = MlflowClient(uri).search_experiments(max_results=1000)
+    except Exception:                        # the server reports a broken store itself
+        return []
+    return [(e.name, e.experiment_id) for e in exps if TAG_PREFIX + VIEW_KEY in e.tags]
 
 
 # --------------------------------------------------------------------------- fit / report
@@ -303,13 +413,23 @@ def _budgets(text: str) -> list[float]:
 
 # --------------------------------------------------------------------------- entry point
 
-def build_parser() -> argparse.ArgumentParser:
+def _command(argv: Sequence[str] | None) -> str | None:
+    """The subcommand named in argv ("" when there is none), None when argv is not given."""
+    if argv is None:
+        return None
+    return next((a for a in argv if not a.startswith("-")), "")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """`command`: the subcommand about to be parsed (None: all); only its heavy options load."""
     ap = argparse.ArgumentParser(prog="scalelab", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("plan", help="list every run of a study with its accounting")
     p.add_argument("study")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--max-concurrent", type=int, help="at most K runs at once (as for `run`); "
+                                                      "the wall time estimate uses it")
     _store_args(p)
     p.set_defaults(func=cmd_plan)
 
@@ -347,8 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("fit", help="fit a scaling law to an experiment or a CSV/Parquet file")
-    from analysis.cli import add_fit_arguments
-    add_fit_arguments(p)
+    if command in (None, "fit"):           # analysis (scipy, pandas) loads only for `fit`
+        from analysis.cli import add_fit_arguments
+        add_fit_arguments(p)
     p.add_argument("--home", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_fit)
 
@@ -389,7 +510,8 @@ def load_dotenv_file(path: str = ".env") -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     load_dotenv_file()
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(_command(argv)).parse_args(argv)
     try:
         return args.func(args)
     except StudyError as e:

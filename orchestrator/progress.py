@@ -13,6 +13,7 @@ from typing import Sequence
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from .grid import PlannedRun
@@ -26,6 +27,12 @@ def _fmt_s(seconds: float | None) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def bar(frac: float, width: int = 20) -> str:
+    """A text progress bar: `#` for done, `.` for to do."""
+    n = int(round(max(0.0, min(1.0, frac)) * width))
+    return "[" + "#" * n + "." * (width - n) + "]"
 
 
 def summarize(planned: Sequence[PlannedRun], rows: dict[str, LedgerRow], elapsed_s: float,
@@ -60,6 +67,7 @@ class Progress:
         self._last_states: dict | None = None
         self.t0 = time.monotonic()
         self.flops_at_start: float | None = None
+        self._warm: tuple[float, float] | None = None   # (time, FLOPs done) at the first progress
 
     def __enter__(self) -> "Progress":
         if self.enabled and self.tty:
@@ -76,6 +84,7 @@ class Progress:
         if self.flops_at_start is None:
             self.flops_at_start = summarize(self.planned, rows, 0, 0)["flops_done"]
         s = summarize(self.planned, rows, elapsed, self.flops_at_start)
+        s["eta_s"] = self._eta(s["flops_done"], s["flops_total"])
         if not self.enabled:
             return s
         if self.live is not None:
@@ -86,14 +95,31 @@ class Progress:
             print(self._line(s), flush=True)
         return s
 
+    def _eta(self, done: float, total: float) -> float | None:
+        """Seconds left at the rate this study's runs reached since their first progress: the
+        warm-up before it (Ray, workers loading torch, earlier studies) is not counted."""
+        now = time.monotonic()
+        if self._warm is None:
+            if done > (self.flops_at_start or 0.0):
+                self._warm = (now, done)
+            return None
+        t_w, done_w = self._warm
+        if done >= total:
+            return 0.0
+        if now - t_w < 1.0 or done <= done_w:
+            return None
+        return (total - done) / ((done - done_w) / (now - t_w))
+
     def _line(self, s: dict) -> str:
         states = " ".join(f"{k}={v}" for k, v in sorted(s["states"].items()))
-        pct = 100 * s["flops_done"] / s["flops_total"] if s["flops_total"] else 100.0
-        return (f"[{self.study}] {states} | FLOPs {s['flops_done']:.3g}/{s['flops_total']:.3g} "
-                f"({pct:.0f}%) | elapsed {_fmt_s(s['elapsed_s'])} ETA {_fmt_s(s['eta_s'])}")
+        frac = s["flops_done"] / s["flops_total"] if s["flops_total"] else 1.0
+        eta = (f"ETA {_fmt_s(s['eta_s'])}" if s["eta_s"] is not None else
+               "ETA: measuring" if self._warm else "workers starting")
+        return (f"[{self.study}] {bar(frac)} {100 * frac:3.0f}% of "
+                f"{s['flops_total']:.3g} FLOPs | {states} | elapsed {_fmt_s(s['elapsed_s'])}, {eta}")
 
     def _table(self, s: dict, rows: dict[str, LedgerRow]) -> Table:
-        t = Table(title=self._line(s), title_justify="left")
+        t = Table(title=escape(self._line(s)), title_justify="left")
         for col in ("run", "key", "N", "D", "state", "tokens done", "last loss", "val_loss"):
             t.add_column(col)
         order = {"running": 0, "pending": 1, "failed": 2, "killed": 3, "diverged": 4, "finished": 5}

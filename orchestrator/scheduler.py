@@ -8,11 +8,12 @@ and dispatch.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import bookkeeping, tracking
+from . import bookkeeping, mlflow_view, tracking
 from .config import StudyConfig, StudyError
 from .driverlock import StudyBusy, busy_message, driver_alive, hold_study
 from .grid import PlannedRun, WorkItem, expand, work_items
@@ -70,7 +71,8 @@ def connect_ray(address: str | None) -> bool:
         if os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_MODE"):
             os.environ["RAY_AUTH_MODE"] = "token"
         try:
-            ray.init(address=address, runtime_env=env, log_to_driver=False)
+            ray.init(address=address, runtime_env=env, log_to_driver=False,
+                     logging_level=logging.ERROR)
         except Exception as e:
             cause: BaseException | None = e
             while cause is not None and "auth" not in f"{type(cause).__name__} {cause}".lower():
@@ -84,7 +86,8 @@ def connect_ray(address: str | None) -> bool:
     # "local": always a new instance, never the cluster a `ray start` on this machine recorded
     from .hostinfo import available_cpus  # affinity + cgroup quota, not os.cpu_count()
     ray.init(address="local", num_cpus=available_cpus(), include_dashboard=False, log_to_driver=False,
-             object_store_memory=200 * 1024 * 1024, runtime_env=env)
+             object_store_memory=200 * 1024 * 1024, runtime_env=env,
+             logging_level=logging.ERROR)
     return True
 
 
@@ -192,6 +195,7 @@ def record_plan(cfg: StudyConfig, settings: tracking.Settings, planned: list[Pla
     fp = tracking.fingerprint_hash(cfg.fingerprint())
     c = tracking.client(settings.tracking_uri)
     exp_id = tracking.ensure_experiment(c, cfg.study, fp, settings.artifact_root)
+    mlflow_view.ensure_view(c, exp_id)
     parent = tracking.ensure_parent_run(c, exp_id, cfg.study, cfg.description)
     ledger.upsert_study(cfg.study, fingerprint=fp, experiment_id=exp_id, parent_run_id=parent)
     bookkeeping.migrate_legacy_keys(ledger, c)
@@ -209,7 +213,6 @@ def record_plan(cfg: StudyConfig, settings: tracking.Settings, planned: list[Pla
         if reused:
             notes.append(f"{len(reused)} point(s) reused from other studies of this store "
                          "(tagged scalelab.reused_from; `--no-reuse` retrains them)")
-    _create_missing_children(c, cfg, ledger, exp_id, parent, planned)
     return exp_id, parent
 
 
@@ -231,28 +234,69 @@ def _plan_rows(cfg: StudyConfig, settings: tracking.Settings,
     return rows
 
 
-def _create_missing_children(c, cfg: StudyConfig, ledger: Ledger, exp_id: str, parent: str,
-                             planned: list[PlannedRun]) -> None:
-    """An MLflow child run for every row still to train that has none yet."""
+
+def adopt_child_runs(c, exp_id: str, ledger: Ledger, study: str) -> None:
+    """Child runs a crashed driver created but did not record in the ledger are adopted (by
+    their run_key tag), never duplicated."""
+    bookkeeping.adopt_children(ledger, study,
+                               tracking.children_by_key(tracking.child_runs(c, exp_id)))
+
+
+def ensure_child_runs(cfg: StudyConfig, settings: tracking.Settings, item: WorkItem,
+                      ledger: Ledger, exp_id: str, parent: str) -> None:
+    """Create the MLflow runs of a work item (its points, its wsd trunk) as it is dispatched:
+    a run's Duration is then its own training time, and a queued point is no RUNNING run.
+    Only the driver creates runs; the ledger records each id at once (adopted after a crash)."""
     rows = {r.run_key: r for r in ledger.rows(cfg.study)}
-    by_key = {p.key: p for p in planned}
-    trunks = {p.trunk_key: p for p in sorted(planned, key=lambda p: p.tokens) if p.trunk_key}
-    for key, row in rows.items():
-        if row.mlflow_run_id or (key not in by_key and key not in trunks) or \
-                not bookkeeping.needs_run(rows, key, planned):
-            continue
-        if row.kind == "point":
-            p = by_key[key]
-            params = p.mlflow_params()     # the trainer adds its own (true_entropy, ...)
-            run_id = tracking.create_child_run(
-                c, exp_id, parent, cfg.study, key, bookkeeping.point_run_name(p), "point", params,
-                {"scalelab.label": p.label, "scalelab.experts": str(p.spec.model.experts)})
-        else:
-            p = trunks[key]
-            run_id = tracking.create_child_run(
-                c, exp_id, parent, cfg.study, key, f"{p.label}-trunk-s{p.spec.seed}",
-                "trunk", {"run_key": key, "n_params": p.n_params, "schedule": "wsd"})
-        ledger.update(cfg.study, key, mlflow_run_id=run_id)
+    todo = [p for p in item.runs if not rows[p.key].mlflow_run_id and not rows[p.key].done]
+    trunk_todo = bool(item.trunk_key and not rows[item.trunk_key].mlflow_run_id)
+    if not todo and not trunk_todo:
+        return
+    c = tracking.client(settings.tracking_uri)
+    if trunk_todo:
+        p = max(item.runs, key=lambda r: r.tokens)
+        run_id = tracking.create_child_run(
+            c, exp_id, parent, cfg.study, item.trunk_key, f"{p.label}-trunk-s{p.spec.seed}",
+            "trunk", {"run_key": item.trunk_key, "n_params": p.n_params, "schedule": "wsd"})
+        ledger.update(cfg.study, item.trunk_key, mlflow_run_id=run_id)
+    for p in todo:
+        params = p.mlflow_params()          # the trainer adds its own (true_entropy, ...)
+        run_id = tracking.create_child_run(
+            c, exp_id, parent, cfg.study, p.key, bookkeeping.point_run_name(p),
+            "point", params, {"scalelab.label": p.label,
+                              "scalelab.experts": str(p.spec.model.experts)},
+            metrics={k: getattr(p, k) for k in tracking.POINT_METRICS})
+        ledger.update(cfg.study, p.key, mlflow_run_id=run_id)
+
+
+
+def _create_runs(cfg: StudyConfig, settings: tracking.Settings, item: WorkItem, ledger: Ledger,
+                 mlflow_ids: tuple[str, str]) -> None:
+    """ensure_child_runs, retried while the store is briefly unreachable."""
+    _with_store_retry(lambda: ensure_child_runs(cfg, settings, item, ledger, *mlflow_ids),
+                      lambda: adopt_child_runs(tracking.client(settings.tracking_uri),
+                                               mlflow_ids[0], ledger, cfg.study))
+
+
+def _with_store_retry(fn, before_retry) -> None:
+    """Run `fn` (creating MLflow runs at dispatch) while the store is briefly unreachable: retry
+    with backoff for SCALELAB_TRACKING_TIMEOUT_S (60 s), adopting what an attempt created
+    (`before_retry`) so nothing is created twice; then the last error is raised."""
+    import time
+    deadline = time.monotonic() + float(os.environ.get("SCALELAB_TRACKING_TIMEOUT_S", 60))
+    wait = 0.5
+    while True:
+        try:
+            return fn()
+        except Exception:
+            if time.monotonic() + wait > deadline:
+                raise
+            time.sleep(wait)
+            wait = min(8.0, wait * 2)
+            try:
+                before_retry()
+            except Exception:               # still down: the next attempt tells
+                pass
 
 
 # --------------------------------------------------------------------------- dispatch
@@ -334,7 +378,8 @@ def _run_held(cfg: StudyConfig, settings: tracking.Settings, planned: list[Plann
     exp_id, parent = record_plan(cfg, settings, planned, ledger, reuse=reuse, messages=notes)
     ledger.request_cancel(cfg.study, None)
     try:
-        outcome = _dispatch(cfg, settings, planned, ledger, slots, max_concurrent, show_progress)
+        outcome = _dispatch(cfg, settings, planned, ledger, slots, max_concurrent, show_progress,
+                            (exp_id, parent))
     except KeyboardInterrupt:        # Ctrl-C or SIGTERM: running runs checkpoint first
         stop_running_runs(ledger, cfg.study)
         raise
@@ -360,7 +405,7 @@ def _close_parent(settings: tracking.Settings, parent: str, outcome: StudyOutcom
 
 def _dispatch(cfg: StudyConfig, settings: tracking.Settings, planned: list[PlannedRun],
               ledger: Ledger, slots: int, max_concurrent: int | None,
-              show_progress: bool) -> StudyOutcome:
+              show_progress: bool, mlflow_ids: tuple[str, str]) -> StudyOutcome:
     import ray
     from ray.exceptions import RayError
 
@@ -385,6 +430,7 @@ def _dispatch(cfg: StudyConfig, settings: tracking.Settings, planned: list[Plann
                 messages.append(f"cancel requested ({cancel}): starting no new runs")
             while queue and not cancelled and len(in_flight) < limit:
                 item = queue.pop(0)
+                _create_runs(cfg, settings, item, ledger, mlflow_ids)
                 rows = {r.run_key: r for r in ledger.rows(cfg.study)}
                 ref = remote.remote(_payload(item, cfg, settings, ledger, rows))
                 in_flight[ref] = item

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import socket
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -164,6 +163,7 @@ def check_http_store(uri: str, flag: str) -> None:
     """GET /health of an MLflow server. `http://user:pass@host` (which MLflow accepts) is sent
     as HTTP basic auth, as MLflow does; the password is never printed."""
     import base64
+    import urllib.request               # not on the CLI's start-up path
     from urllib.parse import urlsplit, urlunsplit
     u = urlsplit(uri)
     bare = urlunsplit(u._replace(netloc=u.netloc.rpartition("@")[2]))
@@ -343,14 +343,26 @@ def copy_point_run(c, source_id: str, experiment_id: str, parent_id: str, study:
     return run_id
 
 
+# The point's accounting, also as single-step metrics (step 0): params are strings, metrics
+# sort, filter (`metrics.n_params > 1e5`) and serve as chart axes in the MLflow UI.
+POINT_METRICS = ("n_params", "n_params_active", "tokens", "flops")
+
+
 def create_child_run(c, experiment_id: str, parent_id: str, study: str, run_key: str,
-                     run_name: str, role: str, params: dict, extra_tags: dict | None = None) -> str:
-    from mlflow.entities import Param
+                     run_name: str, role: str, params: dict, extra_tags: dict | None = None,
+                     metrics: dict | None = None) -> str:
+    """Created when the driver dispatches the run, so MLflow's start time (and Duration) is the
+    run's own, not the study's queue."""
+    import time
+
+    from mlflow.entities import Metric, Param
     tags = {"mlflow.parentRunId": parent_id, ROLE: role, STUDY: study, RUN_KEY: run_key,
             **(extra_tags or {})}
     run = c.create_run(experiment_id, run_name=run_name, tags=tags)
-    if params:
-        c.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    now_ms = int(time.time() * 1000)
+    if params or metrics:
+        c.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()],
+                    metrics=[Metric(k, float(v), now_ms, 0) for k, v in (metrics or {}).items()])
     return run.info.run_id
 
 

@@ -98,16 +98,17 @@ def test_an_orphaned_attempt_is_fenced_when_a_newer_attempt_takes_the_run(tmp_pa
     """The task of a killed driver keeps running (e.g. on a remote node): once a new driver
     acquires the run, the orphan stops at its next write and never writes to the ledger row or
     the MLflow run again."""
-    from orchestrator.scheduler import _payload, record_plan, validate
+    from orchestrator.scheduler import _payload, ensure_child_runs, record_plan, validate
     from orchestrator.grid import work_items
 
     path = long_study(tmp_path / "s.yaml", "orphan", tokens=f"[{TOKENS}]", interval=INTERVAL)
     cfg = load_study(path)
     planned = validate(cfg, store, None)
     ledger = Ledger(store.ledger_uri)
-    record_plan(cfg, store, planned, ledger)
-    rows = {r.run_key: r for r in ledger.rows("orphan")}
+    exp_id, parent = record_plan(cfg, store, planned, ledger)
     (item,) = work_items(planned)
+    ensure_child_runs(cfg, store, item, ledger, exp_id, parent)   # as the driver dispatches it
+    rows = {r.run_key: r for r in ledger.rows("orphan")}
     orphan_payload = _payload(item, cfg, store, ledger, rows)      # the killed driver's attempt
     key = planned[0].key
     thread, box = in_thread(execute, orphan_payload)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,11 @@ def test_no_shell_strings_for_subprocesses():
 def test_ui_binds_loopback_and_execs_an_argument_list(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.setattr("os.execve", lambda exe, argv, env: seen.update(argv=argv, env=env))
-    assert main(["ui", "--home", str(tmp_path)]) == 0
+    (tmp_path / "mlflow.db").touch()                  # ui serves an existing store only
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["ui", "--home", str(tmp_path), "--port", str(port)]) == 0
     argv = seen["argv"]
     assert isinstance(argv, list) and argv[argv.index("--host") + 1] == "127.0.0.1"
     assert argv[argv.index("--workers") + 1] == "1"

@@ -1,0 +1,109 @@
+"""The scaling-law view in a real browser: `scalelab ui` on a finished store, headless Chromium
+on the URL it prints. Skipped (with the command that installs a browser) where none is installed.
+
+Set SCALELAB_SCREENSHOT=docs/mlflow_view.png to refresh the README's screenshot.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from orchestrator import load_study, run_study
+from orchestrator.mlflow_view import COLUMNS
+
+ROOT = Path(__file__).resolve().parents[2]
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+
+def _browser() -> str:
+    for name in BROWSERS:
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.skip("no headless browser (chromium) installed: `apt-get install -y chromium` to run "
+                "the MLflow view check")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _chromium(browser: str, url: str, *extra: str, size: str = "3000,1100",
+              budget_ms: int = 25000) -> str:
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+           f"--virtual-time-budget={budget_ms}", f"--window-size={size}", *extra, url]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    return out.stdout
+
+
+def _wait_healthy(base: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "scalelab ui exited"
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"MLflow UI did not answer at {base} within {timeout:.0f} s")
+
+
+def test_the_printed_url_opens_the_scaling_law_view(tiny_study, store, ray_session, tmp_path):
+    browser = _browser()
+    cfg = load_study(tiny_study("browser"))
+    assert run_study(cfg, store, show_progress=False).exit_code == 0
+    from mlflow.tracking import MlflowClient
+    c = MlflowClient(store.tracking_uri)
+    exp = c.get_experiment_by_name("browser")
+    points = c.search_runs([exp.experiment_id], "tags.`scalelab.role` = 'point'",
+                           order_by=["metrics.val_loss ASC"])
+    expected_order = [r.info.run_name for r in points]
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "ui", "--home",
+                             str(store.home), "--port", str(port)], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        first_lines = [proc.stdout.readline() for _ in range(2)]
+        url = re.search(r"http://\S+viewStateShareKey=\S+", first_lines[1]).group(0)
+        assert url.endswith("&workflowType=machine_learning")
+        assert f"/#/experiments/{exp.experiment_id}/runs?" in url
+        _wait_healthy(f"http://127.0.0.1:{port}", proc)
+
+        dom = _chromium(browser, url, "--dump-dom")
+        headers = set(re.findall(r'role="columnheader"[^>]*col-id="([^"]+)"', dom))
+        assert {key for _, key in COLUMNS} <= headers, {key for _, key in COLUMNS} - headers
+        assert "duration" in headers                                      # the run's own time
+        assert re.search(r"<strong>8</strong> matching runs", dom)       # every point, flat
+        names = [n for n in re.findall(r">(L\d-d\d+[^<]*-s\d)<", dom)]
+        shown = list(dict.fromkeys(names))
+        assert shown == expected_order                                    # sorted by val_loss
+
+        charts = _chromium(browser, url + "&compareRunsMode=CHART", "--dump-dom", budget_ms=40000)
+        section = re.search(r"Scaling law</div>(.*?)Model metrics</div>", charts, re.S)
+        assert section, "the view's chart section is missing"
+        text = re.sub(r"<[^>]+>", " ", section.group(1))
+        assert "(2)" in text and "Step" in text                 # val_loss curves over tokens
+        assert all(f"{name} (val_loss)" in text for name in expected_order)  # every run drawn
+        assert "n_params_active vs. val_loss" in text           # final val_loss vs N
+
+        shot = Path(os.environ.get("SCALELAB_SCREENSHOT") or tmp_path / "view.png").resolve()
+        _chromium(browser, url, f"--screenshot={shot}", size="2300,760")
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
