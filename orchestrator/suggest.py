@@ -121,7 +121,10 @@ def finished_points(cfg: StudyConfig, tracking_uri: str):
     except InputError:
         return None, col
     f = pts.frame
-    keep = (f.get("experts", 1) == moe.experts) & (f.get("top_k", 1) == moe.top_k)
+    keep = np.ones(len(f), bool)
+    for name, want in (("experts", moe.experts), ("top_k", moe.top_k)):
+        if name in f:
+            keep &= f[name].to_numpy(float) == want
     return f[keep].reset_index(drop=True), col
 
 
