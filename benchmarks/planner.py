@@ -4,23 +4,23 @@ Run: .venv/bin/python benchmarks/planner.py [--studies 54] [--noise 0.01] [--see
 
 Simulator: a ground-truth law L(N, D) = E + A/N^alpha + B/D^beta (three laws: Epoch's refit of
 Chinchilla, Chinchilla's published values, and a steeper-N / flatter-D law), run-level noise
-multiplicative in the loss (Gaussian in log loss, sd --noise), cost of a run 6·N·D. The run pool
-is a 7 x 7 grid, N in [1e7, 1e9], D in [10^8.5, 10^10.5]; the target is log N_opt at C* = 100x
-the largest run. Every method draws from the same pool and is refitted (Approach 3, Huber, warm
-started) as it grows; the interval of every method is the same Laplace interval
-(analysis.planner), so widths compare like for like:
+multiplicative in the loss (Gaussian in log loss, sd --noise, default 0.01: Epoch's 240
+Chinchilla points leave a residual sd of 0.0076 in log loss after the Approach 3 fit; seed-to-seed
+noise is up to 3.5% in Choshen et al.), cost of a run 6·N·D. The study's grid is 7 x 7, N in
+[1e7, 1e9], D in [10^8.5, 10^10.5]; the target is log N_opt at C* = 100x the grid's largest run.
+Every method is refitted (Approach 3, Huber, warm started) as it grows and judged by the same
+Laplace interval (analysis.planner), so widths compare like for like:
 
   full grid   all 49 runs; its 95% half-width w is the width every other method must reach;
-  suggest     a 3 x 3 seed design, then rounds of 3 runs chosen by analysis.planner's greedy
-              variance reduction / FLOPs^0.4, until the half-width <= w;
-  doubling    kyo-takano/chinchilla progressive scaling: 4 random runs (log-uniform compute
-              and D/N), then each round the pool run nearest the fitted optimum at twice the
-              largest compute so far (no uncertainty model), until the half-width <= w;
-  random      pool runs in random order, 3 at a time after 9, until the half-width <= w.
-
-Printed per method: median and mean FLOPs to reach w as a fraction of the full grid's FLOPs,
-the share of studies that reached w inside the pool, and the coverage of the true N_opt(C*) by
-the final 95% interval. The goal: suggest <= 1/3 of the full grid's FLOPs with >= 90% coverage.
+  suggest     a cheap 3 x 3 seed (lower two thirds of the grid's log N and log D ranges), then
+              rounds of 3 runs chosen by analysis.planner's greedy variance reduction /
+              FLOPs^0.4 among the candidates `suggest` builds for this grid (10 x 10, N and D
+              from 0.5x the grid's smallest to 4x its largest), until the half-width <= w;
+  doubling    kyo-takano/chinchilla progressive scaling from the same seed: each round the
+              candidate nearest the fitted optimum at twice the largest compute so far (no
+              uncertainty model), until the half-width <= w;
+  random      the same seed, then 3 random candidates at a time, until the half-width <= w.
+A method that has not reached w by 3x the grid's FLOPs stops (its last step may overshoot).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import numpy as np
 
 from analysis.bootstrap import _warm_starts
 from analysis.chinchilla import ChinchillaFit, params_to_theta, predict_loss
-from analysis.planner import greedy_picks, laplace, seed_design, target_value
+from analysis.planner import greedy_picks, laplace, target_value
 
 LAWS = {
     "epoch": {"E": 1.8172, "A": 482.0, "B": 2085.4, "alpha": 0.3478, "beta": 0.3658},
@@ -43,19 +43,43 @@ LAWS = {
 Z = 1.959963984540054
 
 
-def pool():
+SPAN = (0.5, 4.0)      # the candidate range of orchestrator/suggest.py, relative to the grid
+MAX_SPEND = 3.0        # a method that has not reached the width by 3x the grid's FLOPs stops
+
+
+def grid_pool():
     N, D = np.meshgrid(np.logspace(7, 9, 7), np.logspace(8.5, 10.5, 7))
-    return N.ravel(), D.ravel(), 6 * N.ravel() * D.ravel()
+    return N.ravel(), D.ravel()
+
+
+def candidate_pool():
+    """What `suggest` builds for this grid: 10 x 10 log grid over [0.5x min, 4x max] of N and D."""
+    N, D = np.meshgrid(np.logspace(7 + math.log10(SPAN[0]), 9 + math.log10(SPAN[1]), 10),
+                       np.logspace(8.5 + math.log10(SPAN[0]), 10.5 + math.log10(SPAN[1]), 10))
+    return N.ravel(), D.ravel()
+
+
+def cheap_seed():
+    """3 sizes x 3 budgets over the lower two thirds (log) of the grid's N and D ranges."""
+    N, D = np.meshgrid(np.logspace(7, 7 + 4 / 3, 3), np.logspace(8.5, 8.5 + 4 / 3, 3))
+    return N.ravel(), D.ravel()
 
 
 class Study:
-    """One simulated study: a noisy loss per pool run (drawn once), refits as runs are added."""
+    """One simulated study: a noisy loss per possible run (drawn once), refits as runs are added."""
 
     def __init__(self, law, noise, rng):
-        self.N, self.D, self.cost = pool()
+        gN, gD = grid_pool()
+        cN, cD = candidate_pool()
+        sN, sD = cheap_seed()
+        self.N, self.D = np.concatenate([gN, sN, cN]), np.concatenate([gD, sD, cD])
+        self.cost = 6 * self.N * self.D
+        self.grid, self.seed = np.arange(49), np.arange(49, 58)
+        self.cands = np.arange(58, 58 + cN.size)
         self.law = law
         self.loss = predict_loss(law, self.N, self.D) * np.exp(rng.normal(0, noise, self.N.size))
-        self.C = 100 * self.cost.max()
+        self.grid_flops = self.cost[self.grid].sum()
+        self.C = 100 * self.cost[self.grid].max()
         self.truth = target_value(params_to_theta(law), self.C)
         self.theta = None
 
@@ -78,14 +102,14 @@ class Study:
 
 def run_until(study, order_fn, width):
     """Grow the design with order_fn(study, done, model) -> next indices until the half-width
-    <= width. Returns (flops, reached, covered)."""
+    <= width (or MAX_SPEND x the grid's FLOPs). Returns (flops, reached, covered)."""
     study.theta = None
     done, m = [], None
-    while True:
+    while study.cost[done].sum() <= MAX_SPEND * study.grid_flops:
         nxt = order_fn(study, done, m)
         if not nxt:
             break
-        done += [i for i in nxt if i not in done]
+        done += [int(i) for i in nxt if i not in done]
         if len(done) >= 9:
             m = study.model(done)
             if study.halfwidth(m) <= width:
@@ -93,60 +117,61 @@ def run_until(study, order_fn, width):
     return study.cost[done].sum(), False, study.covered(m)
 
 
+def _rest(study, done):
+    return [int(i) for i in study.cands if i not in done]
+
+
 def suggest_order(study, done, m):
     if not done:
-        return seed_design(study.N, study.D, study.cost)
-    if m is None:                                  # unusable fit: widen with a random run
-        rest = [i for i in range(study.N.size) if i not in done]
-        return rest[:1]
-    picks = greedy_picks(m, study.N, study.D, study.cost, max_runs=3, exclude=done)
+        return list(study.seed)
+    if m is None:                                  # unusable fit: widen with the cheapest run
+        return _rest(study, done)[:1]
+    allowed = np.zeros(study.N.size, bool)
+    allowed[study.cands] = True
+    excl = [i for i in range(study.N.size) if not allowed[i] or i in done]
+    picks = greedy_picks(m, study.N, study.D, study.cost, max_runs=3, exclude=excl)
     return [p.index for p in picks]
 
 
 def random_order(rng):
     def order(study, done, m):
         if not done:
-            order.perm = list(rng.permutation(study.N.size))
-            return order.perm[:9]
-        rest = [i for i in order.perm if i not in done]
-        return rest[:3]
+            return list(study.seed)
+        rest = _rest(study, done)
+        return list(rng.choice(rest, size=min(3, len(rest)), replace=False)) if rest else []
     return order
 
 
 def doubling_order(rng):
-    """Progressive scaling: random start, then the run nearest the optimum at 2x compute."""
+    """Progressive scaling: the same seed, then the candidate nearest the fitted optimum at
+    twice the largest compute so far (no uncertainty model)."""
     def order(study, done, m):
-        lN, lD = np.log(study.N), np.log(study.D)
-        rest = [i for i in range(study.N.size) if i not in done]
+        if not done:
+            return list(study.seed)
+        rest = _rest(study, done)
         if not rest:
             return []
-        if len(done) < 9 or study.theta is None:   # log-uniform compute and D/N
-            lc = rng.uniform(np.log(study.cost.min()), np.log(study.cost.max()))
-            lr = rng.uniform(np.log(1.0), np.log(300.0))
-            ln = 0.5 * (lc - np.log(6) - lr)
-            ld = ln + lr
-        else:
-            c = 2 * study.cost[done].max()
-            th = study.theta
-            al, be, a, b = th[3], th[4], th[1], th[2]
-            lg = (np.log(al) + a - np.log(be) - b) / (al + be)
-            ln = lg + be / (al + be) * np.log(c / 6)
-            ld = -lg + al / (al + be) * np.log(c / 6)
-        d2 = [(lN[i] - ln) ** 2 + (lD[i] - ld) ** 2 for i in rest]
+        if study.theta is None:
+            return [int(rng.choice(rest))]
+        c = 2 * study.cost[done].max()
+        e, a, b, al, be = study.theta
+        lg = (np.log(al) + a - np.log(be) - b) / (al + be)
+        ln = lg + be / (al + be) * np.log(c / 6)
+        ld = -lg + al / (al + be) * np.log(c / 6)
+        d2 = (np.log(study.N[rest]) - ln) ** 2 + (np.log(study.D[rest]) - ld) ** 2
         return [rest[int(np.argmin(d2))]]
     return order
 
 
 def simulate(law, noise, rng):
     s = Study(law, noise, rng)
-    full = list(range(s.N.size))
-    m = s.model(full)
+    m = s.model(s.grid)
     w = s.halfwidth(m)
-    out = {"full grid": (s.cost.sum(), True, s.covered(m))}
+    out = {"full grid": (s.grid_flops, True, s.covered(m))}
     out["suggest"] = run_until(s, suggest_order, w)
     out["doubling"] = run_until(s, doubling_order(rng), w)
     out["random"] = run_until(s, random_order(rng), w)
-    return s.cost.sum(), out
+    return s.grid_flops, out
 
 
 def main():
