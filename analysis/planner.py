@@ -354,3 +354,19 @@ def ci_section(history: list[dict], target_flops: float, objective: str = "log_n
                      f"[{h['lo']:.4g}, {h['hi']:.4g}] |")
     return {"title": "Uncertainty of the compute-optimal answer vs compute spent",
             "markdown": "\n".join(lines), "figures": {"planner_ci.png": fig}}
+
+
+def planner_section(frame, target_flops: float, objective: str = "log_n_opt", *,
+                    n_col: str = "n_params", order_col: str | None = None,
+                    round_col: str | None = None):
+    """The report section for a study's points frame (analysis.data.Points.frame): runs in the
+    order of `order_col` (e.g. an end time) within `round_col` (adaptive round, 0 = the grid),
+    else by FLOPs; None when no prefix can be fitted."""
+    import pandas as pd
+    f = frame.reset_index(drop=True)
+    keys = [c for c in (round_col, order_col or "flops") if c]
+    order = f.sort_values(keys, kind="stable").index.to_numpy()
+    rounds = None if round_col is None else pd.to_numeric(f[round_col]).fillna(0).to_numpy(int)
+    hist = ci_history(f[n_col], f["tokens"], f["loss"], f["flops"], order, target_flops,
+                      objective, rounds)
+    return ci_section(hist, target_flops, objective)

@@ -12,6 +12,7 @@ from analysis import ChinchillaFit, bootstrap_chinchilla
 from analysis.bootstrap import _warm_starts
 from analysis.chinchilla import EPOCH_REPLICATION, params_to_theta, predict_loss
 from analysis.planner import (ci_history, ci_section, greedy_picks, laplace, plan_next_runs,
+                              planner_section,
                               target_value, variance_after_each)
 
 THETA = params_to_theta(EPOCH_REPLICATION)
@@ -130,3 +131,12 @@ def test_ci_section_charts_the_interval_against_flops(rng):
     sec = ci_section(hist, 1e24)
     assert set(sec) == {"title", "markdown", "figures"} and "planner_ci.png" in sec["figures"]
     assert ci_section([], 1e24) is None
+
+
+def test_planner_section_from_a_points_frame(rng):
+    import pandas as pd
+    N, D = design(4)
+    frame = pd.DataFrame({"n_params": N, "tokens": D, "loss": noisy(N, D, rng), "flops": 6 * N * D,
+                          "round": np.repeat([0, 0, 1, 2], 4)})
+    sec = planner_section(frame, 1e24, round_col="round")
+    assert "| 16 |" in sec["markdown"] and sec["figures"]
