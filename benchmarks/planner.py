@@ -179,6 +179,7 @@ def main():
     ap.add_argument("--studies", type=int, default=54, help="simulated studies (split over 3 laws)")
     ap.add_argument("--noise", type=float, default=0.01, help="run-level sd of log loss")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--verbose", action="store_true", help="one line per simulated study")
     a = ap.parse_args()
     rng = np.random.default_rng(a.seed)
     t0 = time.perf_counter()
@@ -188,6 +189,10 @@ def main():
         total, out = simulate(law, a.noise, rng)
         for k, (flops, reached, cov) in out.items():
             rows[k].append((flops / total, reached, cov))
+        if a.verbose:
+            print(f"study {i + 1}: " + ", ".join(f"{k} {f / total:.3f}{'' if r else ' (not reached)'}"
+                                                  f"{'' if c else ' MISSED'}" for k, (f, r, c) in out.items()),
+                  flush=True)
     print(f"{a.studies} simulated studies over {len(LAWS)} laws ({', '.join(LAWS)}), "
           f"noise sd {a.noise:g} in log loss, 49-run pool, C* = 100x the largest run; "
           f"{time.perf_counter() - t0:.0f} s")
