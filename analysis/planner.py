@@ -243,15 +243,15 @@ MAX_EXPONENT = 3.0        # alpha or beta above this: the points do not pin the 
 
 def degenerate(fit: ChinchillaFit, model: Laplace | None) -> str | None:
     """Why a fit is no base for planning (None if it is): failed, an exponent outside
-    (0, MAX_EXPONENT), or a parameter the data leave at the prior's width."""
+    (0, MAX_EXPONENT), or a parameter the target depends on left at the prior's width."""
     if model is None:
         return f"the fit of {fit.n_points_} points failed ({fit.message_})"
     if not (0 < fit.alpha_ < MAX_EXPONENT and 0 < fit.beta_ < MAX_EXPONENT):
         return (f"the fit of {fit.n_points_} points is degenerate (alpha={fit.alpha_:.3g}, "
                 f"beta={fit.beta_:.3g})")
     sd = np.sqrt(np.diag(model.cov))
-    if np.any(sd > 0.5 * PRIOR_SD):
-        return f"the {fit.n_points_} points do not identify every parameter of the law"
+    if np.any((sd > 0.5 * PRIOR_SD) & (model.grad != 0)):   # E does not move N_opt: ignored there
+        return f"the {fit.n_points_} points do not identify the law's parameters the target needs"
     return None
 
 

@@ -166,11 +166,11 @@ def _next_round(cfg, settings, a: AdaptiveArgs, res: AdaptiveOutcome, new: int):
     spent = flops_spent(settings, cfg.study)
     full = with_runs(cfg, [r for runs in res.rounds for r in runs])
     left = math.inf if a.max_flops is None else a.max_flops - spent
-    cheapest = min((p.flops for p in build_candidates(full, {p.key for p in expand(full)}).planned),
-                   default=math.inf)
+    cheapest = min((p.flops for p in build_candidates(full, {p.key for p in expand(full)},
+                                                       span_of=cfg).planned), default=math.inf)
     s = suggest(full, settings.tracking_uri, target_flops=a.target_flops, objective=a.objective,
                 max_runs=a.max_runs, max_flops=None if a.max_flops is None else max(left, cheapest),
-                gamma=a.gamma, planned_keys=round_keys(cfg, res.rounds))
+                gamma=a.gamma, planned_keys=round_keys(cfg, res.rounds), span_of=cfg)
     plan = s.plan
     if plan.model is not None:
         res.value, res.ci95 = plan.value, plan.ci95

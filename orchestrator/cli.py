@@ -202,7 +202,7 @@ def cmd_suggest(a: argparse.Namespace) -> int:
     full = with_runs(cfg, [r for runs in rounds for r in runs])
     s = suggest(full, settings.tracking_uri, target_flops=a.target_flops, objective=a.objective,
                 max_runs=a.max_runs, max_flops=a.max_flops, gamma=a.gamma,
-                planned_keys=round_keys(cfg, rounds))
+                planned_keys=round_keys(cfg, rounds), span_of=cfg)
     print_suggestion(s, a.json)
     return 0
 

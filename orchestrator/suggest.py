@@ -69,9 +69,12 @@ def _shapes(cfg: StudyConfig, lo: float, hi: float) -> list[ExplicitShape]:
     return out
 
 
-def build_candidates(cfg: StudyConfig, exclude_keys=()) -> Candidates:
-    """Every (shape, D) the rule builds in the study's range, minus `exclude_keys`."""
-    grid = expand(cfg)
+def build_candidates(cfg: StudyConfig, exclude_keys=(), span_of: StudyConfig | None = None
+                     ) -> Candidates:
+    """Every (shape, D) the rule builds in the range of `span_of`'s runs (default: cfg's; the
+    adaptive loop passes the study without its rounds, so the range does not creep outward),
+    minus `exclude_keys`."""
+    grid = expand(span_of or cfg)
     n = [p.n_params for p in grid]
     d = [p.tokens for p in grid]
     per_step = cfg.train.batch_size * cfg.data.seq_len
@@ -180,14 +183,15 @@ class Suggestion:
 
 def suggest(cfg: StudyConfig, tracking_uri: str, *, target_flops: float,
             objective: str = "log_n_opt", max_runs: int = 4, max_flops: float | None = None,
-            gamma: float = 0.4, planned_keys=()) -> Suggestion:
+            gamma: float = 0.4, planned_keys=(), span_of: StudyConfig | None = None
+            ) -> Suggestion:
     """Fit the study's finished points and propose the next runs. `planned_keys`: runs already
     planned (adaptive rounds) that must not be proposed again; finished points never are."""
     from analysis.planner import plan_next_runs
     frame, col = finished_points(cfg, tracking_uri)
     done_keys = set(frame["run_key"]) if frame is not None and "run_key" in frame else set()
     exclude = done_keys | set(planned_keys)
-    cands = build_candidates(cfg, exclude)
+    cands = build_candidates(cfg, exclude, span_of)
     done_flops = frame["flops"].tolist() if frame is not None else []
     check_inputs(cfg, target_flops, max_runs, max_flops, gamma, cands, done_flops)
     cN, cD, cc = cands.arrays(active=col == "n_params_active")
