@@ -26,6 +26,7 @@ OBJECTIVES = ("log_n_opt", "loss")
 Z95 = 1.959963984540054
 PRIOR_SD = 10.0           # weak Gaussian prior on each theta component: keeps J^T J invertible
 MIN_POINTS = 9            # below this (or < 3 distinct N or D) the planner proposes a seed design
+LOG_E_FLOOR = -30.0       # log E below this is E = 0 for every loss scale
 NOISE_FLOOR = 1e-3        # smallest residual sd (log loss) trusted from a handful of points
 
 
@@ -126,6 +127,8 @@ class Laplace:
 
 
 def _sym_inv(m: np.ndarray) -> np.ndarray:
+    if not np.all(np.isfinite(m)):
+        return np.full_like(m, np.inf)
     out = np.linalg.pinv(0.5 * (m + m.T), hermitian=True)
     return 0.5 * (out + out.T)
 
@@ -137,7 +140,8 @@ def laplace(theta, N, D, loss, target_flops: float, objective: str = "log_n_opt"
     sigma2: the Huber-effective noise variance; by default measured from the residuals."""
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    theta = np.asarray(theta, float)
+    theta = np.array(theta, float)
+    theta[0] = max(theta[0], LOG_E_FLOOR)      # a fit at E = 0 (log E = -inf): keep it finite
     J = residual_jacobian(theta, N, D)
     if sigma2 is None:
         pred = np.log(predict_loss(theta_to_params(theta), N, D))
@@ -250,6 +254,8 @@ def degenerate(fit: ChinchillaFit, model: Laplace | None) -> str | None:
         return (f"the fit of {fit.n_points_} points is degenerate (alpha={fit.alpha_:.3g}, "
                 f"beta={fit.beta_:.3g})")
     sd = np.sqrt(np.diag(model.cov))
+    if not (np.all(np.isfinite(sd)) and np.isfinite(model.variance)):
+        return f"the fit of {fit.n_points_} points gives no finite covariance"
     if np.any((sd > 0.5 * PRIOR_SD) & (model.grad != 0)):   # E does not move N_opt: ignored there
         return f"the {fit.n_points_} points do not identify the law's parameters the target needs"
     return None
