@@ -140,3 +140,15 @@ def test_planner_section_from_a_points_frame(rng):
                           "round": np.repeat([0, 0, 1, 2], 4)})
     sec = planner_section(frame, 1e24, round_col="round")
     assert "| 16 |" in sec["markdown"] and sec["figures"]
+
+
+def test_a_fit_at_zero_irreducible_loss_gives_a_finite_interval(rng):
+    """Undertrained tiny studies fit E -> 0 (log E = -inf): N_opt does not depend on E, so the
+    planner still plans, with a finite interval."""
+    N, D = design(4)
+    L = noisy(N, D, rng)
+    theta = THETA.copy()
+    theta[0] = -np.inf
+    m = laplace(theta, N, D, L, 1e24)
+    lo, hi = m.ci95()
+    assert np.isfinite(m.variance) and 0 < lo < hi < np.inf
