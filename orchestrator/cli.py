@@ -229,6 +229,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     quiet_logs()
     print(f"{cfg.study}: starting {'Ray at ' + address if address else 'a local Ray'} and its "
           "workers (the first progress appears once a worker has loaded torch) ...", flush=True)
+    if a.adaptive:
+        return cmd_run_adaptive(a, cfg, settings, address)
     try:
         outcome = run_study(cfg, settings, address=address, max_concurrent=a.max_concurrent,
                             show_progress=not a.no_progress,
@@ -294,6 +296,54 @@ def quiet_logs() -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")      # read when mlflow is imported
     for name in ("mlflow", "alembic", "ray"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def cmd_run_adaptive(a: argparse.Namespace, cfg: StudyConfig, settings: Settings,
+                     address: str | None) -> int:
+    from .adaptive import AdaptiveArgs, run_adaptive
+    if a.target_flops is None or a.until_ci is None:
+        raise StudyError("--target-flops" if a.target_flops is None else "--until-ci",
+                         "required with --adaptive, e.g. --target-flops 1e15 --until-ci 0.25")
+    args = AdaptiveArgs(target_flops=a.target_flops, until_ci=a.until_ci, max_flops=a.max_flops,
+                        objective=a.objective, max_runs=a.max_runs, gamma=a.gamma,
+                        max_rounds=a.max_rounds)
+    res = run_adaptive(cfg, settings, args, address=address, max_concurrent=a.max_concurrent,
+                       show_progress=not a.no_progress)
+    for m in res.outcome.messages:
+        print(redact_text(m))
+    what = "N_opt" if a.objective == "log_n_opt" else "loss"
+    if res.ci95:
+        print(f"{what} at C = {a.target_flops:.3g}: {res.value:.4g}, 95% interval "
+              f"[{res.ci95[0]:.4g}, {res.ci95[1]:.4g}] (±{res.relative_halfwidth:.1%})")
+    print(f"study {cfg.study}: {len(res.rounds)} adaptive round(s), {res.flops_spent:.3g} FLOPs "
+          f"spent; {res.reason or 'stopped: a run did not finish'}")
+    return res.outcome.exit_code
+
+
+def cmd_suggest(a: argparse.Namespace) -> int:
+    from .adaptive import load_rounds, round_keys
+    from .suggest import print_suggestion, suggest, with_runs
+    cfg = load_study(a.study)
+    settings = _settings(a)
+    rounds = load_rounds(settings, cfg.study)
+    full = with_runs(cfg, [r for runs in rounds for r in runs])
+    s = suggest(full, settings.tracking_uri, target_flops=a.target_flops, objective=a.objective,
+                max_runs=a.max_runs, max_flops=a.max_flops, gamma=a.gamma,
+                planned_keys=round_keys(cfg, rounds), span_of=cfg)
+    print_suggestion(s, a.json)
+    return 0
+
+
+def _planner_args(p: argparse.ArgumentParser, *, required: bool) -> None:
+    p.add_argument("--target-flops", type=float, required=required,
+                   help="the budget C the answer is for (above the study's largest run)")
+    p.add_argument("--max-flops", type=float, help="FLOPs budget F (suggest: for the proposed "
+                                                  "runs; --adaptive: for the whole study)")
+    p.add_argument("--max-runs", type=int, default=4, help="runs proposed (per round), default 4")
+    p.add_argument("--objective", choices=("log_n_opt", "loss"), default="log_n_opt",
+                   help="the target: log N_opt at C (default) or the predicted loss at C")
+    p.add_argument("--gamma", type=float, default=0.4, help="cost discount: score = variance "
+                                                            "reduction / FLOPs^gamma (default 0.4)")
 
 
 def cmd_cancel(a: argparse.Namespace) -> int:
@@ -445,8 +495,22 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--no-reuse", action="store_true",
                    help="train every point, even those another study of the store finished "
                         "(default: copy such results in, tagged scalelab.reused_from)")
+    p.add_argument("--adaptive", action="store_true", help="after the grid, add the runs "
+                   "`suggest` proposes, round by round, until --until-ci or --max-flops")
+    p.add_argument("--until-ci", type=float, help="--adaptive: stop when the 95%% interval's "
+                                                  "half-width is below this fraction (0.25: ±25%%)")
+    p.add_argument("--max-rounds", type=int, help="--adaptive: at most this many new rounds")
+    _planner_args(p, required=False)
     _store_args(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("suggest", help="propose the next runs that most narrow the "
+                                       "compute-optimal answer per FLOP")
+    p.add_argument("study")
+    p.add_argument("--json", action="store_true")
+    _planner_args(p, required=True)
+    _store_args(p)
+    p.set_defaults(func=cmd_suggest)
 
     p = sub.add_parser("status", help="state of every run of a study")
     p.add_argument("study")
