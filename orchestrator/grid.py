@@ -16,7 +16,7 @@ import numpy as np
 from trainer.accounting import count_params, flops_per_token, shape_for_params
 from trainer.spec import ModelSpec, RunSpec, SpecError
 
-from .config import ExplicitShape, MoESetting, Size, StudyConfig, StudyError
+from .config import ArchSetting, ExplicitShape, MoESetting, Size, StudyConfig, StudyError
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,8 @@ class PlannedRun:
         m = self.spec.model
         moe = f"-E{m.experts}k{m.top_k}" + (f"g{m.granularity:g}" if m.granularity != 1 else "") \
             if m.is_moe else ""
-        return f"L{m.n_layer}-d{m.d_model}{moe}"
+        arch = "" if m.arch_label == "learned-gelu-pre-clm" else f"-{m.arch_label}"
+        return f"L{m.n_layer}-d{m.d_model}{moe}{arch}"
 
     def mlflow_params(self) -> dict[str, Any]:
         """The documented per-point params (docs/CONTRACTS.md): users' scripts read these."""
@@ -59,6 +60,8 @@ class PlannedRun:
             "batch_size": r.batch_size, "lr": r.lr, "warmup_tokens": self.spec.warmup_tokens,
             "data_source": self.spec.data.source,
             "trunk_key": self.trunk_key or "",
+            "pos": m.pos, "activation": m.activation, "norm": m.norm, "objective": m.objective,
+            "arch": m.arch_label,
         }
 
 
@@ -103,6 +106,20 @@ def with_moe(base: ModelSpec, moe: MoESetting, key: str) -> ModelSpec:
         raise StudyError(key, e.message) from None
 
 
+def with_arch(model: ModelSpec, arch: ArchSetting, key: str) -> ModelSpec:
+    """The model with one grid.arch variant's choices (pos, activation, norm, objective)."""
+    try:
+        return replace(model, pos=arch.pos, activation=arch.activation, norm=arch.norm,
+                       objective=arch.objective)
+    except SpecError as e:
+        raise StudyError(f"{key}.{e.field.split('.', 1)[-1]}", e.message) from None
+
+
+def _default_arch(cfg: StudyConfig) -> ArchSetting:
+    m = cfg.model
+    return ArchSetting(pos=m.pos, activation=m.activation, norm=m.norm, objective=m.objective)
+
+
 def _active(model: ModelSpec) -> int:
     return count_params(model).active
 
@@ -111,21 +128,23 @@ def _points(cfg: StudyConfig) -> Iterable[tuple[ModelSpec, float, int, str]]:
     """(model, tokens, seed, yaml key of the token budget) for every grid kind."""
     g = cfg.grid
     bases = [base_shape(s, cfg, f"grid.sizes[{i}]") for i, s in enumerate(g.sizes)]
-    for j, moe in enumerate(g.moe):
-        models = [with_moe(b, moe, f"grid.moe[{j}]") for b in bases]
-        for seed in g.seeds:
-            for model in models:
-                for i, d in enumerate(g.tokens):
-                    yield model, d, seed, f"grid.tokens[{i}]"
-                for i, r in enumerate(g.tokens_per_param):
-                    yield model, r * _active(model), seed, f"grid.tokens_per_param[{i}]"
-            if g.isoflop is not None:
-                for model, d, key in _isoflop_points(cfg, moe, j):
-                    yield model, d, seed, key
+    for a, arch in enumerate(g.arch):
+        akey = f"grid.arch[{a}]"
+        for j, moe in enumerate(g.moe):
+            models = [with_arch(with_moe(b, moe, f"grid.moe[{j}]"), arch, akey) for b in bases]
+            for seed in g.seeds:
+                for model in models:
+                    for i, d in enumerate(g.tokens):
+                        yield model, d, seed, f"grid.tokens[{i}]"
+                    for i, r in enumerate(g.tokens_per_param):
+                        yield model, r * _active(model), seed, f"grid.tokens_per_param[{i}]"
+                if g.isoflop is not None:
+                    for model, d, key in _isoflop_points(cfg, moe, j):
+                        yield with_arch(model, arch, akey), d, seed, key
     for i, run in enumerate(g.runs):
         key = f"grid.runs[{i}]"
         model = with_moe(base_shape(run.size, cfg, f"{key}.size"), run.moe, f"{key}.moe")
-        yield model, run.tokens, run.seed, f"{key}.tokens"
+        yield with_arch(model, _default_arch(cfg), "model"), run.tokens, run.seed, f"{key}.tokens"
 
 
 def _isoflop_points(cfg: StudyConfig, moe: MoESetting, j: int):
