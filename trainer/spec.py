@@ -268,10 +268,10 @@ class RunSpec:
                  f"model vocab {self.model.vocab_size} != data vocab {self.data.vocab_size}")
         _require(self.model.seq_len == self.data.seq_len, "model.seq_len",
                  f"model seq_len {self.model.seq_len} != data seq_len {self.data.seq_len}")
-        longest = max(self.recipe.eval_lengths) * self.data.seq_len
+        longest = math.lcm(*self.recipe.eval_lengths) * self.data.seq_len
         _require(self.data.val_tokens >= longest, "data.val_tokens",
-                 f"{self.data.val_tokens} held-out tokens hold no window of the longest evaluation "
-                 f"length (max(train.eval_lengths)·seq_len = {longest}); raise data.val_tokens to "
+                 f"{self.data.val_tokens} held-out tokens hold no segment for train.eval_lengths "
+                 f"(lcm(eval_lengths)·seq_len = {longest} tokens); raise data.val_tokens to "
                  f"at least {longest} (better 8x that) or lower train.eval_lengths")
 
     @property
