@@ -375,6 +375,12 @@ def parse_study(raw: Any, source_path: str = "") -> StudyConfig:
                         "max_retries": lambda v, k: _integer(v, k, 0)})
     if resources.num_gpus < 0:
         raise StudyError("resources.num_gpus", "must be >= 0")
+    span = math.lcm(*train.eval_lengths) * data.seq_len
+    if data.val_tokens < span:
+        raise StudyError("data.val_tokens", f"{data.val_tokens} held-out tokens hold no segment of "
+                                            f"lcm(train.eval_lengths)·seq_len = {span} tokens; raise "
+                                            f"data.val_tokens to at least {span} (better 8x that) or "
+                                            "lower train.eval_lengths")
     grid = _grid(top["grid"], "grid", model)
     return StudyConfig(study=name, data=data, model=model, grid=grid, train=train,
                        resources=resources, description=description, source_path=source_path)
