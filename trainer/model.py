@@ -3,7 +3,7 @@
 nanoGPT-style: no biases in linears, LayerNorm without bias, optionally tied head. Defaults
 (today's model): pre-norm blocks, causal `scaled_dot_product_attention`, learned position
 embeddings, GELU MLPs. Options (`ModelSpec`): positions learned | sinusoidal (fixed, Vaswani et
-al., added to the token embedding, computed for any length) | rope (rotary on q and k, any
+al., added to the token embedding at the embeddings' init scale, computed for any length) | rope (rotary on q and k, any
 length) | none; FFN activation gelu | relu | swiglu (gate and value matrices of width
 round(2/3·width), `spec.ffn_hidden`); norm pre | post (post: x = LN(x + f(x)), the original
 Transformer; the final LayerNorm is kept in both placements); objective clm (causal) | mlm
@@ -29,6 +29,9 @@ import torch.nn.functional as F
 from .spec import ModelSpec, ffn_hidden
 
 ROPE_BASE = 10000.0
+# Fixed sinusoidal encodings are scaled to a per-element RMS of 0.02, the init std of the token
+# (and learned position) embeddings: at unit amplitude they would swamp the tokens ~50x.
+SINUSOIDAL_RMS = 0.02
 
 
 def sinusoidal_table(T: int, d: int, device: torch.device) -> torch.Tensor:
@@ -226,7 +229,8 @@ class GPT(nn.Module):
                                  "or none")
             x = x + self.wpe(torch.arange(T, device=idx.device))
         elif pos == "sinusoidal":
-            x = x + sinusoidal_table(T, self.spec.d_model, idx.device).to(x.dtype)
+            table = sinusoidal_table(T, self.spec.d_model, idx.device) * (SINUSOIDAL_RMS * math.sqrt(2))
+            x = x + table.to(x.dtype)
         rope = rope_angles(T, self.spec.d_head, idx.device) if pos == "rope" else None
         return x, rope
 
