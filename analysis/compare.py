@@ -36,7 +36,7 @@ BASELINE = "learned-gelu-pre-clm"
 ARCH_KEYS = ("pos", "activation", "norm", "objective")
 ARCH_DEFAULTS = ("learned", "gelu", "pre", "clm")
 MIN_POINTS = 6          # Approach 3 has 5 parameters
-MAX_LC_BOOT = 50
+MAX_LC_BOOT = 30
 
 
 # --------------------------------------------------------------------------- grouping
