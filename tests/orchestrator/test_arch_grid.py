@@ -95,3 +95,36 @@ def test_bad_model_default_and_short_held_out_set_exit_2(tmp_path, capsys):
     assert main(["plan", str(short), "--home", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err
     assert "data.val_tokens" in err and "256" in err
+
+
+ARCH_STUDY = """\
+study: arch-real
+data: {source: markov, vocab_size: 16, order: 1, seed: 0, seq_len: 16, val_tokens: 2048}
+model: {d_head: 8, aspect_ratio: 8}
+grid:
+  sizes: [{n_layer: 1, d_model: 16}]
+  tokens: [4096]
+  moe: [{experts: 1}, {experts: 4, top_k: 2}]
+  arch: [{}, {pos: rope, activation: swiglu, norm: post}]
+train: {batch_size: 8, lr: 1.0e-2, eval_lengths: [1, 2]}
+resources: {num_cpus: 1, num_gpus: 0}
+"""
+
+
+def test_tiny_arch_study_runs_and_logs_params_and_length_metrics(tmp_path, store, ray_session):
+    from mlflow.tracking import MlflowClient
+    path = tmp_path / "arch.yaml"
+    path.write_text(ARCH_STUDY)
+    assert main(["run", str(path), "--no-progress"]) == 0
+    c = MlflowClient(store.tracking_uri)
+    exp = c.get_experiment_by_name("arch-real")
+    points = [r for r in c.search_runs([exp.experiment_id])
+              if r.data.tags.get("scalelab.role") == "point"]
+    assert len(points) == 4                                  # 2 arch x 2 moe x 1 size x 1 budget
+    for r in points:
+        p, m = r.data.params, r.data.metrics
+        assert p["arch"] == f"{p['pos']}-{p['activation']}-{p['norm']}-{p['objective']}"
+        if p["pos"] == "rope":                               # swiglu experts train too
+            assert p["eval_len2x"] == "measured" and 0 < m["val_loss_len2x"] < 2 * 2.78
+        else:
+            assert p["eval_len2x"] == "n/a" and "val_loss_len2x" not in m
