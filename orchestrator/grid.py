@@ -140,7 +140,8 @@ def _points(cfg: StudyConfig) -> Iterable[tuple[ModelSpec, float, int, str]]:
                         yield model, r * _active(model), seed, f"grid.tokens_per_param[{i}]"
                 if g.isoflop is not None:
                     for model, d, key in _isoflop_points(cfg, moe, j):
-                        yield with_arch(model, arch, akey), d, seed, key
+                        variant = with_arch(model, arch, akey)   # D = C / (6 N) with its own N
+                        yield variant, d * _active(model) / _active(variant), seed, key
     for i, run in enumerate(g.runs):
         key = f"grid.runs[{i}]"
         model = with_moe(base_shape(run.size, cfg, f"{key}.size"), run.moe, f"{key}.moe")
