@@ -4,6 +4,7 @@ Never imports ray, torch, trainer or orchestrator.
 """
 
 from .bootstrap import BootstrapResult, bootstrap_chinchilla, bootstrap_fit
+from .compare import architecture_section, compare_architectures
 from .chinchilla import (ChinchillaFit, check_convergence, compute_optimal, huber_objective,
                          predict_loss)
 from .data import InputError, Points, load_csv, load_curves, load_mlflow
@@ -27,6 +28,7 @@ def __getattr__(name):
 
 
 __all__ = [
+    "architecture_section", "compare_architectures",
     "ClarkFit", "DataConstrainedFit", "EnvelopeFit", "IsoFLOPFit", "KrajewskiFit",
     "data_constrained_loss", "effective_dense_params", "envelope_fit", "fit_clark",
     "fit_krajewski", "fit_moe_per_config", "isoflop_fit", "write_report",

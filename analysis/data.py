@@ -410,6 +410,7 @@ def load_mlflow(experiment: str, tracking_uri: str | None = None, *,
             outcome = "unfinished"
         row = {k: (_num(v) if k in _NUMERIC_PARAMS else v) for k, v in params.items()}
         row["loss"] = metrics.get(loss_metric, np.nan)
+        row.update({k: v for k, v in metrics.items() if k.startswith("val_loss_len")})
         row["run_id"] = run_id
         row["outcome"] = outcome
         row["run_key"] = tags.get("scalelab.run_key", row.get("run_key"))

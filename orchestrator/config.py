@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from trainer.spec import DataSpec, RecipeSpec, SpecError
+from trainer.spec import ARCH_CHOICES, ARCH_DEFAULTS, DataSpec, RecipeSpec, SpecError
 
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 MAX_TOKENS = 1e15          # a guard against typos such as 2e51; far beyond any single run
@@ -48,6 +48,24 @@ class ShapeRule:
     d_head: int = 16
     aspect_ratio: int = 16
     tied_head: bool = True
+    pos: str = "learned"          # architecture defaults of every run; grid.arch overrides them
+    activation: str = "gelu"
+    norm: str = "pre"
+    objective: str = "clm"
+
+
+@dataclass(frozen=True)
+class ArchSetting:
+    """One entry of grid.arch, resolved against the model: defaults."""
+
+    pos: str = "learned"
+    activation: str = "gelu"
+    norm: str = "pre"
+    objective: str = "clm"
+
+    @property
+    def label(self) -> str:
+        return f"{self.pos}-{self.activation}-{self.norm}-{self.objective}"
 
 
 @dataclass(frozen=True)
@@ -97,6 +115,7 @@ class Grid:
     runs: tuple[ExplicitRun, ...] = ()
     moe: tuple[MoESetting, ...] = (MoESetting(),)
     seeds: tuple[int, ...] = (0,)
+    arch: tuple[ArchSetting, ...] = (ArchSetting(),)
 
 
 @dataclass(frozen=True)
@@ -119,19 +138,25 @@ class StudyConfig:
 
     def fingerprint(self) -> dict[str, Any]:
         """What makes two files the same study (the grid may grow; data and recipe may not;
-        run-time settings such as the device or the eval cadence may change)."""
+        run-time settings such as the device or the eval cadence may change). Architecture keys
+        at their defaults and train.eval_lengths (what is measured, not how runs train) are left
+        out, so studies written before they existed keep their fingerprint."""
         from dataclasses import asdict
 
         from trainer.spec import RUNTIME_FIELDS
-        train = {k: v for k, v in asdict(self.train).items() if k not in RUNTIME_FIELDS}
-        return {"data": asdict(self.data), "model": asdict(self.model), "train": train}
+        model = {k: v for k, v in asdict(self.model).items() if ARCH_DEFAULTS.get(k, object()) != v}
+        train = {k: v for k, v in asdict(self.train).items()
+                 if k not in RUNTIME_FIELDS and k != "eval_lengths"}
+        return {"data": asdict(self.data), "model": model, "train": train}
 
     def legacy_fingerprint(self, **runtime: Any) -> dict[str, Any]:
         """The fingerprint of stores written before run-time settings left it, with those
         settings as the study ran then (`runtime`, default: as in this file)."""
         from dataclasses import asdict, replace
         train = replace(self.train, **runtime) if runtime else self.train
-        return {"data": asdict(self.data), "model": asdict(self.model), "train": asdict(train)}
+        model = {k: v for k, v in asdict(self.model).items() if ARCH_DEFAULTS.get(k, object()) != v}
+        train_d = {k: v for k, v in asdict(train).items() if k != "eval_lengths"}
+        return {"data": asdict(self.data), "model": model, "train": train_d}
 
 
 # --------------------------------------------------------------------------- validation helpers
@@ -265,7 +290,24 @@ def _moe(value: Any, key: str) -> MoESetting:
     return s
 
 
-def _grid(value: Any, key: str) -> Grid:
+def _arch(value: Any, key: str, model: ShapeRule) -> ArchSetting:
+    """An architecture override (keys of model:), checked against the allowed values."""
+    m = _mapping(value, key)
+    _check_keys(m, set(ARCH_CHOICES), key)
+    resolved = {k: m.get(k, getattr(model, k)) for k in ARCH_CHOICES}
+    for k, allowed in ARCH_CHOICES.items():
+        if resolved[k] not in allowed:
+            where = f"{key}.{k}" if k in m else f"model.{k}"
+            raise StudyError(where, f"unknown value {resolved[k]!r}; use one of {', '.join(allowed)}")
+    if resolved["pos"] == "none" and resolved["objective"] == "mlm":
+        raise StudyError(f"{key}.pos" if "pos" in m or "objective" in m else "model.pos",
+                         "pos: none with objective: mlm: a masked LM cannot be position-free "
+                         "(bidirectional attention without positions sees a bag of tokens); use "
+                         "pos: learned, sinusoidal or rope")
+    return ArchSetting(**resolved)
+
+
+def _grid(value: Any, key: str, model: ShapeRule = ShapeRule()) -> Grid:
     g = _mapping(value, key)
     _check_keys(g, {f.name for f in fields(Grid)}, key)
     kinds = [k for k in ("tokens", "tokens_per_param", "isoflop") if k in g]
@@ -312,8 +354,14 @@ def _grid(value: Any, key: str) -> Grid:
                                 seed=_integer(r.get("seed", 0), f"{rk}.seed", 0)))
     if len(set(seeds)) != len(seeds):
         raise StudyError(f"{key}.seeds", "has duplicates; list each seed once")
+    arch = tuple(_arch(v, f"{key}.arch[{i}]", model)
+                 for i, v in enumerate(_list(g.get("arch", [{}]), f"{key}.arch")))
+    if len(set(arch)) != len(arch):
+        dup = next(i for i, a in enumerate(arch) if a in arch[:i])
+        raise StudyError(f"{key}.arch[{dup}]", f"repeats architecture {arch[dup].label}; list "
+                                               "each variant once")
     return Grid(sizes=sizes, tokens=tokens, tokens_per_param=tpp, isoflop=iso, runs=tuple(runs),
-                moe=moe, seeds=seeds)
+                moe=moe, seeds=seeds, arch=arch)
 
 
 def _data(value: Any, key: str) -> DataSpec:
@@ -383,7 +431,13 @@ def parse_study(raw: Any, source_path: str = "") -> StudyConfig:
                     "aspect_ratio": lambda v, k: _integer(v, k)})
     if not isinstance(model.tied_head, bool):
         raise StudyError("model.tied_head", "must be true or false")
-    train = _build(RecipeSpec, _mapping(top.get("train"), "train"), "train",
+    _arch({}, "model", model)     # the defaults themselves must be valid
+    train_raw = dict(_mapping(top.get("train"), "train"))
+    if "eval_lengths" in train_raw:
+        train_raw["eval_lengths"] = tuple(
+            _integer(v, f"train.eval_lengths[{i}]")
+            for i, v in enumerate(_list(train_raw["eval_lengths"], "train.eval_lengths")))
+    train = _build(RecipeSpec, train_raw, "train",
                    {k: (lambda v, kk: _number(v, kk, positive=False))
                     for k in ("lr", "warmup_frac", "min_lr_ratio", "cooldown_frac", "weight_decay",
                               "grad_clip", "divergence_loss", "beta1", "beta2")})
@@ -394,7 +448,13 @@ def parse_study(raw: Any, source_path: str = "") -> StudyConfig:
     if resources.num_gpus < 0:
         raise StudyError("resources.num_gpus", "must be >= 0")
     _check_recipe(train, data)
-    grid = _grid(top["grid"], "grid")
+    span = math.lcm(*train.eval_lengths) * data.seq_len
+    if data.val_tokens < span:
+        raise StudyError("data.val_tokens", f"{data.val_tokens} held-out tokens hold no segment of "
+                                            f"lcm(train.eval_lengths)·seq_len = {span} tokens; raise "
+                                            f"data.val_tokens to at least {span} (better 8x that) or "
+                                            "lower train.eval_lengths")
+    grid = _grid(top["grid"], "grid", model)
     _check_run_count(grid)
     return StudyConfig(study=name, data=data, model=model, grid=grid, train=train,
                        resources=resources, description=description, source_path=source_path)

@@ -16,7 +16,7 @@ import numpy as np
 from trainer.accounting import count_params, flops_per_token, shape_for_params
 from trainer.spec import ModelSpec, RunSpec, SpecError
 
-from .config import ExplicitShape, MoESetting, Size, StudyConfig, StudyError
+from .config import ArchSetting, ExplicitShape, MoESetting, Size, StudyConfig, StudyError
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,8 @@ class PlannedRun:
         m = self.spec.model
         moe = f"-E{m.experts}k{m.top_k}" + (f"g{m.granularity:g}" if m.granularity != 1 else "") \
             if m.is_moe else ""
-        return f"L{m.n_layer}-d{m.d_model}{moe}"
+        arch = "" if m.arch_label == "learned-gelu-pre-clm" else f"-{m.arch_label}"
+        return f"L{m.n_layer}-d{m.d_model}{moe}{arch}"
 
     def mlflow_params(self) -> dict[str, Any]:
         """The documented per-point params (docs/CONTRACTS.md): users' scripts read these."""
@@ -61,6 +62,8 @@ class PlannedRun:
             "data_source": self.spec.data.source,
             "trunk_key": self.trunk_key or "",
             **({"budget": f"{self.budget:.6e}"} if self.budget is not None else {}),
+            "pos": m.pos, "activation": m.activation, "norm": m.norm, "objective": m.objective,
+            "arch": m.arch_label,
         }
 
 
@@ -142,6 +145,20 @@ def with_moe(base: ModelSpec, moe: MoESetting, key: str) -> ModelSpec:
         raise StudyError(key, e.message) from None
 
 
+def with_arch(model: ModelSpec, arch: ArchSetting, key: str) -> ModelSpec:
+    """The model with one grid.arch variant's choices (pos, activation, norm, objective)."""
+    try:
+        return replace(model, pos=arch.pos, activation=arch.activation, norm=arch.norm,
+                       objective=arch.objective)
+    except SpecError as e:
+        raise StudyError(f"{key}.{e.field.split('.', 1)[-1]}", e.message) from None
+
+
+def _default_arch(cfg: StudyConfig) -> ArchSetting:
+    m = cfg.model
+    return ArchSetting(pos=m.pos, activation=m.activation, norm=m.norm, objective=m.objective)
+
+
 def _active(model: ModelSpec) -> int:
     return count_params(model).active
 
@@ -152,27 +169,29 @@ def _points(cfg: StudyConfig) -> Iterable[tuple[ModelSpec, float, int, str, floa
     g = cfg.grid
     bases = [base_shape(s, cfg, f"grid.sizes[{i}]") for i, s in enumerate(g.sizes)]
     check_distinct_sizes(bases, g.sizes)
-    for j, moe in enumerate(g.moe):
-        models = [with_moe(b, moe, f"grid.moe[{j}]") for b in bases]
-        for seed in g.seeds:
-            for model in models:
-                for i, d in enumerate(g.tokens):
-                    yield model, d, seed, f"grid.tokens[{i}]", None
-                for i, r in enumerate(g.tokens_per_param):
-                    yield model, r * _active(model), seed, f"grid.tokens_per_param[{i}]", None
-            if g.isoflop is not None:
-                for model, d, key, budget in _isoflop_points(cfg, moe, j):
-                    yield model, d, seed, key, budget
+    for a, arch in enumerate(g.arch):
+        akey = f"grid.arch[{a}]"
+        for j, moe in enumerate(g.moe):
+            models = [with_arch(with_moe(b, moe, f"grid.moe[{j}]"), arch, akey) for b in bases]
+            for seed in g.seeds:
+                for model in models:
+                    for i, d in enumerate(g.tokens):
+                        yield model, d, seed, f"grid.tokens[{i}]", None
+                    for i, r in enumerate(g.tokens_per_param):
+                        yield model, r * _active(model), seed, f"grid.tokens_per_param[{i}]", None
+                if g.isoflop is not None:
+                    for model, d, key, budget in _isoflop_points(cfg, moe, j, arch, akey):
+                        yield model, d, seed, key, budget
     for i, run in enumerate(g.runs):
         key = f"grid.runs[{i}]"
         model = with_moe(base_shape(run.size, cfg, f"{key}.size"), run.moe, f"{key}.moe")
-        yield model, run.tokens, run.seed, f"{key}.tokens", None
+        yield with_arch(model, _default_arch(cfg), "model"), run.tokens, run.seed, f"{key}.tokens", None
 
 
 ISOFLOP_TOLERANCE = 0.05     # a point's logged FLOPs are within 5% of its budget
 
 
-def _isoflop_points(cfg: StudyConfig, moe: MoESetting, j: int):
+def _isoflop_points(cfg: StudyConfig, moe: MoESetting, j: int, arch: ArchSetting, akey: str):
     """Chinchilla Approach 2: per budget C, `points` sizes log-spaced ±span decades around the
     centre N_c = sqrt(C / (6·r)) (r tokens per parameter). Each is trained on the D that spends
     exactly C under the logged (chinchilla) convention, D = C / flops_per_token(model), not
@@ -196,8 +215,8 @@ def _isoflop_points(cfg: StudyConfig, moe: MoESetting, j: int):
             if (base.n_layer, base.d_model) in seen:
                 continue
             seen.add((base.n_layer, base.d_model))
-            model = with_moe(base, moe, f"grid.moe[{j}]")
-            tokens = budget / flops_per_token(model, "chinchilla")
+            model = with_arch(with_moe(base, moe, f"grid.moe[{j}]"), arch, akey)
+            tokens = budget / flops_per_token(model, "chinchilla")   # each variant's own FLOPs
             _check_budget_reachable(model, tokens, budget, per_step, key)
             yield model, tokens, key, budget
 

@@ -3,12 +3,13 @@
 The counts mirror `trainer/model.py` exactly (tests pin them against `sum(p.numel())` of the
 built model and against `torch.utils.flop_counter.FlopCounterMode`). The architecture is:
 
-    token embedding  V·d          (learned)
-    position embed.  T·d          (learned)
+    token embedding  V·d          (mlm: (V+1)·d, the mask token's row)
+    position embed.  T·d          (pos: learned; sinusoidal, rope and none have no parameters)
     per layer        ln1 d + attention 4·d² (qkv 3·d², out d²) + ln2 d + FFN
-        dense FFN    2·d·d_ff
-        MoE FFN      router d·E + E routed experts 2·d·d_expert each
-                     + shared experts 2·d·d_expert each (always on)
+        dense FFN    ffn(d_ff)
+        MoE FFN      router d·E + E routed experts ffn(d_expert) each
+                     + shared experts: one FFN ffn(S·d_expert) (always on)
+    ffn(w) = 2·d·w for gelu/relu; swiglu: 3·d·h with h = round(2/3·w) (gate, value, out)
     final norm       d
     head             V·d when untied (tied: the token embedding matrix)
 
@@ -40,7 +41,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from .spec import ModelSpec, SpecError
+from .spec import ModelSpec, SpecError, ffn_hidden
 
 CONVENTIONS = ("6n", "kaplan", "chinchilla")
 
@@ -61,13 +62,23 @@ class ParamCounts:
                 for k, v in self.__dict__.items()}
 
 
+def ffn_matrix_params(m: ModelSpec, width: int) -> int:
+    """Weights of one FFN of nominal width `width` (also its forward matmul FLOPs / 2)."""
+    hidden = ffn_hidden(width, m.activation)
+    return (3 if m.activation == "swiglu" else 2) * m.d_model * hidden
+
+
+def _shared_params(m: ModelSpec) -> int:
+    return ffn_matrix_params(m, m.shared_experts * m.d_expert) if m.shared_experts else 0
+
+
 def _ffn_params(m: ModelSpec) -> tuple[int, int]:
     """(FFN params of one layer, one routed expert's params)."""
     d = m.d_model
     if not m.is_moe:
-        return 2 * d * m.d_ff, 0
-    expert = 2 * d * m.d_expert
-    return d * m.experts + (m.experts + m.shared_experts) * expert, expert
+        return ffn_matrix_params(m, m.d_ff), 0
+    expert = ffn_matrix_params(m, m.d_expert)
+    return d * m.experts + m.experts * expert + _shared_params(m), expert
 
 
 def count_params(model: ModelSpec) -> ParamCounts:
@@ -76,7 +87,7 @@ def count_params(model: ModelSpec) -> ParamCounts:
     ffn, expert = _ffn_params(model)
     per_layer = 2 * d + 4 * d * d + ffn
     head = 0 if model.tied_head else V * d
-    embedding = V * d + T * d + head
+    embedding = model.embedding_rows * d + (T * d if model.pos == "learned" else 0) + head
     total = embedding + L * per_layer + d
     inactive = L * (model.experts - model.top_k) * expert if model.is_moe else 0
     nonembedding = total - embedding
@@ -89,9 +100,10 @@ def forward_matmul_flops_per_token(model: ModelSpec) -> int:
     """Forward FLOPs per token of every matmul (weights and attention), chinchilla convention."""
     d, L, T = model.d_model, model.n_layer, model.seq_len
     if model.is_moe:
-        ffn = d * model.experts + (model.top_k + model.shared_experts) * 2 * d * model.d_expert
+        ffn = (d * model.experts + model.top_k * ffn_matrix_params(model, model.d_expert)
+               + _shared_params(model))
     else:
-        ffn = 2 * d * model.d_ff
+        ffn = ffn_matrix_params(model, model.d_ff)
     weights = L * (4 * d * d + ffn) + model.vocab_size * d
     attention = 4 * L * T * d
     return 2 * weights + attention

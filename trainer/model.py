@@ -1,7 +1,14 @@
-"""A decoder-only GPT whose feed-forward layer is dense or a Mixture of Experts.
+"""A GPT whose feed-forward layer is dense or a Mixture of Experts.
 
-nanoGPT-style: pre-norm blocks, causal `scaled_dot_product_attention`, learned position
-embeddings, GELU MLPs, no biases in linears, LayerNorm without bias, optionally tied head.
+nanoGPT-style: no biases in linears, LayerNorm without bias, optionally tied head. Defaults
+(today's model): pre-norm blocks, causal `scaled_dot_product_attention`, learned position
+embeddings, GELU MLPs. Options (`ModelSpec`): positions learned | sinusoidal (fixed, Vaswani et
+al., added to the token embedding at the embeddings' init scale, computed for any length) | rope (rotary on q and k, any
+length) | none; FFN activation gelu | relu | swiglu (gate and value matrices of width
+round(2/3·width), `spec.ffn_hidden`); norm pre | post (post: x = LN(x + f(x)), the original
+Transformer; the final LayerNorm is kept in both placements); objective clm (causal) | mlm
+(bidirectional attention; the mask token is one extra embedding row, id vocab_size, never a
+logit: a tied head uses the first vocab_size rows).
 The network only: no I/O, no logging. `trainer/accounting.py` counts exactly these parameters.
 
 MoE: token-choice top-k routing with a softmax router computed in fp32 (the top-k weights are
@@ -19,33 +26,85 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .spec import ModelSpec
+from .spec import ModelSpec, ffn_hidden
+
+ROPE_BASE = 10000.0
+# Fixed sinusoidal encodings are scaled to a per-element RMS of 0.02, the init std of the token
+# (and learned position) embeddings: at unit amplitude they would swamp the tokens ~50x.
+SINUSOIDAL_RMS = 0.02
+
+
+def sinusoidal_table(T: int, d: int, device: torch.device) -> torch.Tensor:
+    """(T, d) fixed sinusoidal position encodings of Vaswani et al. (sin on even, cos on odd)."""
+    pos = torch.arange(T, device=device, dtype=torch.float32)[:, None]
+    inv = torch.exp(torch.arange(0, d, 2, device=device, dtype=torch.float32)
+                    * (-math.log(10000.0) / d))                                  # (ceil(d/2),)
+    table = torch.zeros(T, d, device=device)
+    table[:, 0::2] = torch.sin(pos * inv)
+    table[:, 1::2] = torch.cos(pos * inv[: d // 2])
+    return table
+
+
+def rope_angles(T: int, d_head: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin), each (T, d_head/2), of rotary embeddings (Su et al.) for positions 0..T-1."""
+    inv = 1.0 / ROPE_BASE ** (torch.arange(0, d_head // 2, device=device, dtype=torch.float32)
+                              * 2 / d_head)
+    ang = torch.arange(T, device=device, dtype=torch.float32)[:, None] * inv[None, :]
+    return ang.cos(), ang.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[2i], x[2i+1]) of (B, H, T, hd) by the position angles; an odd last
+    channel is left as is."""
+    h = cos.shape[-1]
+    x1, x2, rest = x[..., 0:2 * h:2], x[..., 1:2 * h:2], x[..., 2 * h:]
+    c, s = cos.to(x.dtype), sin.to(x.dtype)
+    rot = torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(-2)
+    return torch.cat((rot, rest), dim=-1) if rest.shape[-1] else rot
 
 
 class CausalSelfAttention(nn.Module):
+    """Self-attention: causal for clm, bidirectional for mlm; rope rotates q and k."""
+
     def __init__(self, m: ModelSpec):
         super().__init__()
         self.n_head = m.n_head
+        self.causal = m.objective == "clm"
         self.qkv = nn.Linear(m.d_model, 3 * m.d_model, bias=False)
         self.proj = nn.Linear(m.d_model, m.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope=None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)                                   # (B, T, C) each
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)   # (B, H, T, hd)
                    for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)            # (B, H, T, hd)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)     # (B, H, T, hd)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
+def activate(h: torch.Tensor, activation: str) -> torch.Tensor:
+    """The FFN nonlinearity; swiglu takes the concatenated (gate, value) projection."""
+    if activation == "swiglu":
+        gate, value = h.chunk(2, dim=-1)
+        return F.silu(gate) * value
+    return F.relu(h) if activation == "relu" else F.gelu(h)
+
+
 class MLP(nn.Module):
-    def __init__(self, d_model: int, d_ff: int):
+    """Dense FFN of nominal width d_ff; swiglu: one fused (gate, value) matrix of 2·hidden."""
+
+    def __init__(self, d_model: int, d_ff: int, activation: str = "gelu"):
         super().__init__()
-        self.fc = nn.Linear(d_model, d_ff, bias=False)
-        self.proj = nn.Linear(d_ff, d_model, bias=False)
+        self.activation = activation
+        hidden = ffn_hidden(d_ff, activation)
+        fan_out = 2 * hidden if activation == "swiglu" else hidden
+        self.fc = nn.Linear(d_model, fan_out, bias=False)
+        self.proj = nn.Linear(hidden, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(F.gelu(self.fc(x)))
+        return self.proj(activate(self.fc(x), self.activation))
 
 
 class MoE(nn.Module):
@@ -53,13 +112,16 @@ class MoE(nn.Module):
 
     def __init__(self, m: ModelSpec):
         super().__init__()
-        self.experts, self.top_k = m.experts, m.top_k
+        self.experts, self.top_k, self.activation = m.experts, m.top_k, m.activation
         self.router = nn.Linear(m.d_model, m.experts, bias=False)
         # Expert weights as 3-D parameters: one matmul per expert over its token segment.
-        self.w_in = nn.Parameter(torch.empty(m.experts, m.d_model, m.d_expert))   # (E, C, F)
-        self.w_out = nn.Parameter(torch.empty(m.experts, m.d_expert, m.d_model))  # (E, F, C)
+        hidden = ffn_hidden(m.d_expert, m.activation)
+        fan_out = 2 * hidden if m.activation == "swiglu" else hidden
+        self.w_in = nn.Parameter(torch.empty(m.experts, m.d_model, fan_out))      # (E, C, F)
+        self.w_out = nn.Parameter(torch.empty(m.experts, hidden, m.d_model))      # (E, F, C)
         # Shared experts always run; S experts of width d_expert are one MLP of width S·d_expert.
-        self.shared = MLP(m.d_model, m.shared_experts * m.d_expert) if m.shared_experts else None
+        self.shared = (MLP(m.d_model, m.shared_experts * m.d_expert, m.activation)
+                       if m.shared_experts else None)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         B, T, C = x.shape
@@ -83,7 +145,8 @@ class MoE(nn.Module):
         for e, n in enumerate(counts.tolist()):
             if n:
                 seg = xs[start:start + n]
-                outs.append(F.gelu(seg @ self.w_in[e].to(seg.dtype)) @ self.w_out[e].to(seg.dtype))
+                outs.append(activate(seg @ self.w_in[e].to(seg.dtype), self.activation)
+                            @ self.w_out[e].to(seg.dtype))
                 start += n
         ys = torch.cat(outs) if outs else xs.new_zeros(0, C)                    # (N·k, C)
         ys = ys * top_w.reshape(-1)[order].unsqueeze(1).to(ys.dtype)
@@ -103,26 +166,38 @@ class Block(nn.Module):
         self.ln1 = nn.LayerNorm(m.d_model, bias=False)
         self.attn = CausalSelfAttention(m)
         self.ln2 = nn.LayerNorm(m.d_model, bias=False)
-        self.ffn = MoE(m) if m.is_moe else MLP(m.d_model, m.d_ff)
+        self.ffn = MoE(m) if m.is_moe else MLP(m.d_model, m.d_ff, m.activation)
+        self.post = m.norm == "post"
 
-    def forward(self, x: torch.Tensor):
-        x = x + self.attn(self.ln1(x))
+    def _ffn(self, x: torch.Tensor):
         if isinstance(self.ffn, MoE):
-            h, stats = self.ffn(self.ln2(x))
-            return x + h, stats
-        return x + self.ffn(self.ln2(x)), None
+            return self.ffn(x)
+        return self.ffn(x), None
+
+    def forward(self, x: torch.Tensor, rope=None):
+        if self.post:                     # original Transformer: normalise after each residual add
+            x = self.ln1(x + self.attn(x, rope))
+            h, stats = self._ffn(x)
+            return self.ln2(x + h), stats
+        x = x + self.attn(self.ln1(x), rope)
+        h, stats = self._ffn(self.ln2(x))
+        return x + h, stats
 
 
 class GPT(nn.Module):
     def __init__(self, m: ModelSpec):
         super().__init__()
         self.spec = m
-        self.wte = nn.Embedding(m.vocab_size, m.d_model)
-        self.wpe = nn.Embedding(m.seq_len, m.d_model)
+        self.wte = nn.Embedding(m.embedding_rows, m.d_model)
+        self.wpe = nn.Embedding(m.seq_len, m.d_model) if m.pos == "learned" else None
         self.blocks = nn.ModuleList(Block(m) for _ in range(m.n_layer))
         self.ln_f = nn.LayerNorm(m.d_model, bias=False)
-        self.head = nn.Linear(m.d_model, m.vocab_size, bias=False)
-        if m.tied_head:
+        # tied with an mlm mask row: the head is the first vocab_size rows of wte (no module)
+        self.head = None
+        if not m.tied_head:
+            self.head = nn.Linear(m.d_model, m.vocab_size, bias=False)
+        elif m.embedding_rows == m.vocab_size:
+            self.head = nn.Linear(m.d_model, m.vocab_size, bias=False)
             self.head.weight = self.wte.weight
         self.apply(self._init)
         # GPT-2: scale the residual output projections by 1/sqrt(2·n_layer).
@@ -138,22 +213,45 @@ class GPT(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
+    def max_positions(self) -> int | None:
+        """The longest input the position scheme can address (None: any length)."""
+        return self.spec.seq_len if self.wpe is not None else None
+
+    def _embed(self, idx: torch.Tensor):
+        """Token (+ position) embeddings and the rope angles (or None)."""
+        T = idx.shape[1]
+        x = self.wte(idx)                                                       # (B, T, C)
+        pos = self.spec.pos
+        if pos == "learned":
+            if T > self.spec.seq_len:
+                raise ValueError(f"learned positions address {self.spec.seq_len} positions, "
+                                 f"not {T}; evaluate longer inputs with pos: sinusoidal, rope "
+                                 "or none")
+            x = x + self.wpe(torch.arange(T, device=idx.device))
+        elif pos == "sinusoidal":
+            table = sinusoidal_table(T, self.spec.d_model, idx.device) * (SINUSOIDAL_RMS * math.sqrt(2))
+            x = x + table.to(x.dtype)
+        rope = rope_angles(T, self.spec.d_head, idx.device) if pos == "rope" else None
+        return x, rope
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """Returns (logits (B, T, V), ce loss or None, aux dict). aux holds the summed MoE
         regulariser `reg` (aux_loss_coef·aux + z_loss_coef·z, mean over MoE layers) and the
-        per-layer expert token `counts` (L_moe, E); empty for dense models."""
-        B, T = idx.shape
-        pos = torch.arange(T, device=idx.device)
-        x = self.wte(idx) + self.wpe(pos)                                       # (B, T, C)
+        per-layer expert token `counts` (L_moe, E); empty for dense models. Targets equal to
+        -100 are ignored (mlm: the loss covers the selected positions only)."""
+        x, rope = self._embed(idx)
         moe_stats = []
         for block in self.blocks:
-            x, stats = block(x)
+            x, stats = block(x, rope)
             if stats is not None:
                 moe_stats.append(stats)
-        logits = self.head(self.ln_f(x))                                        # (B, T, V)
+        h = self.ln_f(x)
+        logits = (self.head(h) if self.head is not None
+                  else F.linear(h, self.wte.weight[: self.spec.vocab_size]))    # (B, T, V)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
+                                   ignore_index=-100)
         aux: dict[str, torch.Tensor] = {}
         if moe_stats:
             n = len(moe_stats)

@@ -19,6 +19,15 @@ from typing import Any, Mapping
 DATA_SOURCES = ("markov", "text", "tokens")
 SCHEDULES = ("cosine", "wsd")
 DEVICES = ("auto", "cpu", "cuda")
+POSITIONS = ("learned", "sinusoidal", "rope", "none")
+ACTIVATIONS = ("gelu", "relu", "swiglu")
+NORMS = ("pre", "post")
+OBJECTIVES = ("clm", "mlm")
+# Architecture fields and their defaults (today's model). A spec whose fields all equal these
+# hashes exactly as before they existed: `to_dict` leaves default-valued ones out.
+ARCH_DEFAULTS = {"pos": "learned", "activation": "gelu", "norm": "pre", "objective": "clm"}
+ARCH_CHOICES = {"pos": POSITIONS, "activation": ACTIVATIONS, "norm": NORMS,
+                "objective": OBJECTIVES}
 
 
 class SpecError(ValueError):
@@ -73,8 +82,20 @@ class ModelSpec:
     tied_head: bool = True
     aux_loss_coef: float = 0.01     # Switch load-balancing loss weight
     z_loss_coef: float = 0.001      # router z-loss weight
+    pos: str = "learned"
+    activation: str = "gelu"
+    norm: str = "pre"
+    objective: str = "clm"
 
     def __post_init__(self) -> None:
+        for name, allowed in ARCH_CHOICES.items():
+            value = getattr(self, name)
+            _require(value in allowed, f"model.{name}",
+                     f"unknown value {value!r}; use one of {', '.join(allowed)}")
+        _require(not (self.pos == "none" and self.objective == "mlm"), "model.pos",
+                 "a masked LM (objective: mlm) cannot be position-free: its attention is "
+                 "bidirectional, so without positions it sees a bag of tokens; use pos: learned, "
+                 "sinusoidal or rope")
         for name in ("n_layer", "d_model", "n_head", "vocab_size", "seq_len", "experts", "top_k"):
             _positive_int(getattr(self, name), f"model.{name}")
         _require(self.d_model % self.n_head == 0, "model.n_head",
@@ -106,6 +127,22 @@ class ModelSpec:
     @property
     def granularity(self) -> float:
         return self.d_ff / self.d_expert
+
+    @property
+    def embedding_rows(self) -> int:
+        """Token embedding rows: the vocabulary, plus the mask token for mlm."""
+        return self.vocab_size + (1 if self.objective == "mlm" else 0)
+
+    @property
+    def arch_label(self) -> str:
+        """Short label of the non-size choices, e.g. `learned-gelu-pre-clm`."""
+        return "-".join(str(getattr(self, k)) for k in ARCH_DEFAULTS)
+
+
+def ffn_hidden(width: int, activation: str) -> int:
+    """Hidden width of an FFN of nominal width `width`: swiglu uses round(2/3·width) so that its
+    three matrices hold about the parameters of the ungated layer's two (exactly when 3 | width)."""
+    return max(1, int(round(2 * width / 3))) if activation == "swiglu" else width
 
 
 @dataclass(frozen=True)
@@ -181,8 +218,15 @@ class RecipeSpec:
     divergence_loss: float = 0.0    # 0: 2·ln(vocab) + 1; a train loss above this, or NaN/inf, diverges
     device: str = "auto"
     compile: bool = False
+    eval_lengths: tuple[int, ...] = (1,)  # held-out loss at these multiples of data.seq_len
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "eval_lengths", tuple(self.eval_lengths))
+        _require(len(self.eval_lengths) > 0, "train.eval_lengths", "must not be empty; use [1]")
+        for i, k in enumerate(self.eval_lengths):
+            _positive_int(k, f"train.eval_lengths[{i}]")
+        _require(len(set(self.eval_lengths)) == len(self.eval_lengths), "train.eval_lengths",
+                 "has duplicates; list each multiple of data.seq_len once, e.g. [1, 2, 4, 8]")
         _positive_int(self.batch_size, "train.batch_size")
         _finite(self.lr, "train.lr", lo=0, lo_open=True, hi=10.0)
         _require(self.schedule in SCHEDULES, "train.schedule",
@@ -229,6 +273,11 @@ class RunSpec:
                  f"model vocab {self.model.vocab_size} != data vocab {self.data.vocab_size}")
         _require(self.model.seq_len == self.data.seq_len, "model.seq_len",
                  f"model seq_len {self.model.seq_len} != data seq_len {self.data.seq_len}")
+        longest = math.lcm(*self.recipe.eval_lengths) * self.data.seq_len
+        _require(self.data.val_tokens >= longest, "data.val_tokens",
+                 f"{self.data.val_tokens} held-out tokens hold no segment for train.eval_lengths "
+                 f"(lcm(eval_lengths)·seq_len = {longest} tokens); raise data.val_tokens to "
+                 f"at least {longest} (better 8x that) or lower train.eval_lengths")
 
     @property
     def tokens_per_step(self) -> int:
@@ -242,14 +291,24 @@ class RunSpec:
         return start * self.tokens_per_step
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Canonical dict; architecture fields and eval_lengths at their defaults are left out,
+        so specs written before those fields existed keep their run keys."""
+        d = dataclasses.asdict(self)
+        for k, v in ARCH_DEFAULTS.items():
+            if d["model"].get(k) == v:
+                del d["model"][k]
+        if tuple(d["recipe"].get("eval_lengths", ())) == (1,):
+            del d["recipe"]["eval_lengths"]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RunSpec":
         data = dict(d["data"])
         data["paths"] = tuple(data.get("paths", ()))
+        recipe = dict(d["recipe"])
+        recipe["eval_lengths"] = tuple(recipe.get("eval_lengths", (1,)))
         return cls(model=ModelSpec(**d["model"]), data=DataSpec(**data),
-                   recipe=RecipeSpec(**d["recipe"]), tokens=d["tokens"], seed=d["seed"],
+                   recipe=RecipeSpec(**recipe), tokens=d["tokens"], seed=d["seed"],
                    warmup_tokens=d.get("warmup_tokens", 0))
 
     def identity(self) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from . import checkpoint as ckpt
 from .accounting import count_params, flops_per_token
 from .data import make_source
 from .model import GPT, param_groups
+from .objectives import eval_span, long_segments, mlm_corrupt, mlm_train_rng, mlm_val_rng, windows_at
 from .schedule import lr_at
 from .sinks import MetricSink
 from .spec import ALREADY_FINISHED, RunResult, RunSpec, SpecError
@@ -181,6 +182,15 @@ class _Run:
                          if self.device.type == "cuda" else nullcontext())
         self.source = make_source(spec.data, spec.seed)
         self.val = torch.from_numpy(self.source.val).to(self.device)
+        self.mlm = spec.model.objective == "mlm"
+        if self.mlm:          # one fixed mask per held-out sequence, the same at every evaluation
+            inputs, targets = mlm_corrupt(self.source.val[:, :-1], spec.model.vocab_size,
+                                          mlm_val_rng(spec.data))
+            self.val_mlm = (torch.from_numpy(inputs).to(self.device),
+                            torch.from_numpy(targets).to(self.device))
+        self.lengths = self._eval_lengths()
+        self.segments = (long_segments(self.source, spec.data, eval_span(tuple(self.lengths)))
+                         if self.lengths else None)
         self._loss_acc = torch.zeros((), device=self.device)
         self._count_acc: torch.Tensor | None = None
         self._aux_acc = torch.zeros((), device=self.device)
@@ -189,6 +199,26 @@ class _Run:
         self._interval_excluded = 0.0
 
     # ---------------------------------------------------------------- helpers
+
+    def _eval_lengths(self) -> list[int]:
+        """The train.eval_lengths this run can measure: causal runs only, and learned positions
+        only at k = 1 (they cannot address positions past seq_len). Empty: none beyond val_loss."""
+        ks = self.spec.recipe.eval_lengths
+        if self.mlm or ks == (1,):
+            return []
+        if self.spec.model.pos == "learned":
+            return [1]
+        return sorted(ks)
+
+    def length_params(self) -> dict[str, str]:
+        """`eval_len<k>x`: measured, or n/a (with why in `eval_len_na_reason`)."""
+        out = {f"eval_len{k}x": ("measured" if k in self.lengths else "n/a")
+               for k in self.spec.recipe.eval_lengths if k > 1}
+        if any(v == "n/a" for v in out.values()):
+            out["eval_len_na_reason"] = ("objective mlm: length extrapolation is measured for "
+                                         "causal runs" if self.mlm else
+                                         "pos learned: no embedding for positions past seq_len")
+        return out
 
     @property
     def tokens(self) -> int:
@@ -210,6 +240,7 @@ class _Run:
             "flops_per_token": f"{self.fpt:.6e}", "tokens_per_step": self.plan.tokens_per_step,
             "total_steps": self.plan.total_steps, "warmup_tokens_used": self.plan.warmup_tokens,
             "val_tokens_used": int(self.val.shape[0] * (self.val.shape[1] - 1)),
+            **self.length_params(),
         }
         out.update(self.source.params())
         return out
@@ -283,9 +314,7 @@ class _Run:
         lr = self.lr(p.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        batch = torch.from_numpy(self.source.batch(p.step * B, B)).to(self.device,
-                                                                        non_blocking=True)
-        x, y = batch[:, :-1], batch[:, 1:]                                      # (B, T) each
+        x, y = self._batch(p.step, B)                                           # (B, T) each
         with self.autocast:
             _, loss, aux = self.forward(x, y)
             total = loss + aux["reg"] if aux else loss
@@ -302,6 +331,17 @@ class _Run:
             self._aux_acc += aux["aux"].detach()
         p.step += 1
         self._interval_tokens += self.plan.tokens_per_step
+
+    def _batch(self, step: int, B: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) of one step: next tokens (clm) or the masked positions (mlm)."""
+        batch = self.source.batch(step * B, B)                                  # (B, T+1)
+        if self.mlm:          # bidirectional: predict the corrupted positions of the window
+            batch = np.stack(mlm_corrupt(batch[:, :-1], self.spec.model.vocab_size,
+                                         mlm_train_rng(self.spec.seed, step)))   # (2, B, T)
+            both = torch.from_numpy(batch).to(self.device, non_blocking=True)
+            return both[0], both[1]
+        both = torch.from_numpy(batch).to(self.device, non_blocking=True)
+        return both[:, :-1], both[:, 1:]
 
     def _train_metrics(self) -> dict[str, float]:
         """Mean train loss of the interval (one host sync), rates; raises _Diverged."""
@@ -345,13 +385,48 @@ class _Run:
         tokens = max(self.spec.data.seq_len, min(EVAL_BATCH_TOKENS, (1 << 26) // self.spec.model.vocab_size))
         per = max(1, tokens // self.spec.data.seq_len)
         total = torch.zeros((), device=self.device, dtype=torch.float64)
+        count = torch.zeros((), device=self.device, dtype=torch.float64)
         for i in range(0, n, per):
-            w = self.val[i:i + per]
+            if self.mlm:      # nats per predicted (selected) token
+                x, y = self.val_mlm[0][i:i + per], self.val_mlm[1][i:i + per]
+                weight = (y != -100).sum().double()
+            else:
+                w = self.val[i:i + per]
+                x, y = w[:, :-1], w[:, 1:]
+                weight = torch.tensor(float(w.shape[0]), device=self.device, dtype=torch.float64)
             with self.autocast:
-                _, loss, _ = self.model(w[:, :-1], w[:, 1:])
-            total += loss.double() * w.shape[0]
+                _, loss, _ = self.model(x, y)
+            total += loss.double() * weight
+            count += weight
         self.model.train()
-        return float(total / n)
+        return float(total / count)
+
+    @torch.no_grad()
+    def evaluate_lengths(self) -> dict[str, float]:
+        """Held-out loss at each measurable length on the same tokens: `val_loss_len<k>x` (mean
+        over all positions of non-overlapping windows of k·seq_len) and `..._tail` (the last
+        quarter of positions of each window, where extrapolation shows)."""
+        self.model.eval()
+        T, out = self.spec.data.seq_len, {}
+        budget = max(T, min(EVAL_BATCH_TOKENS, (1 << 26) // self.spec.model.vocab_size))
+        for k in self.lengths:
+            windows = torch.from_numpy(windows_at(self.segments, k, T)).to(self.device)
+            L = k * T
+            tail = L - max(1, L // 4)
+            total = torch.zeros((), device=self.device, dtype=torch.float64)
+            tail_total = torch.zeros_like(total)
+            for i in range(0, windows.shape[0], max(1, budget // L)):
+                w = windows[i:i + max(1, budget // L)]
+                with self.autocast:
+                    logits, _, _ = self.model(w[:, :-1])
+                nll = torch.nn.functional.cross_entropy(
+                    logits.float().transpose(1, 2), w[:, 1:], reduction="none").double()  # (B, L)
+                total += nll.sum()
+                tail_total += nll[:, tail:].sum()
+            out[f"val_loss_len{k}x"] = float(total / windows[:, 1:].numel())
+            out[f"val_loss_len{k}x_tail"] = float(tail_total / (windows.shape[0] * (L - tail)))
+        self.model.train()
+        return out
 
     def run_phase(self, phase: _Phase) -> None:
         """Steps up to phase.end_step: log, evaluate, checkpoint; raises _Diverged/_Stopped."""
@@ -367,6 +442,8 @@ class _Run:
                 t = time.perf_counter()
                 self.progress.val_loss = self.evaluate()
                 metrics["val_loss"] = self.progress.val_loss
+                if final and self.lengths:
+                    metrics.update(self.evaluate_lengths())
                 self._interval_excluded += time.perf_counter() - t
             if metrics:
                 phase.sink.log_metrics(metrics, step=self.tokens)

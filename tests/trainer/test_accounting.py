@@ -119,3 +119,63 @@ def test_accounting_does_not_import_torch():
             "trainer.count_params; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------- architecture options
+
+ARCH_COMBOS = [dict(pos=p, activation=a, norm=n, objective=o)
+               for p in ("learned", "sinusoidal", "rope", "none")
+               for a in ("gelu", "relu", "swiglu") for n in ("pre", "post") for o in ("clm", "mlm")
+               if not (p == "none" and o == "mlm")]
+ARCH_SHAPES = [
+    dict(n_layer=2, d_model=24, n_head=2, vocab_size=20, seq_len=8, d_ff=50),
+    dict(n_layer=1, d_model=16, n_head=2, vocab_size=12, seq_len=6, experts=4, top_k=2,
+         d_expert=20, shared_experts=1, tied_head=False),
+]
+
+
+@pytest.mark.parametrize("shape", ARCH_SHAPES, ids=["dense", "moe"])
+@pytest.mark.parametrize("arch", ARCH_COMBOS, ids=lambda a: "-".join(a.values()))
+def test_every_architecture_is_counted_exactly(arch, shape):
+    m = ModelSpec(**shape, **arch)
+    model = GPT(m)
+    counts = count_params(m)
+    assert counts.total == sum(p.numel() for p in model.parameters())
+    emb = model.wte.weight.numel() + (model.wpe.weight.numel() if model.wpe is not None else 0)
+    if not m.tied_head:
+        emb += model.head.weight.numel()
+    assert counts.embedding == emb
+    assert model.wte.weight.shape[0] == m.vocab_size + (arch["objective"] == "mlm")
+    if m.is_moe:
+        one = sum(p[0].numel() for p in (model.blocks[0].ffn.w_in, model.blocks[0].ffn.w_out))
+        assert counts.per_routed_expert == one
+        assert counts.active == counts.total - m.n_layer * (m.experts - m.top_k) * one
+    idx = torch.randint(0, m.vocab_size, (2, m.seq_len))
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        logits, _, _ = model(idx)
+    assert logits.shape == (2, m.seq_len, m.vocab_size)      # the mask token is never a logit
+    assert counter.get_total_flops() == forward_matmul_flops_per_token(m) * 2 * m.seq_len
+
+
+def test_swiglu_keeps_the_ungated_parameter_count():
+    """Hidden width round(2/3·d_ff): exact parity when 3 divides d_ff, within 1 row otherwise."""
+    base = dict(n_layer=2, d_model=24, n_head=2, vocab_size=20, seq_len=8)
+    for d_ff in (96, 100):
+        gelu = count_params(ModelSpec(**base, d_ff=d_ff)).total
+        swiglu = count_params(ModelSpec(**base, d_ff=d_ff, activation="swiglu")).total
+        if d_ff % 3 == 0:
+            assert swiglu == gelu
+        assert abs(swiglu - gelu) <= 2 * 3 * 24      # at most half a hidden unit per layer
+
+
+def test_architecture_spec_errors_name_the_key():
+    base = dict(n_layer=1, d_model=16, n_head=2, vocab_size=12, seq_len=6)
+    with pytest.raises(SpecError) as e:
+        ModelSpec(**base, pos="alibi")
+    assert e.value.field == "model.pos" and "learned, sinusoidal, rope, none" in str(e.value)
+    with pytest.raises(SpecError) as e:
+        ModelSpec(**base, pos="none", objective="mlm")
+    assert e.value.field == "model.pos" and "position-free" in str(e.value)
+    with pytest.raises(SpecError) as e:
+        ModelSpec(**base, activation="tanh")
+    assert e.value.field == "model.activation" and "gelu, relu, swiglu" in str(e.value)
