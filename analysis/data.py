@@ -414,6 +414,8 @@ def load_mlflow(experiment: str, tracking_uri: str | None = None, *,
         row["run_id"] = run_id
         row["outcome"] = outcome
         row["run_key"] = tags.get("scalelab.run_key", row.get("run_key"))
+        if "scalelab.round" in tags:        # adaptive points (scalelab run --adaptive)
+            row["round"] = _num(tags["scalelab.round"])
         if outcome != "finished" and not include_failed:
             excluded[outcome] = excluded.get(outcome, 0) + 1
             continue

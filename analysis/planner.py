@@ -300,12 +300,15 @@ def plan_next_runs(N, D, loss, cand_N, cand_D, cand_cost, *, target_flops: float
 
 # ----------------------------------------------------------------------------- report section
 def ci_history(N, D, loss, flops, order, target_flops: float, objective: str = "log_n_opt",
-               rounds=None, *, grid="coarse") -> list[dict]:
+               rounds=None, *, grid="coarse", max_prefixes: int = 24) -> list[dict]:
     """The target's 95% interval as points accumulate in `order` (finish time): one row per
-    prefix that can be fitted, or per round when `rounds` (round of each point) is given."""
+    prefix that can be fitted (at most `max_prefixes`, evenly spaced, the last always), or per
+    round when `rounds` (round of each point) is given."""
     N, D, loss, flops = (np.asarray(v, float) for v in (N, D, loss, flops))
     order = np.asarray(order)
     ends = list(range(1, len(order) + 1))
+    if len(ends) > max_prefixes:
+        ends = sorted({int(round(x)) for x in np.linspace(1, len(order), max_prefixes)})
     if rounds is not None:
         r = np.asarray(rounds)[order]
         ends = [i + 1 for i in range(len(order)) if i + 1 == len(order) or r[i + 1] != r[i]]

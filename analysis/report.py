@@ -87,7 +87,8 @@ class ReportContext:
 SECTIONS: list[Section] = [
     S.answer_section, S.data_section, S.approach3_section, S.landscape_section,
     S.kaplan_section, S.approach2_section, S.approach1_section, S.compute_optimal_section,
-    S.validation_section, S.settings_section, S.moe_section,
+    S.validation_section, S.settings_section, S.moe_section, S.forms_section,
+    S.constrained_section, S.architecture_section, S.planner_section,
 ]
 
 

@@ -243,3 +243,38 @@ def moe_section(ctx):
     parts += [esc("Effective dense parameter count (dense N reaching the same loss at the same D):"),
               md_table((laws if len(laws) else eff)[cols]), fig_ref("moe.png", "MoE comparison")]
     return section(title, parts, {"moe.png": plots.moe_multiplier(eff[eff["source"] == "run"])})
+
+
+# --------------------------------------------------------------- sections of other modules
+
+def _base_points(ctx):
+    """The baseline setting's points (laws are never fitted across settings)."""
+    from dataclasses import replace
+    return replace(ctx.points, frame=ctx.base.reset_index(drop=True))
+
+
+def forms_section(ctx):
+    """Law forms scored by extrapolation to the largest runs (analysis.forms)."""
+    from .forms import form_selection_section
+    return form_selection_section(_base_points(ctx))
+
+
+def constrained_section(ctx):
+    """Muennighoff's data-constrained law, when runs repeat data (analysis.constrained)."""
+    from .constrained import constrained_section as section_of
+    return section_of(_base_points(ctx))
+
+
+def architecture_section(ctx):
+    """Architectures (grid.arch) compared within each objective and MoE setting (analysis.compare)."""
+    from .compare import architecture_section as section_of
+    return section_of(ctx.frame, n_boot=50, seed=ctx.seed)
+
+
+def planner_section(ctx):
+    """The answer's interval against FLOPs spent, per adaptive round when there are rounds."""
+    from .planner import planner_section as section_of
+    if not ctx.budgets:
+        return None
+    f = ctx.base
+    return section_of(f, float(max(ctx.budgets)), round_col="round" if "round" in f else None)
