@@ -22,9 +22,13 @@ grid:
   moe: [{experts: 1}, {experts: 4, top_k: 2}]
 """
 # Run keys and fingerprint of BASE computed by the code before architecture options existed
-# (commit 8f53538): adding the options must not re-key any existing study.
+# (commit 8f53538; today's `legacy_key` / `legacy_fingerprint`, which older stores are matched
+# by) and by the run-identity scheme that left run-time settings out of the hash (branch
+# `ledger`): adding the options must not re-key any existing study under either scheme.
 KEYS_BEFORE = ['0dc9e9795459005d', '3b11813bc7c140cf', 'be0da6b54cd5930a', 'c361c694f1466662']
 FINGERPRINT_BEFORE = "53abdcc853e6979c"
+KEYS_IDENTITY = ['48947ea3d69463c8', '551b88ad087962e3', '8b0c97783180e33f', 'fa8765c9b2f8f060']
+FINGERPRINT_IDENTITY = "5432d3808673418b"
 
 
 def study(text: str, **grid):
@@ -36,8 +40,11 @@ def study(text: str, **grid):
 @pytest.mark.parametrize("arch", [None, [{}], [{"pos": "learned", "norm": "pre"}]])
 def test_default_architecture_keeps_existing_run_keys(arch):
     cfg = study(BASE) if arch is None else study(BASE, arch=arch)
-    assert sorted(r.key for r in expand(cfg)) == KEYS_BEFORE
-    assert tracking.fingerprint_hash(cfg.fingerprint()) == FINGERPRINT_BEFORE
+    runs = expand(cfg)
+    assert sorted(r.key for r in runs) == KEYS_IDENTITY
+    assert tracking.fingerprint_hash(cfg.fingerprint()) == FINGERPRINT_IDENTITY
+    assert sorted(r.spec.legacy_key() for r in runs) == KEYS_BEFORE
+    assert tracking.fingerprint_hash(cfg.legacy_fingerprint()) == FINGERPRINT_BEFORE
 
 
 def test_grid_arch_gives_one_point_per_arch_size_tokens_with_params():
