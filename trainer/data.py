@@ -30,6 +30,7 @@ import hashlib
 import math
 import os
 import sysconfig
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,7 @@ DEFAULT_VAL_MAX_BYTES = 2 << 20
 VAL_BUCKETS = 10                         # 1 in 10 files goes to validation
 _MARKOV_CHUNK = 512                      # windows generated per vectorised chunk
 _COMPARE_MAX_VOCAB = 128                 # sample by row comparison up to this V, else bisect
-_TAG_TRAIN, _TAG_VAL, _TAG_TABLE, _TAG_PERM = 1, 2, 3, 4
+_TAG_TRAIN, _TAG_VAL, _TAG_TABLE, _TAG_PERM, _TAG_LEXICON = 1, 2, 3, 4, 5
 
 
 # --------------------------------------------------------------------------- markov
@@ -77,10 +78,13 @@ def _entropy(p: np.ndarray, axis=None) -> np.ndarray:
 
 
 def true_entropy(data: DataSpec) -> float:
-    """Exact entropy rate in nats/token of the markov source: the irreducible loss."""
+    """Exact entropy rate in nats/token of a synthetic source (markov, zipf): the irreducible loss."""
+    if data.source == "zipf":
+        lex = _zipf_lexicon_of(data)
+        return float(_entropy(lex.probs) / (lex.probs * lex.lengths).sum())
     if data.source != "markov":
-        raise SpecError("data.source", f"true_entropy is known only for the markov source, "
-                                       f"not {data.source!r}")
+        raise SpecError("data.source", f"true_entropy is known only for the markov and zipf "
+                                       f"sources, not {data.source!r}")
     P, pi = _markov_table(data.vocab_size, data.order, float(data.concentration), data.seed)
     return float((pi * _entropy(P, axis=1)).sum())
 
@@ -100,25 +104,22 @@ def markov_loss_floor(data: DataSpec) -> float:
     return float(sum(cond) / T)
 
 
-class MarkovSource:
+class _StreamSource:
+    """Windows generated in seeded chunks: window i of a stream is a pure function of
+    (data.seed, stream tag, i // chunk, run seed for training). Subclasses define _generate."""
+
     def __init__(self, data: DataSpec, run_seed: int):
         self.data = data
         self.T = data.seq_len
         self.run_seed = run_seed
-        V, k = data.vocab_size, data.order
-        P, pi = _markov_table(V, k, float(data.concentration), data.seed)
-        n_ctx = V ** k
-        # Row-offset CDFs: one searchsorted over the flat array samples every row at once.
-        cdf = np.cumsum(P, axis=1)
-        cdf[:, -1] = 1.0
-        self._cdf = cdf
-        self._flat_cdf = (cdf + np.arange(n_ctx)[:, None]).ravel() if V > _COMPARE_MAX_VOCAB else None
-        self._pi_cdf = np.cumsum(pi)
-        self._pi_cdf[-1] = 1.0
         self._cache: dict[tuple[int, int], np.ndarray] = {}
         self.unique_train_tokens = math.inf
-        n_val = math.ceil(data.val_tokens / self.T)
-        self.val = self._windows(_TAG_VAL, 0, n_val)
+
+    def _init_val(self) -> None:
+        self.val = self._windows(_TAG_VAL, 0, math.ceil(self.data.val_tokens / self.T))
+
+    def _generate(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        raise NotImplementedError
 
     def _chunk(self, tag: int, index: int) -> np.ndarray:
         key = (tag, index)
@@ -130,6 +131,37 @@ class MarkovSource:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[key] = chunk
         return chunk
+
+    def _windows(self, tag: int, start: int, n: int) -> np.ndarray:
+        parts, pos = [], start
+        while pos < start + n:
+            c, off = divmod(pos, _MARKOV_CHUNK)
+            take = min(_MARKOV_CHUNK - off, start + n - pos)
+            parts.append(self._chunk(tag, c)[off:off + take])
+            pos += take
+        return np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
+
+    def batch(self, position: int, batch_size: int) -> np.ndarray:
+        return self._windows(_TAG_TRAIN, position, batch_size)
+
+    def epochs(self, position: int) -> float:
+        return 0.0
+
+
+class MarkovSource(_StreamSource):
+    def __init__(self, data: DataSpec, run_seed: int):
+        super().__init__(data, run_seed)
+        V, k = data.vocab_size, data.order
+        P, pi = _markov_table(V, k, float(data.concentration), data.seed)
+        n_ctx = V ** k
+        # Row-offset CDFs: one searchsorted over the flat array samples every row at once.
+        cdf = np.cumsum(P, axis=1)
+        cdf[:, -1] = 1.0
+        self._cdf = cdf
+        self._flat_cdf = (cdf + np.arange(n_ctx)[:, None]).ravel() if V > _COMPARE_MAX_VOCAB else None
+        self._pi_cdf = np.cumsum(pi)
+        self._pi_cdf[-1] = 1.0
+        self._init_val()
 
     def _generate(self, rng: np.random.Generator, n: int) -> np.ndarray:
         V, k, T = self.data.vocab_size, self.data.order, self.T
@@ -150,24 +182,134 @@ class MarkovSource:
             ctx = (ctx * V + y) % n_ctx
         return out
 
-    def _windows(self, tag: int, start: int, n: int) -> np.ndarray:
-        parts, pos = [], start
-        while pos < start + n:
-            c, off = divmod(pos, _MARKOV_CHUNK)
-            take = min(_MARKOV_CHUNK - off, start + n - pos)
-            parts.append(self._chunk(tag, c)[off:off + take])
-            pos += take
-        return np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
-
-    def batch(self, position: int, batch_size: int) -> np.ndarray:
-        return self._windows(_TAG_TRAIN, position, batch_size)
-
-    def epochs(self, position: int) -> float:
-        return 0.0
-
     def params(self) -> dict:
         return {"true_entropy": true_entropy(self.data),
                 "true_loss_floor": markov_loss_floor(self.data), "unique_tokens": "inf"}
+
+
+# --------------------------------------------------------------------------- zipf
+
+@dataclass(frozen=True)
+class Lexicon:
+    """A prefix-free lexicon: word r (rank r+1) is tokens[r, :lengths[r]], emitted with
+    probability probs[r] ∝ (r+1)^-s. Prefix-free, so a stream of words decodes uniquely."""
+
+    tokens: np.ndarray          # (K, max_len) int64, padded with -1
+    lengths: np.ndarray         # (K,) int64
+    probs: np.ndarray           # (K,) float64, sums to 1
+
+    def decode(self, stream) -> tuple[list[int], list[int]]:
+        """(word ranks, leftover partial word) of a token stream that starts at a word boundary."""
+        index = {tuple(self.tokens[r, :self.lengths[r]].tolist()): r for r in range(len(self.probs))}
+        ids, cur = [], []
+        for tok in np.asarray(stream).tolist():
+            cur.append(tok)
+            r = index.get(tuple(cur))
+            if r is not None:
+                ids.append(r)
+                cur = []
+        return ids, cur
+
+    def prefix_log_probs(self) -> list[dict[tuple, float]]:
+        """[j] -> {prefix of j tokens: log P(a word starts with it)}, j = 1..max_len."""
+        out: list[dict[tuple, float]] = [{}]
+        for j in range(1, self.tokens.shape[1] + 1):
+            keep = self.lengths >= j
+            pref, inv = np.unique(self.tokens[keep, :j], axis=0, return_inverse=True)
+            mass = np.bincount(inv.ravel(), weights=self.probs[keep], minlength=len(pref))
+            out.append({tuple(row.tolist()): float(np.log(m)) for row, m in zip(pref, mass)})
+        return out
+
+
+@functools.lru_cache(maxsize=4)
+def _zipf_lexicon(vocab: int, size: int, exponent: float, min_len: int, max_len: int,
+                  seed: int) -> Lexicon:
+    """Random token strings with uniform lengths in [min_len, max_len], drawn from data.seed;
+    a candidate is kept when it is new, no kept word is its prefix and it is no kept word's prefix."""
+    rng = np.random.default_rng([seed, _TAG_LEXICON])
+    words: set[bytes] = set()
+    prefixes: set[bytes] = set()
+    kept: list[np.ndarray] = []
+    while len(kept) < size:
+        n = 2 * (size - len(kept)) + 16
+        lengths = rng.integers(min_len, max_len + 1, size=n)
+        cand = rng.integers(0, vocab, size=(n, max_len)).astype(np.uint16)
+        for row, length in zip(cand, lengths):
+            w = row[:length].tobytes()
+            own = [w[:2 * j] for j in range(min_len, length)]
+            if w in words or w in prefixes or any(p in words for p in own):
+                continue
+            words.add(w)
+            prefixes.update(own)
+            kept.append(row[:length])
+            if len(kept) == size:
+                break
+    tokens = np.full((size, max_len), -1, dtype=np.int64)
+    for r, w in enumerate(kept):
+        tokens[r, :len(w)] = w
+    probs = np.arange(1, size + 1, dtype=np.float64) ** -exponent
+    return Lexicon(tokens, np.array([len(w) for w in kept], dtype=np.int64), probs / probs.sum())
+
+
+def _zipf_lexicon_of(data: DataSpec) -> Lexicon:
+    return _zipf_lexicon(data.vocab_size, data.lexicon_size, float(data.zipf_exponent),
+                         data.min_word_len, data.max_word_len, data.seed)
+
+
+def zipf_loss_floor(data: DataSpec) -> float:
+    """Exact minimum expected loss per token of a zipf window (targets start at a word boundary,
+    so only the word cut off at the window's end differs from the entropy rate). u[s]: probability
+    that a word starts at target offset s (renewal); g[m]: expected -log P of a word's first m
+    tokens (the whole word when m >= its length)."""
+    lex, T = _zipf_lexicon_of(data), data.seq_len
+    f = np.bincount(lex.lengths, weights=lex.probs, minlength=T + 1)[:T + 1]
+    u = np.zeros(T)
+    u[0] = 1.0
+    for s in range(1, T):
+        u[s] = sum(f[l] * u[s - l] for l in range(1, s + 1))
+    logp = np.log(lex.probs)
+    g = np.empty(lex.tokens.shape[1] + 1)
+    prefix = lex.prefix_log_probs()
+    for m in range(1, len(g)):
+        cut = np.array([prefix[m][tuple(lex.tokens[r, :m].tolist())] if lex.lengths[r] > m
+                        else logp[r] for r in range(len(logp))])
+        g[m] = -(lex.probs * cut).sum()
+    room = np.minimum(T - np.arange(T), len(g) - 1)
+    return float((u * g[room]).sum() / T)
+
+
+class ZipfSource(_StreamSource):
+    """Words of a prefix-free lexicon emitted i.i.d. with Zipf frequencies. Window = the last
+    token of one word, then T tokens of fresh words (targets start at a word boundary)."""
+
+    def __init__(self, data: DataSpec, run_seed: int):
+        super().__init__(data, run_seed)
+        self.lex = _zipf_lexicon_of(data)
+        self._cdf = np.cumsum(self.lex.probs)
+        self._cdf[-1] = 1.0
+        self._words = math.ceil((self.T + data.max_word_len) / data.min_word_len)
+        self._init_val()
+
+    def sample_words(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """(n, W) word ranks; every row spells at least T + max_word_len tokens."""
+        u = rng.random((n, self._words))
+        return np.minimum(np.searchsorted(self._cdf, u, side="right"), len(self._cdf) - 1)
+
+    def spell(self, ids: np.ndarray) -> np.ndarray:
+        """(n, T+1) windows from (n, W) word ranks."""
+        toks = self.lex.tokens[ids]                                  # (n, W, max_len)
+        flat = toks[toks >= 0]                                       # row-major: rows in order
+        row_len = self.lex.lengths[ids].sum(axis=1)
+        row_start = np.concatenate([[0], np.cumsum(row_len)[:-1]])
+        first = row_start + self.lex.lengths[ids[:, 0]] - 1          # last token of word 0
+        return flat[first[:, None] + np.arange(self.T + 1)[None, :]]
+
+    def _generate(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return self.spell(self.sample_words(rng, n))
+
+    def params(self) -> dict:
+        return {"true_entropy": true_entropy(self.data),
+                "true_loss_floor": zipf_loss_floor(self.data), "unique_tokens": "inf"}
 
 
 # --------------------------------------------------------------------------- text / tokens
@@ -313,6 +455,8 @@ def make_source(data: DataSpec, run_seed: int):
     """The source of one run: `.batch(position, B)`, `.val`, `.epochs(position)`, `.params()`."""
     if data.source == "markov":
         return MarkovSource(data, run_seed)
+    if data.source == "zipf":
+        return ZipfSource(data, run_seed)
     if data.source == "text":
         train, val, info = _text_corpus(tuple(data.paths))
         return WindowSource(train, val, data, run_seed, info)

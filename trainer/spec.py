@@ -16,9 +16,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-DATA_SOURCES = ("markov", "text", "tokens")
+DATA_SOURCES = ("markov", "zipf", "text", "tokens")
 SCHEDULES = ("cosine", "wsd")
 DEVICES = ("auto", "cpu", "cuda")
+ZIPF_KEYS = ("lexicon_size", "zipf_exponent", "min_word_len", "max_word_len")
 
 
 class SpecError(ValueError):
@@ -122,6 +123,10 @@ class DataSpec:
     concentration: float = 0.1      # markov: Dirichlet alpha of the transition rows
     paths: tuple[str, ...] = ()
     val_tokens: int = 32768         # held-out tokens, the same for every run of a study
+    lexicon_size: int = 4096        # zipf: words in the lexicon
+    zipf_exponent: float = 1.2      # zipf: word r is emitted with probability ∝ r^-s
+    min_word_len: int = 2           # zipf: word lengths (tokens) uniform in [min, max]
+    max_word_len: int = 6
 
     def __post_init__(self) -> None:
         _require(self.source in DATA_SOURCES, "data.source",
@@ -140,6 +145,7 @@ class DataSpec:
                      f"vocab_size**order = {self.vocab_size ** self.order} contexts is too many; "
                      "lower order or vocab_size")
         _finite(self.concentration, "data.concentration", lo=0, lo_open=True)
+        self._check_zipf()
         object.__setattr__(self, "paths", tuple(str(p) for p in self.paths))
         if self.source == "tokens":
             _require(len(self.paths) == 1, "data.paths",
@@ -155,6 +161,25 @@ class DataSpec:
                          f"{self.paths[0]!r} has no {name}; the tokens source needs a directory "
                          "holding train.bin and val.bin (uint16)")
         _positive_int(self.val_tokens, "data.val_tokens", minimum=self.seq_len + 1)
+
+    def _check_zipf(self) -> None:
+        _positive_int(self.lexicon_size, "data.lexicon_size", minimum=2)
+        _require(self.lexicon_size <= 1_000_000, "data.lexicon_size",
+                 f"{self.lexicon_size} words is too many to build per run; use <= 1000000")
+        _finite(self.zipf_exponent, "data.zipf_exponent", lo=0, lo_open=True, hi=10)
+        _positive_int(self.min_word_len, "data.min_word_len", minimum=1)
+        _positive_int(self.max_word_len, "data.max_word_len", minimum=1)
+        _require(self.max_word_len >= self.min_word_len, "data.max_word_len",
+                 f"max_word_len={self.max_word_len} < min_word_len={self.min_word_len}; "
+                 "raise max_word_len or lower min_word_len")
+        _require(self.max_word_len <= 16, "data.max_word_len",
+                 f"{self.max_word_len} tokens per word is too long; use <= 16")
+        if self.source == "zipf":
+            room = sum(self.vocab_size ** n for n in range(self.min_word_len, self.max_word_len + 1))
+            _require(room >= 4 * self.lexicon_size, "data.lexicon_size",
+                     f"{self.lexicon_size} words do not fit in {room} token strings of "
+                     f"{self.min_word_len}-{self.max_word_len} tokens over vocab_size="
+                     f"{self.vocab_size}; lower lexicon_size or raise max_word_len/vocab_size")
 
 
 @dataclass(frozen=True)
@@ -237,7 +262,13 @@ class RunSpec:
         return start * self.tokens_per_step
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Canonical dict; the zipf keys appear only for the zipf source, so adding them kept
+        the run keys of existing markov/text/tokens studies."""
+        d = dataclasses.asdict(self)
+        if self.data.source != "zipf":
+            for k in ZIPF_KEYS:
+                d["data"].pop(k)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RunSpec":
