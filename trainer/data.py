@@ -29,6 +29,7 @@ import functools
 import hashlib
 import math
 import os
+import stat
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,8 @@ from .spec import DataSpec, SpecError
 
 DEFAULT_CORPUS_MAX_BYTES = 8 << 20      # train bytes read from the stdlib (fast, ~0.1 s)
 DEFAULT_VAL_MAX_BYTES = 2 << 20
+USER_CORPUS_MAX_BYTES = 1 << 30         # text paths: train bytes read at most (then cut)
+USER_VAL_MAX_BYTES = 256 << 20
 VAL_BUCKETS = 10                         # 1 in 10 files goes to validation
 _MARKOV_CHUNK = 512                      # windows generated per vectorised chunk
 _COMPARE_MAX_VOCAB = 128                 # sample by row comparison up to this V, else bisect
@@ -332,7 +335,7 @@ class WindowSource:
                                                f"fewer than val_tokens={data.val_tokens} (+1); "
                                                "lower val_tokens or add validation files")
         idx = np.arange(n_val)[:, None] * T + np.arange(T + 1)[None, :]
-        self.val = np.asarray(val[idx], dtype=np.int64)                      # (n_val, T+1)
+        self.val = _check_vocab(np.asarray(val[idx], dtype=np.int64), data, "the validation split")
         self.unique_train_tokens = len(train)
         self._perm_cache: dict[int, np.ndarray] = {}
 
@@ -350,7 +353,8 @@ class WindowSource:
             epoch, j = divmod(position + i, self.n_windows)
             ids[i] = self._perm(epoch)[j]
         idx = ids[:, None] * self.T + np.arange(self.T + 1)[None, :]
-        return np.asarray(self.train[idx], dtype=np.int64)
+        return _check_vocab(np.asarray(self.train[idx], dtype=np.int64), self.data,
+                            f"the training split (windows from {position})")
 
     def epochs(self, position: int) -> float:
         return position / self.n_windows
@@ -370,19 +374,32 @@ def _stdlib_files() -> tuple[Path, list[Path]]:
     return root, files
 
 
+def _regular(path: Path) -> bool:
+    """True for a regular file (after symlinks): FIFOs, devices and sockets are never read."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def _user_files(paths: tuple[str, ...]) -> list[tuple[str, Path]]:
+    """Regular files of the named paths; inside directories other entries (FIFOs, sockets,
+    links to devices) are skipped, a named one is an error."""
     out = []
     for i, p in enumerate(paths):
         path = Path(p).expanduser()
-        if path.is_file():
-            out.append((f"{i}/{path.name}", path))
-        elif path.is_dir():
+        if path.is_dir():
             for dirpath, dirnames, filenames in os.walk(path):
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 for f in sorted(filenames):
-                    if not f.startswith("."):
-                        full = Path(dirpath) / f
+                    full = Path(dirpath) / f
+                    if not f.startswith(".") and _regular(full):
                         out.append((f"{i}/{full.relative_to(path).as_posix()}", full))
+        elif _regular(path):
+            out.append((f"{i}/{path.name}", path))
+        elif path.exists():
+            raise SpecError("data.paths", f"{p!r} is not a regular file (a FIFO, device or "
+                                          "socket); name regular files or directories")
         else:
             raise SpecError("data.paths", f"{p!r} does not exist; name existing files or "
                                           "directories, or leave paths empty for the built-in corpus")
@@ -400,16 +417,24 @@ def split_files(names: list[str]) -> tuple[list[int], list[int]]:
     return [i for i in range(len(names)) if i not in val_set], val
 
 
-def _read(files: list[Path], cap: int | None) -> tuple[np.ndarray, int]:
-    """(bytes of the files in order, up to `cap`; how many files were read)."""
+def _read_regular(path: Path, limit: int) -> bytes:
+    """At most `limit` bytes of a regular file. Opened non-blocking and checked on the open
+    descriptor, so a FIFO or device swapped in after the walk can neither hang nor flood us."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SpecError("data.paths", f"{path} is not a regular file; remove it")
+        return f.read(limit)
+
+
+def _read(files: list[Path], cap: int) -> tuple[np.ndarray, int]:
+    """(bytes of the files in order, up to `cap` in all; how many files were read)."""
     chunks, total = [], 0
     for f in files:
-        b = f.read_bytes()
-        if cap is not None and total + len(b) > cap:
-            b = b[:cap - total]
+        b = _read_regular(f, cap - total)
         chunks.append(np.frombuffer(b, dtype=np.uint8))
         total += len(b)
-        if cap is not None and total >= cap:
+        if total >= cap:
             break
     return (np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.uint8)), len(chunks)
 
@@ -418,7 +443,7 @@ def _read(files: list[Path], cap: int | None) -> tuple[np.ndarray, int]:
 def _text_corpus(paths: tuple[str, ...]):
     if paths:
         named = _user_files(paths)
-        cap, val_cap = None, None
+        cap, val_cap = USER_CORPUS_MAX_BYTES, USER_VAL_MAX_BYTES
     else:
         root, files = _stdlib_files()
         named = [(f.relative_to(root).as_posix(), f) for f in files]
@@ -437,18 +462,26 @@ def _text_corpus(paths: tuple[str, ...]):
 
 
 def _token_files(data: DataSpec):
+    """train.bin and val.bin as read-only memmaps: nothing is read here; WindowSource reads the
+    validation windows it uses and each training batch, and checks those tokens < vocab_size."""
     d = Path(data.paths[0]).expanduser()
+    maps = {}
     for name in ("train.bin", "val.bin"):
-        if not (d / name).is_file():
-            raise SpecError("data.paths", f"{d / name} does not exist; the tokens source needs a "
-                                          "directory holding train.bin and val.bin (uint16)")
-    train = np.memmap(d / "train.bin", dtype=np.uint16, mode="r")
-    val = np.memmap(d / "val.bin", dtype=np.uint16, mode="r")
-    for name, arr in (("val.bin", val), ("train.bin", train[: 64 << 20])):
-        if len(arr) and int(arr.max()) >= data.vocab_size:
-            raise SpecError("data.vocab_size", f"{name} holds token {int(arr.max())} >= "
-                                               f"vocab_size {data.vocab_size}; raise vocab_size")
+        if not _regular(d / name):
+            raise SpecError("data.paths", f"{d / name} is not a regular file; the tokens source "
+                                          "needs a directory holding train.bin and val.bin (uint16)")
+        if os.path.getsize(d / name) < 2:
+            raise SpecError("data.paths", f"{d / name} holds no tokens; write uint16 tokens to it")
+        maps[name] = np.memmap(d / name, dtype=np.uint16, mode="r")
+    train, val = maps["train.bin"], maps["val.bin"]
     return train, val, {"train_file_tokens": len(train), "val_file_tokens": len(val)}
+
+
+def _check_vocab(tokens: np.ndarray, data: DataSpec, what: str) -> np.ndarray:
+    if tokens.size and int(tokens.max()) >= data.vocab_size:
+        raise SpecError("data.vocab_size", f"{what} holds token {int(tokens.max())} >= "
+                                           f"vocab_size {data.vocab_size}; raise vocab_size")
+    return tokens
 
 
 def make_source(data: DataSpec, run_seed: int):
