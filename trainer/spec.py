@@ -249,6 +249,13 @@ class RunSpec:
                  f"model vocab {self.model.vocab_size} != data vocab {self.data.vocab_size}")
         _require(self.model.seq_len == self.data.seq_len, "model.seq_len",
                  f"model seq_len {self.model.seq_len} != data seq_len {self.data.seq_len}")
+        # a trunk must be shared only under the warmup it was trained with: warmup ends before
+        # every branch's cooldown starts (warmup_frac + cooldown_frac <= 1)
+        _require(self.recipe.schedule != "wsd" or self.warmup_tokens <= self.cooldown_start_tokens,
+                 "train.warmup_frac",
+                 f"wsd warmup of {self.warmup_tokens} tokens outlasts the stable phase of the "
+                 f"{self.tokens}-token branch (cooldown from {self.cooldown_start_tokens}); lower "
+                 "warmup_frac or cooldown_frac so that warmup_frac + cooldown_frac <= 1")
 
     @property
     def tokens_per_step(self) -> int:

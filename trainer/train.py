@@ -143,6 +143,7 @@ class _Phase:
     sink: MetricSink
     end_step: int
     save: Callable[[], None]
+    guard: tuple = ()           # other sinks whose undelivered metrics also block a checkpoint
 
 
 # --------------------------------------------------------------------------- the run
@@ -376,7 +377,7 @@ class _Run:
                 phase.sink.flush()
                 # a checkpoint must never cover metrics the store has not received (a resume
                 # would skip them): while the store is unreachable, keep the older checkpoint
-                if not getattr(phase.sink, "pending", 0):
+                if not any(getattr(x, "pending", 0) for x in (phase.sink, *phase.guard)):
                     phase.save()
                     self._last_ckpt_time = time.monotonic()
                 self._interval_excluded += time.perf_counter() - t
@@ -406,26 +407,34 @@ class _Run:
                        "scalelab.resumed_from_tokens": str(self.resumed_from_tokens)})
 
         status, message = "finished", ""
+        trunk = trunk_sink if trunk_sink is not None and trunk_sink is not sink else None
         try:
             if self._shares_trunk and self.progress.step < self.plan.cooldown_start_step:
-                tsink = trunk_sink or sink
-                self.run_phase(_Phase(tsink, self.plan.cooldown_start_step,
-                                      lambda: self._save_trunk(tsink, "stable")))
-                tsink.flush()
-                self._save_trunk(tsink, "branch")
-                self._last_ckpt_time = time.monotonic()
-            self.run_phase(_Phase(sink, self.plan.total_steps, lambda: self._save(own, sink)))
+                self._stable_phase(trunk or sink)
+            guard = (trunk,) if trunk is not None else ()
+            self.run_phase(_Phase(sink, self.plan.total_steps, lambda: self._save(own, sink),
+                                  guard))
         except _Diverged as e:
             status, message = "diverged", str(e)
         except _Stopped as e:
             return self._result("stopped", str(e))
-        sink.flush()
-        close = getattr(sink, "close", None)
-        if close is not None and getattr(sink, "pending", 0):
-            close()      # waits (bounded) for the store; raises before the run is marked finished
+        for s in (trunk, sink):
+            if s is not None:
+                _deliver(s)
         if status == "finished":
             self._save(own, sink, finished=True)
         return self._result(status, message)
+
+    def _stable_phase(self, tsink: MetricSink) -> None:
+        """wsd: train the shared trunk up to this branch's cooldown start, deliver its metrics
+        (closing the trunk's sink: bounded wait, raises while the store is down), then save
+        the branch checkpoint, never over metrics the store has not received."""
+        self.run_phase(_Phase(tsink, self.plan.cooldown_start_step,
+                              lambda: self._save_trunk(tsink, "stable")))
+        _deliver(tsink)
+        if not getattr(tsink, "pending", 0):
+            self._save_trunk(tsink, "branch")
+            self._last_ckpt_time = time.monotonic()
 
     @property
     def _shares_trunk(self) -> bool:
@@ -466,6 +475,15 @@ class _Run:
             device=self._device_name(),
             epochs=self.source.epochs(p.step * self.spec.recipe.batch_size),
             resumed_from_tokens=self.resumed_from_tokens, extra=info)
+
+
+def _deliver(sink: MetricSink) -> None:
+    """Flush, then close when something is still buffered: close waits (bounded) for the store
+    and raises, so a run is never marked finished over undelivered metrics."""
+    sink.flush()
+    close = getattr(sink, "close", None)
+    if close is not None and getattr(sink, "pending", 0):
+        close()
 
 
 # --------------------------------------------------------------------------- entry point
