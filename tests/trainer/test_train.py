@@ -153,10 +153,10 @@ def test_tokens_source_tracks_epochs(tmp_path):
 
 
 def test_failure_returns_status_with_traceback(tmp_path):
-    spec = tiny_spec(tokens=4096)
-    (tmp_path / "ckpt.pt").write_bytes(b"not a checkpoint")
+    assert train(tiny_spec(tokens=2048, seed=1), InMemorySink(), checkpoint_dir=tmp_path).status == "finished"
+    spec = tiny_spec(tokens=4096)          # another run's checkpoint in this run's directory
     res = train(spec, InMemorySink(), checkpoint_dir=tmp_path)
-    assert res.status == "failed" and "Traceback" in res.message
+    assert res.status == "failed" and "Traceback" in res.message and "belongs to" in res.message
     assert res.extra["error_type"]
 
 
