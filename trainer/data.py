@@ -201,9 +201,13 @@ class Lexicon:
     lengths: np.ndarray         # (K,) int64
     probs: np.ndarray           # (K,) float64, sums to 1
 
+    @functools.cached_property
+    def index(self) -> dict[tuple, int]:
+        return {tuple(self.tokens[r, :self.lengths[r]].tolist()): r for r in range(len(self.probs))}
+
     def decode(self, stream) -> tuple[list[int], list[int]]:
         """(word ranks, leftover partial word) of a token stream that starts at a word boundary."""
-        index = {tuple(self.tokens[r, :self.lengths[r]].tolist()): r for r in range(len(self.probs))}
+        index = self.index
         ids, cur = [], []
         for tok in np.asarray(stream).tolist():
             cur.append(tok)
@@ -213,6 +217,7 @@ class Lexicon:
                 cur = []
         return ids, cur
 
+    @functools.cached_property
     def prefix_log_probs(self) -> list[dict[tuple, float]]:
         """[j] -> {prefix of j tokens: log P(a word starts with it)}, j = 1..max_len."""
         out: list[dict[tuple, float]] = [{}]
@@ -272,7 +277,7 @@ def zipf_loss_floor(data: DataSpec) -> float:
         u[s] = sum(f[l] * u[s - l] for l in range(1, s + 1))
     logp = np.log(lex.probs)
     g = np.empty(lex.tokens.shape[1] + 1)
-    prefix = lex.prefix_log_probs()
+    prefix = lex.prefix_log_probs
     for m in range(1, len(g)):
         cut = np.array([prefix[m][tuple(lex.tokens[r, :m].tolist())] if lex.lengths[r] > m
                         else logp[r] for r in range(len(logp))])
@@ -310,9 +315,21 @@ class ZipfSource(_StreamSource):
     def _generate(self, rng: np.random.Generator, n: int) -> np.ndarray:
         return self.spell(self.sample_words(rng, n))
 
+    def true_loss(self, windows: np.ndarray) -> float:
+        """Mean loss of the true model on (n, T+1) windows, nats/token, by exact decoding."""
+        prefix, logp = self.lex.prefix_log_probs, np.log(self.lex.probs)
+        total = 0.0
+        for w in windows:
+            ids, rest = self.lex.decode(w[1:])
+            total -= logp[ids].sum() + (prefix[len(rest)][tuple(rest)] if rest else 0.0)
+        return total / (len(windows) * self.T)
+
     def params(self) -> dict:
+        """true_entropy: the rate; true_loss_floor: its window version; val_true_loss: the true
+        model's loss on this study's validation windows (the rate up to sampling noise)."""
         return {"true_entropy": true_entropy(self.data),
-                "true_loss_floor": zipf_loss_floor(self.data), "unique_tokens": "inf"}
+                "true_loss_floor": zipf_loss_floor(self.data),
+                "val_true_loss": float(self.true_loss(self.val)), "unique_tokens": "inf"}
 
 
 # --------------------------------------------------------------------------- text / tokens

@@ -137,7 +137,7 @@ def test_zipf_entropy_rate_exact_decode_and_monte_carlo():
     lex = src.lex
     ids = src.sample_words(np.random.default_rng(11), 3000)
     windows = src.spell(ids)
-    prefix = lex.prefix_log_probs()
+    prefix = lex.prefix_log_probs
     logp = np.log(lex.probs)
     nll = []
     for row, w in zip(ids, windows):
@@ -154,6 +154,8 @@ def test_zipf_entropy_rate_exact_decode_and_monte_carlo():
     assert true_entropy(d) == pytest.approx(h, rel=1e-12)
     assert rate_mc == pytest.approx(true_entropy(d), rel=0.01)
     assert zipf_loss_floor(d) > true_entropy(d)         # variable lengths: the cut word costs
+    assert src.true_loss(windows) == pytest.approx(np.mean(nll) / d.seq_len, rel=1e-12)
+    assert src.params()["val_true_loss"] == pytest.approx(zipf_loss_floor(d), rel=0.2)
 
 
 def test_zipf_fixed_word_length_floor_equals_rate():
