@@ -124,9 +124,9 @@ class DataSpec:
     paths: tuple[str, ...] = ()
     val_tokens: int = 32768         # held-out tokens, the same for every run of a study
     lexicon_size: int = 4096        # zipf: words in the lexicon
-    zipf_exponent: float = 1.2      # zipf: word r is emitted with probability ∝ r^-s
-    min_word_len: int = 2           # zipf: word lengths (tokens) uniform in [min, max]
-    max_word_len: int = 6
+    zipf_exponent: float = 1.5      # zipf: word r is emitted with probability ∝ r^-s
+    min_word_len: int = 4           # zipf: word lengths (tokens) uniform in [min, max]
+    max_word_len: int = 4
 
     def __post_init__(self) -> None:
         _require(self.source in DATA_SOURCES, "data.source",
