@@ -123,8 +123,8 @@ class DataSpec:
     concentration: float = 0.1      # markov: Dirichlet alpha of the transition rows
     paths: tuple[str, ...] = ()
     val_tokens: int = 32768         # held-out tokens, the same for every run of a study
-    lexicon_size: int = 4096        # zipf: words in the lexicon
-    zipf_exponent: float = 1.5      # zipf: word r is emitted with probability ∝ r^-s
+    lexicon_size: int = 8192        # zipf: words in the lexicon
+    zipf_exponent: float = 1.45     # zipf: word r is emitted with probability ∝ r^-s
     min_word_len: int = 4           # zipf: word lengths (tokens) uniform in [min, max]
     max_word_len: int = 4
 
