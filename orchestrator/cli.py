@@ -435,7 +435,7 @@ def cmd_report(a: argparse.Namespace) -> int:
     if a.study:
         cfg: StudyConfig = load_study(a.study)
         experiment = cfg.study
-        if cfg.data.source == "markov":
+        if cfg.data.source in ("markov", "zipf"):
             from trainer import true_entropy as entropy
             true_entropy = entropy(cfg.data)
     elif a.experiment:

@@ -207,6 +207,12 @@ def execute(item: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def clear_stale_error(client, run_id: str) -> None:
+    """A run that succeeded after a failed attempt keeps no `scalelab.error` tag."""
+    if "scalelab.error" in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, "scalelab.error")
+
+
 def _run_one(run: dict[str, Any], item: dict[str, Any], ledger: Ledger, client, study: str,
              node: str, num_threads: int, trunk_sink) -> dict[str, Any]:
     key, lease, run_id = run["run_key"], run["lease"], run["mlflow_run_id"]
@@ -265,6 +271,7 @@ def _run_one(run: dict[str, Any], item: dict[str, Any], ledger: Ledger, client, 
                    timeout_s)
         if state != "failed":
             _retry(lambda: tracking.finish_run(client, run_id, state), timeout_s)
+            _retry(lambda: clear_stale_error(client, run_id), timeout_s)
     except Exception:                               # the ledger holds the truth; MLflow catches up
         pass
     return {"run_key": key, "state": state, "message": result.message, "bug": bug,

@@ -4,6 +4,8 @@ A checkpoint holds the model and optimizer state, the torch/numpy/python RNG sta
 position (windows consumed), step, tokens, and an `extra` dict of plain values the caller passes
 (e.g. the MLflow run id, the metric accumulators). Written to a temporary file in the same
 directory and moved into place with os.replace, so a kill never leaves a torn checkpoint.
+A file damaged afterwards (disk, copy, hand edit) loads as `CorruptCheckpoint`; the trainer
+sets it aside with `set_aside` and resumes from the previous one (`keep_previous`) or restarts.
 """
 
 from __future__ import annotations
@@ -46,8 +48,40 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+_ENVIRONMENT_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EIO, errno.ENOMEM,
+                       errno.EMFILE, errno.ENFILE, errno.EISDIR, errno.ENOTDIR}
+REQUIRED_KEYS = ("model", "optimizer", "rng", "step", "tokens", "position", "extra")
+
+
+class CorruptCheckpoint(Exception):
+    """A checkpoint file exists but cannot be loaded (truncated, garbled, not a checkpoint)."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        super().__init__(f"checkpoint {path} is corrupt: {reason}")
+        self.path = Path(path)
+        self.reason = reason
+
+
+def previous_path(path: str | os.PathLike) -> Path:
+    """Where `save(..., keep_previous=True)` keeps the checkpoint it replaced."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def set_aside(path: str | os.PathLike) -> Path:
+    """Rename a corrupt checkpoint to `<name>.corrupt` (numbered if taken); returns the new path."""
+    path = Path(path)
+    target, n = path.with_name(path.name + ".corrupt"), 1
+    while target.exists():
+        target, n = path.with_name(f"{path.name}.corrupt.{n}"), n + 1
+    os.replace(path, target)
+    return target
+
+
 def save(path: str | os.PathLike, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         step: int, tokens: int, position: int, extra: dict[str, Any] | None = None) -> None:
+         step: int, tokens: int, position: int, extra: dict[str, Any] | None = None,
+         keep_previous: bool = False) -> None:
+    """keep_previous: the replaced checkpoint moves to `previous_path(path)` (a fallback)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -67,6 +101,8 @@ def save(path: str | os.PathLike, *, model: torch.nn.Module, optimizer: torch.op
                 raise
             f.flush()
             os.fsync(f.fileno())
+        if keep_previous and path.exists():
+            os.replace(path, previous_path(path))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -75,7 +111,21 @@ def save(path: str | os.PathLike, *, model: torch.nn.Module, optimizer: torch.op
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """The payload; raises CorruptCheckpoint when the file is not a loadable checkpoint. A
+    missing file or an error of the machine (permissions, I/O, memory) is not corruption and
+    propagates; torch reports a torn zip as OSError(EINVAL), which is."""
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError as e:
+        if e.errno in _ENVIRONMENT_ERRNOS or not os.path.isfile(path):
+            raise
+        raise CorruptCheckpoint(path, f"{type(e).__name__}: {str(e)[:200]}") from e
+    except Exception as e:   # noqa: BLE001 - torch reports damage as many types (zip, pickle, EOF)
+        raise CorruptCheckpoint(path, f"{type(e).__name__}: {str(e)[:200]}") from e
+    missing = [k for k in REQUIRED_KEYS if not isinstance(payload, dict) or k not in payload]
+    if missing:
+        raise CorruptCheckpoint(path, f"missing {', '.join(missing)}")
+    return payload
 
 
 def restore(payload: dict[str, Any], *, model: torch.nn.Module,

@@ -29,7 +29,9 @@ import functools
 import hashlib
 import math
 import os
+import stat
 import sysconfig
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +40,12 @@ from .spec import DataSpec, SpecError
 
 DEFAULT_CORPUS_MAX_BYTES = 8 << 20      # train bytes read from the stdlib (fast, ~0.1 s)
 DEFAULT_VAL_MAX_BYTES = 2 << 20
+USER_CORPUS_MAX_BYTES = 1 << 30         # text paths: train bytes read at most (then cut)
+USER_VAL_MAX_BYTES = 256 << 20
 VAL_BUCKETS = 10                         # 1 in 10 files goes to validation
 _MARKOV_CHUNK = 512                      # windows generated per vectorised chunk
 _COMPARE_MAX_VOCAB = 128                 # sample by row comparison up to this V, else bisect
-_TAG_TRAIN, _TAG_VAL, _TAG_TABLE, _TAG_PERM = 1, 2, 3, 4
+_TAG_TRAIN, _TAG_VAL, _TAG_TABLE, _TAG_PERM, _TAG_LEXICON = 1, 2, 3, 4, 5
 
 
 # --------------------------------------------------------------------------- markov
@@ -77,10 +81,13 @@ def _entropy(p: np.ndarray, axis=None) -> np.ndarray:
 
 
 def true_entropy(data: DataSpec) -> float:
-    """Exact entropy rate in nats/token of the markov source: the irreducible loss."""
+    """Exact entropy rate in nats/token of a synthetic source (markov, zipf): the irreducible loss."""
+    if data.source == "zipf":
+        lex = _zipf_lexicon_of(data)
+        return float(_entropy(lex.probs) / (lex.probs * lex.lengths).sum())
     if data.source != "markov":
-        raise SpecError("data.source", f"true_entropy is known only for the markov source, "
-                                       f"not {data.source!r}")
+        raise SpecError("data.source", f"true_entropy is known only for the markov and zipf "
+                                       f"sources, not {data.source!r}")
     P, pi = _markov_table(data.vocab_size, data.order, float(data.concentration), data.seed)
     return float((pi * _entropy(P, axis=1)).sum())
 
@@ -100,25 +107,22 @@ def markov_loss_floor(data: DataSpec) -> float:
     return float(sum(cond) / T)
 
 
-class MarkovSource:
+class _StreamSource:
+    """Windows generated in seeded chunks: window i of a stream is a pure function of
+    (data.seed, stream tag, i // chunk, run seed for training). Subclasses define _generate."""
+
     def __init__(self, data: DataSpec, run_seed: int):
         self.data = data
         self.T = data.seq_len
         self.run_seed = run_seed
-        V, k = data.vocab_size, data.order
-        P, pi = _markov_table(V, k, float(data.concentration), data.seed)
-        n_ctx = V ** k
-        # Row-offset CDFs: one searchsorted over the flat array samples every row at once.
-        cdf = np.cumsum(P, axis=1)
-        cdf[:, -1] = 1.0
-        self._cdf = cdf
-        self._flat_cdf = (cdf + np.arange(n_ctx)[:, None]).ravel() if V > _COMPARE_MAX_VOCAB else None
-        self._pi_cdf = np.cumsum(pi)
-        self._pi_cdf[-1] = 1.0
         self._cache: dict[tuple[int, int], np.ndarray] = {}
         self.unique_train_tokens = math.inf
-        n_val = math.ceil(data.val_tokens / self.T)
-        self.val = self._windows(_TAG_VAL, 0, n_val)
+
+    def _init_val(self) -> None:
+        self.val = self._windows(_TAG_VAL, 0, math.ceil(self.data.val_tokens / self.T))
+
+    def _generate(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        raise NotImplementedError
 
     def _chunk(self, tag: int, index: int) -> np.ndarray:
         key = (tag, index)
@@ -130,6 +134,37 @@ class MarkovSource:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[key] = chunk
         return chunk
+
+    def _windows(self, tag: int, start: int, n: int) -> np.ndarray:
+        parts, pos = [], start
+        while pos < start + n:
+            c, off = divmod(pos, _MARKOV_CHUNK)
+            take = min(_MARKOV_CHUNK - off, start + n - pos)
+            parts.append(self._chunk(tag, c)[off:off + take])
+            pos += take
+        return np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
+
+    def batch(self, position: int, batch_size: int) -> np.ndarray:
+        return self._windows(_TAG_TRAIN, position, batch_size)
+
+    def epochs(self, position: int) -> float:
+        return 0.0
+
+
+class MarkovSource(_StreamSource):
+    def __init__(self, data: DataSpec, run_seed: int):
+        super().__init__(data, run_seed)
+        V, k = data.vocab_size, data.order
+        P, pi = _markov_table(V, k, float(data.concentration), data.seed)
+        n_ctx = V ** k
+        # Row-offset CDFs: one searchsorted over the flat array samples every row at once.
+        cdf = np.cumsum(P, axis=1)
+        cdf[:, -1] = 1.0
+        self._cdf = cdf
+        self._flat_cdf = (cdf + np.arange(n_ctx)[:, None]).ravel() if V > _COMPARE_MAX_VOCAB else None
+        self._pi_cdf = np.cumsum(pi)
+        self._pi_cdf[-1] = 1.0
+        self._init_val()
 
     def _generate(self, rng: np.random.Generator, n: int) -> np.ndarray:
         V, k, T = self.data.vocab_size, self.data.order, self.T
@@ -150,24 +185,151 @@ class MarkovSource:
             ctx = (ctx * V + y) % n_ctx
         return out
 
-    def _windows(self, tag: int, start: int, n: int) -> np.ndarray:
-        parts, pos = [], start
-        while pos < start + n:
-            c, off = divmod(pos, _MARKOV_CHUNK)
-            take = min(_MARKOV_CHUNK - off, start + n - pos)
-            parts.append(self._chunk(tag, c)[off:off + take])
-            pos += take
-        return np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
-
-    def batch(self, position: int, batch_size: int) -> np.ndarray:
-        return self._windows(_TAG_TRAIN, position, batch_size)
-
-    def epochs(self, position: int) -> float:
-        return 0.0
-
     def params(self) -> dict:
         return {"true_entropy": true_entropy(self.data),
                 "true_loss_floor": markov_loss_floor(self.data), "unique_tokens": "inf"}
+
+
+# --------------------------------------------------------------------------- zipf
+
+@dataclass(frozen=True)
+class Lexicon:
+    """A prefix-free lexicon: word r (rank r+1) is tokens[r, :lengths[r]], emitted with
+    probability probs[r] ∝ (r+1)^-s. Prefix-free, so a stream of words decodes uniquely."""
+
+    tokens: np.ndarray          # (K, max_len) int64, padded with -1
+    lengths: np.ndarray         # (K,) int64
+    probs: np.ndarray           # (K,) float64, sums to 1
+
+    @functools.cached_property
+    def index(self) -> dict[tuple, int]:
+        return {tuple(self.tokens[r, :self.lengths[r]].tolist()): r for r in range(len(self.probs))}
+
+    def decode(self, stream) -> tuple[list[int], list[int]]:
+        """(word ranks, leftover partial word) of a token stream that starts at a word boundary."""
+        index = self.index
+        ids, cur = [], []
+        for tok in np.asarray(stream).tolist():
+            cur.append(tok)
+            r = index.get(tuple(cur))
+            if r is not None:
+                ids.append(r)
+                cur = []
+        return ids, cur
+
+    @functools.cached_property
+    def prefix_log_probs(self) -> list[dict[tuple, float]]:
+        """[j] -> {prefix of j tokens: log P(a word starts with it)}, j = 1..max_len."""
+        out: list[dict[tuple, float]] = [{}]
+        for j in range(1, self.tokens.shape[1] + 1):
+            keep = self.lengths >= j
+            pref, inv = np.unique(self.tokens[keep, :j], axis=0, return_inverse=True)
+            mass = np.bincount(inv.ravel(), weights=self.probs[keep], minlength=len(pref))
+            out.append({tuple(row.tolist()): float(np.log(m)) for row, m in zip(pref, mass)})
+        return out
+
+
+@functools.lru_cache(maxsize=4)
+def _zipf_lexicon(vocab: int, size: int, exponent: float, min_len: int, max_len: int,
+                  seed: int) -> Lexicon:
+    """Random token strings with uniform lengths in [min_len, max_len], drawn from data.seed;
+    a candidate is kept when it is new, no kept word is its prefix and it is no kept word's prefix."""
+    rng = np.random.default_rng([seed, _TAG_LEXICON])
+    words: set[bytes] = set()
+    prefixes: set[bytes] = set()
+    kept: list[np.ndarray] = []
+    while len(kept) < size:
+        n = 2 * (size - len(kept)) + 16
+        lengths = rng.integers(min_len, max_len + 1, size=n)
+        cand = rng.integers(0, vocab, size=(n, max_len)).astype(np.uint16)
+        for row, length in zip(cand, lengths):
+            w = row[:length].tobytes()
+            own = [w[:2 * j] for j in range(min_len, length)]
+            if w in words or w in prefixes or any(p in words for p in own):
+                continue
+            words.add(w)
+            prefixes.update(own)
+            kept.append(row[:length])
+            if len(kept) == size:
+                break
+    tokens = np.full((size, max_len), -1, dtype=np.int64)
+    for r, w in enumerate(kept):
+        tokens[r, :len(w)] = w
+    probs = np.arange(1, size + 1, dtype=np.float64) ** -exponent
+    return Lexicon(tokens, np.array([len(w) for w in kept], dtype=np.int64), probs / probs.sum())
+
+
+def _zipf_lexicon_of(data: DataSpec) -> Lexicon:
+    return _zipf_lexicon(data.vocab_size, data.lexicon_size, float(data.zipf_exponent),
+                         data.min_word_len, data.max_word_len, data.seed)
+
+
+def zipf_loss_floor(data: DataSpec) -> float:
+    """Exact minimum expected loss per token of a zipf window (targets start at a word boundary,
+    so only the word cut off at the window's end differs from the entropy rate). u[s]: probability
+    that a word starts at target offset s (renewal); g[m]: expected -log P of a word's first m
+    tokens (the whole word when m >= its length)."""
+    lex, T = _zipf_lexicon_of(data), data.seq_len
+    f = np.bincount(lex.lengths, weights=lex.probs, minlength=T + 1)[:T + 1]
+    u = np.zeros(T)
+    u[0] = 1.0
+    for s in range(1, T):
+        u[s] = sum(f[l] * u[s - l] for l in range(1, s + 1))
+    logp = np.log(lex.probs)
+    g = np.empty(lex.tokens.shape[1] + 1)
+    prefix = lex.prefix_log_probs
+    for m in range(1, len(g)):
+        cut = np.array([prefix[m][tuple(lex.tokens[r, :m].tolist())] if lex.lengths[r] > m
+                        else logp[r] for r in range(len(logp))])
+        g[m] = -(lex.probs * cut).sum()
+    room = np.minimum(T - np.arange(T), len(g) - 1)
+    return float((u * g[room]).sum() / T)
+
+
+class ZipfSource(_StreamSource):
+    """Words of a prefix-free lexicon emitted i.i.d. with Zipf frequencies. Window = the last
+    token of one word, then T tokens of fresh words (targets start at a word boundary)."""
+
+    def __init__(self, data: DataSpec, run_seed: int):
+        super().__init__(data, run_seed)
+        self.lex = _zipf_lexicon_of(data)
+        self._cdf = np.cumsum(self.lex.probs)
+        self._cdf[-1] = 1.0
+        self._words = math.ceil((self.T + data.max_word_len) / data.min_word_len)
+        self._init_val()
+
+    def sample_words(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """(n, W) word ranks; every row spells at least T + max_word_len tokens."""
+        u = rng.random((n, self._words))
+        return np.minimum(np.searchsorted(self._cdf, u, side="right"), len(self._cdf) - 1)
+
+    def spell(self, ids: np.ndarray) -> np.ndarray:
+        """(n, T+1) windows from (n, W) word ranks."""
+        toks = self.lex.tokens[ids]                                  # (n, W, max_len)
+        flat = toks[toks >= 0]                                       # row-major: rows in order
+        row_len = self.lex.lengths[ids].sum(axis=1)
+        row_start = np.concatenate([[0], np.cumsum(row_len)[:-1]])
+        first = row_start + self.lex.lengths[ids[:, 0]] - 1          # last token of word 0
+        return flat[first[:, None] + np.arange(self.T + 1)[None, :]]
+
+    def _generate(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return self.spell(self.sample_words(rng, n))
+
+    def true_loss(self, windows: np.ndarray) -> float:
+        """Mean loss of the true model on (n, T+1) windows, nats/token, by exact decoding."""
+        prefix, logp = self.lex.prefix_log_probs, np.log(self.lex.probs)
+        total = 0.0
+        for w in windows:
+            ids, rest = self.lex.decode(w[1:])
+            total -= logp[ids].sum() + (prefix[len(rest)][tuple(rest)] if rest else 0.0)
+        return total / (len(windows) * self.T)
+
+    def params(self) -> dict:
+        """true_entropy: the rate; true_loss_floor: its window version; val_true_loss: the true
+        model's loss on this study's validation windows (the rate up to sampling noise)."""
+        return {"true_entropy": true_entropy(self.data),
+                "true_loss_floor": zipf_loss_floor(self.data),
+                "val_true_loss": float(self.true_loss(self.val)), "unique_tokens": "inf"}
 
 
 # --------------------------------------------------------------------------- text / tokens
@@ -190,7 +352,7 @@ class WindowSource:
                                                f"fewer than val_tokens={data.val_tokens} (+1); "
                                                "lower val_tokens or add validation files")
         idx = np.arange(n_val)[:, None] * T + np.arange(T + 1)[None, :]
-        self.val = np.asarray(val[idx], dtype=np.int64)                      # (n_val, T+1)
+        self.val = _check_vocab(np.asarray(val[idx], dtype=np.int64), data, "the validation split")
         self.unique_train_tokens = len(train)
         self._perm_cache: dict[int, np.ndarray] = {}
 
@@ -208,7 +370,8 @@ class WindowSource:
             epoch, j = divmod(position + i, self.n_windows)
             ids[i] = self._perm(epoch)[j]
         idx = ids[:, None] * self.T + np.arange(self.T + 1)[None, :]
-        return np.asarray(self.train[idx], dtype=np.int64)
+        return _check_vocab(np.asarray(self.train[idx], dtype=np.int64), self.data,
+                            f"the training split (windows from {position})")
 
     def epochs(self, position: int) -> float:
         return position / self.n_windows
@@ -228,19 +391,32 @@ def _stdlib_files() -> tuple[Path, list[Path]]:
     return root, files
 
 
+def _regular(path: Path) -> bool:
+    """True for a regular file (after symlinks): FIFOs, devices and sockets are never read."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def _user_files(paths: tuple[str, ...]) -> list[tuple[str, Path]]:
+    """Regular files of the named paths; inside directories other entries (FIFOs, sockets,
+    links to devices) are skipped, a named one is an error."""
     out = []
     for i, p in enumerate(paths):
         path = Path(p).expanduser()
-        if path.is_file():
-            out.append((f"{i}/{path.name}", path))
-        elif path.is_dir():
+        if path.is_dir():
             for dirpath, dirnames, filenames in os.walk(path):
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 for f in sorted(filenames):
-                    if not f.startswith("."):
-                        full = Path(dirpath) / f
+                    full = Path(dirpath) / f
+                    if not f.startswith(".") and _regular(full):
                         out.append((f"{i}/{full.relative_to(path).as_posix()}", full))
+        elif _regular(path):
+            out.append((f"{i}/{path.name}", path))
+        elif path.exists():
+            raise SpecError("data.paths", f"{p!r} is not a regular file (a FIFO, device or "
+                                          "socket); name regular files or directories")
         else:
             raise SpecError("data.paths", f"{p!r} does not exist; name existing files or "
                                           "directories, or leave paths empty for the built-in corpus")
@@ -258,16 +434,24 @@ def split_files(names: list[str]) -> tuple[list[int], list[int]]:
     return [i for i in range(len(names)) if i not in val_set], val
 
 
-def _read(files: list[Path], cap: int | None) -> tuple[np.ndarray, int]:
-    """(bytes of the files in order, up to `cap`; how many files were read)."""
+def _read_regular(path: Path, limit: int) -> bytes:
+    """At most `limit` bytes of a regular file. Opened non-blocking and checked on the open
+    descriptor, so a FIFO or device swapped in after the walk can neither hang nor flood us."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SpecError("data.paths", f"{path} is not a regular file; remove it")
+        return f.read(limit)
+
+
+def _read(files: list[Path], cap: int) -> tuple[np.ndarray, int]:
+    """(bytes of the files in order, up to `cap` in all; how many files were read)."""
     chunks, total = [], 0
     for f in files:
-        b = f.read_bytes()
-        if cap is not None and total + len(b) > cap:
-            b = b[:cap - total]
+        b = _read_regular(f, cap - total)
         chunks.append(np.frombuffer(b, dtype=np.uint8))
         total += len(b)
-        if cap is not None and total >= cap:
+        if total >= cap:
             break
     return (np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.uint8)), len(chunks)
 
@@ -276,7 +460,7 @@ def _read(files: list[Path], cap: int | None) -> tuple[np.ndarray, int]:
 def _text_corpus(paths: tuple[str, ...]):
     if paths:
         named = _user_files(paths)
-        cap, val_cap = None, None
+        cap, val_cap = USER_CORPUS_MAX_BYTES, USER_VAL_MAX_BYTES
     else:
         root, files = _stdlib_files()
         named = [(f.relative_to(root).as_posix(), f) for f in files]
@@ -295,24 +479,34 @@ def _text_corpus(paths: tuple[str, ...]):
 
 
 def _token_files(data: DataSpec):
+    """train.bin and val.bin as read-only memmaps: nothing is read here; WindowSource reads the
+    validation windows it uses and each training batch, and checks those tokens < vocab_size."""
     d = Path(data.paths[0]).expanduser()
+    maps = {}
     for name in ("train.bin", "val.bin"):
-        if not (d / name).is_file():
-            raise SpecError("data.paths", f"{d / name} does not exist; the tokens source needs a "
-                                          "directory holding train.bin and val.bin (uint16)")
-    train = np.memmap(d / "train.bin", dtype=np.uint16, mode="r")
-    val = np.memmap(d / "val.bin", dtype=np.uint16, mode="r")
-    for name, arr in (("val.bin", val), ("train.bin", train[: 64 << 20])):
-        if len(arr) and int(arr.max()) >= data.vocab_size:
-            raise SpecError("data.vocab_size", f"{name} holds token {int(arr.max())} >= "
-                                               f"vocab_size {data.vocab_size}; raise vocab_size")
+        if not _regular(d / name):
+            raise SpecError("data.paths", f"{d / name} is not a regular file; the tokens source "
+                                          "needs a directory holding train.bin and val.bin (uint16)")
+        if os.path.getsize(d / name) < 2:
+            raise SpecError("data.paths", f"{d / name} holds no tokens; write uint16 tokens to it")
+        maps[name] = np.memmap(d / name, dtype=np.uint16, mode="r")
+    train, val = maps["train.bin"], maps["val.bin"]
     return train, val, {"train_file_tokens": len(train), "val_file_tokens": len(val)}
+
+
+def _check_vocab(tokens: np.ndarray, data: DataSpec, what: str) -> np.ndarray:
+    if tokens.size and int(tokens.max()) >= data.vocab_size:
+        raise SpecError("data.vocab_size", f"{what} holds token {int(tokens.max())} >= "
+                                           f"vocab_size {data.vocab_size}; raise vocab_size")
+    return tokens
 
 
 def make_source(data: DataSpec, run_seed: int):
     """The source of one run: `.batch(position, B)`, `.val`, `.epochs(position)`, `.params()`."""
     if data.source == "markov":
         return MarkovSource(data, run_seed)
+    if data.source == "zipf":
+        return ZipfSource(data, run_seed)
     if data.source == "text":
         train, val, info = _text_corpus(tuple(data.paths))
         return WindowSource(train, val, data, run_seed, info)

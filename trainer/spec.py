@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-DATA_SOURCES = ("markov", "text", "tokens")
+DATA_SOURCES = ("markov", "zipf", "text", "tokens")
 SCHEDULES = ("cosine", "wsd")
 DEVICES = ("auto", "cpu", "cuda")
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
@@ -28,6 +28,7 @@ OBJECTIVES = ("clm", "mlm")
 ARCH_DEFAULTS = {"pos": "learned", "activation": "gelu", "norm": "pre", "objective": "clm"}
 ARCH_CHOICES = {"pos": POSITIONS, "activation": ACTIVATIONS, "norm": NORMS,
                 "objective": OBJECTIVES}
+ZIPF_KEYS = ("lexicon_size", "zipf_exponent", "min_word_len", "max_word_len")
 
 
 class SpecError(ValueError):
@@ -159,6 +160,10 @@ class DataSpec:
     concentration: float = 0.1      # markov: Dirichlet alpha of the transition rows
     paths: tuple[str, ...] = ()
     val_tokens: int = 32768         # held-out tokens, the same for every run of a study
+    lexicon_size: int = 8192        # zipf: words in the lexicon
+    zipf_exponent: float = 1.45     # zipf: word r is emitted with probability ∝ r^-s
+    min_word_len: int = 4           # zipf: word lengths (tokens) uniform in [min, max]
+    max_word_len: int = 4
 
     def __post_init__(self) -> None:
         _require(self.source in DATA_SOURCES, "data.source",
@@ -177,6 +182,7 @@ class DataSpec:
                      f"vocab_size**order = {self.vocab_size ** self.order} contexts is too many; "
                      "lower order or vocab_size")
         _finite(self.concentration, "data.concentration", lo=0, lo_open=True)
+        self._check_zipf()
         object.__setattr__(self, "paths", tuple(str(p) for p in self.paths))
         if self.source == "tokens":
             _require(len(self.paths) == 1, "data.paths",
@@ -192,6 +198,25 @@ class DataSpec:
                          f"{self.paths[0]!r} has no {name}; the tokens source needs a directory "
                          "holding train.bin and val.bin (uint16)")
         _positive_int(self.val_tokens, "data.val_tokens", minimum=self.seq_len + 1)
+
+    def _check_zipf(self) -> None:
+        _positive_int(self.lexicon_size, "data.lexicon_size", minimum=2)
+        _require(self.lexicon_size <= 1_000_000, "data.lexicon_size",
+                 f"{self.lexicon_size} words is too many to build per run; use <= 1000000")
+        _finite(self.zipf_exponent, "data.zipf_exponent", lo=0, lo_open=True, hi=10)
+        _positive_int(self.min_word_len, "data.min_word_len", minimum=1)
+        _positive_int(self.max_word_len, "data.max_word_len", minimum=1)
+        _require(self.max_word_len >= self.min_word_len, "data.max_word_len",
+                 f"max_word_len={self.max_word_len} < min_word_len={self.min_word_len}; "
+                 "raise max_word_len or lower min_word_len")
+        _require(self.max_word_len <= 16, "data.max_word_len",
+                 f"{self.max_word_len} tokens per word is too long; use <= 16")
+        if self.source == "zipf":
+            room = sum(self.vocab_size ** n for n in range(self.min_word_len, self.max_word_len + 1))
+            _require(room >= 4 * self.lexicon_size, "data.lexicon_size",
+                     f"{self.lexicon_size} words do not fit in {room} token strings of "
+                     f"{self.min_word_len}-{self.max_word_len} tokens over vocab_size="
+                     f"{self.vocab_size}; lower lexicon_size or raise max_word_len/vocab_size")
 
 
 # Recipe fields that say where and how fast a run goes, not what it computes: not hashed into
@@ -278,6 +303,13 @@ class RunSpec:
                  f"{self.data.val_tokens} held-out tokens hold no segment for train.eval_lengths "
                  f"(lcm(eval_lengths)·seq_len = {longest} tokens); raise data.val_tokens to "
                  f"at least {longest} (better 8x that) or lower train.eval_lengths")
+        # a trunk must be shared only under the warmup it was trained with: warmup ends before
+        # every branch's cooldown starts (warmup_frac + cooldown_frac <= 1)
+        _require(self.recipe.schedule != "wsd" or self.warmup_tokens <= self.cooldown_start_tokens,
+                 "train.warmup_frac",
+                 f"wsd warmup of {self.warmup_tokens} tokens outlasts the stable phase of the "
+                 f"{self.tokens}-token branch (cooldown from {self.cooldown_start_tokens}); lower "
+                 "warmup_frac or cooldown_frac so that warmup_frac + cooldown_frac <= 1")
 
     @property
     def tokens_per_step(self) -> int:
@@ -299,6 +331,9 @@ class RunSpec:
                 del d["model"][k]
         if tuple(d["recipe"].get("eval_lengths", ())) == (1,):
             del d["recipe"]["eval_lengths"]
+        if self.data.source != "zipf":          # zipf keys appear only for the zipf source
+            for k in ZIPF_KEYS:
+                d["data"].pop(k)
         return d
 
     @classmethod

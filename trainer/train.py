@@ -16,6 +16,7 @@ saves `branch_<S>.pt`, then cools down to its budget in `checkpoint_dir`, loggin
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
@@ -39,6 +40,7 @@ from .schedule import lr_at
 from .sinks import MetricSink
 from .spec import ALREADY_FINISHED, RunResult, RunSpec, SpecError
 
+_log = logging.getLogger("scalelab.trainer")
 CKPT_NAME = "ckpt.pt"
 LOG_POINTS = 100                # train metrics about every 1% of the run
 DEFAULT_EVALS = 10              # eval_interval_tokens = 0: about 10 evaluations per run
@@ -145,6 +147,7 @@ class _Phase:
     sink: MetricSink
     end_step: int
     save: Callable[[], None]
+    guard: tuple = ()           # other sinks whose undelivered metrics also block a checkpoint
 
 
 # --------------------------------------------------------------------------- the run
@@ -160,6 +163,7 @@ class _Run:
         self.device = _pick_device(spec.recipe.device)
         self.progress = _Progress()
         self.resumed_from_tokens = 0
+        self.recovery: list[str] = []     # corrupt checkpoints set aside, for the log and tags
         self.started = time.perf_counter()
         self.fpt = flops_per_token(spec.model, "chinchilla")
         self.peak = peak_flops(self.device)
@@ -259,7 +263,33 @@ class _Run:
     def _save(self, path: Path, sink: MetricSink, **more: Any) -> None:
         ckpt.save(path, model=self.model, optimizer=self.optimizer, step=self.progress.step,
                   tokens=self.tokens, position=self.progress.step * self.spec.recipe.batch_size,
-                  extra=self._extra(sink, **more))
+                  extra=self._extra(sink, **more), keep_previous=path == self._own_ckpt())
+
+    def _set_aside(self, e: ckpt.CorruptCheckpoint) -> None:
+        moved = ckpt.set_aside(e.path)
+        self.recovery.append(f"checkpoint {e.path} is corrupt ({e.reason}); set aside as {moved}")
+
+    def _resume_own(self) -> dict[str, Any] | None:
+        """Restore the run's newest loadable checkpoint (ckpt.pt, else the previous one kept
+        beside it); a corrupt one is set aside, never fatal. None: nothing to resume."""
+        for path in (self._own_ckpt(), ckpt.previous_path(self._own_ckpt())):
+            if path.exists():
+                try:
+                    return self._restore(path, own=True)
+                except ckpt.CorruptCheckpoint as e:
+                    self._set_aside(e)
+        return None
+
+    def _report_recovery(self, resumed: bool) -> dict[str, str]:
+        """Say what happened to corrupt checkpoints: a log line and an MLflow tag."""
+        if not self.recovery:
+            return {}
+        how = (f"resumed from an earlier checkpoint at {self.tokens} tokens" if resumed else
+               f"restarted the branch from its trunk at {self.tokens} tokens" if self.tokens else
+               "restarted the run from scratch")
+        note = "; ".join(self.recovery) + f"; {how}"
+        _log.warning("%s", note)
+        return {"scalelab.checkpoint_recovery": note[-4000:]}
 
     def _restore(self, path: Path, *, own: bool) -> dict[str, Any]:
         payload = ckpt.load(path)    # on CPU: RNG states must stay CPU tensors
@@ -455,7 +485,7 @@ class _Run:
                 phase.sink.flush()
                 # a checkpoint must never cover metrics the store has not received (a resume
                 # would skip them): while the store is unreachable, keep the older checkpoint
-                if not getattr(phase.sink, "pending", 0):
+                if not any(getattr(x, "pending", 0) for x in (phase.sink, *phase.guard)):
                     phase.save()
                     self._last_ckpt_time = time.monotonic()
                 self._interval_excluded += time.perf_counter() - t
@@ -471,40 +501,47 @@ class _Run:
 
     def execute(self, sink: MetricSink, trunk_sink: MetricSink | None) -> RunResult:
         own = self._own_ckpt()
-        fresh_branch = True
-        if own.exists():
-            extra = self._restore(own, own=True)
-            fresh_branch = False
-            if extra.get("finished"):
-                return self._result("finished", ALREADY_FINISHED, extra)
-        elif self._shares_trunk:
+        extra = self._resume_own()
+        fresh_branch = extra is None
+        if extra is not None and extra.get("finished"):
+            return self._result("finished", ALREADY_FINISHED, extra)
+        if fresh_branch and self._shares_trunk:
             self._enter_trunk(trunk_sink or sink)
         if fresh_branch:
             sink.log_params(self.run_params())
         sink.set_tags({"scalelab.device": self._device_name(),
-                       "scalelab.resumed_from_tokens": str(self.resumed_from_tokens)})
+                       "scalelab.resumed_from_tokens": str(self.resumed_from_tokens),
+                       **self._report_recovery(not fresh_branch)})
 
         status, message = "finished", ""
+        trunk = trunk_sink if trunk_sink is not None and trunk_sink is not sink else None
         try:
             if self._shares_trunk and self.progress.step < self.plan.cooldown_start_step:
-                tsink = trunk_sink or sink
-                self.run_phase(_Phase(tsink, self.plan.cooldown_start_step,
-                                      lambda: self._save_trunk(tsink, "stable")))
-                tsink.flush()
-                self._save_trunk(tsink, "branch")
-                self._last_ckpt_time = time.monotonic()
-            self.run_phase(_Phase(sink, self.plan.total_steps, lambda: self._save(own, sink)))
+                self._stable_phase(trunk or sink)
+            guard = (trunk,) if trunk is not None else ()
+            self.run_phase(_Phase(sink, self.plan.total_steps, lambda: self._save(own, sink),
+                                  guard))
         except _Diverged as e:
             status, message = "diverged", str(e)
         except _Stopped as e:
             return self._result("stopped", str(e))
-        sink.flush()
-        close = getattr(sink, "close", None)
-        if close is not None and getattr(sink, "pending", 0):
-            close()      # waits (bounded) for the store; raises before the run is marked finished
+        for s in (trunk, sink):
+            if s is not None:
+                _deliver(s)
         if status == "finished":
             self._save(own, sink, finished=True)
         return self._result(status, message)
+
+    def _stable_phase(self, tsink: MetricSink) -> None:
+        """wsd: train the shared trunk up to this branch's cooldown start, deliver its metrics
+        (closing the trunk's sink: bounded wait, raises while the store is down), then save
+        the branch checkpoint, never over metrics the store has not received."""
+        self.run_phase(_Phase(tsink, self.plan.cooldown_start_step,
+                              lambda: self._save_trunk(tsink, "stable")))
+        _deliver(tsink)
+        if not getattr(tsink, "pending", 0):
+            self._save_trunk(tsink, "branch")
+            self._last_ckpt_time = time.monotonic()
 
     @property
     def _shares_trunk(self) -> bool:
@@ -517,14 +554,17 @@ class _Run:
         if self.trunk_dir is None:
             self.trunk_dir = self.checkpoint_dir / "trunk"
         start = self.plan.cooldown_start_step * self.plan.tokens_per_step
-        candidates = [(t, f) for t, f in self._trunk_ckpts() if t <= start]
-        if candidates:
-            self._restore(candidates[-1][1], own=False)
+        for _, f in reversed([(t, f) for t, f in self._trunk_ckpts() if t <= start]):
+            try:
+                self._restore(f, own=False)
+            except ckpt.CorruptCheckpoint as e:
+                self._set_aside(e)
+                continue
             # trunk accumulators belong to the trunk's log interval: start a fresh one
             self.progress.loss_n = 0
             self._loss_acc.zero_()
-        else:
-            trunk_sink.log_params(self.run_params())
+            return
+        trunk_sink.log_params(self.run_params())
 
     def _device_name(self) -> str:
         if self.device.type == "cuda":
@@ -536,6 +576,8 @@ class _Run:
         wall = p.wall_s + (time.perf_counter() - self.started)
         info: dict[str, Any] = {"tokens_requested": self.spec.tokens,
                                 "tokens_per_step": self.plan.tokens_per_step}
+        if self.recovery:
+            info["checkpoint_recovery"] = "; ".join(self.recovery)
         if p.train_s > 0:
             info["tokens_per_s"] = p.tokens_trained / p.train_s
         done = self.tokens
@@ -545,6 +587,15 @@ class _Run:
             device=self._device_name(),
             epochs=self.source.epochs(p.step * self.spec.recipe.batch_size),
             resumed_from_tokens=self.resumed_from_tokens, extra=info)
+
+
+def _deliver(sink: MetricSink) -> None:
+    """Flush, then close when something is still buffered: close waits (bounded) for the store
+    and raises, so a run is never marked finished over undelivered metrics."""
+    sink.flush()
+    close = getattr(sink, "close", None)
+    if close is not None and getattr(sink, "pending", 0):
+        close()
 
 
 # --------------------------------------------------------------------------- entry point

@@ -3,8 +3,8 @@ import hashlib
 import numpy as np
 import pytest
 
-from trainer.data import (_markov_table, make_source, markov_loss_floor, split_files,
-                          true_entropy, write_tokens)
+from trainer.data import (ZipfSource, _markov_table, make_source, markov_loss_floor, split_files,
+                          true_entropy, write_tokens, zipf_loss_floor)
 from trainer.spec import DataSpec, SpecError
 
 
@@ -110,3 +110,78 @@ def test_tokens_memmap_roundtrip(tmp_path):
     with pytest.raises(SpecError) as e:
         make_source(small, 0)
     assert e.value.field == "data.vocab_size"
+
+
+# --------------------------------------------------------------------------- zipf
+
+def _zipf(**kw):
+    base = dict(source="zipf", vocab_size=8, lexicon_size=300, zipf_exponent=1.1,
+                min_word_len=2, max_word_len=4, seq_len=24, val_tokens=240, seed=3)
+    return DataSpec(**{**base, **kw})
+
+
+def test_zipf_lexicon_is_prefix_free_and_zipf_distributed():
+    d = _zipf()
+    lex = ZipfSource(d, 0).lex
+    words = [tuple(lex.tokens[r, :lex.lengths[r]].tolist()) for r in range(len(lex.probs))]
+    assert len(set(words)) == 300 and set(lex.lengths.tolist()) == {2, 3, 4}
+    as_set = set(words)
+    assert not any(w[:j] in as_set for w in words for j in range(1, len(w)))
+    ranks = np.arange(1, 301)
+    np.testing.assert_allclose(lex.probs, ranks ** -1.1 / (ranks ** -1.1).sum())
+
+
+def test_zipf_entropy_rate_exact_decode_and_monte_carlo():
+    d = _zipf()
+    src = ZipfSource(d, 0)
+    lex = src.lex
+    ids = src.sample_words(np.random.default_rng(11), 3000)
+    windows = src.spell(ids)
+    prefix = lex.prefix_log_probs
+    logp = np.log(lex.probs)
+    nll = []
+    for row, w in zip(ids, windows):
+        decoded, rest = lex.decode(w[1:])         # exact decode of the word segmentation
+        assert decoded == row[1:1 + len(decoded)].tolist()
+        nll.append(-(logp[decoded].sum() + (prefix[len(rest)][tuple(rest)] if rest else 0.0)))
+    mc_floor = np.mean(nll) / d.seq_len
+    se = np.std(nll) / np.sqrt(len(nll)) / d.seq_len
+    assert abs(mc_floor - zipf_loss_floor(d)) < 4 * se
+    # the entropy rate: -mean log p per token over a long stream of whole words
+    many = src.sample_words(np.random.default_rng(12), 20000).ravel()
+    rate_mc = -logp[many].sum() / lex.lengths[many].sum()
+    h = -(lex.probs * logp).sum() / (lex.probs * lex.lengths).sum()
+    assert true_entropy(d) == pytest.approx(h, rel=1e-12)
+    assert rate_mc == pytest.approx(true_entropy(d), rel=0.01)
+    assert zipf_loss_floor(d) > true_entropy(d)         # variable lengths: the cut word costs
+    assert src.true_loss(windows) == pytest.approx(np.mean(nll) / d.seq_len, rel=1e-12)
+    assert src.params()["val_true_loss"] == pytest.approx(zipf_loss_floor(d), rel=0.2)
+
+
+def test_zipf_fixed_word_length_floor_equals_rate():
+    d = _zipf(min_word_len=3, max_word_len=3, seq_len=24, lexicon_size=120)
+    assert zipf_loss_floor(d) == pytest.approx(true_entropy(d), rel=1e-12)
+    src = make_source(d, 0)
+    assert src.params()["true_entropy"] == pytest.approx(true_entropy(d))
+
+
+def test_zipf_is_deterministic_and_positional():
+    d = _zipf()
+    a, b = make_source(d, 0), make_source(d, 0)
+    np.testing.assert_array_equal(a.batch(0, 700), np.concatenate([b.batch(0, 300), b.batch(300, 400)]))
+    assert not np.array_equal(make_source(d, 1).batch(0, 8), a.batch(0, 8))      # run seed
+    np.testing.assert_array_equal(make_source(d, 1).val, a.val)                    # same val set
+    assert a.val.shape == (10, 25) and a.val.min() >= 0 and a.val.max() < 8
+    other = make_source(_zipf(seed=4), 0)
+    assert not np.array_equal(other.val, a.val)                                    # data seed
+
+
+def test_zipf_keys_leave_other_sources_run_keys_alone():
+    from trainer.spec import ModelSpec, RecipeSpec, RunSpec
+    m = ModelSpec(n_layer=1, d_model=16, n_head=1, vocab_size=8, seq_len=24)
+    mk = lambda d: RunSpec(model=m, data=d, recipe=RecipeSpec(), tokens=10_000)
+    markov = DataSpec(vocab_size=8, seq_len=24)
+    assert "lexicon_size" not in mk(markov).to_dict()["data"]
+    assert mk(markov).key() == mk(DataSpec(vocab_size=8, seq_len=24, lexicon_size=99)).key()
+    assert mk(_zipf()).key() != mk(_zipf(zipf_exponent=1.3)).key()
+    assert RunSpec.from_dict(mk(_zipf()).to_dict()) == mk(_zipf())

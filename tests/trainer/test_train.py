@@ -153,10 +153,10 @@ def test_tokens_source_tracks_epochs(tmp_path):
 
 
 def test_failure_returns_status_with_traceback(tmp_path):
-    spec = tiny_spec(tokens=4096)
-    (tmp_path / "ckpt.pt").write_bytes(b"not a checkpoint")
+    assert train(tiny_spec(tokens=2048, seed=1), InMemorySink(), checkpoint_dir=tmp_path).status == "finished"
+    spec = tiny_spec(tokens=4096)          # another run's checkpoint in this run's directory
     res = train(spec, InMemorySink(), checkpoint_dir=tmp_path)
-    assert res.status == "failed" and "Traceback" in res.message
+    assert res.status == "failed" and "Traceback" in res.message and "belongs to" in res.message
     assert res.extra["error_type"]
 
 
@@ -181,3 +181,19 @@ def test_default_text_corpus_trains_and_restores_threads(tmp_path):
     assert torch.get_num_threads() == before
     assert res.val_loss < math.log(256) + 0.5 and len(sink.params["data_hash"]) == 24
     assert 0 < res.epochs < 0.01
+
+
+def test_zipf_language_is_learned_towards_its_true_loss(tmp_path):
+    zipf = {"source": "zipf", "lexicon_size": 256, "zipf_exponent": 1.5, "min_word_len": 3,
+            "max_word_len": 3}
+    losses = {}
+    for tokens in (2048, 16384):
+        sink = InMemorySink()
+        res = train(tiny_spec(tokens=tokens, vocab=16, seq_len=12, data=zipf, lr=2e-2,
+                              val_tokens=3072), sink, checkpoint_dir=tmp_path / str(tokens))
+        assert res.status == "finished", res.message
+        losses[tokens] = res.val_loss
+    floor = float(sink.params["val_true_loss"])
+    assert float(sink.params["true_loss_floor"]) == pytest.approx(float(sink.params["true_entropy"]))
+    assert losses[16384] < losses[2048] - 0.1                 # more data, lower loss
+    assert losses[16384] > floor - 0.01                      # never below the true model's loss
