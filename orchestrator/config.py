@@ -147,7 +147,19 @@ class StudyConfig:
         model = {k: v for k, v in asdict(self.model).items() if ARCH_DEFAULTS.get(k, object()) != v}
         train = {k: v for k, v in asdict(self.train).items()
                  if k not in RUNTIME_FIELDS and k != "eval_lengths"}
-        return {"data": asdict(self.data), "model": model, "train": train}
+        return {"data": self._data_fingerprint(), "model": model, "train": train}
+
+    def _data_fingerprint(self) -> dict[str, Any]:
+        """data as fingerprinted: the zipf keys only for the zipf source (studies of other
+        sources kept their fingerprint when the keys were added)."""
+        from dataclasses import asdict
+
+        from trainer.spec import ZIPF_KEYS
+        d = asdict(self.data)
+        if self.data.source != "zipf":
+            for k in ZIPF_KEYS:
+                d.pop(k, None)
+        return d
 
     def legacy_fingerprint(self, **runtime: Any) -> dict[str, Any]:
         """The fingerprint of stores written before run-time settings left it, with those
@@ -156,7 +168,7 @@ class StudyConfig:
         train = replace(self.train, **runtime) if runtime else self.train
         model = {k: v for k, v in asdict(self.model).items() if ARCH_DEFAULTS.get(k, object()) != v}
         train_d = {k: v for k, v in asdict(train).items() if k != "eval_lengths"}
-        return {"data": asdict(self.data), "model": model, "train": train_d}
+        return {"data": self._data_fingerprint(), "model": model, "train": train_d}
 
 
 # --------------------------------------------------------------------------- validation helpers
