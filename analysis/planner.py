@@ -328,7 +328,8 @@ def ci_history(N, D, loss, flops, order, target_flops: float, objective: str = "
     return rows
 
 
-def ci_section(history: list[dict], target_flops: float, objective: str = "log_n_opt"):
+def ci_section(history: list[dict], target_flops: float, objective: str = "log_n_opt",
+               order_text: str = "in finish order"):
     """Report section: the target's interval against cumulative FLOPs spent.
 
     Returns {"title", "markdown", "figures": {"planner_ci.png": Figure}} or None."""
@@ -354,7 +355,7 @@ def ci_section(history: list[dict], target_flops: float, objective: str = "log_n
     ax.legend()
     fig.tight_layout()
     lines = [f"The 95% interval of {what} at C = {target_flops:.3g} FLOPs as runs were added "
-             "(in finish order" + (", per adaptive round" if history[0]["round"] is not None
+             f"({order_text}" + (", per adaptive round" if history[0]["round"] is not None
                                    else "") + "; Laplace intervals of the Approach 3 fit).", "",
              "| points | FLOPs spent | round | estimate | 95% interval |", "|---|---|---|---|---|"]
     for h in history:
@@ -378,4 +379,5 @@ def planner_section(frame, target_flops: float, objective: str = "log_n_opt", *,
     rounds = None if round_col is None else pd.to_numeric(f[round_col]).fillna(0).to_numpy(int)
     hist = ci_history(f[n_col], f["tokens"], f["loss"], f["flops"], order, target_flops,
                       objective, rounds)
-    return ci_section(hist, target_flops, objective)
+    return ci_section(hist, target_flops, objective,
+                      "in finish order" if order_col else "cheapest runs first")

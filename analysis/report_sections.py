@@ -63,8 +63,8 @@ def data_section(ctx):
     summ = pd.DataFrame({"quantity": ["N (params)", "D (tokens)", "C (FLOPs)", "loss (nats/token)"],
                          "min": [frame[c].min() for c in cols], "max": [frame[c].max() for c in cols],
                          "distinct": [frame[c].nunique() for c in cols]})
-    n_dense = len(ctx.base) if ctx.base_label == "dense" else 0
-    return section("Data", [esc(f"{len(frame)} points used ({n_dense} in the dense baseline); "
+    return section("Data", [esc(f"{len(frame)} points used ({len(ctx.base)} in the baseline "
+                                f"setting {ctx.base_label!r}); "
                                 f"{pts.n_excluded} excluded before fitting."),
                             md_list(notes), md_table(summ)])
 
