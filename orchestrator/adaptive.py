@@ -20,6 +20,7 @@ from . import tracking
 from .config import ExplicitRun, StudyConfig, StudyError
 from .grid import expand
 from .scheduler import EXIT_OK, StudyOutcome, run_study
+from .states import RunState
 from .suggest import (build_candidates, check_inputs, run_from_dict, run_to_dict, suggest,
                       with_runs)
 
@@ -98,7 +99,7 @@ def flops_spent(settings: tracking.Settings, study: str) -> float:
     ledger = Ledger(settings.ledger_uri)
     try:
         return float(sum(r.flops or 0.0 for r in ledger.rows(study)
-                         if r.kind == "point" and r.state in ("finished", "diverged", "failed")))
+                         if r.kind == "point" and r.state in (RunState.FINISHED, RunState.DIVERGED, RunState.FAILED)))
     finally:
         ledger.dispose()
 

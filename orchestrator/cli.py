@@ -17,6 +17,7 @@ from typing import Sequence
 from trainer.redact import redact_text
 
 from .config import StudyConfig, StudyError, load_study
+from .states import RunState
 from .tracking import Settings
 
 EXIT_BAD_INPUT = 2
@@ -66,7 +67,7 @@ def _read_ledger(settings: Settings, study: str):
         if not sa.inspect(ledger.engine).has_table("scalelab_runs"):   # not created yet
             return {}, None
         rows = {r.run_key: r for r in ledger.rows(study)}
-        measured = [r.flops_per_s for r in ledger.rows() if r.state == "finished" and r.flops_per_s]
+        measured = [r.flops_per_s for r in ledger.rows() if r.state == RunState.FINISHED and r.flops_per_s]
         return rows, (statistics.median(measured) if measured else None)
     except Exception as e:         # unreadable: say so, never show every run as pending
         reason = redact_text(str(e).splitlines()[0] if str(e) else "")[:300]
@@ -147,7 +148,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
         print(f"{r['run_key']:16} {r['label']:18} {r['n_params']:9.3g} {r['n_params_nonembedding']:9.3g} "
               f"{r['n_params_active']:9.3g} {r['tokens']:9.3g} {r['tokens_per_param']:7.1f} "
               f"{r['flops']:9.3g} {r['flops_trained']:9.3g} {r['est_wall_time_s']:8.0f}s  {r['status']}")
-    done = {r["run_key"] for r in out if r["status"] in ("finished", "diverged")}
+    done = {r["run_key"] for r in out if RunState(r["status"]).is_result}
     total, spent = sum(r["flops"] for r in out), sum(r["flops_trained"] for r in out)
     wall = study_wall_time(planned, items, rate, slots, done)
     shared = " (wsd branches share their trunk)" if cfg.train.schedule == "wsd" else ""
@@ -169,7 +170,7 @@ def _plan_row(p, row, flops_trained: float, rate: float) -> dict:
             "top_k": m.top_k, "seed": p.spec.seed, "trunk_key": p.trunk_key,
             "budget": p.budget, "est_wall_time_s": flops_trained / rate,
             "est_memory_bytes": sum(run_memory(p).values()),
-            "status": row.state if row else "pending"}
+            "status": RunState.of(row.state if row else None).value}
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -191,7 +192,7 @@ def cmd_status(a: argparse.Namespace) -> int:
     for p in planned:
         r = rows.get(p.key)
         runs.append({"run_key": p.key, "label": p.label, "n_params": p.n_params, "tokens": p.tokens,
-                     "state": r.state if r else "pending", "attempts": r.attempts if r else 0,
+                     "state": RunState.of(r.state if r else None).value, "attempts": r.attempts if r else 0,
                      "tokens_done": (r.tokens_done or 0) if r else 0,
                      "val_loss": r.val_loss if r else None,
                      "mlflow_run_id": r.mlflow_run_id if r else None,

@@ -13,6 +13,7 @@ import statistics
 from typing import Iterable, Sequence
 
 from .grid import PlannedRun, WorkItem
+from .states import RunState
 
 ASSUMED_CPU_FLOPS = 1.0e10      # FLOP/s per CPU core for tiny models (measured 1-2e10 here)
 ASSUMED_GPU_PEAK, ASSUMED_MFU = 989e12, 0.35   # H100 bf16 dense peak, a typical achieved MFU
@@ -27,7 +28,7 @@ def measured_rate(rows: Iterable, kind: str) -> tuple[float | None, int]:
     """Median FLOP/s per run of the finished ledger rows on `kind` ("cuda:0" counts as cuda),
     and how many rows it comes from. Pass this study's rows only."""
     rates = [r.flops_per_s for r in rows
-             if r.state == "finished" and r.flops_per_s and (r.device or "").split(":")[0] == kind]
+             if r.state == RunState.FINISHED and r.flops_per_s and (r.device or "").split(":")[0] == kind]
     return (statistics.median(rates) if rates else None), len(rates)
 
 

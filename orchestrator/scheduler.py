@@ -18,7 +18,9 @@ from .config import StudyConfig, StudyError
 from .driverlock import StudyBusy, busy_message, driver_alive, hold_study
 from .grid import PlannedRun, WorkItem, expand, work_items
 from .ledger import Ledger, LedgerRow, spec_json
+from .messages import RunAssignment, RunReport, TrunkAssignment, WorkPayload
 from .progress import Progress
+from .states import RunState
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -119,7 +121,7 @@ def stop_running_runs(ledger: Ledger, study: str, grace_s: float = STOP_GRACE_S)
         ledger.request_cancel(study, "now")
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline and any(
-                r.state == "running" for r in ledger.rows(study)):
+                r.state == RunState.RUNNING for r in ledger.rows(study)):
             time.sleep(0.5)
     except Exception:                        # stopping must never mask the interrupt
         pass
@@ -283,7 +285,7 @@ def _with_store_retry(fn, before_retry) -> None:
     with backoff for SCALELAB_TRACKING_TIMEOUT_S (60 s), adopting what an attempt created
     (`before_retry`) so nothing is created twice; then the last error is raised."""
     import time
-    deadline = time.monotonic() + float(os.environ.get("SCALELAB_TRACKING_TIMEOUT_S", 60))
+    deadline = time.monotonic() + tracking_timeout_s()
     wait = 0.5
     while True:
         try:
@@ -302,25 +304,45 @@ def _with_store_retry(fn, before_retry) -> None:
 # --------------------------------------------------------------------------- dispatch
 
 def _payload(item: WorkItem, cfg: StudyConfig, settings: tracking.Settings, ledger: Ledger,
-             rows: dict[str, LedgerRow]) -> dict[str, Any]:
+             rows: dict[str, LedgerRow]) -> WorkPayload:
+    """The work item as the worker receives it: a fresh lease per run not yet done (and for
+    its wsd trunk), with the MLflow run ids ensure_child_runs recorded."""
     runs = []
     for p in item.runs:
-        if rows[p.key].done:
+        row = rows[p.key]
+        if row.done:
             continue
-        lease = ledger.acquire(cfg.study, p.key)
-        runs.append({"run_key": p.key, "spec": p.spec.to_dict(), "lease": lease,
-                     "mlflow_run_id": rows[p.key].mlflow_run_id, "attempt": rows[p.key].attempts + 1,
-                     "checkpoint_dir": rows[p.key].checkpoint_dir})
-    payload = {"study": cfg.study, "runs": runs, "tracking_uri": settings.tracking_uri,
-               "ledger_uri": settings.ledger_uri, "num_cpus": cfg.resources.num_cpus,
-               # how long a run's end waits for an unreachable MLflow store before it fails
-               "tracking_timeout_s": float(os.environ.get("SCALELAB_TRACKING_TIMEOUT_S", 60))}
+        runs.append(RunAssignment(run_key=p.key, spec=p.spec.to_dict(),
+                                  lease=ledger.acquire(cfg.study, p.key),
+                                  mlflow_run_id=_mlflow_id(row), attempt=row.attempts + 1,
+                                  checkpoint_dir=_checkpoint_dir(row)))
+    trunk, trunk_dir = None, None
     if item.trunk_key:
         t = rows[item.trunk_key]
-        payload["trunk"] = {"run_key": t.run_key, "lease": ledger.acquire(cfg.study, t.run_key),
-                            "mlflow_run_id": t.mlflow_run_id}
-        payload["trunk_dir"] = t.checkpoint_dir
-    return payload
+        trunk = TrunkAssignment(run_key=t.run_key, lease=ledger.acquire(cfg.study, t.run_key),
+                                mlflow_run_id=_mlflow_id(t))
+        trunk_dir = t.checkpoint_dir
+    return WorkPayload(study=cfg.study, runs=tuple(runs), tracking_uri=settings.tracking_uri,
+                       ledger_uri=settings.ledger_uri, num_cpus=cfg.resources.num_cpus,
+                       tracking_timeout_s=tracking_timeout_s(), trunk=trunk, trunk_dir=trunk_dir)
+
+
+def tracking_timeout_s() -> float:
+    """SCALELAB_TRACKING_TIMEOUT_S (default 60): how long creating runs at dispatch, and a
+    run's end, wait for an unreachable MLflow store before failing."""
+    return float(os.environ.get("SCALELAB_TRACKING_TIMEOUT_S", 60))
+
+
+def _checkpoint_dir(row: LedgerRow) -> str:
+    if not row.checkpoint_dir:              # record_plan writes it with the row
+        raise RuntimeError(f"run {row.run_key} has no checkpoint directory in the ledger")
+    return row.checkpoint_dir
+
+
+def _mlflow_id(row: LedgerRow) -> str:
+    if not row.mlflow_run_id:               # ensure_child_runs records it before dispatch
+        raise RuntimeError(f"run {row.run_key} has no MLflow run at dispatch")
+    return row.mlflow_run_id
 
 
 def run_study(cfg: StudyConfig, settings: tracking.Settings, *, address: str | None = None,
@@ -443,7 +465,7 @@ def _dispatch(cfg: StudyConfig, settings: tracking.Settings, planned: list[Plann
                 try:
                     results = ray.get(ref)
                     retry, why = _handle_results(results, cfg.study, ledger, settings, failed_final)
-                    if any(r.get("storage") for r in results) and not cancelled:
+                    if any(r.storage for r in results) and not cancelled:
                         cancelled = True             # every later run would fail the same way
                         messages.append("checkpoint storage unusable: starting no new runs: "
                                         + why.splitlines()[0][:300])
@@ -471,12 +493,12 @@ def _dispatch(cfg: StudyConfig, settings: tracking.Settings, planned: list[Plann
     states = {p.key: final_rows[p.key].state for p in planned}
     for p in planned:                           # results that are not plain successes, reported
         r = final_rows[p.key]
-        if r.state != "finished":
+        if r.state != RunState.FINISHED:
             last = (r.error or "").strip().splitlines()[-1:] or [""]
             messages.append(f"{p.label} D={p.tokens:.3g} ({p.key}): {r.state} {last[0][:200]}")
-    if any(s == "failed" for s in states.values()):
+    if any(s == RunState.FAILED for s in states.values()):
         code = EXIT_FAILED
-    elif all(s in ("finished", "diverged") for s in states.values()):
+    elif all(RunState(s).is_result for s in states.values()):
         code = EXIT_OK
     else:
         code = EXIT_FAILED                      # cancelled or killed before the end
@@ -488,18 +510,18 @@ def rows_done(ledger: Ledger, study: str, key: str) -> bool:
     return r is not None and r.done
 
 
-def _handle_results(results: list[dict], study: str, ledger: Ledger,
+def _handle_results(results: list[RunReport], study: str, ledger: Ledger,
                     settings: tracking.Settings, failed_final: dict[str, str]) -> tuple[bool, str]:
     """Returns (retry?, reason). Bug-class failures and divergence are never retried."""
     for r in results:
-        if r["state"] == "failed":
-            if r.get("bug") or r.get("storage"):
-                failed_final[r["run_key"]] = r["message"]
-                _finish_mlflow(ledger, settings, study, r["run_key"], "failed")
-                return False, r["message"]
-            return True, r["message"] or "failed"
-        if r["state"] == "fenced":
-            return False, r["message"]
+        if r.state is RunState.FAILED:
+            if r.bug or r.storage:
+                failed_final[r.run_key] = r.message
+                _finish_mlflow(ledger, settings, study, r.run_key, RunState.FAILED)
+                return False, r.message
+            return True, r.message or "failed"
+        if r.state is RunState.FENCED:
+            return False, r.message
     return False, ""
 
 
@@ -515,14 +537,14 @@ def _finish_mlflow(ledger: Ledger, settings: tracking.Settings, study: str, key:
 
 def _mark_failed(ledger: Ledger, settings: tracking.Settings, study: str, key: str,
                  why: str) -> None:
-    ledger.update(study, key, state="failed", error=why)
-    _finish_mlflow(ledger, settings, study, key, "failed")
+    ledger.update(study, key, state=RunState.FAILED, error=why)
+    _finish_mlflow(ledger, settings, study, key, RunState.FAILED)
 
 
 def _mark_killed(ledger: Ledger, settings: tracking.Settings, study: str,
                  planned: list[PlannedRun], rows: dict[str, LedgerRow]) -> None:
     for p in planned:
         r = rows[p.key]
-        if r.state in ("running", "killed"):
-            ledger.update(study, p.key, state="killed")
-            _finish_mlflow(ledger, settings, study, p.key, "killed")
+        if r.state in (RunState.RUNNING, RunState.KILLED):
+            ledger.update(study, p.key, state=RunState.KILLED)
+            _finish_mlflow(ledger, settings, study, p.key, RunState.KILLED)

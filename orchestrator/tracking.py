@@ -19,12 +19,13 @@ from urllib.parse import unquote, urlparse
 from trainer.redact import redact_text
 
 from .config import StudyError
+from .states import OUTCOMES, RunState
 
 ROLE, STUDY, RUN_KEY, OUTCOME, FINGERPRINT = (
     "scalelab.role", "scalelab.study", "scalelab.run_key", "scalelab.outcome",
     "scalelab.fingerprint")
-MLFLOW_STATUS = {"finished": "FINISHED", "diverged": "FAILED", "failed": "FAILED",
-                 "killed": "KILLED"}
+# `scalelab.outcome` tag value -> the MLflow run status it ends with (states.OUTCOMES).
+MLFLOW_STATUS = {state.value: status for state, status in OUTCOMES.items()}
 
 
 @dataclass(frozen=True)
@@ -313,9 +314,10 @@ def existing_children(c, experiment_id: str) -> dict[str, str]:
 def recorded_outcome(run) -> str | None:
     """'finished' / 'diverged' when an MLflow run holds a complete result, else None."""
     outcome = run.data.tags.get(OUTCOME)
-    if outcome == "finished" and run.info.status == "FINISHED" and "val_loss" in run.data.metrics:
+    if (outcome == RunState.FINISHED and run.info.status == "FINISHED"
+            and "val_loss" in run.data.metrics):
         return outcome
-    if outcome == "diverged" and run.info.status == "FAILED":
+    if outcome == RunState.DIVERGED and run.info.status == "FAILED":
         return outcome
     return None
 
@@ -339,7 +341,7 @@ def copy_point_run(c, source_id: str, experiment_id: str, parent_id: str, study:
         history = c.get_metric_history(source_id, name)
         for i in range(0, len(history), 1000):
             c.log_batch(run_id, metrics=history[i:i + 1000])
-    finish_run(c, run_id, "finished")
+    finish_run(c, run_id, RunState.FINISHED)
     return run_id
 
 
@@ -366,7 +368,9 @@ def create_child_run(c, experiment_id: str, parent_id: str, study: str, run_key:
     return run.info.run_id
 
 
-def finish_run(c, run_id: str, outcome: str) -> None:
-    c.set_tag(run_id, OUTCOME, outcome)
-    c.set_terminated(run_id, status=MLFLOW_STATUS.get(outcome, "FAILED"))
+def finish_run(c, run_id: str, outcome: RunState | str) -> None:
+    """Tag the run's outcome (a RunState value) and end it with the matching MLflow status."""
+    state = RunState(outcome)
+    c.set_tag(run_id, OUTCOME, state.value)
+    c.set_terminated(run_id, status=OUTCOMES.get(state, "FAILED"))
 

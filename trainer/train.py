@@ -248,7 +248,7 @@ class _Run:
     # ---------------------------------------------------------------- checkpoints
 
     def _extra(self, sink: MetricSink, **more: Any) -> dict[str, Any]:
-        run_id = getattr(sink, "run_id", None)
+        run_id = sink.run_id
         self.progress.loss_sum = float(self._loss_acc)
         counts = None if self._count_acc is None else self._count_acc.cpu().tolist()
         return {"run_key": self.spec.key(), "trunk_key": self.spec.trunk_key(),
@@ -455,7 +455,7 @@ class _Run:
                 phase.sink.flush()
                 # a checkpoint must never cover metrics the store has not received (a resume
                 # would skip them): while the store is unreachable, keep the older checkpoint
-                if not getattr(phase.sink, "pending", 0):
+                if not phase.sink.pending:
                     phase.save()
                     self._last_ckpt_time = time.monotonic()
                 self._interval_excluded += time.perf_counter() - t
@@ -499,9 +499,8 @@ class _Run:
         except _Stopped as e:
             return self._result("stopped", str(e))
         sink.flush()
-        close = getattr(sink, "close", None)
-        if close is not None and getattr(sink, "pending", 0):
-            close()      # waits (bounded) for the store; raises before the run is marked finished
+        if sink.pending:
+            sink.close()      # waits (bounded) for the store; raises before the run is marked finished
         if status == "finished":
             self._save(own, sink, finished=True)
         return self._result(status, message)
