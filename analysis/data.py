@@ -12,12 +12,15 @@ turns it into exit status 2.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+log = logging.getLogger(__name__)
 
 CANONICAL = ("n_params", "tokens", "flops", "loss")
 
@@ -375,8 +378,9 @@ def _point_runs(client, tracking_uri, experiment_id):
     if str(uri).split(":", 1)[0].split("+", 1)[0] in _SQL_SCHEMES:
         try:
             return _sql_point_runs(uri, experiment_id)
-        except Exception:   # schema drift or driver trouble: the API below always works
-            pass
+        except Exception as e:  # noqa: BLE001 - schema drift or driver trouble: the API below works
+            log.debug("direct SQL read of the store failed (%s); using the MLflow API",
+                      type(e).__name__)
     runs = search_all_runs(client, experiment_id, "tags.`scalelab.role` = 'point'")
     return [(r.info.run_id, r.info.status, r.data.params, r.data.tags, r.data.metrics) for r in runs]
 

@@ -150,7 +150,8 @@ def reuse_finished(c, ledger: Ledger, study: str, exp_id: str, parent: str,
 def _finished_in_mlflow(c, run_id: str | None) -> bool:
     try:
         run = c.get_run(run_id)
-    except Exception:      # noqa: BLE001 - gone: not a result to reuse, train it instead
+    except Exception as e:  # noqa: BLE001 - gone: not a result to reuse, train it instead
+        log.debug("MLflow run %s not readable (%s); not reused", run_id, e)
         return False
     return run.info.lifecycle_stage == "active" and tracking.recorded_outcome(run) == RunState.FINISHED
 

@@ -6,6 +6,7 @@ after its retries (or the study was cancelled), 2 bad input (nothing scheduled, 
 
 from __future__ import annotations
 
+import logging
 import argparse
 import json
 import os
@@ -19,6 +20,8 @@ from trainer.redact import redact_text
 from .config import StudyConfig, StudyError, load_study
 from .states import RunState
 from .tracking import Settings
+
+log = logging.getLogger(__name__)
 
 EXIT_BAD_INPUT = 2
 # The MLflow server's settings wherever scalelab starts one: no job runner (idle CPU, memory),
@@ -285,16 +288,18 @@ def _experiment_id(settings: Settings, study: str) -> str | None:
     ledger = Ledger(settings.ledger_uri, create=False)
     try:
         return (ledger.study(study) or {}).get("experiment_id")
-    except Exception:                        # no tables yet
+    except Exception as e:                   # noqa: BLE001 - no tables yet: no experiment to show
+        log.debug("no experiment id for %s in the ledger: %s", study, e)
         return None
     finally:
         ledger.dispose()
 
 
 def quiet_logs() -> None:
-    """The terminal shows scalelab's lines, not Ray's or MLflow's INFO logs (warnings stay)."""
-    import logging
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")      # read when mlflow is imported
+    """The terminal shows scalelab's lines, not Ray's or MLflow's INFO logs (warnings stay).
+    MLflow sets its own logger's level from MLFLOW_LOGGING_LEVEL when it is imported (later,
+    possibly in a worker): the environment is the only way in; setdefault keeps a user's choice."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     for name in ("mlflow", "alembic", "ray"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -410,7 +415,8 @@ def _scalelab_experiments(uri: str) -> list[tuple[str, str]]:
     try:
         from mlflow.tracking import MlflowClient
         exps = MlflowClient(uri).search_experiments(max_results=1000)
-    except Exception:                        # the server reports a broken store itself
+    except Exception as e:                   # noqa: BLE001 - the server reports a broken store itself
+        log.debug("could not list the experiments of %s: %s", redact(uri), e)
         return []
     return [(e.name, e.experiment_id) for e in exps if TAG_PREFIX + VIEW_KEY in e.tags]
 
@@ -468,7 +474,8 @@ def _command(argv: Sequence[str] | None) -> str | None:
     """The subcommand named in argv ("" when there is none), None when argv is not given."""
     if argv is None:
         return None
-    return next((a for a in argv if not a.startswith("-")), "")
+    rest = [a for i, a in enumerate(argv) if i == 0 or argv[i - 1] != "--log-level"]
+    return next((a for a in rest if not a.startswith("-")), "")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -546,7 +553,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
     _store_args(p)
     p.set_defaults(func=cmd_report)
+    _log_level_arg(ap, default=None)
+    for p in sub.choices.values():       # also after the subcommand, not overriding one before it
+        _log_level_arg(p, default=argparse.SUPPRESS)
     return ap
+
+
+def _log_level_arg(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument("--log-level", default=default, metavar="LEVEL",
+                   help="diagnostics shown on stderr: DEBUG, INFO (default), WARNING or ERROR "
+                        "(default: $SCALELAB_LOG_LEVEL)")
 
 
 # What `.env` may set: the secrets README and .env.example document (tokens, passwords, and the
@@ -565,12 +581,33 @@ def load_dotenv_file(path: str = ".env") -> None:
     from dotenv import dotenv_values
     values = dotenv_values(path)
     ignored = sorted(k for k in values if k not in DOTENV_KEYS)
-    for k in DOTENV_KEYS:
-        if values.get(k) is not None and k not in os.environ:
-            os.environ[k] = values[k]
+    for k in DOTENV_KEYS:       # environment: MLflow, Ray and psycopg read these from there
+        value = values.get(k)
+        if value is not None and k not in os.environ:
+            os.environ[k] = value
     if ignored:
         print(f"warning: {path}: ignored {', '.join(ignored)[:300]} (a .env may set only "
               f"{', '.join(DOTENV_KEYS)}; export other settings or pass flags)", file=sys.stderr)
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+OWN_LOGGERS = ("orchestrator", "trainer", "analysis")
+
+
+def configure_logging(level: str | None) -> None:
+    """The one logging set-up: diagnostics go to stderr as `LEVEL logger: message`; scalelab's
+    own loggers at `level` (--log-level, else $SCALELAB_LOG_LEVEL, else INFO), libraries at
+    WARNING (or `level` when that is stricter). User-facing output (tables, fit text, progress)
+    is printed, not logged."""
+    flag = "--log-level" if level else "SCALELAB_LOG_LEVEL"
+    name = (level or os.environ.get("SCALELAB_LOG_LEVEL") or "INFO").upper()
+    if name not in LOG_LEVELS:
+        raise StudyError(flag, f"{name!r} is not a log level; use one of {', '.join(LOG_LEVELS)}")
+    value = getattr(logging, name)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(max(value, logging.WARNING))
+    for own in OWN_LOGGERS:
+        logging.getLogger(own).setLevel(value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -578,6 +615,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(_command(argv)).parse_args(argv)
     try:
+        configure_logging(getattr(args, "log_level", None))
         return args.func(args)
     except StudyError as e:
         print(f"error: {redact_text(str(e))}", file=sys.stderr)

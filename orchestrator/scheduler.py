@@ -23,6 +23,7 @@ from .progress import Progress
 from .states import RunState
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,7 +64,9 @@ def connect_ray(address: str | None) -> bool:
     binds its GCS to a port the OS picks (port 0; never 6379, which a local Redis often holds)
     and, like everything scalelab starts, listens on 127.0.0.1 only (LOCAL_ONLY_ENV)."""
     if not address:
-        for k, v in LOCAL_ONLY_ENV.items():     # read when ray is first imported
+        # Environment, unavoidably: Ray reads this when it is first imported (no init argument
+        # exists); setdefault keeps a user's choice.
+        for k, v in LOCAL_ONLY_ENV.items():
             os.environ.setdefault(k, v)
     import ray
     if ray.is_initialized():
@@ -71,7 +74,7 @@ def connect_ray(address: str | None) -> bool:
     env = {"env_vars": {"PYTHONUNBUFFERED": "1"}}
     if address:
         if os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_MODE"):
-            os.environ["RAY_AUTH_MODE"] = "token"
+            os.environ["RAY_AUTH_MODE"] = "token"   # Ray reads auth only from the environment
         try:
             ray.init(address=address, runtime_env=env, log_to_driver=False,
                      logging_level=logging.ERROR)
@@ -123,8 +126,9 @@ def stop_running_runs(ledger: Ledger, study: str, grace_s: float = STOP_GRACE_S)
         while time.monotonic() < deadline and any(
                 r.state == RunState.RUNNING for r in ledger.rows(study)):
             time.sleep(0.5)
-    except Exception:                        # stopping must never mask the interrupt
-        pass
+    except Exception as e:                   # noqa: BLE001 - stopping must never mask the interrupt
+        log.warning("could not ask the running runs of %s to stop (%s: %s); the next "
+                    "`scalelab run` resumes them", study, type(e).__name__, e)
 
 
 def check_resources(cfg: StudyConfig) -> int:
@@ -290,15 +294,17 @@ def _with_store_retry(fn, before_retry) -> None:
     while True:
         try:
             return fn()
-        except Exception:
+        except Exception as e:              # noqa: BLE001 - any store error: retried, then raised
             if time.monotonic() + wait > deadline:
                 raise
+            log.debug("creating MLflow runs failed (%s: %s); retrying in %.1f s",
+                      type(e).__name__, e, wait)
             time.sleep(wait)
             wait = min(8.0, wait * 2)
             try:
                 before_retry()
-            except Exception:               # still down: the next attempt tells
-                pass
+            except Exception as e:          # noqa: BLE001 - still down: the next attempt tells
+                log.debug("store still unreachable: %s: %s", type(e).__name__, e)
 
 
 # --------------------------------------------------------------------------- dispatch
@@ -526,13 +532,15 @@ def _handle_results(results: list[RunReport], study: str, ledger: Ledger,
 
 
 def _finish_mlflow(ledger: Ledger, settings: tracking.Settings, study: str, key: str,
-                   outcome: str) -> None:
+                   outcome: RunState) -> None:
+    """End a run's MLflow run with `outcome`; best effort (the ledger holds the state)."""
     row = ledger.get(study, key)
     if row and row.mlflow_run_id:
         try:
             tracking.finish_run(tracking.client(settings.tracking_uri), row.mlflow_run_id, outcome)
-        except Exception:
-            pass
+        except Exception as e:              # noqa: BLE001 - any store error: the ledger has it
+            log.warning("run %s: MLflow run %s not ended as %s (%s: %s)", key, row.mlflow_run_id,
+                        outcome, type(e).__name__, str(e)[:300])
 
 
 def _mark_failed(ledger: Ledger, settings: tracking.Settings, study: str, key: str,

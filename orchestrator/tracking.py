@@ -7,6 +7,7 @@ child run, before any worker starts: concurrent `set_experiment` and first-time 
 
 from __future__ import annotations
 
+import logging
 import contextlib
 import hashlib
 import json
@@ -20,6 +21,8 @@ from trainer.redact import redact_text
 
 from .config import StudyError
 from .states import OUTCOMES, RunState
+
+log = logging.getLogger(__name__)
 
 ROLE, STUDY, RUN_KEY, OUTCOME, FINGERPRINT = (
     "scalelab.role", "scalelab.study", "scalelab.run_key", "scalelab.outcome",
@@ -265,7 +268,8 @@ def ensure_experiment(c, study: str, fingerprint: str, artifact_root: str) -> st
     try:
         return c.create_experiment(study, artifact_location=f"{artifact_root.rstrip('/')}/{study}",
                                    tags={FINGERPRINT: fingerprint, "scalelab.study": study})
-    except Exception:                       # created by a concurrent driver in between
+    except Exception as e:                  # noqa: BLE001 - created by a concurrent driver in between?
+        log.debug("creating experiment %s failed (%s); looking it up", study, e)
         exp = c.get_experiment_by_name(study)
         if exp is None:
             raise

@@ -141,9 +141,10 @@ def _retry(fn, timeout_s: float):
     while True:
         try:
             return fn()
-        except Exception:
+        except Exception as e:                      # noqa: BLE001 - any store error: retried
             if time.monotonic() + wait > deadline:
                 raise
+            log.debug("MLflow call failed (%s: %s); retrying in %.1f s", type(e).__name__, e, wait)
             time.sleep(wait)
             wait = min(8.0, wait * 2)
 
