@@ -92,7 +92,7 @@ def _chin_chunk(args):
 
 
 def weighted_refits(N, D, loss, W, theta0, *, delta: float = DEFAULT_DELTA,
-                    n_jobs: int | None = None, maxiter: int = 400) -> np.ndarray:
+                    n_jobs: int | None = None, maxiter: int = 400) -> tuple[np.ndarray, np.ndarray]:
     """Refit Approach 3 under K weight vectors at once (bootstrap, leave-one-out, subsets).
 
     W: (K, P) point weights; theta0: the full-data optimum (warm start, plus a small grid around

@@ -16,6 +16,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -360,7 +361,7 @@ def _sql_point_runs(tracking_uri: str, experiment_id: str):
                        + base.format(t=t)) for t in ("params", "tags", "latest_metrics")}
     finally:
         eng.dispose()
-    out = {rid: (rid, status, {}, {}, {}) for rid, status in runs}
+    out: dict[str, Any] = {rid: (rid, status, {}, {}, {}) for rid, status in runs}
     for slot, t in ((2, "params"), (3, "tags"), (4, "latest_metrics")):
         for row in kv[t]:
             rec = out.get(row[0])
@@ -404,7 +405,8 @@ def load_mlflow(experiment: str, tracking_uri: str | None = None, *,
     client = _client(tracking_uri)
     eid = _experiment_id(client, experiment)
     runs = _point_runs(client, tracking_uri, eid)
-    rows, excluded = [], {}
+    rows: list[dict[str, Any]] = []
+    excluded: dict[str, int] = {}
     for run_id, status, params, tags, metrics in runs:
         outcome = tags.get("scalelab.outcome")
         if outcome is None:

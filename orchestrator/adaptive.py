@@ -146,7 +146,10 @@ def run_adaptive(cfg: StudyConfig, settings: tracking.Settings, a: AdaptiveArgs,
         if not runs:
             break
         new += 1
-        save_round(settings, res.outcome.parent_run_id, len(rounds) + 1, runs)
+        parent = res.outcome.parent_run_id
+        if parent is None:                   # run_study records it before any run
+            raise RuntimeError(f"study {cfg.study}: no parent MLflow run to store round {new}")
+        save_round(settings, parent, len(rounds) + 1, runs)
         rounds.append(runs)
         res.outcome = _run(cfg, settings, rounds, address, max_concurrent, show_progress)
     res.flops_spent = flops_spent(settings, cfg.study)

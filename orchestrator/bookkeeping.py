@@ -135,7 +135,7 @@ def reuse_finished(c, ledger: Ledger, study: str, exp_id: str, parent: str,
     reused = []
     for p in todo:
         src = sources.get(p.key)
-        if src is None or not _finished_in_mlflow(c, src.mlflow_run_id):
+        if src is None or not src.mlflow_run_id or not _finished_in_mlflow(c, src.mlflow_run_id):
             continue
         run_id = tracking.copy_point_run(c, src.mlflow_run_id, exp_id, parent, study, p.key,
                                          point_run_name(p))

@@ -13,7 +13,7 @@ import os
 import statistics
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from trainer.redact import redact_text
 
@@ -191,7 +191,7 @@ def cmd_status(a: argparse.Namespace) -> int:
     rows, _ = _read_ledger(settings, cfg.study)
     rows = _study_view(settings, cfg, rows)
     summary = summarize(planned, rows, 0.0, 0.0)
-    runs = []
+    runs: list[dict[str, Any]] = []
     for p in planned:
         r = rows.get(p.key)
         runs.append({"run_key": p.key, "label": p.label, "n_params": p.n_params, "tokens": p.tokens,
@@ -263,8 +263,9 @@ def cmd_run(a: argparse.Namespace) -> int:
     return outcome.exit_code
 
 
-def ray_died(e: BaseException) -> bool:
+def ray_died(error: BaseException) -> bool:
     """An error raised because the Ray cluster (GCS, raylet, the embedded Ray) went away."""
+    e: BaseException | None = error
     while e is not None:
         if type(e).__module__.startswith("ray") or "raylet" in str(e) or "GCS" in str(e):
             return True

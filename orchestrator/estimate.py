@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 import statistics
-from typing import Iterable, Sequence
+from typing import AbstractSet, Iterable, Sequence
 
 from .grid import PlannedRun, WorkItem
 from .states import RunState
@@ -72,7 +72,7 @@ def makespan(durations_s: Sequence[float], slots: int) -> float:
 
 
 def study_wall_time(planned: Sequence[PlannedRun], items: Sequence[WorkItem], rate: float,
-                    slots: int, done: set[str] = frozenset()) -> float:
+                    slots: int, done: AbstractSet[str] = frozenset()) -> float:
     """Seconds until every run not in `done` has trained, dispatched largest first."""
     flops = trained_flops(items)
     jobs = [sum(flops[p.key] for p in w.runs if p.key not in done) / rate for w in items]

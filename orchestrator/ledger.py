@@ -311,7 +311,7 @@ def _migrate_sqlite(engine: sa.Engine) -> None:
     cols = ", ".join(c.name for c in runs_table.columns)
     ddl = str(sa.schema.CreateTable(runs_table).compile(engine))
     raw = engine.raw_connection()
-    con = raw.driver_connection
+    con: Any = raw.driver_connection             # sqlite3.Connection
     level, con.isolation_level = con.isolation_level, None     # explicit BEGIN/COMMIT
     try:
         cur = con.cursor()

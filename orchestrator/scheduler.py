@@ -255,16 +255,16 @@ def ensure_child_runs(cfg: StudyConfig, settings: tracking.Settings, item: WorkI
     Only the driver creates runs; the ledger records each id at once (adopted after a crash)."""
     rows = {r.run_key: r for r in ledger.rows(cfg.study)}
     todo = [p for p in item.runs if not rows[p.key].mlflow_run_id and not rows[p.key].done]
-    trunk_todo = bool(item.trunk_key and not rows[item.trunk_key].mlflow_run_id)
-    if not todo and not trunk_todo:
+    trunk_key = item.trunk_key if item.trunk_key and not rows[item.trunk_key].mlflow_run_id else None
+    if not todo and not trunk_key:
         return
     c = tracking.client(settings.tracking_uri)
-    if trunk_todo:
+    if trunk_key:
         p = max(item.runs, key=lambda r: r.tokens)
         run_id = tracking.create_child_run(
-            c, exp_id, parent, cfg.study, item.trunk_key, f"{p.label}-trunk-s{p.spec.seed}",
-            "trunk", {"run_key": item.trunk_key, "n_params": p.n_params, "schedule": "wsd"})
-        ledger.update(cfg.study, item.trunk_key, mlflow_run_id=run_id)
+            c, exp_id, parent, cfg.study, trunk_key, f"{p.label}-trunk-s{p.spec.seed}",
+            "trunk", {"run_key": trunk_key, "n_params": p.n_params, "schedule": "wsd"})
+        ledger.update(cfg.study, trunk_key, mlflow_run_id=run_id)
     for p in todo:
         params = p.mlflow_params()          # the trainer adds its own (true_entropy, ...)
         run_id = tracking.create_child_run(
@@ -394,7 +394,7 @@ def refuse_if_held(cfg: StudyConfig, settings: tracking.Settings) -> None:
         return
     finally:
         ledger.dispose()
-    if driver_alive(holder):
+    if holder is not None and driver_alive(holder):
         raise StudyBusy("study", busy_message(cfg.study, holder, cfg.source_path or "STUDY.yaml"))
 
 

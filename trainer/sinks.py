@@ -131,7 +131,7 @@ class MlflowSink:
         self.max_buffer_points = max_buffer_points
         self.resume = resume
         self.client = MlflowClient(tracking_uri)
-        self._metrics: list = []
+        self._metrics: list[Any] = []         # mlflow.entities.Metric
         self._params: dict[str, str] = {}
         self._tags: dict[str, str] = {}
         self._stored_max: dict[str, int] = {}

@@ -172,7 +172,7 @@ class _Run:
         self.optimizer = torch.optim.AdamW(param_groups(self.model, r.weight_decay), lr=r.lr,
                                            betas=(r.beta1, r.beta2), fused=True)
         self.params = list(self.model.parameters())
-        self.forward = self.model
+        self.forward: Callable[..., Any] = self.model
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -409,6 +409,7 @@ class _Run:
         self.model.eval()
         T, out = self.spec.data.seq_len, {}
         budget = max(T, min(EVAL_BATCH_TOKENS, (1 << 26) // self.spec.model.vocab_size))
+        assert self.segments is not None, "eval_lengths set without long segments"
         for k in self.lengths:
             windows = torch.from_numpy(windows_at(self.segments, k, T)).to(self.device)
             L = k * T
