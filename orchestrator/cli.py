@@ -301,8 +301,8 @@ def quiet_logs() -> None:
     MLflow sets its own logger's level from MLFLOW_LOGGING_LEVEL when it is imported (later,
     possibly in a worker): the environment is the only way in; setdefault keeps a user's choice."""
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    for name in ("mlflow", "alembic", "ray"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
 
 
 def cmd_run_adaptive(a: argparse.Namespace, cfg: StudyConfig, settings: Settings,
@@ -593,6 +593,7 @@ def load_dotenv_file(path: str = ".env") -> None:
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 OWN_LOGGERS = ("orchestrator", "trainer", "analysis")
+LIBRARY_LOGGERS = ("mlflow", "alembic", "ray", "urllib3", "matplotlib")
 
 
 def configure_logging(level: str | None) -> None:
@@ -606,7 +607,8 @@ def configure_logging(level: str | None) -> None:
         raise StudyError(flag, f"{name!r} is not a log level; use one of {', '.join(LOG_LEVELS)}")
     value = getattr(logging, name)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger().setLevel(max(value, logging.WARNING))
+    for library in ("", *LIBRARY_LOGGERS):      # the root, and those that set their own level
+        logging.getLogger(library).setLevel(max(value, logging.WARNING))
     for own in OWN_LOGGERS:
         logging.getLogger(own).setLevel(value)
 

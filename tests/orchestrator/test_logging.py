@@ -12,7 +12,8 @@ from orchestrator.cli import configure_logging, main
 
 @pytest.fixture
 def levels():
-    names = ("", "orchestrator", "trainer", "analysis")
+    names = ("", "orchestrator", "trainer", "analysis", "mlflow", "alembic", "ray", "urllib3",
+             "matplotlib")
     saved = {n: logging.getLogger(n).level for n in names}
     yield
     for n, level in saved.items():
