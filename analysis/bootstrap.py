@@ -9,6 +9,7 @@ optimum plus a small grid around it; the best row per resample is kept.
 
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from ._optim import batched_lbfgs
 from .result import FitResult
 from .chinchilla import (ChinchillaFit, _fg_batch, allocation_constants, compute_optimal,
                          params_to_theta, theta_to_params, DEFAULT_DELTA)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -89,7 +92,7 @@ def _chin_chunk(args):
 
 
 def weighted_refits(N, D, loss, W, theta0, *, delta: float = DEFAULT_DELTA,
-                    n_jobs: int | None = None, maxiter: int = 400) -> np.ndarray:
+                    n_jobs: int | None = None, maxiter: int = 400) -> tuple[np.ndarray, np.ndarray]:
     """Refit Approach 3 under K weight vectors at once (bootstrap, leave-one-out, subsets).
 
     W: (K, P) point weights; theta0: the full-data optimum (warm start, plus a small grid around
@@ -176,7 +179,8 @@ def bootstrap_fit(fit_fn, frame: pd.DataFrame, *, n_resamples: int = 200, seed: 
         idx = np.repeat(np.arange(len(frame)), w.astype(int))
         try:
             rows.append(fit_fn(frame.iloc[idx].reset_index(drop=True)))
-        except Exception:   # a resample that cannot be fitted counts as failed, not fatal
+        except Exception as e:  # noqa: BLE001 - a resample that cannot be fitted counts as failed
+            log.debug("bootstrap resample not fitted: %s: %s", type(e).__name__, e)
             rows.append({})
     samples = pd.DataFrame(rows)
     n_failed = int(samples.isna().all(axis=1).sum()) if len(samples.columns) else n_resamples

@@ -88,7 +88,7 @@ def _fg_batch(T: np.ndarray, lN: np.ndarray, lD: np.ndarray, lL: np.ndarray,
     per_row_w = W is not None and np.ndim(W) == 2
     for i in range(0, S, rows):
         sl = slice(i, i + rows)
-        f[sl], g[sl] = _fg_block(T[sl], lN, lD, lL, delta, W[sl] if per_row_w else W)
+        f[sl], g[sl] = _fg_block(T[sl], lN, lD, lL, delta, W[sl] if per_row_w and W is not None else W)
     return f, g
 
 
@@ -167,7 +167,7 @@ class ConvergenceReport:
     polished_objective: float
     grad_norm: float            # max-abs gradient in theta space, relative to the objective
     message: str
-    polished_theta: np.ndarray = field(repr=False, default=None)
+    polished_theta: np.ndarray | None = field(repr=False, default=None)
 
 
 def check_convergence(params, N, D, loss, *, delta: float = DEFAULT_DELTA, weights=None,

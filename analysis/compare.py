@@ -92,12 +92,12 @@ def _approach3(df: pd.DataFrame, n_boot: int, rng: np.random.Generator) -> FitRe
     names = ("E", "A", "B", "alpha", "beta")
     if not est.success_:
         return FitResult.failure("chinchilla", est.message_, N.size, names)
-    draws = []
+    boot: list[list[float]] = []
     for _ in range(n_boot):
         i = rng.integers(0, N.size, N.size)
         b = ChinchillaFit(grid=est.theta_[None], n_polish=1, maxiter=200).fit(N[i], D[i], L[i])
-        draws.append([b.params_[k] for k in names] if b.success_ else [math.nan] * 5)
-    draws = np.array(draws).reshape(-1, 5)
+        boot.append([b.params_[k] for k in names] if b.success_ else [math.nan] * 5)
+    draws = np.array(boot).reshape(-1, 5)
     return FitResult(law="chinchilla", params=dict(est.params_), objective=est.objective_,
                      success=True, converged=bool(est.converged_), identifiable=True,
                      message=est.message_, n_points=N.size,
@@ -112,12 +112,12 @@ def _compute_law(df: pd.DataFrame, n_boot: int, rng: np.random.Generator) -> Fit
     names = ("E", "x_c", "alpha")
     if not est.success_:
         return FitResult.failure("compute", est.message_, C.size, names)
-    draws = []
+    boot: list[list[float]] = []
     for _ in range(min(n_boot, MAX_LC_BOOT)):
         i = rng.integers(0, C.size, C.size)
         b = fit_compute_frontier(C[i], L[i])
-        draws.append([b.params_[k] for k in names] if b.success_ else [math.nan] * 3)
-    draws = np.array(draws).reshape(-1, 3)
+        boot.append([b.params_[k] for k in names] if b.success_ else [math.nan] * 3)
+    draws = np.array(boot).reshape(-1, 3)
     return FitResult(law="compute", params=dict(est.params_), objective=est.objective_,
                      success=True, converged=bool(est.converged_), identifiable=True,
                      message=est.message_, n_points=C.size,
@@ -169,6 +169,8 @@ def _joint_solve(lN, lD, lL, v, n_var, starts, delta=DEFAULT_DELTA,
                        options={"maxiter": maxiter, "ftol": 1e-13, "gtol": 1e-10})
         if res.fun < best_f:
             best, best_f = _center(res.x, cN, cD, +1), float(res.fun)
+    if best is None:
+        raise RuntimeError("the joint fit found no finite objective from any start")
     return best, best_f
 
 
@@ -196,12 +198,12 @@ def fit_joint(df: pd.DataFrame, baseline: str, per_variant: dict[str, FitResult]
     variants = sorted(df["arch"].unique(), key=lambda a: (a != baseline, a))
     v = df["arch"].map({a: i for i, a in enumerate(variants)}).to_numpy()
     lN, lD, lL = (np.log(df[c].to_numpy(float)) for c in ("n_params", "tokens", "loss"))
-    base = []
+    starts_by_variant: list[list[float]] = []
     for a in variants:
         p = per_variant[a].params if per_variant[a].success else \
             {"A": 400.0, "B": 400.0, "alpha": 0.3, "beta": 0.3}
-        base.append([math.log(p["A"]), math.log(p["B"]), p["alpha"], p["beta"]])
-    base = np.array(base).ravel()
+        starts_by_variant.append([math.log(p["A"]), math.log(p["B"]), p["alpha"], p["beta"]])
+    base = np.array(starts_by_variant).ravel()
     Es = [per_variant[a].params["E"] for a in variants if per_variant[a].success]
     E0 = [float(np.median(Es))] if Es else []
     starts = [np.concatenate([[math.log(e)], base]) for e in
@@ -209,12 +211,12 @@ def fit_joint(df: pd.DataFrame, baseline: str, per_variant: dict[str, FitResult]
     theta, f = _joint_solve(lN, lD, lL, v, len(variants), starts)
     rng = np.random.default_rng(seed)
     groups = [np.flatnonzero(v == i) for i in range(len(variants))]
-    draws = []
+    boot: list[np.ndarray] = []
     for _ in range(n_boot):
         i = np.concatenate([rng.choice(g, g.size) for g in groups])
         t, _ = _joint_solve(lN[i], lD[i], lL[i], v[i], len(variants), [theta], maxiter=300)
-        draws.append(t)
-    draws = np.array(draws).reshape(-1, theta.size)
+        boot.append(t)
+    draws = np.array(boot).reshape(-1, theta.size)
     params = {"E": float(np.exp(theta[0]))}
     for j, a in enumerate(variants):
         for k, val in zip(("A", "B", "alpha", "beta"), (np.exp(theta[1 + 4 * j]),

@@ -45,19 +45,22 @@ def _distinct(ci) -> bool:
 
 
 def _joint_md(c: StratumComparison) -> list[str]:
-    j = c.joint.result_
+    joint = c.joint
+    if joint is None:                   # callers show the joint fit only when it was made
+        return []
+    j = joint.result_
     lines = [f"Joint fit, shared E = {_f(j.params['E'])} {_iv(j.ci95.get('E'))}, baseline "
-             f"**{c.baseline}** ({len(c.joint.draws_)} bootstrap resamples of runs within each "
+             f"**{c.baseline}** ({len(joint.draws_)} bootstrap resamples of runs within each "
              "variant):", "",
              "| variant | α | Δα vs baseline [95%] | β | Δβ vs baseline [95%] | exponents |",
              "|---|---|---|---|---|---|"]
-    for a in c.joint.variants_:
-        p = c.joint.params_of(c.joint.theta_, a)
+    for a in joint.variants_:
+        p = joint.params_of(joint.theta_, a)
         if a == c.baseline:
             lines.append(f"| {a} (baseline) | {_f(p['alpha'], 3)} | | {_f(p['beta'], 3)} | | |")
             continue
         da, db = j.ci95[f"delta_alpha[{a}]"], j.ci95[f"delta_beta[{a}]"]
-        base = c.joint.params_of(c.joint.theta_, c.baseline)
+        base = joint.params_of(joint.theta_, c.baseline)
         verdict = ("differ" if _distinct(da) or _distinct(db)
                    else "not distinguishable")
         lines.append(f"| {a} | {_f(p['alpha'], 3)} | {_f(p['alpha'] - base['alpha'], 3)} "

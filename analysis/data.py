@@ -12,12 +12,16 @@ turns it into exit status 2.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+
+log = logging.getLogger(__name__)
 
 CANONICAL = ("n_params", "tokens", "flops", "loss")
 
@@ -357,7 +361,7 @@ def _sql_point_runs(tracking_uri: str, experiment_id: str):
                        + base.format(t=t)) for t in ("params", "tags", "latest_metrics")}
     finally:
         eng.dispose()
-    out = {rid: (rid, status, {}, {}, {}) for rid, status in runs}
+    out: dict[str, Any] = {rid: (rid, status, {}, {}, {}) for rid, status in runs}
     for slot, t in ((2, "params"), (3, "tags"), (4, "latest_metrics")):
         for row in kv[t]:
             rec = out.get(row[0])
@@ -375,8 +379,9 @@ def _point_runs(client, tracking_uri, experiment_id):
     if str(uri).split(":", 1)[0].split("+", 1)[0] in _SQL_SCHEMES:
         try:
             return _sql_point_runs(uri, experiment_id)
-        except Exception:   # schema drift or driver trouble: the API below always works
-            pass
+        except Exception as e:  # noqa: BLE001 - schema drift or driver trouble: the API below works
+            log.debug("direct SQL read of the store failed (%s); using the MLflow API",
+                      type(e).__name__)
     runs = search_all_runs(client, experiment_id, "tags.`scalelab.role` = 'point'")
     return [(r.info.run_id, r.info.status, r.data.params, r.data.tags, r.data.metrics) for r in runs]
 
@@ -400,7 +405,8 @@ def load_mlflow(experiment: str, tracking_uri: str | None = None, *,
     client = _client(tracking_uri)
     eid = _experiment_id(client, experiment)
     runs = _point_runs(client, tracking_uri, eid)
-    rows, excluded = [], {}
+    rows: list[dict[str, Any]] = []
+    excluded: dict[str, int] = {}
     for run_id, status, params, tags, metrics in runs:
         outcome = tags.get("scalelab.outcome")
         if outcome is None:

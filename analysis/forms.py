@@ -57,7 +57,7 @@ class _Form:
     """A restriction of the five-parameter law: free parameters u <-> full theta."""
 
     name = "free"
-    names = ("log E", "log A", "log B", "alpha", "beta")
+    names: tuple[str, ...] = ("log E", "log A", "log B", "alpha", "beta")
 
     def expand(self, U):
         return U

@@ -15,6 +15,8 @@ are biased upward (SCALING.md), so the envelope is only as good as the schedule 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -65,6 +67,11 @@ def point_budgets(frame: pd.DataFrame, *, budget_col: str = "budget",
 class _AllocationFit:
     """Shared by Approaches 1 and 2: N_opt = k_n C^a, D_opt = k_d C^b, as a FitResult."""
 
+    k_n_: float          # fitted by the subclass: N_opt = k_n_ C^a_, D_opt = k_d_ C^b_
+    a_: float
+    k_d_: float
+    b_: float
+
     law = "allocation"
 
     def _optimal_loss(self, C: np.ndarray) -> np.ndarray:
@@ -93,7 +100,7 @@ def _parabola(C: float, g: pd.DataFrame, min_runs: int, require_bracketed: bool)
     holds whatever FLOP convention the budget was logged in."""
     x = np.log(g["n_params"].to_numpy(float))
     L = g["loss"].to_numpy(float)
-    row = {"budget": float(C), "n_runs": len(g), "c0": np.nan, "c1": np.nan, "c2": np.nan,
+    row: dict[str, Any] = {"budget": float(C), "n_runs": len(g), "c0": np.nan, "c1": np.nan, "c2": np.nan,
            "n_opt": np.nan, "d_opt": np.nan, "loss_opt": np.nan, "in_range": False,
            "ok": False, "note": ""}
     if np.unique(np.round(x, 9)).size < min_runs:

@@ -165,6 +165,7 @@ class KrajewskiFit:
                                  options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 5000})
                     if best is None or r.fun < best.fun:
                         best = r
+        assert best is not None                     # the loops above always run
         th = best.x
         self.params_ = {"c": float(np.exp(th[0])), "a": float(np.exp(th[1])), "g": float(np.exp(th[2])),
                         "gamma": float(th[3]), "alpha": float(th[4]), "b": float(np.exp(th[5])),

@@ -182,7 +182,8 @@ def greedy_picks(model: Laplace, N, D, cost, *, max_runs: int, max_flops: float 
     N, D, cost = (np.asarray(v, float) for v in (N, D, cost))
     available = np.ones(N.size, bool)
     available[list(exclude)] = False
-    picks, left, m = [], float(max_flops), model
+    picks: list[Pick] = []
+    left, m = float(max_flops), model
     while len(picks) < max_runs:
         ok = available & (cost <= left)
         if not ok.any():
@@ -277,7 +278,7 @@ def plan_next_runs(N, D, loss, cand_N, cand_D, cand_cost, *, target_flops: float
         model = laplace(fit.theta_, N, D, loss, target_flops, objective, delta=fit.delta) \
             if fit.success_ else None
         why = degenerate(fit, model)
-        if why is None:
+        if why is None and model is not None:        # degenerate() is None only with a model
             picks = greedy_picks(model, cN, cD, cc, max_runs=max_runs, max_flops=max_flops,
                                  gamma=gamma, exclude=exclude)
             return Plan(target_flops, objective, model.natural_value, model.ci95(), N.size, picks,

@@ -75,7 +75,7 @@ class FitResult:
         return out
 
 
-def optimal_rows(table) -> list[dict[str, float | None]]:
+def optimal_rows(table: Any) -> list[dict[str, float | None]]:
     """A compute-optimal table (DataFrame with flops, n_params, tokens, tokens_per_param, loss)
     as the JSON rows of the contract; NaN cells become None."""
     cols = ("flops", "n_params", "tokens", "tokens_per_param", "loss")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -78,7 +80,7 @@ def entropy_check(fitted_E: float, true_entropy: float | None, ci=None) -> dict:
     """Compare the fitted irreducible loss E with the corpus' known entropy rate."""
     if true_entropy is None or not np.isfinite(true_entropy):
         return {"available": False}
-    out = {"available": True, "true_entropy": float(true_entropy), "fitted_E": float(fitted_E),
+    out: dict[str, Any] = {"available": True, "true_entropy": float(true_entropy), "fitted_E": float(fitted_E),
            "difference": float(fitted_E - true_entropy),
            "rel_difference": float((fitted_E - true_entropy) / true_entropy)}
     if ci is not None:

@@ -89,6 +89,13 @@ class _RecordingSink:
     def flush(self):
         self.inner.flush()
 
+    @property
+    def pending(self):
+        return self.inner.pending
+
+    def close(self, timeout_s=None):
+        self.inner.close(timeout_s)
+
 
 def make_sink(mlflow_uri: str | None):
     if mlflow_uri is None:

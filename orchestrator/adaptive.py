@@ -20,6 +20,7 @@ from . import tracking
 from .config import ExplicitRun, StudyConfig, StudyError
 from .grid import expand
 from .scheduler import EXIT_OK, StudyOutcome, run_study
+from .states import RunState
 from .suggest import (build_candidates, check_inputs, run_from_dict, run_to_dict, suggest,
                       with_runs)
 
@@ -98,7 +99,7 @@ def flops_spent(settings: tracking.Settings, study: str) -> float:
     ledger = Ledger(settings.ledger_uri)
     try:
         return float(sum(r.flops or 0.0 for r in ledger.rows(study)
-                         if r.kind == "point" and r.state in ("finished", "diverged", "failed")))
+                         if r.kind == "point" and r.state in (RunState.FINISHED, RunState.DIVERGED, RunState.FAILED)))
     finally:
         ledger.dispose()
 
@@ -145,7 +146,10 @@ def run_adaptive(cfg: StudyConfig, settings: tracking.Settings, a: AdaptiveArgs,
         if not runs:
             break
         new += 1
-        save_round(settings, res.outcome.parent_run_id, len(rounds) + 1, runs)
+        parent = res.outcome.parent_run_id
+        if parent is None:                   # run_study records it before any run
+            raise RuntimeError(f"study {cfg.study}: no parent MLflow run to store round {new}")
+        save_round(settings, parent, len(rounds) + 1, runs)
         rounds.append(runs)
         res.outcome = _run(cfg, settings, rounds, address, max_concurrent, show_progress)
     res.flops_spent = flops_spent(settings, cfg.study)

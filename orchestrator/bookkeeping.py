@@ -19,6 +19,7 @@ from . import tracking
 from .config import StudyConfig
 from .grid import PlannedRun
 from .ledger import TERMINAL, Ledger, LedgerRow
+from .states import RunState
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,8 @@ def forget_lost_runs(ledger: Ledger, study: str, live_ids: set[str]) -> list[str
     for row in ledger.rows(study):
         if row.mlflow_run_id and row.mlflow_run_id not in live_ids:
             values: dict[str, Any] = {"mlflow_run_id": None}
-            if row.state != "running":
-                values.update(state="pending", error=None)
+            if row.state != RunState.RUNNING:
+                values.update(state=RunState.PENDING, error=None)
             ledger.update(study, row.run_key, **values)
             lost.append(row.run_key)
     return lost
@@ -128,17 +129,17 @@ def reuse_finished(c, ledger: Ledger, study: str, exp_id: str, parent: str,
     """Points of this study not yet started that another study of the store finished: copy
     that result in as this study's own point run instead of training it again."""
     rows = {r.run_key: r for r in ledger.rows(study)}
-    todo = [p for p in planned if rows[p.key].state == "pending" and not rows[p.key].attempts
+    todo = [p for p in planned if rows[p.key].state == RunState.PENDING and not rows[p.key].attempts
             and not rows[p.key].mlflow_run_id]
     sources = ledger.finished_elsewhere(study, [p.key for p in todo]) if todo else {}
     reused = []
     for p in todo:
         src = sources.get(p.key)
-        if src is None or not _finished_in_mlflow(c, src.mlflow_run_id):
+        if src is None or not src.mlflow_run_id or not _finished_in_mlflow(c, src.mlflow_run_id):
             continue
         run_id = tracking.copy_point_run(c, src.mlflow_run_id, exp_id, parent, study, p.key,
                                          point_run_name(p))
-        ledger.update(study, p.key, state="finished", mlflow_run_id=run_id, error=None,
+        ledger.update(study, p.key, state=RunState.FINISHED, mlflow_run_id=run_id, error=None,
                       val_loss=src.val_loss, tokens_done=src.tokens_done, wall_time_s=0.0,
                       flops_per_s=src.flops_per_s, device=src.device,
                       checkpoint_dir=src.checkpoint_dir)
@@ -149,9 +150,10 @@ def reuse_finished(c, ledger: Ledger, study: str, exp_id: str, parent: str,
 def _finished_in_mlflow(c, run_id: str | None) -> bool:
     try:
         run = c.get_run(run_id)
-    except Exception:      # noqa: BLE001 - gone: not a result to reuse, train it instead
+    except Exception as e:  # noqa: BLE001 - gone: not a result to reuse, train it instead
+        log.debug("MLflow run %s not readable (%s); not reused", run_id, e)
         return False
-    return run.info.lifecycle_stage == "active" and tracking.recorded_outcome(run) == "finished"
+    return run.info.lifecycle_stage == "active" and tracking.recorded_outcome(run) == RunState.FINISHED
 
 
 def point_run_name(p: PlannedRun) -> str:
@@ -192,7 +194,7 @@ def inspect_study(ledger_uri: str, cfg: StudyConfig, rows: dict[str, LedgerRow])
     finally:
         ledger.dispose()
     if not driver_alive(study):
-        rows = {k: replace(r, state="interrupted") if r.state == "running" else r
+        rows = {k: replace(r, state=RunState.INTERRUPTED.value) if r.state == RunState.RUNNING else r
                 for k, r in rows.items()}
     ran = (study or {}).get("fingerprint")
     if ran and ran != tracking.fingerprint_hash(cfg.fingerprint()) and ran not in legacy:

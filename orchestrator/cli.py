@@ -6,18 +6,22 @@ after its retries (or the study was cancelled), 2 bad input (nothing scheduled, 
 
 from __future__ import annotations
 
+import logging
 import argparse
 import json
 import os
 import statistics
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from trainer.redact import redact_text
 
 from .config import StudyConfig, StudyError, load_study
+from .states import RunState
 from .tracking import Settings
+
+log = logging.getLogger(__name__)
 
 EXIT_BAD_INPUT = 2
 # The MLflow server's settings wherever scalelab starts one: no job runner (idle CPU, memory),
@@ -66,7 +70,7 @@ def _read_ledger(settings: Settings, study: str):
         if not sa.inspect(ledger.engine).has_table("scalelab_runs"):   # not created yet
             return {}, None
         rows = {r.run_key: r for r in ledger.rows(study)}
-        measured = [r.flops_per_s for r in ledger.rows() if r.state == "finished" and r.flops_per_s]
+        measured = [r.flops_per_s for r in ledger.rows() if r.state == RunState.FINISHED and r.flops_per_s]
         return rows, (statistics.median(measured) if measured else None)
     except Exception as e:         # unreadable: say so, never show every run as pending
         reason = redact_text(str(e).splitlines()[0] if str(e) else "")[:300]
@@ -147,7 +151,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
         print(f"{r['run_key']:16} {r['label']:18} {r['n_params']:9.3g} {r['n_params_nonembedding']:9.3g} "
               f"{r['n_params_active']:9.3g} {r['tokens']:9.3g} {r['tokens_per_param']:7.1f} "
               f"{r['flops']:9.3g} {r['flops_trained']:9.3g} {r['est_wall_time_s']:8.0f}s  {r['status']}")
-    done = {r["run_key"] for r in out if r["status"] in ("finished", "diverged")}
+    done = {r["run_key"] for r in out if RunState(r["status"]).is_result}
     total, spent = sum(r["flops"] for r in out), sum(r["flops_trained"] for r in out)
     wall = study_wall_time(planned, items, rate, slots, done)
     shared = " (wsd branches share their trunk)" if cfg.train.schedule == "wsd" else ""
@@ -169,7 +173,7 @@ def _plan_row(p, row, flops_trained: float, rate: float) -> dict:
             "top_k": m.top_k, "seed": p.spec.seed, "trunk_key": p.trunk_key,
             "budget": p.budget, "est_wall_time_s": flops_trained / rate,
             "est_memory_bytes": sum(run_memory(p).values()),
-            "status": row.state if row else "pending"}
+            "status": RunState.of(row.state if row else None).value}
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -187,11 +191,11 @@ def cmd_status(a: argparse.Namespace) -> int:
     rows, _ = _read_ledger(settings, cfg.study)
     rows = _study_view(settings, cfg, rows)
     summary = summarize(planned, rows, 0.0, 0.0)
-    runs = []
+    runs: list[dict[str, Any]] = []
     for p in planned:
         r = rows.get(p.key)
         runs.append({"run_key": p.key, "label": p.label, "n_params": p.n_params, "tokens": p.tokens,
-                     "state": r.state if r else "pending", "attempts": r.attempts if r else 0,
+                     "state": RunState.of(r.state if r else None).value, "attempts": r.attempts if r else 0,
                      "tokens_done": (r.tokens_done or 0) if r else 0,
                      "val_loss": r.val_loss if r else None,
                      "mlflow_run_id": r.mlflow_run_id if r else None,
@@ -259,8 +263,9 @@ def cmd_run(a: argparse.Namespace) -> int:
     return outcome.exit_code
 
 
-def ray_died(e: BaseException) -> bool:
+def ray_died(error: BaseException) -> bool:
     """An error raised because the Ray cluster (GCS, raylet, the embedded Ray) went away."""
+    e: BaseException | None = error
     while e is not None:
         if type(e).__module__.startswith("ray") or "raylet" in str(e) or "GCS" in str(e):
             return True
@@ -284,18 +289,20 @@ def _experiment_id(settings: Settings, study: str) -> str | None:
     ledger = Ledger(settings.ledger_uri, create=False)
     try:
         return (ledger.study(study) or {}).get("experiment_id")
-    except Exception:                        # no tables yet
+    except Exception as e:                   # noqa: BLE001 - no tables yet: no experiment to show
+        log.debug("no experiment id for %s in the ledger: %s", study, e)
         return None
     finally:
         ledger.dispose()
 
 
 def quiet_logs() -> None:
-    """The terminal shows scalelab's lines, not Ray's or MLflow's INFO logs (warnings stay)."""
-    import logging
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")      # read when mlflow is imported
-    for name in ("mlflow", "alembic", "ray"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    """The terminal shows scalelab's lines, not Ray's or MLflow's INFO logs (warnings stay).
+    MLflow sets its own logger's level from MLFLOW_LOGGING_LEVEL when it is imported (later,
+    possibly in a worker): the environment is the only way in; setdefault keeps a user's choice."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
 
 
 def cmd_run_adaptive(a: argparse.Namespace, cfg: StudyConfig, settings: Settings,
@@ -409,7 +416,8 @@ def _scalelab_experiments(uri: str) -> list[tuple[str, str]]:
     try:
         from mlflow.tracking import MlflowClient
         exps = MlflowClient(uri).search_experiments(max_results=1000)
-    except Exception:                        # the server reports a broken store itself
+    except Exception as e:                   # noqa: BLE001 - the server reports a broken store itself
+        log.debug("could not list the experiments of %s: %s", redact(uri), e)
         return []
     return [(e.name, e.experiment_id) for e in exps if TAG_PREFIX + VIEW_KEY in e.tags]
 
@@ -467,7 +475,8 @@ def _command(argv: Sequence[str] | None) -> str | None:
     """The subcommand named in argv ("" when there is none), None when argv is not given."""
     if argv is None:
         return None
-    return next((a for a in argv if not a.startswith("-")), "")
+    rest = [a for i, a in enumerate(argv) if i == 0 or argv[i - 1] != "--log-level"]
+    return next((a for a in rest if not a.startswith("-")), "")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -545,7 +554,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
     _store_args(p)
     p.set_defaults(func=cmd_report)
+    _log_level_arg(ap, default=None)
+    for p in sub.choices.values():       # also after the subcommand, not overriding one before it
+        _log_level_arg(p, default=argparse.SUPPRESS)
     return ap
+
+
+def _log_level_arg(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument("--log-level", default=default, metavar="LEVEL",
+                   help="diagnostics shown on stderr: DEBUG, INFO (default), WARNING or ERROR "
+                        "(default: $SCALELAB_LOG_LEVEL)")
 
 
 # What `.env` may set: the secrets README and .env.example document (tokens, passwords, and the
@@ -564,12 +582,35 @@ def load_dotenv_file(path: str = ".env") -> None:
     from dotenv import dotenv_values
     values = dotenv_values(path)
     ignored = sorted(k for k in values if k not in DOTENV_KEYS)
-    for k in DOTENV_KEYS:
-        if values.get(k) is not None and k not in os.environ:
-            os.environ[k] = values[k]
+    for k in DOTENV_KEYS:       # environment: MLflow, Ray and psycopg read these from there
+        value = values.get(k)
+        if value is not None and k not in os.environ:
+            os.environ[k] = value
     if ignored:
         print(f"warning: {path}: ignored {', '.join(ignored)[:300]} (a .env may set only "
               f"{', '.join(DOTENV_KEYS)}; export other settings or pass flags)", file=sys.stderr)
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+OWN_LOGGERS = ("orchestrator", "trainer", "analysis")
+LIBRARY_LOGGERS = ("mlflow", "alembic", "ray", "urllib3", "matplotlib")
+
+
+def configure_logging(level: str | None) -> None:
+    """The one logging set-up: diagnostics go to stderr as `LEVEL logger: message`; scalelab's
+    own loggers at `level` (--log-level, else $SCALELAB_LOG_LEVEL, else INFO), libraries at
+    WARNING (or `level` when that is stricter). User-facing output (tables, fit text, progress)
+    is printed, not logged."""
+    flag = "--log-level" if level else "SCALELAB_LOG_LEVEL"
+    name = (level or os.environ.get("SCALELAB_LOG_LEVEL") or "INFO").upper()
+    if name not in LOG_LEVELS:
+        raise StudyError(flag, f"{name!r} is not a log level; use one of {', '.join(LOG_LEVELS)}")
+    value = getattr(logging, name)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for library in ("", *LIBRARY_LOGGERS):      # the root, and those that set their own level
+        logging.getLogger(library).setLevel(max(value, logging.WARNING))
+    for own in OWN_LOGGERS:
+        logging.getLogger(own).setLevel(value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -577,6 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(_command(argv)).parse_args(argv)
     try:
+        configure_logging(getattr(args, "log_level", None))
         return args.func(args)
     except StudyError as e:
         print(f"error: {redact_text(str(e))}", file=sys.stderr)

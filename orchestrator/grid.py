@@ -197,6 +197,8 @@ def _isoflop_points(cfg: StudyConfig, moe: MoESetting, j: int, arch: ArchSetting
     exactly C under the logged (chinchilla) convention, D = C / flops_per_token(model), not
     C / (6·N): attention and the head would otherwise put points 1.1-1.4× off their budget."""
     iso = cfg.grid.isoflop
+    if iso is None:
+        raise ValueError("isoflop_runs needs grid.isoflop")
     rule, data = cfg.model, cfg.data
     per_step = cfg.train.batch_size * data.seq_len
     for b, budget in enumerate(iso.budgets):

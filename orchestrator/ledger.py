@@ -21,8 +21,10 @@ import sqlalchemy as sa
 
 from trainer.redact import redact_text
 
-TERMINAL = ("finished", "diverged")                 # results: never rerun
-STATES = ("pending", "running", "finished", "diverged", "failed", "killed", "stopped")
+from .states import LEDGER_STATES, RunState
+
+TERMINAL = tuple(s.value for s in (RunState.FINISHED, RunState.DIVERGED))   # results: never rerun
+STATES = tuple(s.value for s in LEDGER_STATES)     # the stored values (see states.RunState)
 
 metadata = sa.MetaData()
 runs_table = sa.Table(
@@ -31,7 +33,7 @@ runs_table = sa.Table(
     sa.Column("run_key", sa.String(64), primary_key=True),
     sa.Column("kind", sa.String(16), nullable=False, default="point"),   # point | trunk
     sa.Column("trunk_key", sa.String(64)),
-    sa.Column("state", sa.String(16), nullable=False, default="pending"),
+    sa.Column("state", sa.String(16), nullable=False, default=RunState.PENDING.value),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("lease", sa.String(64)),
     sa.Column("mlflow_run_id", sa.String(64)),
@@ -197,7 +199,7 @@ class Ledger:
         with self.engine.begin() as c:
             known = {k for (k,) in c.execute(sa.select(runs_table.c.run_key).where(
                 runs_table.c.study == study))}
-            new = [dict(r, state="pending", attempts=0, updated_at=time.time())
+            new = [dict(r, state=RunState.PENDING.value, attempts=0, updated_at=time.time())
                    for r in rows if r["run_key"] not in known]
             if new:
                 c.execute(runs_table.insert(), new)
@@ -230,7 +232,7 @@ class Ledger:
         """run_key -> a finished row of another study (the result a study can reuse)."""
         q = sa.select(runs_table).where(runs_table.c.run_key.in_(list(keys)),
                                         runs_table.c.study != study,
-                                        runs_table.c.state == "finished",
+                                        runs_table.c.state == RunState.FINISHED.value,
                                         runs_table.c.mlflow_run_id.is_not(None))
         with self.engine.connect() as c:
             return {r.run_key: r for r in map(_row, c.execute(q.order_by(runs_table.c.updated_at)))}
@@ -238,6 +240,8 @@ class Ledger:
     def update(self, study: str, run_key: str, *, lease: str | None = None, **values: Any) -> bool:
         """Update a run; with `lease`, only if that lease is still the current one."""
         values["updated_at"] = time.time()
+        if "state" in values:                # stored as the plain value; an unknown one raises
+            values["state"] = RunState(values["state"]).value
         if values.get("error"):              # stored errors never hold a password
             values["error"] = redact_text(values["error"])
         q = runs_table.update().where(*_pk(study, run_key))
@@ -251,7 +255,7 @@ class Ledger:
         lease = uuid.uuid4().hex
         with self.engine.begin() as c:
             c.execute(runs_table.update().where(*_pk(study, run_key)).values(
-                lease=lease, state="running", attempts=runs_table.c.attempts + 1, error=None,
+                lease=lease, state=RunState.RUNNING.value, attempts=runs_table.c.attempts + 1, error=None,
                 updated_at=time.time()))
         return lease
 
@@ -307,7 +311,7 @@ def _migrate_sqlite(engine: sa.Engine) -> None:
     cols = ", ".join(c.name for c in runs_table.columns)
     ddl = str(sa.schema.CreateTable(runs_table).compile(engine))
     raw = engine.raw_connection()
-    con = raw.driver_connection
+    con: Any = raw.driver_connection             # sqlite3.Connection
     level, con.isolation_level = con.isolation_level, None     # explicit BEGIN/COMMIT
     try:
         cur = con.cursor()

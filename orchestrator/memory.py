@@ -87,7 +87,7 @@ def check_memory(cfg: StudyConfig, planned: list[PlannedRun], host_bytes: float 
             need = sum(use.values())
             if capacity is None or not use or need <= capacity:
                 continue
-            cause = max(use, key=use.get)
+            cause = max(use, key=lambda k: use[k])
             key, fix = _blame(cfg, p, cause)
             detail = ", ".join(f"{k} {v / GIB:.3g}" for k, v in use.items())
             raise StudyError(key, f"run {p.label} D={p.tokens:.3g} needs about {need / GIB:.3g} GiB "

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from .grid import PlannedRun
 from .ledger import LedgerRow
+from .states import RunState
 
 
 def _fmt_s(seconds: float | None) -> str:
@@ -38,7 +39,8 @@ def bar(frac: float, width: int = 20) -> str:
 def summarize(planned: Sequence[PlannedRun], rows: dict[str, LedgerRow], elapsed_s: float,
               flops_at_start: float) -> dict:
     """Pure summary used by both displays and by `scalelab status --json`."""
-    states = Counter(rows[p.key].state if p.key in rows else "pending" for p in planned)
+    states = Counter(RunState.of(rows[p.key].state if p.key in rows else None).value
+                     for p in planned)
     total = sum(p.flops for p in planned)
     done = 0.0
     for p in planned:
@@ -122,12 +124,13 @@ class Progress:
         t = Table(title=escape(self._line(s)), title_justify="left")
         for col in ("run", "key", "N", "D", "state", "tokens done", "last loss", "val_loss"):
             t.add_column(col)
-        order = {"running": 0, "pending": 1, "failed": 2, "killed": 3, "diverged": 4, "finished": 5}
+        order = {RunState.RUNNING: 0, RunState.PENDING: 1, RunState.FAILED: 2, RunState.KILLED: 3,
+                 RunState.DIVERGED: 4, RunState.FINISHED: 5}
         shown = sorted(self.planned, key=lambda p: order.get(
-            rows[p.key].state if p.key in rows else "pending", 9))[:30]
+            RunState.of(rows[p.key].state if p.key in rows else None), 9))[:30]
         for p in shown:
             r = rows.get(p.key)
-            state = r.state if r else "pending"
+            state = RunState.of(r.state if r else None).value
             done = f"{100 * (r.tokens_done or 0) / p.tokens:.0f}%" if r else ""
             t.add_row(p.label, p.key[:8], f"{p.n_params:.3g}", f"{p.tokens:.3g}", state, done,
                       f"{r.last_loss:.4f}" if r and r.last_loss is not None else "",

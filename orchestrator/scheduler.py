@@ -18,9 +18,12 @@ from .config import StudyConfig, StudyError
 from .driverlock import StudyBusy, busy_message, driver_alive, hold_study
 from .grid import PlannedRun, WorkItem, expand, work_items
 from .ledger import Ledger, LedgerRow, spec_json
+from .messages import RunAssignment, RunReport, TrunkAssignment, WorkPayload
 from .progress import Progress
+from .states import RunState
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -61,7 +64,9 @@ def connect_ray(address: str | None) -> bool:
     binds its GCS to a port the OS picks (port 0; never 6379, which a local Redis often holds)
     and, like everything scalelab starts, listens on 127.0.0.1 only (LOCAL_ONLY_ENV)."""
     if not address:
-        for k, v in LOCAL_ONLY_ENV.items():     # read when ray is first imported
+        # Environment, unavoidably: Ray reads this when it is first imported (no init argument
+        # exists); setdefault keeps a user's choice.
+        for k, v in LOCAL_ONLY_ENV.items():
             os.environ.setdefault(k, v)
     import ray
     if ray.is_initialized():
@@ -69,7 +74,7 @@ def connect_ray(address: str | None) -> bool:
     env = {"env_vars": {"PYTHONUNBUFFERED": "1"}}
     if address:
         if os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_MODE"):
-            os.environ["RAY_AUTH_MODE"] = "token"
+            os.environ["RAY_AUTH_MODE"] = "token"   # Ray reads auth only from the environment
         try:
             ray.init(address=address, runtime_env=env, log_to_driver=False,
                      logging_level=logging.ERROR)
@@ -119,10 +124,11 @@ def stop_running_runs(ledger: Ledger, study: str, grace_s: float = STOP_GRACE_S)
         ledger.request_cancel(study, "now")
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline and any(
-                r.state == "running" for r in ledger.rows(study)):
+                r.state == RunState.RUNNING for r in ledger.rows(study)):
             time.sleep(0.5)
-    except Exception:                        # stopping must never mask the interrupt
-        pass
+    except Exception as e:                   # noqa: BLE001 - stopping must never mask the interrupt
+        log.warning("could not ask the running runs of %s to stop (%s: %s); the next "
+                    "`scalelab run` resumes them", study, type(e).__name__, e)
 
 
 def check_resources(cfg: StudyConfig) -> int:
@@ -249,16 +255,16 @@ def ensure_child_runs(cfg: StudyConfig, settings: tracking.Settings, item: WorkI
     Only the driver creates runs; the ledger records each id at once (adopted after a crash)."""
     rows = {r.run_key: r for r in ledger.rows(cfg.study)}
     todo = [p for p in item.runs if not rows[p.key].mlflow_run_id and not rows[p.key].done]
-    trunk_todo = bool(item.trunk_key and not rows[item.trunk_key].mlflow_run_id)
-    if not todo and not trunk_todo:
+    trunk_key = item.trunk_key if item.trunk_key and not rows[item.trunk_key].mlflow_run_id else None
+    if not todo and not trunk_key:
         return
     c = tracking.client(settings.tracking_uri)
-    if trunk_todo:
+    if trunk_key:
         p = max(item.runs, key=lambda r: r.tokens)
         run_id = tracking.create_child_run(
-            c, exp_id, parent, cfg.study, item.trunk_key, f"{p.label}-trunk-s{p.spec.seed}",
-            "trunk", {"run_key": item.trunk_key, "n_params": p.n_params, "schedule": "wsd"})
-        ledger.update(cfg.study, item.trunk_key, mlflow_run_id=run_id)
+            c, exp_id, parent, cfg.study, trunk_key, f"{p.label}-trunk-s{p.spec.seed}",
+            "trunk", {"run_key": trunk_key, "n_params": p.n_params, "schedule": "wsd"})
+        ledger.update(cfg.study, trunk_key, mlflow_run_id=run_id)
     for p in todo:
         params = p.mlflow_params()          # the trainer adds its own (true_entropy, ...)
         run_id = tracking.create_child_run(
@@ -283,44 +289,66 @@ def _with_store_retry(fn, before_retry) -> None:
     with backoff for SCALELAB_TRACKING_TIMEOUT_S (60 s), adopting what an attempt created
     (`before_retry`) so nothing is created twice; then the last error is raised."""
     import time
-    deadline = time.monotonic() + float(os.environ.get("SCALELAB_TRACKING_TIMEOUT_S", 60))
+    deadline = time.monotonic() + tracking_timeout_s()
     wait = 0.5
     while True:
         try:
             return fn()
-        except Exception:
+        except Exception as e:              # noqa: BLE001 - any store error: retried, then raised
             if time.monotonic() + wait > deadline:
                 raise
+            log.debug("creating MLflow runs failed (%s: %s); retrying in %.1f s",
+                      type(e).__name__, e, wait)
             time.sleep(wait)
             wait = min(8.0, wait * 2)
             try:
                 before_retry()
-            except Exception:               # still down: the next attempt tells
-                pass
+            except Exception as e:          # noqa: BLE001 - still down: the next attempt tells
+                log.debug("store still unreachable: %s: %s", type(e).__name__, e)
 
 
 # --------------------------------------------------------------------------- dispatch
 
 def _payload(item: WorkItem, cfg: StudyConfig, settings: tracking.Settings, ledger: Ledger,
-             rows: dict[str, LedgerRow]) -> dict[str, Any]:
+             rows: dict[str, LedgerRow]) -> WorkPayload:
+    """The work item as the worker receives it: a fresh lease per run not yet done (and for
+    its wsd trunk), with the MLflow run ids ensure_child_runs recorded."""
     runs = []
     for p in item.runs:
-        if rows[p.key].done:
+        row = rows[p.key]
+        if row.done:
             continue
-        lease = ledger.acquire(cfg.study, p.key)
-        runs.append({"run_key": p.key, "spec": p.spec.to_dict(), "lease": lease,
-                     "mlflow_run_id": rows[p.key].mlflow_run_id, "attempt": rows[p.key].attempts + 1,
-                     "checkpoint_dir": rows[p.key].checkpoint_dir})
-    payload = {"study": cfg.study, "runs": runs, "tracking_uri": settings.tracking_uri,
-               "ledger_uri": settings.ledger_uri, "num_cpus": cfg.resources.num_cpus,
-               # how long a run's end waits for an unreachable MLflow store before it fails
-               "tracking_timeout_s": float(os.environ.get("SCALELAB_TRACKING_TIMEOUT_S", 60))}
+        runs.append(RunAssignment(run_key=p.key, spec=p.spec.to_dict(),
+                                  lease=ledger.acquire(cfg.study, p.key),
+                                  mlflow_run_id=_mlflow_id(row), attempt=row.attempts + 1,
+                                  checkpoint_dir=_checkpoint_dir(row)))
+    trunk, trunk_dir = None, None
     if item.trunk_key:
         t = rows[item.trunk_key]
-        payload["trunk"] = {"run_key": t.run_key, "lease": ledger.acquire(cfg.study, t.run_key),
-                            "mlflow_run_id": t.mlflow_run_id}
-        payload["trunk_dir"] = t.checkpoint_dir
-    return payload
+        trunk = TrunkAssignment(run_key=t.run_key, lease=ledger.acquire(cfg.study, t.run_key),
+                                mlflow_run_id=_mlflow_id(t))
+        trunk_dir = t.checkpoint_dir
+    return WorkPayload(study=cfg.study, runs=tuple(runs), tracking_uri=settings.tracking_uri,
+                       ledger_uri=settings.ledger_uri, num_cpus=cfg.resources.num_cpus,
+                       tracking_timeout_s=tracking_timeout_s(), trunk=trunk, trunk_dir=trunk_dir)
+
+
+def tracking_timeout_s() -> float:
+    """SCALELAB_TRACKING_TIMEOUT_S (default 60): how long creating runs at dispatch, and a
+    run's end, wait for an unreachable MLflow store before failing."""
+    return float(os.environ.get("SCALELAB_TRACKING_TIMEOUT_S", 60))
+
+
+def _checkpoint_dir(row: LedgerRow) -> str:
+    if not row.checkpoint_dir:              # record_plan writes it with the row
+        raise RuntimeError(f"run {row.run_key} has no checkpoint directory in the ledger")
+    return row.checkpoint_dir
+
+
+def _mlflow_id(row: LedgerRow) -> str:
+    if not row.mlflow_run_id:               # ensure_child_runs records it before dispatch
+        raise RuntimeError(f"run {row.run_key} has no MLflow run at dispatch")
+    return row.mlflow_run_id
 
 
 def run_study(cfg: StudyConfig, settings: tracking.Settings, *, address: str | None = None,
@@ -366,7 +394,7 @@ def refuse_if_held(cfg: StudyConfig, settings: tracking.Settings) -> None:
         return
     finally:
         ledger.dispose()
-    if driver_alive(holder):
+    if holder is not None and driver_alive(holder):
         raise StudyBusy("study", busy_message(cfg.study, holder, cfg.source_path or "STUDY.yaml"))
 
 
@@ -443,7 +471,7 @@ def _dispatch(cfg: StudyConfig, settings: tracking.Settings, planned: list[Plann
                 try:
                     results = ray.get(ref)
                     retry, why = _handle_results(results, cfg.study, ledger, settings, failed_final)
-                    if any(r.get("storage") for r in results) and not cancelled:
+                    if any(r.storage for r in results) and not cancelled:
                         cancelled = True             # every later run would fail the same way
                         messages.append("checkpoint storage unusable: starting no new runs: "
                                         + why.splitlines()[0][:300])
@@ -471,12 +499,12 @@ def _dispatch(cfg: StudyConfig, settings: tracking.Settings, planned: list[Plann
     states = {p.key: final_rows[p.key].state for p in planned}
     for p in planned:                           # results that are not plain successes, reported
         r = final_rows[p.key]
-        if r.state != "finished":
+        if r.state != RunState.FINISHED:
             last = (r.error or "").strip().splitlines()[-1:] or [""]
             messages.append(f"{p.label} D={p.tokens:.3g} ({p.key}): {r.state} {last[0][:200]}")
-    if any(s == "failed" for s in states.values()):
+    if any(s == RunState.FAILED for s in states.values()):
         code = EXIT_FAILED
-    elif all(s in ("finished", "diverged") for s in states.values()):
+    elif all(RunState(s).is_result for s in states.values()):
         code = EXIT_OK
     else:
         code = EXIT_FAILED                      # cancelled or killed before the end
@@ -488,41 +516,43 @@ def rows_done(ledger: Ledger, study: str, key: str) -> bool:
     return r is not None and r.done
 
 
-def _handle_results(results: list[dict], study: str, ledger: Ledger,
+def _handle_results(results: list[RunReport], study: str, ledger: Ledger,
                     settings: tracking.Settings, failed_final: dict[str, str]) -> tuple[bool, str]:
     """Returns (retry?, reason). Bug-class failures and divergence are never retried."""
     for r in results:
-        if r["state"] == "failed":
-            if r.get("bug") or r.get("storage"):
-                failed_final[r["run_key"]] = r["message"]
-                _finish_mlflow(ledger, settings, study, r["run_key"], "failed")
-                return False, r["message"]
-            return True, r["message"] or "failed"
-        if r["state"] == "fenced":
-            return False, r["message"]
+        if r.state is RunState.FAILED:
+            if r.bug or r.storage:
+                failed_final[r.run_key] = r.message
+                _finish_mlflow(ledger, settings, study, r.run_key, RunState.FAILED)
+                return False, r.message
+            return True, r.message or "failed"
+        if r.state is RunState.FENCED:
+            return False, r.message
     return False, ""
 
 
 def _finish_mlflow(ledger: Ledger, settings: tracking.Settings, study: str, key: str,
-                   outcome: str) -> None:
+                   outcome: RunState) -> None:
+    """End a run's MLflow run with `outcome`; best effort (the ledger holds the state)."""
     row = ledger.get(study, key)
     if row and row.mlflow_run_id:
         try:
             tracking.finish_run(tracking.client(settings.tracking_uri), row.mlflow_run_id, outcome)
-        except Exception:
-            pass
+        except Exception as e:              # noqa: BLE001 - any store error: the ledger has it
+            log.warning("run %s: MLflow run %s not ended as %s (%s: %s)", key, row.mlflow_run_id,
+                        outcome, type(e).__name__, str(e)[:300])
 
 
 def _mark_failed(ledger: Ledger, settings: tracking.Settings, study: str, key: str,
                  why: str) -> None:
-    ledger.update(study, key, state="failed", error=why)
-    _finish_mlflow(ledger, settings, study, key, "failed")
+    ledger.update(study, key, state=RunState.FAILED, error=why)
+    _finish_mlflow(ledger, settings, study, key, RunState.FAILED)
 
 
 def _mark_killed(ledger: Ledger, settings: tracking.Settings, study: str,
                  planned: list[PlannedRun], rows: dict[str, LedgerRow]) -> None:
     for p in planned:
         r = rows[p.key]
-        if r.state in ("running", "killed"):
-            ledger.update(study, p.key, state="killed")
-            _finish_mlflow(ledger, settings, study, p.key, "killed")
+        if r.state in (RunState.RUNNING, RunState.KILLED):
+            ledger.update(study, p.key, state=RunState.KILLED)
+            _finish_mlflow(ledger, settings, study, p.key, RunState.KILLED)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from trainer.spec import SpecError
 
 from .config import ExplicitRun, ExplicitShape, StudyConfig, StudyError
 from .grid import PlannedRun, base_shape, expand
+
+if TYPE_CHECKING:                  # analysis (scipy, pandas) loads only when suggest runs
+    from analysis.planner import Plan
 
 N_SIZES = 10           # candidate size targets (log grid)
 N_TOKENS = 10          # candidate token budgets (log grid)
@@ -95,6 +99,8 @@ def build_candidates(cfg: StudyConfig, exclude_keys=(), span_of: StudyConfig | N
 def run_to_dict(r: ExplicitRun) -> dict:
     """An explicit run as it would be written in grid.runs (the persisted adaptive rounds)."""
     m = r.moe
+    if not isinstance(r.size, ExplicitShape):     # suggest proposes shapes, never a bare N
+        raise TypeError(f"run_to_dict: an explicit shape is needed, not N={r.size}")
     size = {"n_layer": r.size.n_layer, "d_model": r.size.d_model, "n_head": r.size.n_head}
     return {"size": size, "tokens": r.tokens, "seed": r.seed,
             "moe": {"experts": m.experts, "top_k": m.top_k, "granularity": m.granularity,
@@ -158,7 +164,7 @@ def check_inputs(cfg: StudyConfig, target_flops: float, max_runs: int, max_flops
 class Suggestion:
     """A plan with the explicit runs it proposes (what `--adaptive` appends to the study)."""
 
-    plan: object                          # analysis.planner.Plan
+    plan: Plan
     runs: list[ExplicitRun]
     planned: list[PlannedRun]
 

@@ -7,6 +7,7 @@ child run, before any worker starts: concurrent `set_experiment` and first-time 
 
 from __future__ import annotations
 
+import logging
 import contextlib
 import hashlib
 import json
@@ -19,12 +20,15 @@ from urllib.parse import unquote, urlparse
 from trainer.redact import redact_text
 
 from .config import StudyError
+from .states import OUTCOMES, RunState
+
+log = logging.getLogger(__name__)
 
 ROLE, STUDY, RUN_KEY, OUTCOME, FINGERPRINT = (
     "scalelab.role", "scalelab.study", "scalelab.run_key", "scalelab.outcome",
     "scalelab.fingerprint")
-MLFLOW_STATUS = {"finished": "FINISHED", "diverged": "FAILED", "failed": "FAILED",
-                 "killed": "KILLED"}
+# `scalelab.outcome` tag value -> the MLflow run status it ends with (states.OUTCOMES).
+MLFLOW_STATUS = {state.value: status for state, status in OUTCOMES.items()}
 
 
 @dataclass(frozen=True)
@@ -264,7 +268,8 @@ def ensure_experiment(c, study: str, fingerprint: str, artifact_root: str) -> st
     try:
         return c.create_experiment(study, artifact_location=f"{artifact_root.rstrip('/')}/{study}",
                                    tags={FINGERPRINT: fingerprint, "scalelab.study": study})
-    except Exception:                       # created by a concurrent driver in between
+    except Exception as e:                  # noqa: BLE001 - created by a concurrent driver in between?
+        log.debug("creating experiment %s failed (%s); looking it up", study, e)
         exp = c.get_experiment_by_name(study)
         if exp is None:
             raise
@@ -313,9 +318,10 @@ def existing_children(c, experiment_id: str) -> dict[str, str]:
 def recorded_outcome(run) -> str | None:
     """'finished' / 'diverged' when an MLflow run holds a complete result, else None."""
     outcome = run.data.tags.get(OUTCOME)
-    if outcome == "finished" and run.info.status == "FINISHED" and "val_loss" in run.data.metrics:
+    if (outcome == RunState.FINISHED and run.info.status == "FINISHED"
+            and "val_loss" in run.data.metrics):
         return outcome
-    if outcome == "diverged" and run.info.status == "FAILED":
+    if outcome == RunState.DIVERGED and run.info.status == "FAILED":
         return outcome
     return None
 
@@ -339,7 +345,7 @@ def copy_point_run(c, source_id: str, experiment_id: str, parent_id: str, study:
         history = c.get_metric_history(source_id, name)
         for i in range(0, len(history), 1000):
             c.log_batch(run_id, metrics=history[i:i + 1000])
-    finish_run(c, run_id, "finished")
+    finish_run(c, run_id, RunState.FINISHED)
     return run_id
 
 
@@ -366,7 +372,9 @@ def create_child_run(c, experiment_id: str, parent_id: str, study: str, run_key:
     return run.info.run_id
 
 
-def finish_run(c, run_id: str, outcome: str) -> None:
-    c.set_tag(run_id, OUTCOME, outcome)
-    c.set_terminated(run_id, status=MLFLOW_STATUS.get(outcome, "FAILED"))
+def finish_run(c, run_id: str, outcome: RunState | str) -> None:
+    """Tag the run's outcome (a RunState value) and end it with the matching MLflow status."""
+    state = RunState(outcome)
+    c.set_tag(run_id, OUTCOME, state.value)
+    c.set_terminated(run_id, status=OUTCOMES.get(state, "FAILED"))
 

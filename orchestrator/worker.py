@@ -8,21 +8,26 @@ a killed driver stops at its next checkpoint instead of writing over the attempt
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import time
 import traceback
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from trainer import RunResult, RunSpec, train
 from trainer.redact import redact_text
-from trainer.sinks import MlflowSink
+from trainer.sinks import MetricSink, MlflowSink
 from trainer.spec import ALREADY_FINISHED
 
 from . import tracking
 from .ledger import Ledger
+from .messages import RunAssignment, RunReport, WorkPayload
+from .states import RunState
+
+log = logging.getLogger(__name__)
 
 # Exceptions that say "the code or the spec is wrong": retrying cannot help.
 BUG_ERRORS = (TypeError, ValueError, IndexError, KeyError, AttributeError, AssertionError,
@@ -67,12 +72,11 @@ class Fenced(RuntimeError):
 class FencedSink:
     """Wraps a sink: every flush first checks the lease, then records progress in the ledger."""
 
-    def __init__(self, inner, ledger: Ledger, study: str, run_key: str, lease: str,
-                 close_timeout_s: float = TRACKING_TIMEOUT_S):
+    def __init__(self, inner: MetricSink, ledger: Ledger, study: str, run_key: str, lease: str,
+                 close_timeout_s: float = TRACKING_TIMEOUT_S) -> None:
         self.inner, self.ledger, self.run_key, self.lease = inner, ledger, run_key, lease
         self.study = study
         self.close_timeout_s = close_timeout_s
-        self.run_id = getattr(inner, "run_id", None)     # recorded in checkpoints
         self._tokens = 0
         self._loss: float | None = None
         self._last_progress = 0.0
@@ -104,18 +108,21 @@ class FencedSink:
         self._progress()
 
     @property
+    def run_id(self) -> str | None:
+        """The inner sink's MLflow run id (recorded in checkpoints)."""
+        return self.inner.run_id
+
+    @property
     def pending(self) -> int:
         """Items logged but not yet delivered to the store (the trainer does not checkpoint
         over undelivered metrics)."""
-        return int(getattr(self.inner, "pending", 0))
+        return self.inner.pending
 
-    def close(self) -> None:
+    def close(self, timeout_s: float | None = None) -> None:
         """Deliver what is still buffered (retrying while the store is briefly down); raises
-        MlflowSinkError after `close_timeout_s`."""
+        MlflowSinkError after `timeout_s` (default `close_timeout_s`)."""
         self._check()
-        close = getattr(self.inner, "close", None)
-        if close is not None:
-            close(timeout_s=self.close_timeout_s)
+        self.inner.close(timeout_s=self.close_timeout_s if timeout_s is None else timeout_s)
 
     def _progress(self) -> None:
         if not self.ledger.update(self.study, self.run_key, lease=self.lease, tokens_done=self._tokens,
@@ -134,9 +141,10 @@ def _retry(fn, timeout_s: float):
     while True:
         try:
             return fn()
-        except Exception:
+        except Exception as e:                      # noqa: BLE001 - any store error: retried
             if time.monotonic() + wait > deadline:
                 raise
+            log.debug("MLflow call failed (%s: %s); retrying in %.1f s", type(e).__name__, e, wait)
             time.sleep(wait)
             wait = min(8.0, wait * 2)
 
@@ -145,136 +153,155 @@ def _node_id() -> str:
     try:
         import ray
         return ray.get_runtime_context().get_node_id()
-    except Exception:
+    except Exception as e:                          # noqa: BLE001 - outside Ray (tests, in-process)
+        log.debug("no Ray node id (%s: %s)", type(e).__name__, e)
         return ""
 
 
-def node_local(item: dict[str, Any]) -> dict[str, Any]:
+def node_local(item: WorkPayload) -> WorkPayload:
     """The driver's locations, overridden by this node's SCALELAB_NODE_TRACKING_URI,
     SCALELAB_NODE_LEDGER_URI and SCALELAB_NODE_CHECKPOINT_DIR when set (e.g. in docker the
     driver on the host sees http://127.0.0.1:5000 where nodes reach http://mlflow:5000).
     Checkpoint dirs are rebased: the same layout (tracking.checkpoint_path) under the node's root."""
     env = os.environ
-    item = dict(item)
-    item["tracking_uri"] = env.get("SCALELAB_NODE_TRACKING_URI") or item["tracking_uri"]
-    item["ledger_uri"] = env.get("SCALELAB_NODE_LEDGER_URI") or item["ledger_uri"]
+    item = replace(item, tracking_uri=env.get("SCALELAB_NODE_TRACKING_URI") or item.tracking_uri,
+                   ledger_uri=env.get("SCALELAB_NODE_LEDGER_URI") or item.ledger_uri)
     root = env.get("SCALELAB_NODE_CHECKPOINT_DIR")
     if root:
-        study = item["study"]
-        item["runs"] = [dict(r, checkpoint_dir=tracking.checkpoint_path(root, study, r["run_key"]))
-                        for r in item["runs"]]
-        if item.get("trunk"):
-            item["trunk_dir"] = tracking.trunk_path(root, study, item["trunk"]["run_key"])
+        study = item.study
+        runs = tuple(replace(r, checkpoint_dir=tracking.checkpoint_path(root, study, r.run_key))
+                     for r in item.runs)
+        trunk_dir = (tracking.trunk_path(root, study, item.trunk.run_key) if item.trunk
+                     else item.trunk_dir)
+        item = replace(item, runs=runs, trunk_dir=trunk_dir)
     return item
 
 
-def execute(item: dict[str, Any]) -> list[dict[str, Any]]:
-    """Run a work item. `item` is plain data (see scheduler._payload). Returns one outcome dict
-    per run: {run_key, state, message, val_loss, ...}."""
-    item = node_local(item)
-    # The sink retries on its own (backoff, bounded buffer): one HTTP request must not block
-    # training for minutes while an MLflow server is down (MLflow's default is 7 retries).
+def _quiet_mlflow_retries() -> None:
+    """The sink retries on its own (backoff, bounded buffer): one HTTP request must not block
+    training for minutes while an MLflow server is down (MLflow's default is 7 retries).
+    Environment, because MLflow reads these only from there; setdefault keeps a user's choice,
+    and this runs in the Ray worker process (never the user's shell)."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-    ledger = Ledger(item["ledger_uri"], create=False)
-    client = tracking.client(item["tracking_uri"])
-    study, node = item["study"], _node_id()
-    num_threads = max(1, int(item["num_cpus"]))
-    out = []
-    trunk = item.get("trunk")
+
+
+def execute(item: WorkPayload) -> list[RunReport]:
+    """Run a work item (built by scheduler._payload). Returns one report per run, in order;
+    stops after the first run that is not a result (later branches need its trunk)."""
+    item = node_local(item)
+    _quiet_mlflow_retries()
+    ledger = Ledger(item.ledger_uri, create=False)
+    client = tracking.client(item.tracking_uri)
+    study, node = item.study, _node_id()
+    num_threads = max(1, int(item.num_cpus))
+    out: list[RunReport] = []
+    trunk = item.trunk
     trunk_sink = None
     if trunk:
-        trunk_sink = FencedSink(MlflowSink(item["tracking_uri"], trunk["mlflow_run_id"], resume=True),
-                                ledger, item["study"], trunk["run_key"], trunk["lease"])
+        trunk_sink = FencedSink(MlflowSink(item.tracking_uri, trunk.mlflow_run_id, resume=True),
+                                ledger, study, trunk.run_key, trunk.lease)
     try:
-        for run in item["runs"]:
-            row = ledger.get(study, run["run_key"])
+        for run in item.runs:
+            row = ledger.get(study, run.run_key)
             if row is not None and row.done:            # a wsd branch finished in an earlier attempt
-                out.append({"run_key": run["run_key"], "state": row.state, "message": "already done"})
+                out.append(RunReport(run.run_key, RunState(row.state), "already done"))
                 continue
-            out.append(_run_one(run, item, ledger, client, study, node, num_threads, trunk_sink))
-            if out[-1]["state"] not in ("finished", "diverged"):
+            out.append(_run_one(run, item, ledger, client, node, num_threads, trunk_sink))
+            if not out[-1].ok:
                 break                                   # later branches need this one's trunk
-        if trunk:
-            final = "finished" if all(o["state"] in ("finished", "diverged") for o in out) else None
-            if final:
-                ledger.update(study, trunk["run_key"], lease=trunk["lease"], state="finished")
-                _retry(lambda: tracking.finish_run(client, trunk["mlflow_run_id"], "finished"),
-                       float(item.get("tracking_timeout_s", TRACKING_TIMEOUT_S)))
+        if trunk and all(o.ok for o in out):
+            ledger.update(study, trunk.run_key, lease=trunk.lease, state=RunState.FINISHED)
+            _retry(lambda: tracking.finish_run(client, trunk.mlflow_run_id, RunState.FINISHED),
+                   item.tracking_timeout_s)
     finally:
         ledger.dispose()
     return out
 
 
-def clear_stale_error(client, run_id: str) -> None:
+def clear_stale_error(client: Any, run_id: str) -> None:
     """A run that succeeded after a failed attempt keeps no `scalelab.error` tag."""
     if "scalelab.error" in client.get_run(run_id).data.tags:
         client.delete_tag(run_id, "scalelab.error")
 
 
-def _run_one(run: dict[str, Any], item: dict[str, Any], ledger: Ledger, client, study: str,
-             node: str, num_threads: int, trunk_sink) -> dict[str, Any]:
-    key, lease, run_id = run["run_key"], run["lease"], run["mlflow_run_id"]
-    spec = RunSpec.from_dict(run["spec"])
+def _run_one(run: RunAssignment, item: WorkPayload, ledger: Ledger, client: Any, node: str,
+             num_threads: int, trunk_sink: FencedSink | None) -> RunReport:
+    """Train one run under its lease, then record its final state (ledger first, then MLflow)."""
+    key, lease, study = run.run_key, run.lease, item.study
+    spec = RunSpec.from_dict(run.spec)
     ledger.update(study, key, lease=lease, node_id=node, pid=os.getpid())
-    timeout_s = float(item.get("tracking_timeout_s", TRACKING_TIMEOUT_S))
+    timeout_s = item.tracking_timeout_s
 
     def should_stop() -> bool:
         return ledger.cancel_requested(study) == "now" or not ledger.holds(study, key, lease)
 
-    sink = FencedSink(MlflowSink(item["tracking_uri"], run_id, resume=True), ledger, study, key,
-                      lease, close_timeout_s=timeout_s)
-    sink.set_tags({"scalelab.node_id": node, "scalelab.attempt": str(run["attempt"])})
+    sink = FencedSink(MlflowSink(item.tracking_uri, run.mlflow_run_id, resume=True), ledger, study,
+                      key, lease, close_timeout_s=timeout_s)
+    sink.set_tags({"scalelab.node_id": node, "scalelab.attempt": str(run.attempt)})
     t0 = time.time()
+    error: BaseException | None
     try:
-        result: RunResult = train(spec, sink, checkpoint_dir=run["checkpoint_dir"],
-                                  trunk_dir=item.get("trunk_dir"), trunk_sink=trunk_sink,
+        result: RunResult = train(spec, sink, checkpoint_dir=run.checkpoint_dir,
+                                  trunk_dir=item.trunk_dir, trunk_sink=trunk_sink,
                                   num_threads=num_threads, should_stop=should_stop)
         error = result.extra.pop("exception", None)
         error_errno = result.extra.get("error_errno")
         if isinstance(error, Fenced):
-            return {"run_key": key, "state": "fenced", "message": result.message}
+            return RunReport(key, RunState.FENCED, result.message)
         sink.close()
     except Fenced as e:
-        return {"run_key": key, "state": "fenced", "message": str(e)}
+        return RunReport(key, RunState.FENCED, str(e))
     except Exception as e:                          # noqa: BLE001 - recorded, never lost
         result = RunResult(status="failed", message=traceback.format_exc(),
                            wall_time_s=time.time() - t0)
         error, error_errno = e, getattr(e, "errno", None)
-    state = {"finished": "finished", "diverged": "diverged", "stopped": "killed"}.get(
-        result.status, "failed")
-    bug = state == "failed" and is_bug(error, result.message or "")
-    from_checkpoint = state == "finished" and result.message == ALREADY_FINISHED
-    if from_checkpoint:                             # a result, not an error; re-log if lost
-        result.message = ""
-        _relog_final(client, run_id, result, timeout_s)
-    storage = state == "failed" and error_errno in STORAGE_ERRNOS
+    return _record(run, item, ledger, client, node, result, error, error_errno)
+
+
+def _record(run: RunAssignment, item: WorkPayload, ledger: Ledger, client: Any, node: str,
+            result: RunResult, error: BaseException | None, error_errno: int | None) -> RunReport:
+    """A trained (or failed) run's final state: classified, written to the ledger under the
+    lease, then to MLflow (best effort: the ledger holds the truth)."""
+    key, lease, study, run_id = run.run_key, run.lease, item.study, run.mlflow_run_id
+    state = RunState.from_trainer(result.status)
+    bug = state is RunState.FAILED and is_bug(error, result.message or "")
+    if state is RunState.FINISHED and result.message == ALREADY_FINISHED:
+        result.message = ""                         # a result, not an error; re-log if lost
+        _relog_final(client, run_id, result, item.tracking_timeout_s)
+    storage = state is RunState.FAILED and error_errno in STORAGE_ERRNOS
     if storage:
+        assert error_errno is not None
         result.message = (f"checkpoint storage unusable ({errno.errorcode.get(error_errno, '')}: "
-                          f"{os.strerror(error_errno)}) under {run['checkpoint_dir']}\n"
+                          f"{os.strerror(error_errno)}) under {run.checkpoint_dir}\n"
                           f"{result.message}")
     result.message = redact_text(result.message or "")   # driver errors may carry store URIs
-    if state == "killed" and not ledger.holds(study, key, lease):
-        return {"run_key": key, "state": "fenced", "message": "lease lost"}
+    if state is RunState.KILLED and not ledger.holds(study, key, lease):
+        return RunReport(key, RunState.FENCED, "lease lost")
     flops_per_s = result.flops / result.wall_time_s if result.wall_time_s > 0 else None
     values = dict(state=state, error=result.message or None, val_loss=result.val_loss,
                   wall_time_s=result.wall_time_s, flops_per_s=flops_per_s, device=result.device,
                   tokens_done=result.tokens)
     if not ledger.update(study, key, lease=lease, **values):
-        return {"run_key": key, "state": "fenced", "message": "lease lost before the final write"}
+        return RunReport(key, RunState.FENCED, "lease lost before the final write")
+    _record_mlflow(client, run_id, state, result.message, item.tracking_timeout_s)
+    return RunReport(key, state, result.message, bug=bug, storage=storage,
+                     val_loss=result.val_loss, device=result.device, node_id=node,
+                     pid=os.getpid(), result=asdict(result))
+
+
+def _record_mlflow(client: Any, run_id: str, state: RunState, message: str,
+                   timeout_s: float) -> None:
+    """End the MLflow run (a failure keeps it open with its traceback: the driver retries or
+    ends it). Best effort: the ledger holds the truth and a rerun catches MLflow up."""
     try:
-        if state == "failed":
-            _retry(lambda: client.set_tag(run_id, "scalelab.error", (result.message or "")[-4000:]),
-                   timeout_s)
-            _retry(lambda: client.log_text(run_id, result.message or "", "error/traceback.txt"),
-                   timeout_s)
-        if state != "failed":
+        if state is RunState.FAILED:
+            _retry(lambda: client.set_tag(run_id, "scalelab.error", message[-4000:]), timeout_s)
+            _retry(lambda: client.log_text(run_id, message, "error/traceback.txt"), timeout_s)
+        else:
             _retry(lambda: tracking.finish_run(client, run_id, state), timeout_s)
             _retry(lambda: clear_stale_error(client, run_id), timeout_s)
-    except Exception:                               # the ledger holds the truth; MLflow catches up
-        pass
-    return {"run_key": key, "state": state, "message": result.message, "bug": bug,
-            "storage": storage,
-            "val_loss": result.val_loss, "device": result.device, "node_id": node,
-            "pid": os.getpid(), "result": asdict(result)}
+    except Exception as e:                          # noqa: BLE001 - any store error, logged
+        log.warning("run %s: MLflow not updated (%s: %s); the ledger holds the state and a "
+                    "rerun catches MLflow up", run_id, type(e).__name__, str(e)[:300])

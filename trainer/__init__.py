@@ -6,11 +6,16 @@ and the model are loaded on first use, so the orchestrator's planning stays fast
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .accounting import ParamCounts, count_params, flops_per_token, shape_for_params, training_flops
 from .sinks import InMemorySink, MetricSink, MlflowSink, MlflowSinkError
 from .spec import DataSpec, ModelSpec, RecipeSpec, RunResult, RunSpec, SpecError
+
+if TYPE_CHECKING:             # for type checkers only: at run time these load lazily (torch)
+    from .data import true_entropy
+    from .model import GPT
+    from .train import checkpoint_info, train
 
 __all__ = [
     "ModelSpec", "DataSpec", "RecipeSpec", "RunSpec", "RunResult", "SpecError", "train",

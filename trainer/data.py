@@ -62,7 +62,7 @@ def _markov_table(vocab: int, order: int, alpha: float, seed: int):
     P[bad] = 1.0 / vocab
     P /= P.sum(axis=1, keepdims=True)
     nxt = (np.arange(n_ctx)[:, None] * vocab + np.arange(vocab)[None, :]) % n_ctx   # (C, V)
-    pi = np.full(n_ctx, 1.0 / n_ctx)
+    pi: np.ndarray = np.full(n_ctx, 1.0 / n_ctx)
     for _ in range(100_000):
         new = np.bincount(nxt.ravel(), weights=(pi[:, None] * P).ravel(), minlength=n_ctx)
         new = 0.5 * (new + pi)           # lazy chain: same π, no periodicity trouble
@@ -179,6 +179,7 @@ class MarkovSource(_StreamSource):
             if V <= _COMPARE_MAX_VOCAB:     # count CDF entries <= u in each row: cache-friendly
                 y = (u[t - k][:, None] >= self._cdf[ctx]).sum(axis=1)
             else:                           # one binary search over the row-offset flat CDF
+                assert self._flat_cdf is not None           # built when V > _COMPARE_MAX_VOCAB
                 y = np.searchsorted(self._flat_cdf, ctx + u[t - k], side="right") - ctx * V
             np.clip(y, 0, V - 1, out=y)
             out[:, t] = y
@@ -382,7 +383,7 @@ class WindowSource:
 
 def _stdlib_files() -> tuple[Path, list[Path]]:
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = []
+    files: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames
                              if d not in ("site-packages", "dist-packages", "__pycache__")

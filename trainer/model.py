@@ -227,6 +227,7 @@ class GPT(nn.Module):
                 raise ValueError(f"learned positions address {self.spec.seq_len} positions, "
                                  f"not {T}; evaluate longer inputs with pos: sinusoidal, rope "
                                  "or none")
+            assert self.wpe is not None                     # built for pos: learned
             x = x + self.wpe(torch.arange(T, device=idx.device))
         elif pos == "sinusoidal":
             table = sinusoidal_table(T, self.spec.d_model, idx.device) * (SINUSOIDAL_RMS * math.sqrt(2))

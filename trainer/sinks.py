@@ -14,6 +14,20 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 
 @runtime_checkable
 class MetricSink(Protocol):
+    """What the trainer needs from a sink (InMemorySink, MlflowSink, the orchestrator's
+    FencedSink). `run_id`: the tracking run the sink writes to (None when there is none), kept
+    in checkpoints. `pending`: items logged but not yet delivered; the trainer never checkpoints
+    over undelivered metrics. `close(timeout_s)`: deliver everything or raise (None: the sink's
+    own default wait)."""
+
+    @property
+    def run_id(self) -> str | None: ...
+
+    @property
+    def pending(self) -> int: ...
+
+    def close(self, timeout_s: float | None = None) -> None: ...
+
     def log_params(self, params: Mapping[str, Any]) -> None: ...
 
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
@@ -34,6 +48,20 @@ class InMemorySink:
         self.metrics: list[tuple[str, float, int]] = []   # (key, value, step)
         self.texts: dict[str, str] = {}
         self.flushes = 0
+        self.closed = False
+
+    @property
+    def run_id(self) -> str | None:
+        """No tracking run behind this sink."""
+        return None
+
+    @property
+    def pending(self) -> int:
+        """Nothing is buffered: every call lands in the lists at once."""
+        return 0
+
+    def close(self, timeout_s: float | None = None) -> None:
+        self.closed = True
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         self.params.update(params)
@@ -103,7 +131,7 @@ class MlflowSink:
         self.max_buffer_points = max_buffer_points
         self.resume = resume
         self.client = MlflowClient(tracking_uri)
-        self._metrics: list = []
+        self._metrics: list[Any] = []         # mlflow.entities.Metric
         self._params: dict[str, str] = {}
         self._tags: dict[str, str] = {}
         self._stored_max: dict[str, int] = {}
@@ -142,9 +170,10 @@ class MlflowSink:
         self._try_send(ignore_backoff=False)
         self._check_overflow()
 
-    def close(self, timeout_s: float = 60.0) -> None:
-        """Send everything, retrying until `timeout_s`; raise if anything is still buffered."""
-        deadline = time.monotonic() + timeout_s
+    def close(self, timeout_s: float | None = None) -> None:
+        """Send everything, retrying until `timeout_s` (default 60 s); raise if anything is
+        still buffered."""
+        deadline = time.monotonic() + (60.0 if timeout_s is None else timeout_s)
         while self.pending and time.monotonic() < deadline:
             if self._try_send(ignore_backoff=True):
                 break

@@ -147,7 +147,7 @@ class _Phase:
     sink: MetricSink
     end_step: int
     save: Callable[[], None]
-    guard: tuple = ()           # other sinks whose undelivered metrics also block a checkpoint
+    guard: tuple[MetricSink, ...] = ()   # other sinks whose undelivered metrics also block a checkpoint
 
 
 # --------------------------------------------------------------------------- the run
@@ -176,7 +176,7 @@ class _Run:
         self.optimizer = torch.optim.AdamW(param_groups(self.model, r.weight_decay), lr=r.lr,
                                            betas=(r.beta1, r.beta2), fused=True)
         self.params = list(self.model.parameters())
-        self.forward = self.model
+        self.forward: Callable[..., Any] = self.model
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -252,7 +252,7 @@ class _Run:
     # ---------------------------------------------------------------- checkpoints
 
     def _extra(self, sink: MetricSink, **more: Any) -> dict[str, Any]:
-        run_id = getattr(sink, "run_id", None)
+        run_id = sink.run_id
         self.progress.loss_sum = float(self._loss_acc)
         counts = None if self._count_acc is None else self._count_acc.cpu().tolist()
         return {"run_key": self.spec.key(), "trunk_key": self.spec.trunk_key(),
@@ -439,6 +439,7 @@ class _Run:
         self.model.eval()
         T, out = self.spec.data.seq_len, {}
         budget = max(T, min(EVAL_BATCH_TOKENS, (1 << 26) // self.spec.model.vocab_size))
+        assert self.segments is not None, "eval_lengths set without long segments"
         for k in self.lengths:
             windows = torch.from_numpy(windows_at(self.segments, k, T)).to(self.device)
             L = k * T
@@ -485,7 +486,7 @@ class _Run:
                 phase.sink.flush()
                 # a checkpoint must never cover metrics the store has not received (a resume
                 # would skip them): while the store is unreachable, keep the older checkpoint
-                if not any(getattr(x, "pending", 0) for x in (phase.sink, *phase.guard)):
+                if not any(x.pending for x in (phase.sink, *phase.guard)):
                     phase.save()
                     self._last_ckpt_time = time.monotonic()
                 self._interval_excluded += time.perf_counter() - t
@@ -593,9 +594,8 @@ def _deliver(sink: MetricSink) -> None:
     """Flush, then close when something is still buffered: close waits (bounded) for the store
     and raises, so a run is never marked finished over undelivered metrics."""
     sink.flush()
-    close = getattr(sink, "close", None)
-    if close is not None and getattr(sink, "pending", 0):
-        close()
+    if sink.pending:
+        sink.close()
 
 
 # --------------------------------------------------------------------------- entry point

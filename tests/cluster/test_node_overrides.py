@@ -6,16 +6,20 @@ from pathlib import Path
 
 import yaml
 
+from orchestrator.messages import RunAssignment, TrunkAssignment, WorkPayload
 from orchestrator.tracking import Settings
 from orchestrator.worker import node_local
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def payload(settings: Settings) -> dict:
-    return {"study": "s", "tracking_uri": settings.tracking_uri, "ledger_uri": settings.ledger_uri,
-            "num_cpus": 1, "trunk": {"run_key": "t1"}, "trunk_dir": settings.trunk_dir("s", "t1"),
-            "runs": [{"run_key": "k1", "checkpoint_dir": settings.checkpoint_dir("s", "k1")}]}
+def payload(settings: Settings) -> WorkPayload:
+    run = RunAssignment(run_key="k1", spec={}, lease="l1", mlflow_run_id="r1", attempt=1,
+                        checkpoint_dir=settings.checkpoint_dir("s", "k1"))
+    return WorkPayload(study="s", runs=(run,), tracking_uri=settings.tracking_uri,
+                       ledger_uri=settings.ledger_uri, num_cpus=1,
+                       trunk=TrunkAssignment(run_key="t1", lease="l0", mlflow_run_id="r0"),
+                       trunk_dir=settings.trunk_dir("s", "t1"))
 
 
 def test_local_mode_changes_nothing(tmp_path, monkeypatch):
@@ -34,11 +38,11 @@ def test_node_environment_overrides_and_rebases(tmp_path, monkeypatch):
     monkeypatch.setenv("SCALELAB_NODE_LEDGER_URI", "postgresql://u:p@postgres:5432/scalelab")
     monkeypatch.setenv("SCALELAB_NODE_CHECKPOINT_DIR", "/scalelab/checkpoints")
     out = node_local(item)
-    assert out["tracking_uri"] == "http://mlflow:5000"
-    assert out["ledger_uri"] == "postgresql://u:p@postgres:5432/scalelab"
-    assert out["runs"][0]["checkpoint_dir"] == "/scalelab/checkpoints/s/k1"
-    assert out["trunk_dir"] == "/scalelab/checkpoints/s/trunks/t1"
-    assert item["runs"][0]["checkpoint_dir"] == str(tmp_path / "host-ckpt" / "s" / "k1")  # not mutated
+    assert out.tracking_uri == "http://mlflow:5000"
+    assert out.ledger_uri == "postgresql://u:p@postgres:5432/scalelab"
+    assert out.runs[0].checkpoint_dir == "/scalelab/checkpoints/s/k1"
+    assert out.trunk_dir == "/scalelab/checkpoints/s/trunks/t1"
+    assert item.runs[0].checkpoint_dir == str(tmp_path / "host-ckpt" / "s" / "k1")  # not mutated
 
 
 def test_compose_nodes_set_node_locations():

@@ -40,7 +40,7 @@ def test_a_spec_error_subclass_in_a_run_is_not_retried(tmp_path, store, ray_sess
         raise WidthSpecError("model.d_model", "must be a multiple of d_head")
     monkeypatch.setattr(sys.modules[train.__module__]._Run, "execute", broken)
     (result,) = execute(_payload(item, cfg, store, ledger, rows))     # the real worker, in-process
-    assert result["state"] == "failed" and result["bug"], result["message"][-1500:]
+    assert result.state == "failed" and result.bug, result.message[-1500:]
     retry, why = _handle_results([result], "bug", ledger, store, {})
     assert not retry and "WidthSpecError" in why
     assert ledger.get("bug", planned[0].key).state == "failed"

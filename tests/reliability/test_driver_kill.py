@@ -117,7 +117,7 @@ def test_an_orphaned_attempt_is_fenced_when_a_newer_attempt_takes_the_run(tmp_pa
     new_lease = ledger.acquire("orphan", key)                                # a new driver takes the run
     thread.join(30)
     assert not thread.is_alive(), "the orphan did not stop"
-    assert box["result"][0]["state"] == "fenced", box
+    assert box["result"][0].state == "fenced", box
     fenced_row = ledger.get("orphan", key)
     assert fenced_row.lease == new_lease and fenced_row.state == "running"
     c, (run,) = point_runs(store.tracking_uri, "orphan")

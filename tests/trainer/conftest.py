@@ -33,7 +33,11 @@ class BufferedSink(InMemorySink):
         super().__init__()
         self.store = store if store is not None else InMemorySink()
         self.crash_at_step = crash_at_step
-        self.pending: list[tuple[str, float, int]] = []
+        self.buffer: list[tuple[str, float, int]] = []
+
+    @property
+    def pending(self) -> int:
+        return len(self.buffer)
 
     def log_params(self, params):
         self.store.log_params(params)
@@ -44,11 +48,11 @@ class BufferedSink(InMemorySink):
     def log_metrics(self, metrics, step):
         if self.crash_at_step is not None and step >= self.crash_at_step:
             raise SimulatedKill(f"killed at step {step}")
-        self.pending.extend((k, float(v), int(step)) for k, v in metrics.items())
+        self.buffer.extend((k, float(v), int(step)) for k, v in metrics.items())
 
     def flush(self):
-        self.store.metrics.extend(self.pending)
-        self.pending = []
+        self.store.metrics.extend(self.buffer)
+        self.buffer = []
         self.store.flushes += 1
 
 
