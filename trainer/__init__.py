@@ -20,7 +20,7 @@ if TYPE_CHECKING:             # for type checkers only: at run time these load l
 __all__ = [
     "ModelSpec", "DataSpec", "RecipeSpec", "RunSpec", "RunResult", "SpecError", "train",
     "MetricSink", "InMemorySink", "MlflowSink", "MlflowSinkError", "count_params", "ParamCounts",
-    "flops_per_token", "training_flops", "shape_for_params", "true_entropy", "checkpoint_info",
+    "flops_per_token", "training_flops", "shape_for_params", "true_entropy", "checkpoint_info", "GPT",
 ]
 
 _LAZY = {"train": ("train", "train"), "checkpoint_info": ("train", "checkpoint_info"),

@@ -540,7 +540,7 @@ class _Run:
         self.run_phase(_Phase(tsink, self.plan.cooldown_start_step,
                               lambda: self._save_trunk(tsink, "stable")))
         _deliver(tsink)
-        if not getattr(tsink, "pending", 0):
+        if not tsink.pending:
             self._save_trunk(tsink, "branch")
             self._last_ckpt_time = time.monotonic()
 
