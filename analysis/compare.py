@@ -97,11 +97,7 @@ def _approach3(df: pd.DataFrame, n_boot: int, rng: np.random.Generator) -> FitRe
         i = rng.integers(0, N.size, N.size)
         b = ChinchillaFit(grid=est.theta_[None], n_polish=1, maxiter=200).fit(N[i], D[i], L[i])
         boot.append([b.params_[k] for k in names] if b.success_ else [math.nan] * 5)
-    draws = np.array(boot).reshape(-1, 5)
-    return FitResult(law="chinchilla", params=dict(est.params_), objective=est.objective_,
-                     success=True, converged=bool(est.converged_), identifiable=True,
-                     message=est.message_, n_points=N.size,
-                     ci95={k: _ci(draws[:, j]) for j, k in enumerate(names)})
+    return _with_intervals("chinchilla", est, boot, names, N.size)
 
 
 def _compute_law(df: pd.DataFrame, n_boot: int, rng: np.random.Generator) -> FitResult:
@@ -117,10 +113,16 @@ def _compute_law(df: pd.DataFrame, n_boot: int, rng: np.random.Generator) -> Fit
         i = rng.integers(0, C.size, C.size)
         b = fit_compute_frontier(C[i], L[i])
         boot.append([b.params_[k] for k in names] if b.success_ else [math.nan] * 3)
-    draws = np.array(boot).reshape(-1, 3)
-    return FitResult(law="compute", params=dict(est.params_), objective=est.objective_,
+    return _with_intervals("compute", est, boot, names, C.size)
+
+
+def _with_intervals(law: str, est, boot: list[list[float]], names: tuple[str, ...],
+                    n_points: int) -> FitResult:
+    """A successful fit as a FitResult, with percentile intervals from its bootstrap refits."""
+    draws = np.array(boot, dtype=float).reshape(-1, len(names))
+    return FitResult(law=law, params=dict(est.params_), objective=est.objective_,
                      success=True, converged=bool(est.converged_), identifiable=True,
-                     message=est.message_, n_points=C.size,
+                     message=est.message_, n_points=n_points,
                      ci95={k: _ci(draws[:, j]) for j, k in enumerate(names)})
 
 

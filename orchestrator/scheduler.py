@@ -279,32 +279,10 @@ def ensure_child_runs(cfg: StudyConfig, settings: tracking.Settings, item: WorkI
 def _create_runs(cfg: StudyConfig, settings: tracking.Settings, item: WorkItem, ledger: Ledger,
                  mlflow_ids: tuple[str, str]) -> None:
     """ensure_child_runs, retried while the store is briefly unreachable."""
-    _with_store_retry(lambda: ensure_child_runs(cfg, settings, item, ledger, *mlflow_ids),
-                      lambda: adopt_child_runs(tracking.client(settings.tracking_uri),
-                                               mlflow_ids[0], ledger, cfg.study))
-
-
-def _with_store_retry(fn, before_retry) -> None:
-    """Run `fn` (creating MLflow runs at dispatch) while the store is briefly unreachable: retry
-    with backoff for SCALELAB_TRACKING_TIMEOUT_S (60 s), adopting what an attempt created
-    (`before_retry`) so nothing is created twice; then the last error is raised."""
-    import time
-    deadline = time.monotonic() + tracking_timeout_s()
-    wait = 0.5
-    while True:
-        try:
-            return fn()
-        except Exception as e:              # noqa: BLE001 - any store error: retried, then raised
-            if time.monotonic() + wait > deadline:
-                raise
-            log.debug("creating MLflow runs failed (%s: %s); retrying in %.1f s",
-                      type(e).__name__, e, wait)
-            time.sleep(wait)
-            wait = min(8.0, wait * 2)
-            try:
-                before_retry()
-            except Exception as e:          # noqa: BLE001 - still down: the next attempt tells
-                log.debug("store still unreachable: %s: %s", type(e).__name__, e)
+    tracking.retry_store(lambda: ensure_child_runs(cfg, settings, item, ledger, *mlflow_ids),
+                         tracking_timeout_s(),
+                         lambda: adopt_child_runs(tracking.client(settings.tracking_uri),
+                                                  mlflow_ids[0], ledger, cfg.study))
 
 
 # --------------------------------------------------------------------------- dispatch

@@ -15,6 +15,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
 from urllib.parse import unquote, urlparse
 
 from trainer.redact import redact_text
@@ -23,6 +24,7 @@ from .config import StudyError
 from .states import OUTCOMES, RunState
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ROLE, STUDY, RUN_KEY, OUTCOME, FINGERPRINT = (
     "scalelab.role", "scalelab.study", "scalelab.run_key", "scalelab.outcome",
@@ -378,3 +380,26 @@ def finish_run(c, run_id: str, outcome: RunState | str) -> None:
     c.set_tag(run_id, OUTCOME, state.value)
     c.set_terminated(run_id, status=OUTCOMES.get(state, "FAILED"))
 
+
+
+def retry_store(fn: Callable[[], T], timeout_s: float,
+                before_retry: Callable[[], object] | None = None) -> T:
+    """Call fn until it succeeds or `timeout_s` passed (backoff 0.5 s doubling to 8 s), for
+    MLflow calls while a store restarts; the last error is raised. `before_retry` runs between
+    attempts (e.g. adopting runs a failed attempt did create, so nothing is created twice)."""
+    import time
+    deadline, wait = time.monotonic() + timeout_s, 0.5
+    while True:
+        try:
+            return fn()
+        except Exception as e:                      # noqa: BLE001 - any store error: retried
+            if time.monotonic() + wait > deadline:
+                raise
+            log.debug("MLflow call failed (%s: %s); retrying in %.1f s", type(e).__name__, e, wait)
+            time.sleep(wait)
+            wait = min(8.0, wait * 2)
+            if before_retry is not None:
+                try:
+                    before_retry()
+                except Exception as e2:             # noqa: BLE001 - still down: the next try tells
+                    log.debug("store still unreachable: %s: %s", type(e2).__name__, e2)

@@ -56,13 +56,13 @@ def _relog_final(client, run_id: str, result: RunResult, timeout_s: float) -> No
     """A run found finished in its checkpoint whose MLflow run lacks the result (the store was
     lost): log the final losses at step = tokens, so the point is complete again."""
     from mlflow.entities import Metric
-    if "val_loss" in _retry(lambda: client.get_run(run_id), timeout_s).data.metrics:
+    if "val_loss" in tracking.retry_store(lambda: client.get_run(run_id), timeout_s).data.metrics:
         return
     now = int(time.time() * 1000)
     metrics = [Metric(k, float(v), now, int(result.tokens)) for k, v in
                (("val_loss", result.val_loss), ("train_loss", result.train_loss)) if v is not None]
-    _retry(lambda: client.log_batch(run_id, metrics=metrics), timeout_s)
-    _retry(lambda: client.set_tag(run_id, "scalelab.relogged_from_checkpoint", "true"), timeout_s)
+    tracking.retry_store(lambda: client.log_batch(run_id, metrics=metrics), timeout_s)
+    tracking.retry_store(lambda: client.set_tag(run_id, "scalelab.relogged_from_checkpoint", "true"), timeout_s)
 
 
 class Fenced(RuntimeError):
@@ -134,21 +134,6 @@ class FencedSink:
             raise Fenced(f"run {self.run_key}: lease lost (a newer attempt owns this run)")
 
 
-def _retry(fn, timeout_s: float):
-    """Call fn until it succeeds or `timeout_s` passed (backoff 0.5 s doubling to 8 s); the last
-    error is raised. For MLflow calls at a run's end, while a server restarts."""
-    deadline, wait = time.monotonic() + timeout_s, 0.5
-    while True:
-        try:
-            return fn()
-        except Exception as e:                      # noqa: BLE001 - any store error: retried
-            if time.monotonic() + wait > deadline:
-                raise
-            log.debug("MLflow call failed (%s: %s); retrying in %.1f s", type(e).__name__, e, wait)
-            time.sleep(wait)
-            wait = min(8.0, wait * 2)
-
-
 def _node_id() -> str:
     try:
         import ray
@@ -213,7 +198,7 @@ def execute(item: WorkPayload) -> list[RunReport]:
                 break                                   # later branches need this one's trunk
         if trunk and all(o.ok for o in out):
             ledger.update(study, trunk.run_key, lease=trunk.lease, state=RunState.FINISHED)
-            _retry(lambda: tracking.finish_run(client, trunk.mlflow_run_id, RunState.FINISHED),
+            tracking.retry_store(lambda: tracking.finish_run(client, trunk.mlflow_run_id, RunState.FINISHED),
                    item.tracking_timeout_s)
     finally:
         ledger.dispose()
@@ -297,11 +282,11 @@ def _record_mlflow(client: Any, run_id: str, state: RunState, message: str,
     ends it). Best effort: the ledger holds the truth and a rerun catches MLflow up."""
     try:
         if state is RunState.FAILED:
-            _retry(lambda: client.set_tag(run_id, "scalelab.error", message[-4000:]), timeout_s)
-            _retry(lambda: client.log_text(run_id, message, "error/traceback.txt"), timeout_s)
+            tracking.retry_store(lambda: client.set_tag(run_id, "scalelab.error", message[-4000:]), timeout_s)
+            tracking.retry_store(lambda: client.log_text(run_id, message, "error/traceback.txt"), timeout_s)
         else:
-            _retry(lambda: tracking.finish_run(client, run_id, state), timeout_s)
-            _retry(lambda: clear_stale_error(client, run_id), timeout_s)
+            tracking.retry_store(lambda: tracking.finish_run(client, run_id, state), timeout_s)
+            tracking.retry_store(lambda: clear_stale_error(client, run_id), timeout_s)
     except Exception as e:                          # noqa: BLE001 - any store error, logged
         log.warning("run %s: MLflow not updated (%s: %s); the ledger holds the state and a "
                     "rerun catches MLflow up", run_id, type(e).__name__, str(e)[:300])
