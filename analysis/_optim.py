@@ -9,8 +9,8 @@ instead of a minute: one numpy pass over (starts x points) per evaluation, no Py
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -21,16 +21,25 @@ BatchFG = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 @dataclass
 class BatchResult:
-    x: np.ndarray          # (S, n) final points
-    fun: np.ndarray        # (S,) objective values
-    grad: np.ndarray       # (S, n) gradients at x
-    nit: np.ndarray        # (S,) iterations used per row
+    x: np.ndarray  # (S, n) final points
+    fun: np.ndarray  # (S,) objective values
+    grad: np.ndarray  # (S, n) gradients at x
+    nit: np.ndarray  # (S,) iterations used per row
     converged: np.ndarray  # (S,) bool: met a tolerance (not just ran out of iterations)
 
 
-def batched_lbfgs(fg: BatchFG, x0: np.ndarray, *, m: int = 10, maxiter: int = 400,
-                  gtol: float = 1e-9, ftol: float = 1e-12, max_backtracks: int = 40,
-                  stall_window: int = 25, stall_rtol: float = 1e-7) -> BatchResult:
+def batched_lbfgs(
+    fg: BatchFG,
+    x0: np.ndarray,
+    *,
+    m: int = 10,
+    maxiter: int = 400,
+    gtol: float = 1e-9,
+    ftol: float = 1e-12,
+    max_backtracks: int = 40,
+    stall_window: int = 25,
+    stall_rtol: float = 1e-7,
+) -> BatchResult:
     """Minimise S problems at once by L-BFGS with an Armijo backtracking line search.
 
     A row converges when its max-abs gradient < gtol, or when a step reduces f by less than
@@ -40,8 +49,7 @@ def batched_lbfgs(fg: BatchFG, x0: np.ndarray, *, m: int = 10, maxiter: int = 40
     scipy at tight tolerances anyway.
     """
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-        return _batched_lbfgs(fg, x0, m, maxiter, gtol, ftol, max_backtracks, stall_window,
-                              stall_rtol)
+        return _batched_lbfgs(fg, x0, m, maxiter, gtol, ftol, max_backtracks, stall_window, stall_rtol)
 
 
 def _direction(gi, Sh, Yh, rho, m):
@@ -55,8 +63,9 @@ def _direction(gi, Sh, Yh, rho, m):
     # initial Hessian scale from the newest accepted pair, else a gradient-size scale
     sy = np.einsum("ij,ij->i", Sh[:, -1], Yh[:, -1])
     yy = np.einsum("ij,ij->i", Yh[:, -1], Yh[:, -1])
-    gam = np.where(rho[:, -1] > 0, sy / np.where(yy > 0, yy, 1.0),
-                   1.0 / np.maximum(1.0, np.sum(np.abs(gi), axis=1)))
+    gam = np.where(
+        rho[:, -1] > 0, sy / np.where(yy > 0, yy, 1.0), 1.0 / np.maximum(1.0, np.sum(np.abs(gi), axis=1))
+    )
     r = gam[:, None] * q
     for j in range(m):
         b_j = rho[:, j] * np.einsum("ij,ij->i", Yh[:, j], r)
@@ -94,13 +103,13 @@ def _batched_lbfgs(fg, x0, m, maxiter, gtol, ftol, max_backtracks, stall_window,
     f, g = fg(X, rows_all)
     Sh = np.zeros((S, m, n))
     Yh = np.zeros((S, m, n))
-    rho = np.zeros((S, m))          # rho == 0 marks an empty / rejected history slot (a no-op)
+    rho = np.zeros((S, m))  # rho == 0 marks an empty / rejected history slot (a no-op)
     nit = np.zeros(S, dtype=int)
     conv = np.zeros(S, dtype=bool)
     active = np.isfinite(f)
     conv |= np.max(np.abs(np.where(np.isfinite(g), g, np.inf)), axis=1) < gtol
     active &= ~conv
-    f_hist = np.full((stall_window, S), np.inf)   # ring buffer of past objective values
+    f_hist = np.full((stall_window, S), np.inf)  # ring buffer of past objective values
 
     for it in range(maxiter):
         idx = np.flatnonzero(active)
@@ -110,7 +119,7 @@ def _batched_lbfgs(fg, x0, m, maxiter, gtol, ftol, max_backtracks, stall_window,
         d = _direction(gi, Sh[idx], Yh[idx], rho[idx], m)
         gd = np.einsum("ij,ij->i", gi, d)
         bad = ~(gd < 0) | ~np.all(np.isfinite(d), axis=1)
-        if bad.any():   # not a descent direction: reset this row to steepest descent
+        if bad.any():  # not a descent direction: reset this row to steepest descent
             d[bad] = -gi[bad] / np.maximum(1.0, np.sum(np.abs(gi[bad]), axis=1))[:, None]
             gd[bad] = np.einsum("ij,ij->i", gi[bad], d[bad])
             rho[idx[bad]] = 0.0
@@ -126,8 +135,10 @@ def _batched_lbfgs(fg, x0, m, maxiter, gtol, ftol, max_backtracks, stall_window,
         rho[upd] = np.roll(rho[upd], -1, axis=1)
         Sh[upd, -1] = s[okr]
         Yh[upd, -1] = y[okr]
-        good = (sy[okr] > 1e-300) & (sy[okr] > 1e-16 * np.sqrt(np.einsum("ij,ij->i", s[okr], s[okr])
-                                          * np.einsum("ij,ij->i", y[okr], y[okr])))
+        good = (sy[okr] > 1e-300) & (
+            sy[okr]
+            > 1e-16 * np.sqrt(np.einsum("ij,ij->i", s[okr], s[okr]) * np.einsum("ij,ij->i", y[okr], y[okr]))
+        )
         rho[upd, -1] = np.where(good, 1.0 / np.where(good, sy[okr], 1.0), 0.0)
         dec = fi[okr] - fnew[okr]
         X[upd] = xi[okr] + s[okr]
@@ -137,7 +148,7 @@ def _batched_lbfgs(fg, x0, m, maxiter, gtol, ftol, max_backtracks, stall_window,
         c = (np.max(np.abs(gnew[okr]), axis=1) < gtol) | (dec <= ftol * np.maximum(np.abs(fnew[okr]), 1e-300))
         conv[upd] = c
         active[upd[c]] = False
-        active[idx[failed]] = False   # line search failed: stuck at a kink or at the optimum
+        active[idx[failed]] = False  # line search failed: stuck at a kink or at the optimum
         old = f_hist[it % stall_window, upd]
         stalled = (old - f[upd]) <= stall_rtol * np.abs(f[upd])
         active[upd[stalled]] = False
@@ -145,10 +156,19 @@ def _batched_lbfgs(fg, x0, m, maxiter, gtol, ftol, max_backtracks, stall_window,
     return BatchResult(X, f, g, nit, conv)
 
 
-def staged_lbfgs(make_fg: Callable[[np.ndarray | None], BatchFG], x0: np.ndarray, n_points: int,
-                 *, maxiter: int = 300, gtol: float = 1e-10, ftol: float = 1e-10,
-                 coarse_iters: int = 10, keep: int = 100, coarse_points: int = 2000,
-                 seed: int = 0) -> BatchResult:
+def staged_lbfgs(
+    make_fg: Callable[[np.ndarray | None], BatchFG],
+    x0: np.ndarray,
+    n_points: int,
+    *,
+    maxiter: int = 300,
+    gtol: float = 1e-10,
+    ftol: float = 1e-10,
+    coarse_iters: int = 10,
+    keep: int = 100,
+    coarse_points: int = 2000,
+    seed: int = 0,
+) -> BatchResult:
     """Multi-start L-BFGS in two stages: a coarse pass runs every start for `coarse_iters`
     iterations (on a random subsample of `coarse_points` points when there are more), then
     only the `keep` best rows continue to convergence on all points.

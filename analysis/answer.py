@@ -23,9 +23,11 @@ import numpy as np
 import pandas as pd
 
 APPROACHES = (("Approach 3", "approach3"), ("Approach 2", "approach2"), ("Approach 1", "approach1"))
-WORDS = {"good": "reliable at this budget",
-         "rough": "an order-of-magnitude guide only",
-         "poor": "do not rely on it"}
+WORDS = {
+    "good": "reliable at this budget",
+    "rough": "an order-of-magnitude guide only",
+    "poor": "do not rely on it",
+}
 
 
 def identified(ctx) -> list[tuple[str, Any]]:
@@ -68,8 +70,12 @@ def answer_rows(ctx) -> pd.DataFrame:
         ratio = float(np.max(n_opts[:, i]) / np.min(n_opts[:, i]))
         level = verdict_level(ext, ratio, dec)
         row = {"approach": name, "flops": r.flops, "decades_beyond": dec}
-        for key, val, ci in (("n_params", r.n_params, "N_opt"), ("tokens", r.tokens, "D_opt"),
-                             ("tokens_per_param", r.tokens_per_param, "D/N"), ("loss", r.loss, "loss")):
+        for key, val, ci in (
+            ("n_params", r.n_params, "N_opt"),
+            ("tokens", r.tokens, "D_opt"),
+            ("tokens_per_param", r.tokens_per_param, "D/N"),
+            ("loss", r.loss, "loss"),
+        ):
             lo, hi = _ci(ctx, ci, r.flops) if name == "Approach 3" else (math.nan, math.nan)
             row.update({key: val, f"{key}_lo": lo, f"{key}_hi": hi})
         row.update(approach_ratio=ratio, verdict=level)
@@ -97,17 +103,28 @@ def verdict_text(ctx, rows: pd.DataFrame) -> str:
     """The plain verdict, with the numbers it rests on."""
     ext = extrapolation_error(ctx)
     found = identified(ctx)
-    parts = [("extrapolation error " + (f"{ext:.2%} (fitted on the cheaper 60% of runs, tested "
-                                        "on the rest)" if ext is not None else
-                                        "not measurable (too few runs to hold out)"))]
+    parts = [
+        (
+            "extrapolation error "
+            + (
+                f"{ext:.2%} (fitted on the cheaper 60% of runs, tested on the rest)"
+                if ext is not None
+                else "not measurable (too few runs to hold out)"
+            )
+        )
+    ]
     if len(found) > 1:
         a = [est.result_.exponents.get("a") for _, est in found]
-        parts.append(f"{len(found)} approaches give a from {min(a):.3f} to {max(a):.3f} and "
-                     f"N_opt up to {rows['approach_ratio'].max():.3g}x apart")
+        parts.append(
+            f"{len(found)} approaches give a from {min(a):.3f} to {max(a):.3f} and "
+            f"N_opt up to {rows['approach_ratio'].max():.3g}x apart"
+        )
     else:
         parts.append("only one approach is identified, so there is no cross-check")
-    per = [f"{budget_key(r.flops)} FLOPs ({r.decades_beyond:+.1f} decades): {r.verdict}, "
-           f"{WORDS[r.verdict]}" for r in rows.itertuples()]
+    per = [
+        f"{budget_key(r.flops)} FLOPs ({r.decades_beyond:+.1f} decades): {r.verdict}, {WORDS[r.verdict]}"
+        for r in rows.itertuples()
+    ]
     return "Verdict: " + "; ".join(per) + ". Based on: " + "; ".join(parts) + "."
 
 
@@ -146,10 +163,18 @@ def headline(ctx, rows: pd.DataFrame, setting: str) -> dict:
             metrics[f"{pre}.{k}"] = float(r[k])
             metrics[f"{pre}.{k}.ci95_lo"], metrics[f"{pre}.{k}.ci95_hi"] = r[f"{k}_lo"], r[f"{k}_hi"]
     metrics = {k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)}
-    params = {"fit.approach": rows["approach"].iloc[0] if len(rows) else "none identified",
-              "fit.setting": setting, "fit.n_points": str(len(ctx.base)),
-              "fit.budgets": ",".join(budget_key(C) for C in ctx.budgets),
-              "fit.verdict": ",".join(rows["verdict"]) if len(rows) else "none"}
-    params.update({k: f"{v:.4g}" for k, v in metrics.items()
-                   if not k.endswith(("ci95_lo", "ci95_hi", "decades_beyond"))})
+    params = {
+        "fit.approach": rows["approach"].iloc[0] if len(rows) else "none identified",
+        "fit.setting": setting,
+        "fit.n_points": str(len(ctx.base)),
+        "fit.budgets": ",".join(budget_key(C) for C in ctx.budgets),
+        "fit.verdict": ",".join(rows["verdict"]) if len(rows) else "none",
+    }
+    params.update(
+        {
+            k: f"{v:.4g}"
+            for k, v in metrics.items()
+            if not k.endswith(("ci95_lo", "ci95_hi", "decades_beyond"))
+        }
+    )
     return {"metrics": metrics, "params": params}

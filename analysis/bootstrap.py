@@ -10,18 +10,25 @@ optimum plus a small grid around it; the best row per resample is kept.
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
-import multiprocessing as mp
 import numpy as np
 import pandas as pd
 
 from ._optim import batched_lbfgs
+from .chinchilla import (
+    DEFAULT_DELTA,
+    ChinchillaFit,
+    _fg_batch,
+    allocation_constants,
+    compute_optimal,
+    params_to_theta,
+    theta_to_params,
+)
 from .result import FitResult
-from .chinchilla import (ChinchillaFit, _fg_batch, allocation_constants, compute_optimal,
-                         params_to_theta, theta_to_params, DEFAULT_DELTA)
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +98,9 @@ def _chin_chunk(args):
     return br.x, br.fun, br.grad
 
 
-def weighted_refits(N, D, loss, W, theta0, *, delta: float = DEFAULT_DELTA,
-                    n_jobs: int | None = None, maxiter: int = 400) -> tuple[np.ndarray, np.ndarray]:
+def weighted_refits(
+    N, D, loss, W, theta0, *, delta: float = DEFAULT_DELTA, n_jobs: int | None = None, maxiter: int = 400
+) -> tuple[np.ndarray, np.ndarray]:
     """Refit Approach 3 under K weight vectors at once (bootstrap, leave-one-out, subsets).
 
     W: (K, P) point weights; theta0: the full-data optimum (warm start, plus a small grid around
@@ -103,11 +111,11 @@ def weighted_refits(N, D, loss, W, theta0, *, delta: float = DEFAULT_DELTA,
     K = W.shape[0]
     base = _warm_starts(np.asarray(theta0, float))
     M = base.shape[0]
-    starts = np.tile(base, (K, 1))          # row r*M + j: weight vector r, start j
+    starts = np.tile(base, (K, 1))  # row r*M + j: weight vector r, start j
     Wrows = np.repeat(W, M, axis=0)
     lN, lD, lL = np.log(N), np.log(D), np.log(L)
     n_jobs = n_jobs or min(2, os.cpu_count() or 1)
-    n_jobs = n_jobs if K >= 50 else 1       # process start-up is not worth it for small K
+    n_jobs = n_jobs if K >= 50 else 1  # process start-up is not worth it for small K
     chunks = np.array_split(np.arange(starts.shape[0]), n_jobs)
     args = [(starts[c], Wrows[c], lN, lD, lL, delta, maxiter) for c in chunks]
     if n_jobs > 1:
@@ -122,23 +130,43 @@ def weighted_refits(N, D, loss, W, theta0, *, delta: float = DEFAULT_DELTA,
     return X.reshape(K, M, 5)[np.arange(K), best], F[np.arange(K), best]
 
 
-def bootstrap_chinchilla(N, D, loss, *, n_resamples: int = 1000, seed: int = 0,
-                         budgets=(), delta: float = DEFAULT_DELTA, groups=None,
-                         full_fit: ChinchillaFit | FitResult | None = None, n_jobs: int | None = None,
-                         level: float = 0.95, maxiter: int = 400) -> BootstrapResult:
+def bootstrap_chinchilla(
+    N,
+    D,
+    loss,
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    budgets=(),
+    delta: float = DEFAULT_DELTA,
+    groups=None,
+    full_fit: ChinchillaFit | FitResult | None = None,
+    n_jobs: int | None = None,
+    level: float = 0.95,
+    maxiter: int = 400,
+) -> BootstrapResult:
     """Approach 3 bootstrap; intervals for E, A, B, alpha, beta, a, b, G and, per budget C,
     N_opt@C, D_opt@C, D/N@C, loss@C."""
     N, D, L = (np.asarray(v, float) for v in (N, D, loss))
     if full_fit is None:
         full_fit = ChinchillaFit(delta=delta).fit(N, D, L)
-    full = full_fit.result_ if hasattr(full_fit, "result_") else full_fit   # a FitResult
+    full = full_fit.result_ if hasattr(full_fit, "result_") else full_fit  # a FitResult
     if not full.success:
-        return BootstrapResult(pd.DataFrame(), {}, n_resamples, level, seed, n_resamples, False,
-                               "full-data fit failed: " + full.message)
+        return BootstrapResult(
+            pd.DataFrame(),
+            {},
+            n_resamples,
+            level,
+            seed,
+            n_resamples,
+            False,
+            "full-data fit failed: " + full.message,
+        )
     rng = np.random.default_rng(seed)
     W = resample_weights(N.size, n_resamples, rng, groups)
-    T, _ = weighted_refits(N, D, L, W, params_to_theta(full.params), delta=delta, n_jobs=n_jobs,
-                           maxiter=maxiter)
+    T, _ = weighted_refits(
+        N, D, L, W, params_to_theta(full.params), delta=delta, n_jobs=n_jobs, maxiter=maxiter
+    )
     return _summarise_chinchilla(T, budgets, n_resamples, level, seed, full)
 
 
@@ -164,12 +192,14 @@ def _summarise_chinchilla(T, budgets, n_resamples, level, seed, full):
     pe = dict(full.params)
     pe.update(allocation_constants(full.params))
     msg = f"{n_resamples} resamples over runs, {n_failed} failed refits excluded"
-    return BootstrapResult(samples, ci, n_resamples, level, seed, n_failed,
-                           n_failed < 0.05 * n_resamples, msg, pe)
+    return BootstrapResult(
+        samples, ci, n_resamples, level, seed, n_failed, n_failed < 0.05 * n_resamples, msg, pe
+    )
 
 
-def bootstrap_fit(fit_fn, frame: pd.DataFrame, *, n_resamples: int = 200, seed: int = 0,
-                  groups=None, level: float = 0.95) -> BootstrapResult:
+def bootstrap_fit(
+    fit_fn, frame: pd.DataFrame, *, n_resamples: int = 200, seed: int = 0, groups=None, level: float = 0.95
+) -> BootstrapResult:
     """Generic bootstrap over rows (or groups) of `frame`: fit_fn(resampled_frame) -> dict of
     named numbers (NaN for a failed fit). Used for the Kaplan, frontier and IsoFLOP laws."""
     rng = np.random.default_rng(seed)
@@ -185,6 +215,13 @@ def bootstrap_fit(fit_fn, frame: pd.DataFrame, *, n_resamples: int = 200, seed: 
     samples = pd.DataFrame(rows)
     n_failed = int(samples.isna().all(axis=1).sum()) if len(samples.columns) else n_resamples
     ci = percentile_ci(samples, level) if len(samples.columns) else {}
-    return BootstrapResult(samples, ci, n_resamples, level, seed, n_failed,
-                           n_failed < 0.05 * n_resamples,
-                           f"{n_resamples} resamples, {n_failed} failed refits excluded")
+    return BootstrapResult(
+        samples,
+        ci,
+        n_resamples,
+        level,
+        seed,
+        n_failed,
+        n_failed < 0.05 * n_resamples,
+        f"{n_resamples} resamples, {n_failed} failed refits excluded",
+    )

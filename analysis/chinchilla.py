@@ -44,8 +44,7 @@ def params_to_theta(params) -> np.ndarray:
 
 def theta_to_params(theta) -> dict[str, float]:
     e, a, b, al, be = (float(v) for v in theta)
-    return {"E": float(np.exp(e)), "A": float(np.exp(a)), "B": float(np.exp(b)),
-            "alpha": al, "beta": be}
+    return {"E": float(np.exp(e)), "A": float(np.exp(a)), "B": float(np.exp(b)), "alpha": al, "beta": be}
 
 
 def coarse_grid() -> np.ndarray:
@@ -53,8 +52,7 @@ def coarse_grid() -> np.ndarray:
     v = np.array([0.1, 0.4, 0.8, 1.5])
     e = np.array([-1.0, -0.3, 0.3, 1.0])
     ab = np.array([0.0, 5.0, 12.0, 20.0])
-    return np.array([(ei, ai, bi, ali, bei)
-                     for ali, bei, ei, ai, bi in itertools.product(v, v, e, ab, ab)])
+    return np.array([(ei, ai, bi, ali, bei) for ali, bei, ei, ai, bi in itertools.product(v, v, e, ab, ab)])
 
 
 def hoffmann_grid() -> np.ndarray:
@@ -64,16 +62,16 @@ def hoffmann_grid() -> np.ndarray:
     e = np.arange(-1.0, 1.0 + 1e-9, 0.5)
     a = np.arange(0.0, 25.0 + 1e-9, 5.0)
     b = np.arange(0.0, 25.0 + 1e-9, 5.0)
-    return np.array([(ei, ai, bi, ali, bei)
-                     for ali, bei, ei, ai, bi in itertools.product(al, be, e, a, b)])
+    return np.array([(ei, ai, bi, ali, bei) for ali, bei, ei, ai, bi in itertools.product(al, be, e, a, b)])
 
 
 # ----------------------------------------------------------------------------- objective
-_CHUNK_ELEMS = 1 << 16   # rows x points per block: keeps the temporaries in cache (4-5x faster)
+_CHUNK_ELEMS = 1 << 16  # rows x points per block: keeps the temporaries in cache (4-5x faster)
 
 
-def _fg_batch(T: np.ndarray, lN: np.ndarray, lD: np.ndarray, lL: np.ndarray,
-              delta: float, W: np.ndarray | None = None):
+def _fg_batch(
+    T: np.ndarray, lN: np.ndarray, lD: np.ndarray, lL: np.ndarray, delta: float, W: np.ndarray | None = None
+):
     """Summed Huber objective and gradient for many thetas at once.
 
     T: (S, 5) thetas; lN, lD, lL: (P,) logs; W: None, (P,) or (S, P) point weights
@@ -94,13 +92,13 @@ def _fg_batch(T: np.ndarray, lN: np.ndarray, lD: np.ndarray, lL: np.ndarray,
 
 def _fg_block(T, lN, lD, lL, delta, W):
     # in-place numpy on (S, P) blocks: about 25 passes over memory per evaluation
-    e, a, b, al, be = (T[:, i:i + 1] for i in range(5))
-    e1 = np.multiply(-al, lN)           # (S, P): t1 = a - alpha log N
+    e, a, b, al, be = (T[:, i : i + 1] for i in range(5))
+    e1 = np.multiply(-al, lN)  # (S, P): t1 = a - alpha log N
     e1 += a
-    e2 = np.multiply(-be, lD)           # t2 = b - beta log D
+    e2 = np.multiply(-be, lD)  # t2 = b - beta log D
     e2 += b
     mx = np.maximum(e1, e2)
-    np.maximum(mx, e, out=mx)           # max(t1, t2, e) for a stable log-sum-exp
+    np.maximum(mx, e, out=mx)  # max(t1, t2, e) for a stable log-sum-exp
     e1 -= mx
     np.exp(e1, out=e1)
     e2 -= mx
@@ -111,15 +109,15 @@ def _fg_block(T, lN, lD, lL, delta, W):
     s += e3
     r = np.log(s)
     r += mx
-    r -= lL                             # residual in log loss
-    dh = np.clip(r, -delta, delta)      # Huber derivative
+    r -= lL  # residual in log loss
+    dh = np.clip(r, -delta, delta)  # Huber derivative
     r -= 0.5 * dh
-    r *= dh                             # Huber value: dh * (r - dh/2) in both regimes
+    r *= dh  # Huber value: dh * (r - dh/2) in both regimes
     if W is not None:
         r *= W
         dh *= W
     f = r.sum(axis=1)
-    dh /= s                             # d/d logsumexp scaled; times softmax weights below
+    dh /= s  # d/d logsumexp scaled; times softmax weights below
     e1 *= dh
     e2 *= dh
     e3 *= dh
@@ -153,11 +151,18 @@ def predict_loss(params, N, D):
 
 def _polish(theta0, lN, lD, lL, delta, W=None, *, maxiter=20000):
     """scipy L-BFGS-B at tight tolerances from theta0 (analytic gradient)."""
+
     def fun(x):
         f, g = _fg_batch(x[None, :], lN, lD, lL, delta, W)
         return float(f[0]), g[0]
-    return minimize(fun, np.asarray(theta0, float), jac=True, method="L-BFGS-B",
-                    options={"ftol": 1e-15, "gtol": 1e-11, "maxiter": maxiter, "maxcor": 20})
+
+    return minimize(
+        fun,
+        np.asarray(theta0, float),
+        jac=True,
+        method="L-BFGS-B",
+        options={"ftol": 1e-15, "gtol": 1e-11, "maxiter": maxiter, "maxcor": 20},
+    )
 
 
 @dataclass
@@ -165,13 +170,14 @@ class ConvergenceReport:
     converged: bool
     objective: float
     polished_objective: float
-    grad_norm: float            # max-abs gradient in theta space, relative to the objective
+    grad_norm: float  # max-abs gradient in theta space, relative to the objective
     message: str
     polished_theta: np.ndarray | None = field(repr=False, default=None)
 
 
-def check_convergence(params, N, D, loss, *, delta: float = DEFAULT_DELTA, weights=None,
-                      rtol: float = 1e-6, gtol: float = 1e-4) -> ConvergenceReport:
+def check_convergence(
+    params, N, D, loss, *, delta: float = DEFAULT_DELTA, weights=None, rtol: float = 1e-6, gtol: float = 1e-4
+) -> ConvergenceReport:
     """Is `params` a genuine local optimum of the summed Huber objective?
 
     Two tests, both required: the gradient (theta space, scaled by 1/objective) is below gtol,
@@ -192,7 +198,7 @@ def check_convergence(params, N, D, loss, *, delta: float = DEFAULT_DELTA, weigh
     gscale = max(abs(f0), 1e-9 * P * float(max(np.max(np.abs(lN)), np.max(np.abs(lD)))))
     res = _polish(theta, lN, lD, lL, delta, W)
     f1 = float(min(res.fun, f0))
-    if res.fun < f0:            # the gradient that matters is the one at the returned optimum
+    if res.fun < f0:  # the gradient that matters is the one at the returned optimum
         g = _fg_batch(np.asarray(res.x, float)[None, :], lN, lD, lL, delta, W)[1]
     gn = float(np.max(np.abs(g[0]))) / gscale
     drop = (f0 - f1) / scale
@@ -205,11 +211,12 @@ def check_convergence(params, N, D, loss, *, delta: float = DEFAULT_DELTA, weigh
         if not ok_grad:
             why.append(f"relative gradient {gn:.2e} > {gtol:g}")
         if not ok_drop:
-            why.append(f"a tight polish lowers the objective from {f0:.6g} to {f1:.6g} "
-                       f"({drop:.2%}): the optimiser stopped early")
+            why.append(
+                f"a tight polish lowers the objective from {f0:.6g} to {f1:.6g} "
+                f"({drop:.2%}): the optimiser stopped early"
+            )
         msg = "NOT converged: " + "; ".join(why)
-    return ConvergenceReport(bool(ok_drop and ok_grad), f0, f1, gn, msg,
-                             res.x if res.fun < f0 else theta)
+    return ConvergenceReport(bool(ok_drop and ok_grad), f0, f1, gn, msg, res.x if res.fun < f0 else theta)
 
 
 # ----------------------------------------------------------------------------- allocation
@@ -231,8 +238,9 @@ def compute_optimal(params, flops) -> pd.DataFrame:
     k = allocation_constants(p)
     N = k["G"] * (C / 6.0) ** k["a"]
     D = (C / 6.0) ** k["b"] / k["G"]
-    return pd.DataFrame({"flops": C, "n_params": N, "tokens": D, "tokens_per_param": D / N,
-                         "loss": predict_loss(p, N, D)})
+    return pd.DataFrame(
+        {"flops": C, "n_params": N, "tokens": D, "tokens_per_param": D / N, "loss": predict_loss(p, N, D)}
+    )
 
 
 # ----------------------------------------------------------------------------- estimator
@@ -273,8 +281,9 @@ class ChinchillaFit:
     A failed fit sets success_=False and a message_; it never raises on bad data.
     """
 
-    def __init__(self, *, delta: float = DEFAULT_DELTA, grid="hoffmann", n_polish: int = 6,
-                 maxiter: int = 300):
+    def __init__(
+        self, *, delta: float = DEFAULT_DELTA, grid="hoffmann", n_polish: int = 6, maxiter: int = 300
+    ):
         self.delta = delta
         self.grid = grid
         self.n_polish = n_polish
@@ -319,7 +328,7 @@ class ChinchillaFit:
         W = None if sample_weight is None else np.asarray(sample_weight, float)
         starts = self._starts()
 
-        def make_fg(idx):   # objective over the points idx (None: all); see staged_lbfgs
+        def make_fg(idx):  # objective over the points idx (None: all); see staged_lbfgs
             if idx is None:
                 return lambda X, rows: _fg_batch(X, lN, lD, lL, self.delta, W)
             Wi = None if W is None else W[idx]
@@ -329,9 +338,9 @@ class ChinchillaFit:
         self.grid_objectives_ = br.fun
         order = np.argsort(np.where(np.isfinite(br.fun), br.fun, np.inf))
         cands = []
-        for i in order:                     # best distinct candidates
+        for i in order:  # best distinct candidates
             if not np.isfinite(br.fun[i]) or br.fun[i] > 1.01 * br.fun[order[0]] + 1e-300:
-                break           # a basin 1% worse than the best cannot win a local polish
+                break  # a basin 1% worse than the best cannot win a local polish
             if all(np.max(np.abs(br.x[i] - br.x[j])) > 1e-3 for j in cands):
                 cands.append(i)
             if len(cands) >= self.n_polish:
@@ -361,8 +370,9 @@ class ChinchillaFit:
             self.params_ = theta_to_params(self.theta_)
             for k, v in self.params_.items():
                 setattr(self, f"{k}_", v)
-        self.objective_ = float(_fg_batch(self.theta_[None], np.log(N), np.log(D), np.log(L),
-                                          self.delta, W)[0][0])
+        self.objective_ = float(
+            _fg_batch(self.theta_[None], np.log(N), np.log(D), np.log(L), self.delta, W)[0][0]
+        )
         self.converged_ = self.convergence_.converged
         self.identifiable_ = True
         problems = []

@@ -49,22 +49,47 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument("--c-col", default=None, help="column with C (training FLOPs); D = C/(6N) if no D")
     parser.add_argument("--loss-col", default=None, help="column with the final loss (nats/token)")
     parser.add_argument("--law", choices=LAWS, default="chinchilla")
-    parser.add_argument("--bootstrap", type=int, default=0, metavar="K",
-                        help="bootstrap resamples over runs for 95%% intervals (0: none)")
-    parser.add_argument("--budgets", default=None, metavar="C1,C2",
-                        help="compute budgets in FLOPs, e.g. 1e21,1e24 (default: 1x, 10x, 100x the largest run)")
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=0,
+        metavar="K",
+        help="bootstrap resamples over runs for 95%% intervals (0: none)",
+    )
+    parser.add_argument(
+        "--budgets",
+        default=None,
+        metavar="C1,C2",
+        help="compute budgets in FLOPs, e.g. 1e21,1e24 (default: 1x, 10x, 100x the largest run)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    parser.add_argument("--include-diverged", action="store_true",
-                        help="keep diverged/failed/unfinished runs (excluded by default)")
-    parser.add_argument("--drop-top-loss", type=int, default=0, metavar="K",
-                        help="outlier policy: drop the K highest-loss points (Epoch's Chinchilla subset: 5)")
+    parser.add_argument(
+        "--include-diverged",
+        action="store_true",
+        help="keep diverged/failed/unfinished runs (excluded by default)",
+    )
+    parser.add_argument(
+        "--drop-top-loss",
+        type=int,
+        default=0,
+        metavar="K",
+        help="outlier policy: drop the K highest-loss points (Epoch's Chinchilla subset: 5)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    parser.add_argument("--experts", type=int, default=None, metavar="K",
-                        help="fit the MoE setting with K experts (default: the dense points; "
-                             "settings are never pooled)")
-    parser.add_argument("--group-by", default=None, metavar="COLUMN",
-                        help="also fit each group of COLUMN (experts: MoE setting, arch, or any "
-                             "param) separately; JSON key \"groups\": {label: {...}}")
+    parser.add_argument(
+        "--experts",
+        type=int,
+        default=None,
+        metavar="K",
+        help="fit the MoE setting with K experts (default: the dense points; settings are never pooled)",
+    )
+    parser.add_argument(
+        "--group-by",
+        default=None,
+        metavar="COLUMN",
+        help="also fit each group of COLUMN (experts: MoE setting, arch, or any "
+        'param) separately; JSON key "groups": {label: {...}}',
+    )
     add_form_arguments(parser)
     return parser
 
@@ -72,20 +97,47 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
 def add_form_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """--form / --fixed-e / --holdout-flops (Approach 3 law forms, analysis/forms.py)."""
     from .forms import FORMS
-    parser.add_argument("--form", type=str.lower, choices=FORMS, default="free",
-                        help="Approach 3 form: free (5 parameters), tied (alpha = beta), fixed-e "
-                             "(E given by --fixed-e), gadre (Gadre et al. 2024 over-training law)")
-    parser.add_argument("--fixed-e", type=float, default=None, metavar="E",
-                        help="irreducible loss for --form fixed-e (nats/token)")
-    parser.add_argument("--holdout-flops", type=float, default=None, metavar="C",
-                        help="fit on runs with compute <= C, report relative errors on the runs above")
-    parser.add_argument("--unique-col", default=None, metavar="NAME",
-                        help="--law constrained: column with the unique tokens U_D")
-    parser.add_argument("--epochs-col", default=None, metavar="NAME",
-                        help="--law constrained: column with epochs over the data (U_D = D/epochs)")
-    parser.add_argument("--dropna", action="store_true",
-                        help="drop rows with missing/non-numeric/non-positive N, D, C or loss "
-                             "(counted in `excluded`) instead of failing")
+
+    parser.add_argument(
+        "--form",
+        type=str.lower,
+        choices=FORMS,
+        default="free",
+        help="Approach 3 form: free (5 parameters), tied (alpha = beta), fixed-e "
+        "(E given by --fixed-e), gadre (Gadre et al. 2024 over-training law)",
+    )
+    parser.add_argument(
+        "--fixed-e",
+        type=float,
+        default=None,
+        metavar="E",
+        help="irreducible loss for --form fixed-e (nats/token)",
+    )
+    parser.add_argument(
+        "--holdout-flops",
+        type=float,
+        default=None,
+        metavar="C",
+        help="fit on runs with compute <= C, report relative errors on the runs above",
+    )
+    parser.add_argument(
+        "--unique-col",
+        default=None,
+        metavar="NAME",
+        help="--law constrained: column with the unique tokens U_D",
+    )
+    parser.add_argument(
+        "--epochs-col",
+        default=None,
+        metavar="NAME",
+        help="--law constrained: column with epochs over the data (U_D = D/epochs)",
+    )
+    parser.add_argument(
+        "--dropna",
+        action="store_true",
+        help="drop rows with missing/non-numeric/non-positive N, D, C or loss "
+        "(counted in `excluded`) instead of failing",
+    )
     return parser
 
 
@@ -95,7 +147,7 @@ def parse_budgets(text):
     try:
         vals = [float(t) for t in str(text).split(",") if t.strip()]
     except ValueError:
-        raise InputError(f"--budgets {text!r}: expected comma-separated FLOP counts like 1e21,1e24")
+        raise InputError(f"--budgets {text!r}: expected comma-separated FLOP counts like 1e21,1e24") from None
     if not vals or any(not (math.isfinite(v) and v > 0) for v in vals):
         raise InputError(f"--budgets {text!r}: budgets must be positive finite numbers, e.g. 1e21,1e24")
     return vals
@@ -130,11 +182,23 @@ def _fit_chinchilla(points, budgets, bootstrap: int, seed: int) -> FitResult:
     fit = ChinchillaFit().fit(points.N, points.D, points.loss)
     res = result_at(fit, budgets)
     if bootstrap and res.success:
-        b = bootstrap_chinchilla(points.N, points.D, points.loss, n_resamples=bootstrap,
-                                 seed=seed, budgets=budgets, full_fit=fit,
-                                 groups=frame["run_id"] if "run_id" in frame else None)
-        res = res.with_(ci95=dict(b.ci), extra={**res.extra, "bootstrap": {
-            "n_resamples": b.n_resamples, "n_failed": b.n_failed, "seed": seed}})
+        b = bootstrap_chinchilla(
+            points.N,
+            points.D,
+            points.loss,
+            n_resamples=bootstrap,
+            seed=seed,
+            budgets=budgets,
+            full_fit=fit,
+            groups=frame["run_id"] if "run_id" in frame else None,
+        )
+        res = res.with_(
+            ci95=dict(b.ci),
+            extra={
+                **res.extra,
+                "bootstrap": {"n_resamples": b.n_resamples, "n_failed": b.n_failed, "seed": seed},
+            },
+        )
     return res
 
 
@@ -150,6 +214,7 @@ def _fit_one_variable(points, law: str, budgets, bootstrap: int, seed: int) -> F
 
     def fitf(f):
         return PowerLawFit(variable=var).fit(f[xcol], f["loss"]).result_
+
     res = fitf(sel)
     kind = "frontier" if law == "compute" else "best-per-" + var
     res = res.with_(message=res.message + f" (fitted on {len(sel)} {kind} points of {len(frame)})")
@@ -157,16 +222,33 @@ def _fit_one_variable(points, law: str, budgets, bootstrap: int, seed: int) -> F
         C = np.asarray(budgets or default_budgets(frame["flops"]), float)
         fit = PowerLawFit(variable=var).fit(sel[xcol], sel["loss"])
         nan = np.full(C.size, np.nan)
-        res = res.with_(compute_optimal=optimal_rows(pd.DataFrame(
-            {"flops": C, "n_params": nan, "tokens": nan, "tokens_per_param": nan,
-             "loss": fit.predict(C)})))
+        res = res.with_(
+            compute_optimal=optimal_rows(
+                pd.DataFrame(
+                    {
+                        "flops": C,
+                        "n_params": nan,
+                        "tokens": nan,
+                        "tokens_per_param": nan,
+                        "loss": fit.predict(C),
+                    }
+                )
+            )
+        )
     if bootstrap and res.success:
+
         def stats(f):
             r = fitf(f)
             return {**r.params, "exponent": r.exponents["a"]} if r.success else {}
+
         b = bootstrap_fit(stats, sel.reset_index(drop=True), n_resamples=bootstrap, seed=seed)
-        res = res.with_(ci95=dict(b.ci), extra={**res.extra, "bootstrap": {
-            "n_resamples": b.n_resamples, "n_failed": b.n_failed, "seed": seed}})
+        res = res.with_(
+            ci95=dict(b.ci),
+            extra={
+                **res.extra,
+                "bootstrap": {"n_resamples": b.n_resamples, "n_failed": b.n_failed, "seed": seed},
+            },
+        )
     return res
 
 
@@ -177,20 +259,36 @@ def fit_result(points, law: str, *, bootstrap: int = 0, budgets=None, seed: int 
     return _fit_one_variable(points, law, budgets, bootstrap, seed)
 
 
-def fit_law(points, law: str, *, bootstrap: int = 0, budgets=None, seed: int = 0,
-            form: str = "free", fixed_e=None, holdout_flops=None, unique_col=None,
-            epochs_col=None) -> dict:
+def fit_law(
+    points,
+    law: str,
+    *,
+    bootstrap: int = 0,
+    budgets=None,
+    seed: int = 0,
+    form: str = "free",
+    fixed_e=None,
+    holdout_flops=None,
+    unique_col=None,
+    epochs_col=None,
+) -> dict:
     """Fit one law to Points and return the contract dict (see module docstring)."""
     if law != "chinchilla" and (form != "free" or holdout_flops is not None):
         raise InputError(f"--form and --holdout-flops apply to --law chinchilla, not --law {law}")
     if law == "constrained":
-        return fit_constrained_law(points, unique_col=unique_col, epochs_col=epochs_col,
-                                   bootstrap=bootstrap, seed=seed)
+        return fit_constrained_law(
+            points, unique_col=unique_col, epochs_col=epochs_col, bootstrap=bootstrap, seed=seed
+        )
     if law == "chinchilla" and (form != "free" or holdout_flops is not None):
-        return fit_form_law(points, form, fixed_e=fixed_e, holdout_flops=holdout_flops,
-                            budgets=budgets, bootstrap=bootstrap)
-    out = {"law": law, "source": points.source, "excluded": dict(points.excluded),
-           "notes": list(points.notes)}
+        return fit_form_law(
+            points, form, fixed_e=fixed_e, holdout_flops=holdout_flops, budgets=budgets, bootstrap=bootstrap
+        )
+    out = {
+        "law": law,
+        "source": points.source,
+        "excluded": dict(points.excluded),
+        "notes": list(points.notes),
+    }
     out.update(fit_result(points, law, bootstrap=bootstrap, budgets=budgets, seed=seed).to_dict())
     return out
 
@@ -213,14 +311,15 @@ def _same_points(a, b) -> bool:
     if "run_id" not in fa or "run_id" not in fb or len(fa) != len(fb):
         return False
     return set(fa["run_id"]) == set(fb["run_id"]) and np.allclose(
-        np.sort(fa["n_params"].to_numpy(float)), np.sort(fb["n_params"].to_numpy(float)))
+        np.sort(fa["n_params"].to_numpy(float)), np.sort(fb["n_params"].to_numpy(float))
+    )
 
 
-def fit_form_law(points, form, *, fixed_e=None, holdout_flops=None, budgets=None,
-                 bootstrap=0) -> dict:
+def fit_form_law(points, form, *, fixed_e=None, holdout_flops=None, budgets=None, bootstrap=0) -> dict:
     """Approach 3 under a law form (analysis/forms.py), optionally fitted below
     `holdout_flops` with relative errors on the runs above it in `holdout`."""
     from .forms import FormFit, fit_with_holdout
+
     frame = points.frame
     if form == "fixed-e" and fixed_e is None:
         raise InputError("--form fixed-e needs --fixed-e VALUE (the irreducible loss, nats/token)")
@@ -229,18 +328,26 @@ def fit_form_law(points, form, *, fixed_e=None, holdout_flops=None, budgets=None
     if holdout_flops is not None:
         if not (math.isfinite(holdout_flops) and holdout_flops > 0):
             raise InputError(f"--holdout-flops {holdout_flops}: must be a positive FLOP count, e.g. 1e20")
-        fit, holdout = fit_with_holdout(form, points.N, points.D, points.loss, points.C,
-                                        holdout_flops, fixed_E=fixed_e)
+        fit, holdout = fit_with_holdout(
+            form, points.N, points.D, points.loss, points.C, holdout_flops, fixed_E=fixed_e
+        )
         if holdout["n_test"] == 0:
-            raise InputError(f"--holdout-flops {holdout_flops:g}: no run has more compute "
-                             f"(largest: {float(np.max(points.C)):.3g}); choose a smaller C")
+            raise InputError(
+                f"--holdout-flops {holdout_flops:g}: no run has more compute "
+                f"(largest: {float(np.max(points.C)):.3g}); choose a smaller C"
+            )
     else:
         fit, holdout = FormFit(form, fixed_E=fixed_e).fit(points.N, points.D, points.loss), None
     r = fit.result_
     budgets = budgets or default_budgets(frame["flops"])
-    out = {"law": "chinchilla", "source": points.source, "excluded": dict(points.excluded),
-           "notes": list(points.notes), **r.to_dict(),
-           "compute_optimal": (compute_optimal_rows(fit.params_, budgets) if r.success else [])}
+    out = {
+        "law": "chinchilla",
+        "source": points.source,
+        "excluded": dict(points.excluded),
+        "notes": list(points.notes),
+        **r.to_dict(),
+        "compute_optimal": (compute_optimal_rows(fit.params_, budgets) if r.success else []),
+    }
     if holdout is not None:
         out["holdout"] = holdout
         out["n_points"] = holdout["n_train"]
@@ -253,13 +360,16 @@ def fit_constrained_law(points, *, unique_col=None, epochs_col=None, bootstrap=0
     """Muennighoff et al.'s data-constrained law: R_D*, R_N* on all runs (analysis/constrained.py)."""
     from .constrained import DataConstrainedFit
     from .data import find_column
+
     frame = points.frame
     cols = list(frame.columns)
     uc = find_column(cols, unique_col, "--unique-col", ("unique_tokens", "unique_data", "u_d"))
     ec = None if uc is not None else find_column(cols, epochs_col, "--epochs-col", ("epochs", "n_epochs"))
     if uc is None and ec is None:
-        raise InputError("--law constrained needs the unique tokens per run: pass --unique-col NAME "
-                         "(U_D) or --epochs-col NAME (U_D = D/epochs)")
+        raise InputError(
+            "--law constrained needs the unique tokens per run: pass --unique-col NAME "
+            "(U_D) or --epochs-col NAME (U_D = D/epochs)"
+        )
     src = uc if uc is not None else ec
     vals = pd.to_numeric(frame[src], errors="coerce").to_numpy(float)
     if not np.all(np.isfinite(vals) & (vals > 0)):
@@ -267,10 +377,15 @@ def fit_constrained_law(points, *, unique_col=None, epochs_col=None, bootstrap=0
     U = vals if uc is not None else frame["tokens"].to_numpy(float) / vals
     df = pd.DataFrame({"n_params": points.N, "tokens": points.D, "unique_tokens": U, "loss": points.loss})
     fit = DataConstrainedFit(n_bootstrap=bootstrap, seed=seed).fit(df)
-    out = {"source": points.source, "excluded": dict(points.excluded),
-           "notes": list(points.notes) + [f"unique tokens from column {src!r}"
-                                          + (" (U_D = D/epochs)" if uc is None else "")],
-           **fit.result_.to_dict(), "compute_optimal": [], "exponents": {"a": None, "b": None}}
+    out = {
+        "source": points.source,
+        "excluded": dict(points.excluded),
+        "notes": list(points.notes)
+        + [f"unique tokens from column {src!r}" + (" (U_D = D/epochs)" if uc is None else "")],
+        **fit.result_.to_dict(),
+        "compute_optimal": [],
+        "exponents": {"a": None, "b": None},
+    }
     if bootstrap:
         out["bootstrap"] = {"n_resamples": bootstrap, "seed": seed}
     return out
@@ -278,8 +393,10 @@ def fit_constrained_law(points, *, unique_col=None, epochs_col=None, bootstrap=0
 
 def compute_optimal_rows(params, budgets):
     from .chinchilla import compute_optimal
-    return compute_optimal({k: params[k] for k in ("E", "A", "B", "alpha", "beta")},
-                           budgets).to_dict("records")
+
+    return compute_optimal({k: params[k] for k in ("E", "A", "B", "alpha", "beta")}, budgets).to_dict(
+        "records"
+    )
 
 
 def kaplan_d_warning(points, max_sizes: int = 2) -> str | None:
@@ -289,18 +406,32 @@ def kaplan_d_warning(points, max_sizes: int = 2) -> str | None:
     sizes = np.unique(np.round(np.log(N), 6)).size if N.size else 0
     if sizes <= max_sizes:
         return None
-    return (f"kaplan-d: the runs span {sizes} model sizes (N {N.min():.3g} to {N.max():.3g}); "
-            f"L(D) is a data law only when N is large enough not to limit the loss. Fit the "
-            f"largest size alone, or use --law chinchilla for L(N, D)")
+    return (
+        f"kaplan-d: the runs span {sizes} model sizes (N {N.min():.3g} to {N.max():.3g}); "
+        f"L(D) is a data law only when N is large enough not to limit the loss. Fit the "
+        f"largest size alone, or use --law chinchilla for L(N, D)"
+    )
 
 
 def _load(args, law):
-    need = {"chinchilla": ("n", "d"), "kaplan-n": ("n",), "kaplan-d": ("d",),
-            "compute": ("c",), "constrained": ("n", "d")}[law]
+    need = {
+        "chinchilla": ("n", "d"),
+        "kaplan-n": ("n",),
+        "kaplan-d": ("d",),
+        "compute": ("c",),
+        "constrained": ("n", "d"),
+    }[law]
     if args.csv:
-        pts = load_csv(args.csv, n_col=args.n_col, d_col=args.d_col, c_col=args.c_col,
-                       loss_col=args.loss_col, include_failed=args.include_diverged, need=need,
-                       dropna=getattr(args, "dropna", False))
+        pts = load_csv(
+            args.csv,
+            n_col=args.n_col,
+            d_col=args.d_col,
+            c_col=args.c_col,
+            loss_col=args.loss_col,
+            include_failed=args.include_diverged,
+            need=need,
+            dropna=getattr(args, "dropna", False),
+        )
     else:
         pts = load_mlflow(args.experiment, args.tracking_uri, include_failed=args.include_diverged)
     if args.drop_top_loss < 0:
@@ -311,7 +442,7 @@ def _load(args, law):
 def _print_text(res, stream):
     p = res.get("params") or {}
     w = stream.write
-    if not res.get("success", True):   # the reason first; no "= nan" lines
+    if not res.get("success", True):  # the reason first; no "= nan" lines
         w(f"fit failed: {res['message']}\n")
         w(f"law: {res['law']}   points: {res['n_points']}   source: {res['source']}\n")
         if res["excluded"]:
@@ -329,11 +460,17 @@ def _print_text(res, stream):
     w(f"objective: {res['objective']:.6g}   converged: {res['converged']}\n")
     w(f"message: {res['message']}\n")
     if res["exponents"].get("a") is not None:
-        w("exponents: " + ", ".join(f"{k}={v:.4f}" for k, v in res["exponents"].items() if v is not None) + "\n")
+        w(
+            "exponents: "
+            + ", ".join(f"{k}={v:.4f}" for k, v in res["exponents"].items() if v is not None)
+            + "\n"
+        )
     for r in res["compute_optimal"]:
         if r["n_params"] is not None:
-            w(f"  C={r['flops']:.3g}: N_opt={r['n_params']:.4g}  D_opt={r['tokens']:.4g}  "
-              f"D/N={r['tokens_per_param']:.2f}  loss={r['loss']:.4f}\n")
+            w(
+                f"  C={r['flops']:.3g}: N_opt={r['n_params']:.4g}  D_opt={r['tokens']:.4g}  "
+                f"D/N={r['tokens_per_param']:.2f}  loss={r['loss']:.4f}\n"
+            )
         else:
             w(f"  C={r['flops']:.3g}: frontier loss={r['loss']:.4f}\n")
     _print_tail(res, w)
@@ -342,8 +479,10 @@ def _print_text(res, stream):
 def _print_tail(res, w):
     if res.get("holdout") and res["holdout"]["n_test"] and res.get("success", True):
         h = res["holdout"]
-        w(f"holdout: fit on {h['n_train']} runs with C <= {h['flops']:.3g}, tested on {h['n_test']} above: "
-          f"mean |rel. error| {h['mean_abs_rel_error']:.3%}, max {h['max_abs_rel_error']:.3%}\n")
+        w(
+            f"holdout: fit on {h['n_train']} runs with C <= {h['flops']:.3g}, tested on {h['n_test']} above: "
+            f"mean |rel. error| {h['mean_abs_rel_error']:.3%}, max {h['max_abs_rel_error']:.3%}\n"
+        )
     for n in res.get("notes") or []:
         w(f"note: {n}\n")
     if res.get("elapsed_s") is not None:
@@ -360,11 +499,16 @@ def run_fit(args) -> int:
         pts = _load(args, args.law)
         sel = select_setting(pts, experts=getattr(args, "experts", None))
         sel = in_active_params(sel)
-        kw = dict(bootstrap=args.bootstrap, budgets=budgets, seed=args.seed,
-                  form=getattr(args, "form", "free"), fixed_e=getattr(args, "fixed_e", None),
-                  holdout_flops=getattr(args, "holdout_flops", None),
-                  unique_col=getattr(args, "unique_col", None),
-                  epochs_col=getattr(args, "epochs_col", None))
+        kw = dict(
+            bootstrap=args.bootstrap,
+            budgets=budgets,
+            seed=args.seed,
+            form=getattr(args, "form", "free"),
+            fixed_e=getattr(args, "fixed_e", None),
+            holdout_flops=getattr(args, "holdout_flops", None),
+            unique_col=getattr(args, "unique_col", None),
+            epochs_col=getattr(args, "epochs_col", None),
+        )
         res = fit_law(sel, args.law, **kw)
         if getattr(args, "group_by", None):
             res["groups"] = fit_groups(pts, args.law, args.group_by, reuse=(sel, res), **kw)
@@ -393,13 +537,24 @@ def run_fit(args) -> int:
     return status
 
 
-def run_report(experiment=None, tracking_uri=None, out_dir="report", *, points=None,
-               true_entropy=None, budgets=None, log_to_mlflow: bool = True,
-               drop_top_loss: int = 0, include_failed: bool = False,
-               n_bootstrap: int = 200, grid: str = "hoffmann") -> int:
+def run_report(
+    experiment=None,
+    tracking_uri=None,
+    out_dir="report",
+    *,
+    points=None,
+    true_entropy=None,
+    budgets=None,
+    log_to_mlflow: bool = True,
+    drop_top_loss: int = 0,
+    include_failed: bool = False,
+    n_bootstrap: int = 200,
+    grid: str = "hoffmann",
+) -> int:
     """Build the HTML + Markdown report for a study (or for `points` given directly) and log it
     to the study's MLflow parent run. Returns the exit status (0 ok, 2 bad input)."""
     from .report import log_report_to_mlflow, write_report
+
     try:
         if points is None:
             points = load_mlflow(experiment, tracking_uri, include_failed=include_failed)
@@ -408,11 +563,19 @@ def run_report(experiment=None, tracking_uri=None, out_dir="report", *, points=N
         if experiment is not None:
             try:
                 from .data import load_curves
+
                 curves = load_curves(experiment, tracking_uri)
-            except Exception as exc:   # curves are optional (Approach 1 only)
+            except Exception as exc:  # noqa: BLE001 - curves are optional (Approach 1 only)
                 points.notes.append(f"loss curves unavailable: {exc}")
-        paths = write_report(points, out_dir, true_entropy=true_entropy, budgets=budgets,
-                             curves=curves, n_bootstrap=n_bootstrap, grid=grid)
+        paths = write_report(
+            points,
+            out_dir,
+            true_entropy=true_entropy,
+            budgets=budgets,
+            curves=curves,
+            n_bootstrap=n_bootstrap,
+            grid=grid,
+        )
     except InputError as exc:
         print(f"scalelab report: error: {exc}", file=sys.stderr)
         return 2
@@ -421,7 +584,7 @@ def run_report(experiment=None, tracking_uri=None, out_dir="report", *, points=N
         try:
             rid = log_report_to_mlflow(out_dir, experiment, tracking_uri)
             print(f"logged to MLflow parent run {rid}")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the files are written; logging is extra
             print(f"scalelab report: warning: could not log to MLflow: {exc}", file=sys.stderr)
     return 0
 
@@ -449,9 +612,16 @@ def main(argv=None) -> int:
     except InputError as exc:
         print(f"scalelab report: error: {exc}", file=sys.stderr)
         return 2
-    return run_report(args.experiment, args.tracking_uri, args.out, points=pts,
-                      true_entropy=args.true_entropy, budgets=budgets,
-                      log_to_mlflow=not args.no_mlflow, drop_top_loss=args.drop_top_loss)
+    return run_report(
+        args.experiment,
+        args.tracking_uri,
+        args.out,
+        points=pts,
+        true_entropy=args.true_entropy,
+        budgets=budgets,
+        log_to_mlflow=not args.no_mlflow,
+        drop_top_loss=args.drop_top_loss,
+    )
 
 
 if __name__ == "__main__":

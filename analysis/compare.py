@@ -35,11 +35,12 @@ from .result import FitResult
 BASELINE = "learned-gelu-pre-clm"
 ARCH_KEYS = ("pos", "activation", "norm", "objective")
 ARCH_DEFAULTS = ("learned", "gelu", "pre", "clm")
-MIN_POINTS = 6          # Approach 3 has 5 parameters
+MIN_POINTS = 6  # Approach 3 has 5 parameters
 MAX_LC_BOOT = 30
 
 
 # --------------------------------------------------------------------------- grouping
+
 
 def with_arch(frame: pd.DataFrame) -> pd.DataFrame:
     """The frame with `arch`, `objective` and a `stratum` label; runs logged before the
@@ -54,8 +55,9 @@ def with_arch(frame: pd.DataFrame) -> pd.DataFrame:
     top_k = pd.to_numeric(df.get("top_k", 1), errors="coerce")
     experts = pd.Series(experts, index=df.index).fillna(1).astype(int)
     top_k = pd.Series(top_k, index=df.index).fillna(1).astype(int)
-    df["stratum"] = [o if e == 1 else f"{o}, experts={e} top_k={k}"
-                     for o, e, k in zip(df["objective"], experts, top_k)]
+    df["stratum"] = [
+        o if e == 1 else f"{o}, experts={e} top_k={k}" for o, e, k in zip(df["objective"], experts, top_k)
+    ]
     return df
 
 
@@ -67,6 +69,7 @@ def _baseline_of(labels: list[str], objective: str, baseline: str | None) -> str
 
 
 # --------------------------------------------------------------------------- per-variant laws
+
 
 def _ci(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     s = samples[np.isfinite(samples)]
@@ -80,8 +83,14 @@ def _starts(loss: np.ndarray) -> np.ndarray:
     """72 Approach 3 starts (log E, log A, log B, α, β) around this variant's losses: a
     per-variant fit runs many times (bootstrap, report), the 1024-start grid is too slow."""
     lo = float(np.min(loss))
-    grid = np.meshgrid([math.log(0.5 * lo), math.log(0.9 * lo)], [2.0, 5.0, 8.0], [2.0, 5.0, 8.0],
-                       [0.2, 0.5], [0.2, 0.5], indexing="ij")
+    grid = np.meshgrid(
+        [math.log(0.5 * lo), math.log(0.9 * lo)],
+        [2.0, 5.0, 8.0],
+        [2.0, 5.0, 8.0],
+        [0.2, 0.5],
+        [0.2, 0.5],
+        indexing="ij",
+    )
     return np.stack([g.ravel() for g in grid], axis=1)
 
 
@@ -116,29 +125,37 @@ def _compute_law(df: pd.DataFrame, n_boot: int, rng: np.random.Generator) -> Fit
     return _with_intervals("compute", est, boot, names, C.size)
 
 
-def _with_intervals(law: str, est, boot: list[list[float]], names: tuple[str, ...],
-                    n_points: int) -> FitResult:
+def _with_intervals(
+    law: str, est, boot: list[list[float]], names: tuple[str, ...], n_points: int
+) -> FitResult:
     """A successful fit as a FitResult, with percentile intervals from its bootstrap refits."""
     draws = np.array(boot, dtype=float).reshape(-1, len(names))
-    return FitResult(law=law, params=dict(est.params_), objective=est.objective_,
-                     success=True, converged=bool(est.converged_), identifiable=True,
-                     message=est.message_, n_points=n_points,
-                     ci95={k: _ci(draws[:, j]) for j, k in enumerate(names)})
+    return FitResult(
+        law=law,
+        params=dict(est.params_),
+        objective=est.objective_,
+        success=True,
+        converged=bool(est.converged_),
+        identifiable=True,
+        message=est.message_,
+        n_points=n_points,
+        ci95={k: _ci(draws[:, j]) for j, k in enumerate(names)},
+    )
 
 
 # --------------------------------------------------------------------------- joint fit
 
+
 def _joint_fg(theta, lN, lD, lL, v, n_var, delta):
     """Huber objective (on log loss) and gradient of L = E + A_v/N^α_v + B_v/D^β_v."""
-    P = theta[1:].reshape(n_var, 4)                              # log A, log B, α, β per variant
-    terms = np.stack([np.full_like(lN, theta[0]), P[v, 0] - P[v, 2] * lN,
-                      P[v, 1] - P[v, 3] * lD])                   # (3, n)
+    P = theta[1:].reshape(n_var, 4)  # log A, log B, α, β per variant
+    terms = np.stack([np.full_like(lN, theta[0]), P[v, 0] - P[v, 2] * lN, P[v, 1] - P[v, 3] * lD])  # (3, n)
     top = terms.max(axis=0)
     w = np.exp(terms - top)
     pred = top + np.log(w.sum(axis=0))
     w /= w.sum(axis=0)
     r = pred - lL
-    f = np.where(np.abs(r) <= delta, 0.5 * r ** 2, delta * (np.abs(r) - 0.5 * delta)).sum()
+    f = np.where(np.abs(r) <= delta, 0.5 * r**2, delta * (np.abs(r) - 0.5 * delta)).sum()
     h = np.clip(r, -delta, delta)
     g = np.zeros_like(theta)
     g[0] = (h * w[0]).sum()
@@ -159,16 +176,22 @@ def _center(theta: np.ndarray, cN: float, cD: float, sign: int) -> np.ndarray:
     return t
 
 
-def _joint_solve(lN, lD, lL, v, n_var, starts, delta=DEFAULT_DELTA,
-                 maxiter: int = 2000) -> tuple[np.ndarray, float]:
+def _joint_solve(
+    lN, lD, lL, v, n_var, starts, delta=DEFAULT_DELTA, maxiter: int = 2000
+) -> tuple[np.ndarray, float]:
     cN, cD = float(lN.mean()), float(lD.mean())
     best, best_f = None, math.inf
     bounds = [(None, None)] + [(None, None), (None, None), (0.0, 3.0), (0.0, 3.0)] * n_var
     for theta0 in starts:
-        res = minimize(_joint_fg, _center(np.asarray(theta0, float), cN, cD, -1),
-                       args=(lN - cN, lD - cD, lL, v, n_var, delta), jac=True,
-                       method="L-BFGS-B", bounds=bounds,
-                       options={"maxiter": maxiter, "ftol": 1e-13, "gtol": 1e-10})
+        res = minimize(
+            _joint_fg,
+            _center(np.asarray(theta0, float), cN, cD, -1),
+            args=(lN - cN, lD - cD, lL, v, n_var, delta),
+            jac=True,
+            method="L-BFGS-B",
+            bounds=bounds,
+            options={"maxiter": maxiter, "ftol": 1e-13, "gtol": 1e-10},
+        )
         if res.fun < best_f:
             best, best_f = _center(res.x, cN, cD, +1), float(res.fun)
     if best is None:
@@ -190,26 +213,34 @@ class JointFit:
 
     def params_of(self, theta: np.ndarray, variant: str) -> dict[str, float]:
         la, lb, a, b = theta[1:].reshape(-1, 4)[self.variants_.index(variant)]
-        return {"E": float(np.exp(theta[0])), "A": float(np.exp(la)), "B": float(np.exp(lb)),
-                "alpha": float(a), "beta": float(b)}
+        return {
+            "E": float(np.exp(theta[0])),
+            "A": float(np.exp(la)),
+            "B": float(np.exp(lb)),
+            "alpha": float(a),
+            "beta": float(b),
+        }
 
 
-def fit_joint(df: pd.DataFrame, baseline: str, per_variant: dict[str, FitResult], *,
-              n_boot: int = 100, seed: int = 0) -> JointFit:
+def fit_joint(
+    df: pd.DataFrame, baseline: str, per_variant: dict[str, FitResult], *, n_boot: int = 100, seed: int = 0
+) -> JointFit:
     """One shared E, per-variant (A, α), (B, β); bootstrap resamples runs within each variant."""
     variants = sorted(df["arch"].unique(), key=lambda a: (a != baseline, a))
     v = df["arch"].map({a: i for i, a in enumerate(variants)}).to_numpy()
     lN, lD, lL = (np.log(df[c].to_numpy(float)) for c in ("n_params", "tokens", "loss"))
     starts_by_variant: list[list[float]] = []
     for a in variants:
-        p = per_variant[a].params if per_variant[a].success else \
-            {"A": 400.0, "B": 400.0, "alpha": 0.3, "beta": 0.3}
+        p = (
+            per_variant[a].params
+            if per_variant[a].success
+            else {"A": 400.0, "B": 400.0, "alpha": 0.3, "beta": 0.3}
+        )
         starts_by_variant.append([math.log(p["A"]), math.log(p["B"]), p["alpha"], p["beta"]])
     base = np.array(starts_by_variant).ravel()
     Es = [per_variant[a].params["E"] for a in variants if per_variant[a].success]
     E0 = [float(np.median(Es))] if Es else []
-    starts = [np.concatenate([[math.log(e)], base]) for e in
-              [*E0, 0.5 * float(np.exp(lL).min())] if e > 0]
+    starts = [np.concatenate([[math.log(e)], base]) for e in [*E0, 0.5 * float(np.exp(lL).min())] if e > 0]
     theta, f = _joint_solve(lN, lD, lL, v, len(variants), starts)
     rng = np.random.default_rng(seed)
     groups = [np.flatnonzero(v == i) for i in range(len(variants))]
@@ -221,21 +252,32 @@ def fit_joint(df: pd.DataFrame, baseline: str, per_variant: dict[str, FitResult]
     draws = np.array(boot).reshape(-1, theta.size)
     params = {"E": float(np.exp(theta[0]))}
     for j, a in enumerate(variants):
-        for k, val in zip(("A", "B", "alpha", "beta"), (np.exp(theta[1 + 4 * j]),
-                          np.exp(theta[2 + 4 * j]), theta[3 + 4 * j], theta[4 + 4 * j])):
+        for k, val in zip(
+            ("A", "B", "alpha", "beta"),
+            (np.exp(theta[1 + 4 * j]), np.exp(theta[2 + 4 * j]), theta[3 + 4 * j], theta[4 + 4 * j]),
+        ):
             params[f"{k}[{a}]"] = float(val)
     ci = {"E": _ci(np.exp(draws[:, 0]))}
     for j, a in enumerate(variants[1:], start=1):
         ci[f"delta_alpha[{a}]"] = _ci(draws[:, 3 + 4 * j] - draws[:, 3])
         ci[f"delta_beta[{a}]"] = _ci(draws[:, 4 + 4 * j] - draws[:, 4])
-    result = FitResult(law="joint-shared-E", params=params, objective=f, success=bool(
-        np.all(np.isfinite(theta))), converged=True, identifiable=True,
+    result = FitResult(
+        law="joint-shared-E",
+        params=params,
+        objective=f,
+        success=bool(np.all(np.isfinite(theta))),
+        converged=True,
+        identifiable=True,
         message=f"shared E, per-variant (A, alpha), (B, beta); baseline {baseline}",
-        n_points=int(lN.size), ci95=ci, extra={"baseline": baseline, "variants": variants})
+        n_points=int(lN.size),
+        ci95=ci,
+        extra={"baseline": baseline, "variants": variants},
+    )
     return JointFit(variants, baseline, theta, draws, result)
 
 
 # --------------------------------------------------------------------------- compute multiplier
+
 
 def optimal_loss(p: dict[str, float], flops) -> np.ndarray:
     """L*(C): the loss at the compute-optimal (N, D) for C = 6·N·D (closed form)."""
@@ -245,7 +287,7 @@ def optimal_loss(p: dict[str, float], flops) -> np.ndarray:
         return np.full_like(C, np.nan)
     G = (a * p["A"] / (b * p["B"])) ** (1.0 / (a + b))
     N = G * C ** (b / (a + b))
-    return p["E"] + p["A"] * N ** -a + p["B"] * (C / N) ** -b
+    return p["E"] + p["A"] * N**-a + p["B"] * (C / N) ** -b
 
 
 def compute_multiplier(variant: dict[str, float], baseline: dict[str, float], flops) -> np.ndarray:
@@ -253,7 +295,7 @@ def compute_multiplier(variant: dict[str, float], baseline: dict[str, float], fl
     C = np.atleast_1d(np.asarray(flops, float))
     target = optimal_loss(variant, C)
     grid = np.geomspace(C.min() * 1e-8, C.max() * 1e8, 4000)
-    lb = optimal_loss(baseline, grid)                            # decreasing in C
+    lb = optimal_loss(baseline, grid)  # decreasing in C
     ok = np.isfinite(lb)
     if not ok.any() or not np.isfinite(target).all():
         return np.full(C.shape, np.nan)
@@ -267,12 +309,15 @@ def multiplier_table(joint: JointFit, budgets) -> pd.DataFrame:
     base = joint.params_of(joint.theta_, joint.baseline_)
     for a in joint.variants_[1:]:
         m = compute_multiplier(joint.params_of(joint.theta_, a), base, budgets)
-        boot = np.array([compute_multiplier(joint.params_of(t, a), joint.params_of(t, joint.baseline_),
-                                            budgets) for t in joint.draws_]).reshape(-1, len(budgets))
+        boot = np.array(
+            [
+                compute_multiplier(joint.params_of(t, a), joint.params_of(t, joint.baseline_), budgets)
+                for t in joint.draws_
+            ]
+        ).reshape(-1, len(budgets))
         for j, c in enumerate(budgets):
             lo, hi = _ci(boot[:, j]) if boot.size else (math.nan, math.nan)
-            rows.append({"variant": a, "flops": float(c), "multiplier": float(m[j]),
-                         "lo": lo, "hi": hi})
+            rows.append({"variant": a, "flops": float(c), "multiplier": float(m[j]), "lo": lo, "hi": hi})
     return pd.DataFrame(rows, columns=["variant", "flops", "multiplier", "lo", "hi"])
 
 
@@ -290,6 +335,7 @@ def crossovers(joint: JointFit, c_min: float, c_max: float) -> dict[str, list[fl
 
 
 # --------------------------------------------------------------------------- length extrapolation
+
 
 def length_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Loss by evaluation length (multiples of seq_len) per stratum, variant and size: the
@@ -309,6 +355,7 @@ def length_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- the comparison
 
+
 @dataclass
 class StratumComparison:
     stratum: str
@@ -321,8 +368,9 @@ class StratumComparison:
     notes: list[str] = field(default_factory=list)
 
 
-def compare_stratum(df: pd.DataFrame, stratum: str, *, baseline: str | None = None,
-                    n_boot: int = 100, seed: int = 0) -> StratumComparison:
+def compare_stratum(
+    df: pd.DataFrame, stratum: str, *, baseline: str | None = None, n_boot: int = 100, seed: int = 0
+) -> StratumComparison:
     """Every law of the module docstring for the variants of one stratum."""
     labels = sorted(df["arch"].unique())
     base = _baseline_of(labels, df["objective"].iloc[0], baseline)
@@ -336,8 +384,10 @@ def compare_stratum(df: pd.DataFrame, stratum: str, *, baseline: str | None = No
             out.notes.append(f"{a}: {len(sub)} runs, fewer than {MIN_POINTS}: no per-variant law")
             out.per_variant[a] = {"chinchilla": FitResult.failure("chinchilla", "too few runs", len(sub))}
             continue
-        out.per_variant[a] = {"chinchilla": _approach3(sub, n_boot, rng),
-                              "compute": _compute_law(sub, n_boot, rng)}
+        out.per_variant[a] = {
+            "chinchilla": _approach3(sub, n_boot, rng),
+            "compute": _compute_law(sub, n_boot, rng),
+        }
     enough = [a for a in labels if (df["arch"] == a).sum() >= 4]
     if base in enough and len(enough) > 1:
         sub = df[df["arch"].isin(enough)]
@@ -350,8 +400,9 @@ def compare_stratum(df: pd.DataFrame, stratum: str, *, baseline: str | None = No
     return out
 
 
-def compare_architectures(frame: pd.DataFrame, *, baseline: str | None = None,
-                          n_boot: int = 100, seed: int = 0) -> list[StratumComparison]:
+def compare_architectures(
+    frame: pd.DataFrame, *, baseline: str | None = None, n_boot: int = 100, seed: int = 0
+) -> list[StratumComparison]:
     """One comparison per stratum (objective, MoE setting) that holds two or more variants."""
     df = with_arch(frame)
     out = []
@@ -361,13 +412,28 @@ def compare_architectures(frame: pd.DataFrame, *, baseline: str | None = None,
     return out
 
 
-def architecture_section(frame: pd.DataFrame, *, baseline: str | None = None, n_boot: int = 100,
-                         seed: int = 0) -> dict | None:
+def architecture_section(
+    frame: pd.DataFrame, *, baseline: str | None = None, n_boot: int = 100, seed: int = 0
+) -> dict | None:
     """The report section `{"title", "markdown", "figures": {name: Figure}}` comparing the
     architectures of a study (None when it holds one variant and no length metrics)."""
-    from .compare_report import section     # matplotlib: loaded only for the report
+    from .compare_report import section  # matplotlib: loaded only for the report
+
     return section(frame, baseline=baseline, n_boot=n_boot, seed=seed)
 
-__all__ = ["BASELINE", "JointFit", "StratumComparison", "architecture_section",
-           "compare_architectures", "compare_stratum", "compute_multiplier", "crossovers",
-           "fit_joint", "length_table", "multiplier_table", "optimal_loss", "with_arch"]
+
+__all__ = [
+    "BASELINE",
+    "JointFit",
+    "StratumComparison",
+    "architecture_section",
+    "compare_architectures",
+    "compare_stratum",
+    "compute_multiplier",
+    "crossovers",
+    "fit_joint",
+    "length_table",
+    "multiplier_table",
+    "optimal_loss",
+    "with_arch",
+]

@@ -31,11 +31,24 @@ from .chinchilla import ChinchillaFit, allocation_constants, predict_loss
 from .result import FitResult
 
 # Muennighoff et al.'s C4 fit, unrounded (notebook values; log-space a, b, e)
-MUENNIGHOFF_C4 = {"E": float(np.exp(0.6254804)), "A": float(np.exp(6.255414)),
-                  "B": float(np.exp(7.3049974)), "alpha": 0.3526596, "beta": 0.3526596,
-                  "R_D_star": 15.387756, "R_N_star": 5.309743}
-MUENNIGHOFF_C4_ROUNDED = {"E": 1.87, "A": 521.0, "B": 1488.0, "alpha": 0.353, "beta": 0.353,
-                          "R_D_star": 15.39, "R_N_star": 5.31}
+MUENNIGHOFF_C4 = {
+    "E": float(np.exp(0.6254804)),
+    "A": float(np.exp(6.255414)),
+    "B": float(np.exp(7.3049974)),
+    "alpha": 0.3526596,
+    "beta": 0.3526596,
+    "R_D_star": 15.387756,
+    "R_N_star": 5.309743,
+}
+MUENNIGHOFF_C4_ROUNDED = {
+    "E": 1.87,
+    "A": 521.0,
+    "B": 1488.0,
+    "alpha": 0.353,
+    "beta": 0.353,
+    "R_D_star": 15.39,
+    "R_N_star": 5.31,
+}
 R_NAMES = ("R_D_star", "R_N_star")
 
 
@@ -103,8 +116,15 @@ class DataConstrainedFit:
     success_, message_, flat_ ({R*: bool}), at_bound_, ci95_, result_ (FitResult).
     """
 
-    def __init__(self, *, base_params: dict | None = None, delta: float = 1e-3,
-                 n_bootstrap: int = 0, seed: int = 0, flat_rtol: float = 1e-3):
+    def __init__(
+        self,
+        *,
+        base_params: dict | None = None,
+        delta: float = 1e-3,
+        n_bootstrap: int = 0,
+        seed: int = 0,
+        flat_rtol: float = 1e-3,
+    ):
         self.base_params = base_params
         self.delta = delta
         self.n_bootstrap = n_bootstrap
@@ -122,11 +142,14 @@ class DataConstrainedFit:
         self.bounds_ = identifiable_bounds(R_D, R_N)
         free = [k for k in R_NAMES if self.bounds_[k] is not None]
         if not free:
-            return self._fail("unidentifiable: no run repeats data or exceeds N_opt(U_D); "
-                              "R_D* and R_N* need runs with D > U_D or N > N_opt(U_D)", len(df))
+            return self._fail(
+                "unidentifiable: no run repeats data or exceeds N_opt(U_D); "
+                "R_D* and R_N* need runs with D > U_D or N > N_opt(U_D)",
+                len(df),
+            )
         x, f = self._optimise(N, D, U, L, free, np.ones(len(df)))
-        if self.base_params is None:    # the single-epoch fit is biased by excess parameters:
-            x, f = self._joint(N, D, U, L, free, x)   # refine base law and R* together
+        if self.base_params is None:  # the single-epoch fit is biased by excess parameters:
+            x, f = self._joint(N, D, U, L, free, x)  # refine base law and R* together
         self._set(x, f, free, N, D, U, L)
         if self.n_bootstrap:
             self._bootstrap(N, D, U, L, free, x)
@@ -139,8 +162,10 @@ class DataConstrainedFit:
         one = df[df["tokens"] <= df["unique_tokens"] * (1 + 1e-9)]
         fit = ChinchillaFit().fit(one["n_params"], one["tokens"], one["loss"])
         if not fit.success_:
-            return None, (f"base law from the {len(one)} single-epoch runs failed: {fit.message_}"
-                          " (pass base parameters, or add single-epoch runs)")
+            return None, (
+                f"base law from the {len(one)} single-epoch runs failed: {fit.message_}"
+                " (pass base parameters, or add single-epoch runs)"
+            )
         return dict(fit.params_), None
 
     def _objective(self, N, D, U, L, free, w):
@@ -153,18 +178,30 @@ class DataConstrainedFit:
             with np.errstate(over="ignore", invalid="ignore"):
                 r = np.log(data_constrained_loss(N, D, U, p)) - lL
             return _huber_sum(r * np.sqrt(w), self.delta) if np.all(np.isfinite(r)) else np.inf
+
         return obj
 
     def _optimise(self, N, D, U, L, free, w, starts=None):
         obj = self._objective(N, D, U, L, free, w)
         bnds = [self.bounds_[k] for k in free]
         if starts is None:
-            grids = [np.linspace(lo + 0.5, hi - 0.5, 4) if hi - lo > 1 else [0.5 * (lo + hi)]
-                     for lo, hi in bnds]
+            grids = [
+                np.linspace(lo + 0.5, hi - 0.5, 4) if hi - lo > 1 else [0.5 * (lo + hi)] for lo, hi in bnds
+            ]
             starts = [np.array(s) for s in np.array(np.meshgrid(*grids)).reshape(len(free), -1).T]
-        best = min((minimize(obj, s, method="L-BFGS-B", bounds=bnds,
-                             options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 2000})
-                    for s in starts), key=lambda r: r.fun)
+        best = min(
+            (
+                minimize(
+                    obj,
+                    s,
+                    method="L-BFGS-B",
+                    bounds=bnds,
+                    options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 2000},
+                )
+                for s in starts
+            ),
+            key=lambda r: r.fun,
+        )
         return best.x, float(best.fun)
 
     def _joint(self, N, D, U, L, free, x_r):
@@ -176,21 +213,39 @@ class DataConstrainedFit:
         lL = np.log(L)
 
         def obj(x):
-            p = {"E": np.exp(x[0]), "A": np.exp(x[1]), "B": np.exp(x[2]), "alpha": x[3],
-                 "beta": x[4], "R_D_star": np.inf, "R_N_star": np.inf}
+            p = {
+                "E": np.exp(x[0]),
+                "A": np.exp(x[1]),
+                "B": np.exp(x[2]),
+                "alpha": x[3],
+                "beta": x[4],
+                "R_D_star": np.inf,
+                "R_N_star": np.inf,
+            }
             for k, v in zip(free, x[5:]):
                 p[k] = float(np.exp(v))
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 r = np.log(data_constrained_loss(N, D, U, p)) - lL
             return _huber_sum(r, self.delta) if np.all(np.isfinite(r)) else np.inf
+
         bnds = [(None, None)] * 3 + [(1e-3, 5.0)] * 2 + [self.bounds_[k] for k in free]
-        res = minimize(obj, x0, method="L-BFGS-B", bounds=bnds,
-                       options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 5000, "maxfun": 50000})
+        res = minimize(
+            obj,
+            x0,
+            method="L-BFGS-B",
+            bounds=bnds,
+            options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 5000, "maxfun": 50000},
+        )
         if not res.fun < obj(x0):
             return x_r, float(obj(x0))
         x = res.x
-        self.base_params_ = {"E": float(np.exp(x[0])), "A": float(np.exp(x[1])),
-                             "B": float(np.exp(x[2])), "alpha": float(x[3]), "beta": float(x[4])}
+        self.base_params_ = {
+            "E": float(np.exp(x[0])),
+            "A": float(np.exp(x[1])),
+            "B": float(np.exp(x[2])),
+            "alpha": float(x[3]),
+            "beta": float(x[4]),
+        }
         return x[5:], float(res.fun)
 
     def _set(self, x, f, free, N, D, U, L):
@@ -212,13 +267,19 @@ class DataConstrainedFit:
         msgs = []
         for k in R_NAMES:
             if k not in free:
-                msgs.append(f"{k} not identifiable: no run has {'D > U_D' if k == 'R_D_star' else 'N > N_opt(U_D)'}")
+                msgs.append(
+                    f"{k} not identifiable: no run has {'D > U_D' if k == 'R_D_star' else 'N > N_opt(U_D)'}"
+                )
             elif self.at_bound_[k]:
-                msgs.append(f"{k} = {vals[k]:.4g} is at the bound of what the data identify "
-                            f"({np.exp(self.bounds_[k][0]):.3g}..{np.exp(self.bounds_[k][1]):.3g})")
+                msgs.append(
+                    f"{k} = {vals[k]:.4g} is at the bound of what the data identify "
+                    f"({np.exp(self.bounds_[k][0]):.3g}..{np.exp(self.bounds_[k][1]):.3g})"
+                )
             elif self.flat_[k]:
-                msgs.append(f"objective is flat in {k}: halving or doubling it changes the "
-                            f"objective by < {self.flat_rtol:.0e} (relative); read its interval")
+                msgs.append(
+                    f"objective is flat in {k}: halving or doubling it changes the "
+                    f"objective by < {self.flat_rtol:.0e} (relative); read its interval"
+                )
         self.success_ = not any(self.at_bound_.values()) and len(free) == 2
         self.message_ = "; ".join(msgs) or "R_D* and R_N* identified"
         self.ci95_ = {}
@@ -232,8 +293,10 @@ class DataConstrainedFit:
             rows.append(np.exp(x))
         S = np.array(rows)
         self.bootstrap_samples_ = pd.DataFrame(S, columns=free)
-        self.ci95_ = {k: (float(np.percentile(S[:, i], 2.5)), float(np.percentile(S[:, i], 97.5)))
-                      for i, k in enumerate(free)}
+        self.ci95_ = {
+            k: (float(np.percentile(S[:, i], 2.5)), float(np.percentile(S[:, i], 97.5)))
+            for i, k in enumerate(free)
+        }
 
     def _fail(self, message, n):
         nan = float("nan")
@@ -246,13 +309,25 @@ class DataConstrainedFit:
         return self
 
     def _result(self, n):
-        return FitResult(law="constrained", params=dict(self.params_), objective=self.objective_,
-                         success=self.success_, converged=True, identifiable=True,
-                         message=self.message_, n_points=n, ci95=dict(self.ci95_),
-                         extra={"flat": dict(self.flat_), "at_bound": dict(self.at_bound_),
-                                "bounds": {k: (None if b is None else [float(np.exp(b[0])),
-                                                                      float(np.exp(b[1]))])
-                                           for k, b in self.bounds_.items()}})
+        return FitResult(
+            law="constrained",
+            params=dict(self.params_),
+            objective=self.objective_,
+            success=self.success_,
+            converged=True,
+            identifiable=True,
+            message=self.message_,
+            n_points=n,
+            ci95=dict(self.ci95_),
+            extra={
+                "flat": dict(self.flat_),
+                "at_bound": dict(self.at_bound_),
+                "bounds": {
+                    k: (None if b is None else [float(np.exp(b[0])), float(np.exp(b[1]))])
+                    for k, b in self.bounds_.items()
+                },
+            },
+        )
 
     def predict(self, N, D, U_D):
         return data_constrained_loss(N, D, U_D, self.params_)
@@ -271,16 +346,19 @@ def constrained_section(points, *, n_bootstrap: int = 200, seed: int = 0) -> dic
     ok = np.isfinite(U) & (U > 0)
     if not np.any(f["tokens"].to_numpy(float)[ok] > U[ok] * (1 + 1e-9)):
         return None
-    df = pd.DataFrame({"n_params": points.N, "tokens": points.D, "unique_tokens": U,
-                       "loss": points.loss})[ok]
+    df = pd.DataFrame({"n_params": points.N, "tokens": points.D, "unique_tokens": U, "loss": points.loss})[ok]
     fit = DataConstrainedFit(n_bootstrap=n_bootstrap, seed=seed).fit(df)
     rows = ["| parameter | value | 95% interval | flat | at bound |", "|---|---|---|---|---|"]
     for k in R_NAMES:
         ci = fit.ci95_.get(k)
-        rows.append(f"| {k} | {fit.params_.get(k, float('nan')):.4g} | "
-                    + (f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "-")
-                    + f" | {fit.flat_.get(k, '-')} | {fit.at_bound_.get(k, '-')} |")
-    md = (f"Muennighoff et al. (2023) decay of repeated data and excess parameters, fitted on "
-          f"{len(df)} runs ({int(np.sum(df.tokens > df.unique_tokens))} repeat data). "
-          f"{fit.message_}.\n\n" + "\n".join(rows))
+        rows.append(
+            f"| {k} | {fit.params_.get(k, float('nan')):.4g} | "
+            + (f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "-")
+            + f" | {fit.flat_.get(k, '-')} | {fit.at_bound_.get(k, '-')} |"
+        )
+    md = (
+        f"Muennighoff et al. (2023) decay of repeated data and excess parameters, fitted on "
+        f"{len(df)} runs ({int(np.sum(df.tokens > df.unique_tokens))} repeat data). "
+        f"{fit.message_}.\n\n" + "\n".join(rows)
+    )
     return {"title": "Data-constrained scaling", "markdown": md, "figures": {}}

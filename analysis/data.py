@@ -31,14 +31,55 @@ CANONICAL = ("n_params", "tokens", "flops", "loss")
 # `metrics.val_loss` and TensorBoard's `eval/loss` all match. Validation losses come before
 # a bare `loss`, which in experiment-tracker exports is usually the training loss.
 _ALIASES = {
-    "n": ("n_params", "n", "model_size", "params", "parameters", "num_params", "n_parameters",
-          "num_parameters", "param_count", "total_params", "model_params", "nparams"),
-    "d": ("tokens", "d", "training_tokens", "train_tokens", "data", "num_tokens", "n_tokens",
-          "tokens_seen", "total_tokens", "trained_tokens"),
-    "c": ("flops", "c", "training_flop", "training_flops", "train_flops", "compute",
-          "total_flops", "train_flop", "flops_6n"),
-    "loss": ("val_loss", "eval_loss", "validation_loss", "valid_loss", "val_loss_final",
-             "eval_val_loss", "loss", "final_loss", "l", "test_loss"),
+    "n": (
+        "n_params",
+        "n",
+        "model_size",
+        "params",
+        "parameters",
+        "num_params",
+        "n_parameters",
+        "num_parameters",
+        "param_count",
+        "total_params",
+        "model_params",
+        "nparams",
+    ),
+    "d": (
+        "tokens",
+        "d",
+        "training_tokens",
+        "train_tokens",
+        "data",
+        "num_tokens",
+        "n_tokens",
+        "tokens_seen",
+        "total_tokens",
+        "trained_tokens",
+    ),
+    "c": (
+        "flops",
+        "c",
+        "training_flop",
+        "training_flops",
+        "train_flops",
+        "compute",
+        "total_flops",
+        "train_flop",
+        "flops_6n",
+    ),
+    "loss": (
+        "val_loss",
+        "eval_loss",
+        "validation_loss",
+        "valid_loss",
+        "val_loss_final",
+        "eval_val_loss",
+        "loss",
+        "final_loss",
+        "l",
+        "test_loss",
+    ),
 }
 # a run-state column (W&B `State`, MLflow `Status`, scalelab `outcome`): rows not finished are
 # excluded unless include_failed
@@ -48,10 +89,33 @@ _PREFIXES = ("params.", "metrics.", "config.", "summary.", "hparams/", "hparams.
 _OPTION = {"n": "--n-col", "d": "--d-col", "c": "--c-col", "loss": "--loss-col"}
 
 # params parsed as numbers when read from MLflow (everything else stays a string)
-_NUMERIC_PARAMS = ("n_params", "n_params_active", "n_params_nonembedding", "tokens", "flops",
-                   "experts", "top_k", "n_layer", "d_model", "n_head", "seed", "d_ff", "d_expert",
-                   "granularity", "shared_experts", "vocab_size", "seq_len", "batch_size", "lr",
-                   "true_entropy", "flops_6n", "flops_kaplan", "unique_tokens", "epochs", "budget")
+_NUMERIC_PARAMS = (
+    "n_params",
+    "n_params_active",
+    "n_params_nonembedding",
+    "tokens",
+    "flops",
+    "experts",
+    "top_k",
+    "n_layer",
+    "d_model",
+    "n_head",
+    "seed",
+    "d_ff",
+    "d_expert",
+    "granularity",
+    "shared_experts",
+    "vocab_size",
+    "seq_len",
+    "batch_size",
+    "lr",
+    "true_entropy",
+    "flops_6n",
+    "flops_kaplan",
+    "unique_tokens",
+    "epochs",
+    "budget",
+)
 
 
 class InputError(ValueError):
@@ -72,7 +136,7 @@ class Points:
     excluded: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     true_entropy: float | None = None
-    dropped: pd.DataFrame | None = None   # the rows removed by an outlier policy
+    dropped: pd.DataFrame | None = None  # the rows removed by an outlier policy
 
     @property
     def N(self) -> np.ndarray:
@@ -97,7 +161,7 @@ class Points:
     def n_excluded(self) -> int:
         return int(sum(self.excluded.values()))
 
-    def drop_top_loss(self, k: int) -> "Points":
+    def drop_top_loss(self, k: int) -> Points:
         """Outlier policy: drop the k highest-loss points (Epoch's subset of Chinchilla's data
         is k=5). Recorded in `excluded` and `notes`; k=0 returns the points unchanged."""
         if k <= 0:
@@ -109,12 +173,18 @@ class Points:
         drop = self.frame.iloc[np.sort(order[-k:])]
         ex = dict(self.excluded)
         ex["outlier (top-loss)"] = ex.get("outlier (top-loss)", 0) + k
-        notes = self.notes + [f"outlier policy: dropped the {k} highest-loss point(s) "
-                              f"(loss >= {drop['loss'].min():.4f})"]
-        return dataclasses.replace(self, frame=self.frame.iloc[keep_idx].reset_index(drop=True),
-                                   excluded=ex, notes=notes, dropped=drop)
+        notes = self.notes + [
+            f"outlier policy: dropped the {k} highest-loss point(s) (loss >= {drop['loss'].min():.4f})"
+        ]
+        return dataclasses.replace(
+            self,
+            frame=self.frame.iloc[keep_idx].reset_index(drop=True),
+            excluded=ex,
+            notes=notes,
+            dropped=drop,
+        )
 
-    def subset(self, mask) -> "Points":
+    def subset(self, mask) -> Points:
         return dataclasses.replace(self, frame=self.frame[np.asarray(mask)].reset_index(drop=True))
 
 
@@ -124,7 +194,7 @@ def _norm(name) -> str:
     t = str(name).strip().lower()
     for pre in _PREFIXES:
         if t.startswith(pre):
-            t = t[len(pre):]
+            t = t[len(pre) :]
             break
     for sep in ("/", ".", "-", " "):
         t = t.replace(sep, "_")
@@ -141,8 +211,9 @@ def _find(columns, key, given):
         if len(hits) == 1:
             return hits[0]
         why = "matches several columns" if hits else "is not in the file"
-        raise InputError(f"column {given!r} (from {_OPTION[key]}) {why}; "
-                         f"columns are: {', '.join(map(str, columns))}")
+        raise InputError(
+            f"column {given!r} (from {_OPTION[key]}) {why}; columns are: {', '.join(map(str, columns))}"
+        )
     low = {}
     for c in columns:
         low.setdefault(_norm(c), c)
@@ -163,32 +234,37 @@ def _filter_status(df, cols, status_col, include_failed, excluded, notes):
     counts = df.loc[~ok, st].astype(str).str.strip().str.lower().value_counts()
     for reason, cnt in counts.items():
         excluded[reason] = excluded.get(reason, 0) + int(cnt)
-    notes.append(f"excluded {int((~ok).sum())} run(s) whose {st!r} is not finished ("
-                 + ", ".join(f"{k}: {v}" for k, v in counts.items())
-                 + "); pass --include-diverged to keep them")
+    notes.append(
+        f"excluded {int((~ok).sum())} run(s) whose {st!r} is not finished ("
+        + ", ".join(f"{k}: {v}" for k, v in counts.items())
+        + "); pass --include-diverged to keep them"
+    )
     return df[ok]
 
 
 def _numeric(df, mapping, dropna, excluded, notes):
     """The mapped columns as positive floats; bad rows are an InputError, or dropped with
     a count when dropna."""
-    vals = {canon: pd.to_numeric(df[col], errors="coerce").to_numpy(float)
-            for canon, col in mapping.items()}
+    vals = {canon: pd.to_numeric(df[col], errors="coerce").to_numpy(float) for canon, col in mapping.items()}
     bad = np.zeros(len(df), dtype=bool)
     for v in vals.values():
         bad |= ~np.isfinite(v) | (v <= 0)
     if bad.any() and dropna:
         excluded["missing or invalid value (--dropna)"] = int(bad.sum())
-        notes.append(f"--dropna: dropped {int(bad.sum())} row(s) with a missing, non-numeric or "
-                     f"non-positive value in {', '.join(map(repr, mapping.values()))}")
+        notes.append(
+            f"--dropna: dropped {int(bad.sum())} row(s) with a missing, non-numeric or "
+            f"non-positive value in {', '.join(map(repr, mapping.values()))}"
+        )
         return df[~bad], {k: v[~bad] for k, v in vals.items()}
     for canon, col in mapping.items():
         b = ~np.isfinite(vals[canon]) | (vals[canon] <= 0)
         if b.any():
             rows = np.flatnonzero(b)[:10].tolist()
-            raise InputError(f"column {col!r} ({canon}) has {int(b.sum())} non-positive, NaN or "
-                             f"non-numeric value(s) (rows {rows}); fix or remove those rows, "
-                             f"or pass --dropna to drop them")
+            raise InputError(
+                f"column {col!r} ({canon}) has {int(b.sum())} non-positive, NaN or "
+                f"non-numeric value(s) (rows {rows}); fix or remove those rows, "
+                f"or pass --dropna to drop them"
+            )
     return df, vals
 
 
@@ -203,8 +279,9 @@ def _missing(need, nc, dc, cc, lc, cols):
     if "c" in need and cc is None and (dc is None or nc is None):
         missing.append("compute C, or N and D (pass --c-col NAME, or --n-col and --d-col; C = 6ND)")
     if missing:
-        raise InputError("missing column(s): " + "; ".join(missing)
-                         + f". Columns found: {', '.join(map(str, cols))}")
+        raise InputError(
+            "missing column(s): " + "; ".join(missing) + f". Columns found: {', '.join(map(str, cols))}"
+        )
 
 
 def find_column(columns, given, flag: str, guesses=()):
@@ -213,20 +290,33 @@ def find_column(columns, given, flag: str, guesses=()):
     if given is None:
         low = {_norm(c): c for c in columns}
         return next((low[g] for g in guesses if g in low), None)
-    hits = [c for c in columns if c == given] or \
-        [c for c in columns if str(c).strip().lower() == str(given).strip().lower()] or \
-        [c for c in columns if _norm(c) == _norm(given)]
+    hits = (
+        [c for c in columns if c == given]
+        or [c for c in columns if str(c).strip().lower() == str(given).strip().lower()]
+        or [c for c in columns if _norm(c) == _norm(given)]
+    )
     if len(hits) != 1:
-        raise InputError(f"column {given!r} (from {flag}) "
-                         f"{'matches several columns' if hits else 'is not in the file'}; "
-                         f"columns are: {', '.join(map(str, columns))}")
+        raise InputError(
+            f"column {given!r} (from {flag}) "
+            f"{'matches several columns' if hits else 'is not in the file'}; "
+            f"columns are: {', '.join(map(str, columns))}"
+        )
     return hits[0]
 
 
-def from_frame(df: pd.DataFrame, *, n_col=None, d_col=None, c_col=None, loss_col=None,
-               source: str = "table", status_col: str | None = None,
-               include_failed: bool = False, need=("n", "d", "loss"),
-               dropna: bool = False) -> Points:
+def from_frame(
+    df: pd.DataFrame,
+    *,
+    n_col=None,
+    d_col=None,
+    c_col=None,
+    loss_col=None,
+    source: str = "table",
+    status_col: str | None = None,
+    include_failed: bool = False,
+    need=("n", "d", "loss"),
+    dropna: bool = False,
+) -> Points:
     """Map a table's columns onto (n_params, tokens, flops, loss) and validate.
 
     Column flags match case-insensitively; without flags, common export names are guessed
@@ -237,19 +327,25 @@ def from_frame(df: pd.DataFrame, *, n_col=None, d_col=None, c_col=None, loss_col
     unless include_failed.
     """
     cols = list(df.columns)
-    nc, dc, cc, lc = (_find(cols, k, g) for k, g in
-                      (("n", n_col), ("d", d_col), ("c", c_col), ("loss", loss_col)))
+    nc, dc, cc, lc = (
+        _find(cols, k, g) for k, g in (("n", n_col), ("d", d_col), ("c", c_col), ("loss", loss_col))
+    )
     _missing(set(need), nc, dc, cc, lc, cols)
     excluded: dict[str, int] = {}
     taken = {k: c for k, c in (("N", nc), ("D", dc), ("C", cc), ("loss", lc)) if c is not None}
     notes: list[str] = ["columns taken: " + ", ".join(f"{k} <- {c!r}" for k, c in taken.items())]
     df = _filter_status(df.copy(), cols, status_col, include_failed, excluded, notes)
-    mapping = {canon: col for canon, col in (("n_params", nc), ("tokens", dc), ("flops", cc),
-                                             ("loss", lc)) if col is not None}
+    mapping = {
+        canon: col
+        for canon, col in (("n_params", nc), ("tokens", dc), ("flops", cc), ("loss", lc))
+        if col is not None
+    }
     df, vals = _numeric(df, mapping, dropna, excluded, notes)
     if len(df) == 0:
-        raise InputError(f"no rows left to fit (excluded: {excluded}); check the status column "
-                         f"or the values, or pass --include-diverged")
+        raise InputError(
+            f"no rows left to fit (excluded: {excluded}); check the status column "
+            f"or the values, or pass --include-diverged"
+        )
     out = pd.DataFrame(vals, index=df.index)
     for canon in CANONICAL:
         if canon not in out.columns:
@@ -285,9 +381,17 @@ def sniff_delimiter(path) -> str:
     return best if lines[0].count(best) > 0 and len(counts) == 1 else ","
 
 
-def load_csv(path, *, n_col=None, d_col=None, c_col=None, loss_col=None,
-             include_failed: bool = False, need=("n", "d", "loss"),
-             dropna: bool = False) -> Points:
+def load_csv(
+    path,
+    *,
+    n_col=None,
+    d_col=None,
+    c_col=None,
+    loss_col=None,
+    include_failed: bool = False,
+    need=("n", "d", "loss"),
+    dropna: bool = False,
+) -> Points:
     """Points from a CSV (comma, semicolon or tab: detected) or Parquet file (by extension).
     See `from_frame` for the mapping."""
     p = Path(path)
@@ -304,8 +408,17 @@ def load_csv(path, *, n_col=None, d_col=None, c_col=None, loss_col=None,
         raise InputError(f"cannot read {p}: {exc}") from exc
     if df.empty:
         raise InputError(f"{p} has no rows")
-    pts = from_frame(df, n_col=n_col, d_col=d_col, c_col=c_col, loss_col=loss_col,
-                     source=str(p), include_failed=include_failed, need=need, dropna=dropna)
+    pts = from_frame(
+        df,
+        n_col=n_col,
+        d_col=d_col,
+        c_col=c_col,
+        loss_col=loss_col,
+        source=str(p),
+        include_failed=include_failed,
+        need=need,
+        dropna=dropna,
+    )
     if sep not in (None, ","):
         pts.notes.insert(0, f"delimiter {'tab' if sep == chr(9) else repr(sep)} detected")
     return pts
@@ -314,14 +427,17 @@ def load_csv(path, *, n_col=None, d_col=None, c_col=None, loss_col=None,
 # ----------------------------------------------------------------------------- MLflow
 def _client(tracking_uri):
     from mlflow.tracking import MlflowClient
+
     return MlflowClient(tracking_uri=tracking_uri)
 
 
 def _experiment_id(client, experiment: str) -> str:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        raise InputError(f"no MLflow experiment named {experiment!r} at this tracking URI "
-                         f"(check --experiment and --tracking-uri)")
+        raise InputError(
+            f"no MLflow experiment named {experiment!r} at this tracking URI "
+            f"(check --experiment and --tracking-uri)"
+        )
     return exp.experiment_id
 
 
@@ -330,8 +446,9 @@ def search_all_runs(client, experiment_id: str, filter_string: str = ""):
     and latest metrics."""
     runs, token = [], None
     while True:
-        page = client.search_runs([experiment_id], filter_string=filter_string,
-                                  max_results=50000, page_token=token)
+        page = client.search_runs(
+            [experiment_id], filter_string=filter_string, max_results=50000, page_token=token
+        )
         runs.extend(page)
         token = page.token
         if not token:
@@ -347,18 +464,31 @@ def _sql_point_runs(tracking_uri: str, experiment_id: str):
     a second where search_runs takes ~20 s. Same selection as search_runs (active runs, tag
     scalelab.role = point; latest metric values, NaN kept)."""
     import sqlalchemy as sa
+
     eng = sa.create_engine(tracking_uri)
     eid = int(experiment_id)
-    base = ("FROM {t} x JOIN runs r ON x.run_uuid = r.run_uuid "
-            "WHERE r.experiment_id = :eid AND r.lifecycle_stage = 'active'")
+    base = (
+        "FROM {t} x JOIN runs r ON x.run_uuid = r.run_uuid "
+        "WHERE r.experiment_id = :eid AND r.lifecycle_stage = 'active'"
+    )
     try:
         with eng.connect() as con:
+
             def q(sql):
                 return con.execute(sa.text(sql), {"eid": eid}).fetchall()
-            runs = q("SELECT r.run_uuid, r.status " + base.format(t="tags")
-                     + " AND x.key = 'scalelab.role' AND x.value = 'point'")
-            kv = {t: q(f"SELECT x.run_uuid, x.key, x.value{', x.is_nan' if t == 'latest_metrics' else ''} "
-                       + base.format(t=t)) for t in ("params", "tags", "latest_metrics")}
+
+            runs = q(
+                "SELECT r.run_uuid, r.status "
+                + base.format(t="tags")
+                + " AND x.key = 'scalelab.role' AND x.value = 'point'"
+            )
+            kv = {
+                t: q(
+                    f"SELECT x.run_uuid, x.key, x.value{', x.is_nan' if t == 'latest_metrics' else ''} "
+                    + base.format(t=t)
+                )
+                for t in ("params", "tags", "latest_metrics")
+            }
     finally:
         eng.dispose()
     out: dict[str, Any] = {rid: (rid, status, {}, {}, {}) for rid, status in runs}
@@ -375,13 +505,13 @@ def _point_runs(client, tracking_uri, experiment_id):
     uri = tracking_uri
     if uri is None:
         import mlflow
+
         uri = mlflow.get_tracking_uri()
     if str(uri).split(":", 1)[0].split("+", 1)[0] in _SQL_SCHEMES:
         try:
             return _sql_point_runs(uri, experiment_id)
         except Exception as e:  # noqa: BLE001 - schema drift or driver trouble: the API below works
-            log.debug("direct SQL read of the store failed (%s); using the MLflow API",
-                      type(e).__name__)
+            log.debug("direct SQL read of the store failed (%s); using the MLflow API", type(e).__name__)
     runs = search_all_runs(client, experiment_id, "tags.`scalelab.role` = 'point'")
     return [(r.info.run_id, r.info.status, r.data.params, r.data.tags, r.data.metrics) for r in runs]
 
@@ -393,8 +523,13 @@ def _num(v):
         return v
 
 
-def load_mlflow(experiment: str, tracking_uri: str | None = None, *,
-                include_failed: bool = False, loss_metric: str = "val_loss") -> Points:
+def load_mlflow(
+    experiment: str,
+    tracking_uri: str | None = None,
+    *,
+    include_failed: bool = False,
+    loss_metric: str = "val_loss",
+) -> Points:
     """Points from a scalelab study in MLflow (docs/CONTRACTS.md layout).
 
     From a SQL store, four set-based queries read params, tags and the LATEST value of every
@@ -411,7 +546,8 @@ def load_mlflow(experiment: str, tracking_uri: str | None = None, *,
         outcome = tags.get("scalelab.outcome")
         if outcome is None:
             outcome = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "killed"}.get(
-                status, "unfinished")
+                status, "unfinished"
+            )
         if status in ("RUNNING", "SCHEDULED") and outcome == "finished":
             outcome = "unfinished"
         row = {k: (_num(v) if k in _NUMERIC_PARAMS else v) for k, v in params.items()}
@@ -420,7 +556,7 @@ def load_mlflow(experiment: str, tracking_uri: str | None = None, *,
         row["run_id"] = run_id
         row["outcome"] = outcome
         row["run_key"] = tags.get("scalelab.run_key", row.get("run_key"))
-        if "scalelab.round" in tags:        # adaptive points (scalelab run --adaptive)
+        if "scalelab.round" in tags:  # adaptive points (scalelab run --adaptive)
             row["round"] = _num(tags["scalelab.round"])
         if outcome != "finished" and not include_failed:
             excluded[outcome] = excluded.get(outcome, 0) + 1
@@ -431,16 +567,19 @@ def load_mlflow(experiment: str, tracking_uri: str | None = None, *,
         rows.append(row)
     notes = [f"{len(runs)} point runs in experiment {experiment!r}; {len(rows)} used"]
     if not rows:
-        raise InputError(f"experiment {experiment!r} has no finished point runs with a {loss_metric} "
-                         f"(runs seen: {len(runs)}, excluded: {excluded or 'none'})")
+        raise InputError(
+            f"experiment {experiment!r} has no finished point runs with a {loss_metric} "
+            f"(runs seen: {len(runs)}, excluded: {excluded or 'none'})"
+        )
     df = pd.DataFrame(rows)
     for col in ("n_params", "tokens", "flops"):
         if col not in df.columns:
             df[col] = np.nan
     if df["flops"].isna().any():
         df["flops"] = df["flops"].fillna(6.0 * df["n_params"] * df["tokens"])
-    bad = ~np.isfinite(df[["n_params", "tokens", "flops", "loss"]].to_numpy(float)).all(axis=1) | \
-        (df[["n_params", "tokens", "flops", "loss"]].to_numpy(float) <= 0).any(axis=1)
+    bad = ~np.isfinite(df[["n_params", "tokens", "flops", "loss"]].to_numpy(float)).all(axis=1) | (
+        df[["n_params", "tokens", "flops", "loss"]].to_numpy(float) <= 0
+    ).any(axis=1)
     if bad.any():
         excluded["missing/invalid n_params, tokens or loss"] = int(bad.sum())
         df = df[~bad].reset_index(drop=True)
@@ -450,12 +589,17 @@ def load_mlflow(experiment: str, tracking_uri: str | None = None, *,
         if v.size == 1:
             te = float(v[0])
     cols = list(CANONICAL) + [c for c in df.columns if c not in CANONICAL]
-    return Points(df[cols], source=f"mlflow:{experiment}", excluded=excluded, notes=notes,
-                  true_entropy=te)
+    return Points(df[cols], source=f"mlflow:{experiment}", excluded=excluded, notes=notes, true_entropy=te)
 
 
-def load_curves(experiment: str, tracking_uri: str | None = None, *, metric: str = "val_loss",
-                run_ids=None, include_failed: bool = False) -> pd.DataFrame:
+def load_curves(
+    experiment: str,
+    tracking_uri: str | None = None,
+    *,
+    metric: str = "val_loss",
+    run_ids=None,
+    include_failed: bool = False,
+) -> pd.DataFrame:
     """Loss curves for Approach 1: columns run_id, n_params, tokens (the metric step = tokens
     seen), flops (6·N·tokens scaled by the run's own flops/tokens ratio when logged), loss.
 
@@ -472,7 +616,7 @@ def load_curves(experiment: str, tracking_uri: str | None = None, *, metric: str
     store = getattr(getattr(client, "_tracking_client", None), "store", None)
     if store is not None and hasattr(store, "get_metric_history_bulk"):
         for i in range(0, len(ids), 100):
-            for m in store.get_metric_history_bulk(ids[i:i + 100], metric, max_results=10**8):
+            for m in store.get_metric_history_bulk(ids[i : i + 100], metric, max_results=10**8):
                 recs.append((m.run_id, m.step, m.value))
     else:
         with ThreadPoolExecutor(8) as ex:
@@ -480,10 +624,14 @@ def load_curves(experiment: str, tracking_uri: str | None = None, *, metric: str
                 recs.extend((rid, m.step, m.value) for m in hist)
     cur = pd.DataFrame(recs, columns=["run_id", "tokens", "loss"])
     meta = df[["run_id", "n_params", "tokens", "flops"]].rename(
-        columns={"tokens": "run_tokens", "flops": "run_flops"})
+        columns={"tokens": "run_tokens", "flops": "run_flops"}
+    )
     cur = cur.merge(meta, on="run_id", how="inner")
     cur = cur[cur["tokens"] > 0]
     cur["flops"] = cur["run_flops"] / cur["run_tokens"] * cur["tokens"]
     cur = cur.drop_duplicates(["run_id", "tokens"], keep="last")
-    return cur[["run_id", "n_params", "tokens", "flops", "loss"]].sort_values(
-        ["run_id", "tokens"]).reset_index(drop=True)
+    return (
+        cur[["run_id", "n_params", "tokens", "flops", "loss"]]
+        .sort_values(["run_id", "tokens"])
+        .reset_index(drop=True)
+    )

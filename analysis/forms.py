@@ -29,8 +29,15 @@ import numpy as np
 from scipy.optimize import minimize
 
 from ._optim import batched_lbfgs
-from .chinchilla import (DEFAULT_DELTA, ChinchillaFit, _fg_batch, _validate_points,
-                         allocation_constants, predict_loss, theta_to_params)
+from .chinchilla import (
+    DEFAULT_DELTA,
+    ChinchillaFit,
+    _fg_batch,
+    _validate_points,
+    allocation_constants,
+    predict_loss,
+    theta_to_params,
+)
 from .result import FitResult
 
 FORMS = ("free", "tied", "fixed-e", "gadre")
@@ -39,15 +46,17 @@ FORMS = ("free", "tied", "fixed-e", "gadre")
 # ----------------------------------------------------------------------------- objectives
 def _fg_lsq(T, lN, lD, L, W=None):
     """Sum of squared loss residuals (L^ - L)^2 and its gradient in theta = (e, a, b, al, be)."""
-    e, a, b, al, be = (T[:, i:i + 1] for i in range(5))
+    e, a, b, al, be = (T[:, i : i + 1] for i in range(5))
     tN = np.exp(a - al * lN)
     tD = np.exp(b - be * lD)
     tE = np.exp(e)
     r = tE + tN + tD - L
     w = 2.0 * r if W is None else 2.0 * r * W
     f = (r * r).sum(axis=1) if W is None else (r * r * W).sum(axis=1)
-    g = np.stack([(w * tE).sum(axis=1), (w * tN).sum(axis=1), (w * tD).sum(axis=1),
-                  -(w * tN) @ lN, -(w * tD) @ lD], axis=1)
+    g = np.stack(
+        [(w * tE).sum(axis=1), (w * tN).sum(axis=1), (w * tD).sum(axis=1), -(w * tN) @ lN, -(w * tD) @ lD],
+        axis=1,
+    )
     f = np.where(np.isfinite(f) & np.all(np.isfinite(g), axis=1), f, np.inf)
     return f, g
 
@@ -119,8 +128,10 @@ def make_form(form: str, fixed_E: float | None = None) -> _Form:
         return _Gadre()
     if form == "fixed-e":
         if fixed_E is None or not (np.isfinite(fixed_E) and fixed_E > 0):
-            raise ValueError("form 'fixed-e' needs a positive E: pass --fixed-e VALUE "
-                             "(e.g. the corpus' known entropy rate in nats/token)")
+            raise ValueError(
+                "form 'fixed-e' needs a positive E: pass --fixed-e VALUE "
+                "(e.g. the corpus' known entropy rate in nats/token)"
+            )
         return _FixedE(fixed_E)
     raise ValueError(f"unknown form {form!r}: choose one of {', '.join(FORMS)}")
 
@@ -140,8 +151,15 @@ class FormFit:
     objective_, converged_, success_, message_, result_.
     """
 
-    def __init__(self, form: str = "tied", *, fixed_E: float | None = None,
-                 delta: float = DEFAULT_DELTA, n_polish: int = 4, maxiter: int = 300):
+    def __init__(
+        self,
+        form: str = "tied",
+        *,
+        fixed_E: float | None = None,
+        delta: float = DEFAULT_DELTA,
+        n_polish: int = 4,
+        maxiter: int = 300,
+    ):
         self.form = form
         self.fixed_E = fixed_E
         self.delta = delta
@@ -159,6 +177,7 @@ class FormFit:
         def fg(U, rows=None):
             F, G = base(f.expand(U))
             return F, f.reduce_grad(G)
+
         return f, fg
 
     def fit(self, N, D, loss, *, sample_weight=None):
@@ -172,7 +191,7 @@ class FormFit:
         br = batched_lbfgs(fg, form.starts(), maxiter=self.maxiter, gtol=1e-12, ftol=1e-12)
         order = np.argsort(np.where(np.isfinite(br.fun), br.fun, np.inf))
         best = None
-        for i in order[:self.n_polish]:
+        for i in order[: self.n_polish]:
             if not np.isfinite(br.fun[i]):
                 break
             res = _polish(fg, br.x[i])
@@ -189,14 +208,22 @@ class FormFit:
         self.params_ = dict(fit.params_)
         self.objective_, self.converged_, self.success_ = fit.objective_, fit.converged_, fit.success_
         self.message_ = fit.message_
-        self.result_ = _result(self.form, self.params_, fit.objective_, fit.success_,
-                               fit.converged_, fit.identifiable_, fit.message_, fit.n_points_)
+        self.result_ = _result(
+            self.form,
+            self.params_,
+            fit.objective_,
+            fit.success_,
+            fit.converged_,
+            fit.identifiable_,
+            fit.message_,
+            fit.n_points_,
+        )
         return self
 
     def _set(self, form, fg, res, n_points, gfloor):
         theta = form.expand(res.x[None, :])[0]
         f1, g1 = fg(res.x[None, :])
-        again = _polish(fg, res.x)            # convergence: a second polish must not improve
+        again = _polish(fg, res.x)  # convergence: a second polish must not improve
         gscale = max(abs(float(f1[0])), gfloor)
         grad = float(np.max(np.abs(g1[0]))) / gscale
         drop = (float(f1[0]) - min(float(again.fun), float(f1[0]))) / max(abs(float(f1[0])), 1e-300)
@@ -208,20 +235,24 @@ class FormFit:
         self.objective_ = float(f1[0])
         ok_exp = self.params_["alpha"] > 0 and self.params_["beta"] > 0
         self.success_ = bool(np.all(np.isfinite(theta)) and ok_exp)
-        msg = (f"{'converged' if self.converged_ else 'NOT converged'}: relative gradient "
-               f"{grad:.2e}, a second polish lowers the objective by {drop:.1e} (relative)")
+        msg = (
+            f"{'converged' if self.converged_ else 'NOT converged'}: relative gradient "
+            f"{grad:.2e}, a second polish lowers the objective by {drop:.1e} (relative)"
+        )
         if not ok_exp:
             msg += f"; non-positive exponent (alpha={self.params_['alpha']:.3g}, beta={self.params_['beta']:.3g})"
         self.message_ = msg
-        self.result_ = _result(self.form, self.params_, self.objective_, self.success_,
-                               self.converged_, True, msg, n_points)
+        self.result_ = _result(
+            self.form, self.params_, self.objective_, self.success_, self.converged_, True, msg, n_points
+        )
         return self
 
     def _fail(self, message, n):
         self.params_ = dict.fromkeys(("E", "A", "B", "alpha", "beta"), np.nan)
         self.objective_, self.converged_, self.success_, self.message_ = np.nan, False, False, message
-        self.result_ = FitResult.failure("chinchilla", message, n, ("E", "A", "B", "alpha", "beta")
-                                         ).with_(extra={"form": self.form})
+        self.result_ = FitResult.failure("chinchilla", message, n, ("E", "A", "B", "alpha", "beta")).with_(
+            extra={"form": self.form}
+        )
         return self
 
     def predict(self, N, D):
@@ -240,8 +271,14 @@ def _polish(fg, u0):
     def fun(x):
         f, g = fg(x[None, :])
         return float(f[0]), g[0]
-    return minimize(fun, np.asarray(u0, float), jac=True, method="L-BFGS-B",
-                    options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 20000, "maxcor": 20})
+
+    return minimize(
+        fun,
+        np.asarray(u0, float),
+        jac=True,
+        method="L-BFGS-B",
+        options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 20000, "maxcor": 20},
+    )
 
 
 def _result(form, params, objective, success, converged, identifiable, message, n_points):
@@ -250,10 +287,18 @@ def _result(form, params, objective, success, converged, identifiable, message, 
     extra = {"form": form}
     if form == "gadre":
         extra["gadre_params"] = {k: params[k] for k in ("E", "a", "c", "eta")}
-    return FitResult(law="chinchilla", params=core, objective=float(objective),
-                     success=bool(success), converged=bool(converged),
-                     identifiable=bool(identifiable), message=message, n_points=int(n_points),
-                     exponents={"a": exps["a"], "b": exps["b"]}, extra=extra)
+    return FitResult(
+        law="chinchilla",
+        params=core,
+        objective=float(objective),
+        success=bool(success),
+        converged=bool(converged),
+        identifiable=bool(identifiable),
+        message=message,
+        n_points=int(n_points),
+        exponents={"a": exps["a"], "b": exps["b"]},
+        extra=extra,
+    )
 
 
 def fit_form(form, N, D, loss, *, fixed_E=None) -> FormFit:
@@ -269,12 +314,21 @@ def holdout_errors(fit: FormFit, N, D, loss, flops, threshold: float) -> dict:
     """
     N, D, L, C = (np.asarray(v, float) for v in (N, D, loss, flops))
     hi = C > threshold
-    out = {"flops": float(threshold), "n_train": int((~hi).sum()), "n_test": int(hi.sum()),
-           "errors": [], "mean_abs_rel_error": np.nan, "max_abs_rel_error": np.nan}
+    out = {
+        "flops": float(threshold),
+        "n_train": int((~hi).sum()),
+        "n_test": int(hi.sum()),
+        "errors": [],
+        "mean_abs_rel_error": np.nan,
+        "max_abs_rel_error": np.nan,
+    }
     if hi.any() and fit.success_:
         err = (fit.predict(N[hi], D[hi]) - L[hi]) / L[hi]
-        out.update(errors=[float(e) for e in err], mean_abs_rel_error=float(np.mean(np.abs(err))),
-                   max_abs_rel_error=float(np.max(np.abs(err))))
+        out.update(
+            errors=[float(e) for e in err],
+            mean_abs_rel_error=float(np.mean(np.abs(err))),
+            max_abs_rel_error=float(np.max(np.abs(err))),
+        )
     return out
 
 
@@ -300,8 +354,9 @@ def largest_sizes_threshold(n_params, frac: float = 0.2, min_train_sizes: int = 
     return None
 
 
-def select_form(N, D, loss, flops=None, *, holdout_flops=None, fixed_E=None, forms=FORMS,
-                tolerance: float = 0.1) -> dict:
+def select_form(
+    N, D, loss, flops=None, *, holdout_flops=None, fixed_E=None, forms=FORMS, tolerance: float = 0.1
+) -> dict:
     """Choose the law form that extrapolates best to the largest runs.
 
     Every identifiable form is fitted without the largest runs and scored by its mean absolute
@@ -320,36 +375,62 @@ def select_form(N, D, loss, flops=None, *, holdout_flops=None, fixed_E=None, for
     by, var = ("flops", C) if holdout_flops is not None else ("n_params", N)
     thr = float(holdout_flops) if holdout_flops is not None else largest_sizes_threshold(N)
     if thr is None:
-        return {"chosen": None, "reason": "fewer than three model sizes: none can be held out",
-                "table": [], "holdout": None, "fit": None}
+        return {
+            "chosen": None,
+            "reason": "fewer than three model sizes: none can be held out",
+            "table": [],
+            "holdout": None,
+            "fit": None,
+        }
     rows = []
     for form in forms:
         if form == "fixed-e" and fixed_E is None:
             continue
         fit, ho = fit_with_holdout(form, N, D, L, var, thr, fixed_E=fixed_E)
         ho.pop("flops")
-        rows.append({"form": form, "n_params": n_free_params(form), "success": fit.success_,
-                     "objective": fit.objective_, "message": fit.message_, **ho})
+        rows.append(
+            {
+                "form": form,
+                "n_params": n_free_params(form),
+                "success": fit.success_,
+                "objective": fit.objective_,
+                "message": fit.message_,
+                **ho,
+            }
+        )
     ok = [r for r in rows if r["success"] and np.isfinite(r["mean_abs_rel_error"])]
     out = {"holdout": {"by": by, "threshold": thr}, "table": rows}
     if not ok:
-        return {**out, "chosen": None, "fit": None,
-                "reason": "no form could be fitted without the largest runs: "
-                          + "; ".join(f"{r['form']}: {r['message']}" for r in rows)}
+        return {
+            **out,
+            "chosen": None,
+            "fit": None,
+            "reason": "no form could be fitted without the largest runs: "
+            + "; ".join(f"{r['form']}: {r['message']}" for r in rows),
+        }
     best_err = min(r["mean_abs_rel_error"] for r in ok)
     near = [r for r in ok if r["mean_abs_rel_error"] <= best_err * (1 + tolerance)]
     best = min(near, key=lambda r: (r["n_params"], r["mean_abs_rel_error"]))
-    return {**out, "chosen": best["form"], "reason": _reason(best, rows, by, thr, best_err),
-            "fit": FormFit(best["form"], fixed_E=fixed_E).fit(N, D, L)}
+    return {
+        **out,
+        "chosen": best["form"],
+        "reason": _reason(best, rows, by, thr, best_err),
+        "fit": FormFit(best["form"], fixed_E=fixed_E).fit(N, D, L),
+    }
 
 
 def _reason(best, rows, by, thr, best_err):
     what = f"N > {thr:.3g}" if by == "n_params" else f"C > {thr:.3g}"
-    others = ", ".join(f"{r['form']} {r['mean_abs_rel_error']:.2%}" if r["success"]
-                       else f"{r['form']} not identifiable" for r in rows if r is not best)
-    txt = (f"{best['form']} extrapolates best: mean |relative error| {best['mean_abs_rel_error']:.2%} "
-           f"(max {best['max_abs_rel_error']:.2%}) on the {best['n_test']} largest runs "
-           f"({what}) when fitted on the {best['n_train']} below; others: {others or 'none'}")
+    others = ", ".join(
+        f"{r['form']} {r['mean_abs_rel_error']:.2%}" if r["success"] else f"{r['form']} not identifiable"
+        for r in rows
+        if r is not best
+    )
+    txt = (
+        f"{best['form']} extrapolates best: mean |relative error| {best['mean_abs_rel_error']:.2%} "
+        f"(max {best['max_abs_rel_error']:.2%}) on the {best['n_test']} largest runs "
+        f"({what}) when fitted on the {best['n_train']} below; others: {others or 'none'}"
+    )
     if best["mean_abs_rel_error"] > best_err:
         txt += "; preferred for having fewer parameters at an error within 10% of the best"
     same = [r for r in rows if r["success"] and r["form"] != "gadre" and best["form"] != "gadre"]
@@ -362,15 +443,20 @@ def _reason(best, rows, by, thr, best_err):
 def form_selection_section(points, *, fixed_E=None, holdout_flops=None) -> dict | None:
     """Report section {"title", "markdown", "figures"} for form selection (None: too few runs)."""
     fixed_E = fixed_E if fixed_E is not None else getattr(points, "true_entropy", None)
-    sel = select_form(points.N, points.D, points.loss, points.C, holdout_flops=holdout_flops,
-                      fixed_E=fixed_E)
+    sel = select_form(points.N, points.D, points.loss, points.C, holdout_flops=holdout_flops, fixed_E=fixed_E)
     if sel["chosen"] is None and not sel["table"]:
         return None
     lines = ["| form | free parameters | held-out mean abs. rel. error | max |", "|---|---|---|---|"]
     for r in sel["table"]:
-        m = (f"{r['mean_abs_rel_error']:.2%} | {r['max_abs_rel_error']:.2%}"
-             if r["success"] and np.isfinite(r["mean_abs_rel_error"]) else "failed | " + r["message"][:60])
+        m = (
+            f"{r['mean_abs_rel_error']:.2%} | {r['max_abs_rel_error']:.2%}"
+            if r["success"] and np.isfinite(r["mean_abs_rel_error"])
+            else "failed | " + r["message"][:60]
+        )
         lines.append(f"| {r['form']} | {r['n_params']} | {m} |")
-    md = (f"**Chosen form: {sel['chosen'] or 'none'}.** {sel['reason']}\n\n" + "\n".join(lines)
-          + "\n\nForms are scored by extrapolation to the largest runs, not by in-sample fit.")
+    md = (
+        f"**Chosen form: {sel['chosen'] or 'none'}.** {sel['reason']}\n\n"
+        + "\n".join(lines)
+        + "\n\nForms are scored by extrapolation to the largest runs, not by in-sample fit."
+    )
     return {"title": "Law form selection", "markdown": md, "figures": {}}

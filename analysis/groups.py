@@ -43,16 +43,21 @@ def moe_labels(frame: pd.DataFrame) -> pd.Series:
     """`dense`, or `experts=8,top_k=2,...` from the MoE params the frame carries."""
     cols = _present(frame, MOE_COLS)
     dense = is_dense(frame)
-    labels = [DENSE if d else ",".join(f"{c}={_value(r[c])}" for c in cols if pd.notna(r[c]))
-              for d, (_, r) in zip(dense, frame.iterrows())]
+    labels = [
+        DENSE if d else ",".join(f"{c}={_value(r[c])}" for c in cols if pd.notna(r[c]))
+        for d, (_, r) in zip(dense, frame.iterrows())
+    ]
     return pd.Series(labels, index=frame.index, dtype=object)
 
 
 def arch_labels(frame: pd.DataFrame) -> pd.Series:
     """The `arch` param (`default` when absent), with `objective=...` added when the points
     carry more than one objective (an MLM loss is not a CLM loss: never pooled)."""
-    arch = (frame["arch"].fillna("default").astype(str) if "arch" in frame.columns
-            else pd.Series("default", index=frame.index))
+    arch = (
+        frame["arch"].fillna("default").astype(str)
+        if "arch" in frame.columns
+        else pd.Series("default", index=frame.index)
+    )
     if "objective" in frame.columns and frame["objective"].nunique(dropna=True) > 1:
         arch = arch + ",objective=" + frame["objective"].fillna("default").astype(str)
     return arch
@@ -72,8 +77,12 @@ def _subset(points: Points, mask, note: str, excluded: dict[str, int]) -> Points
     for reason, n in excluded.items():
         if n:
             ex[reason] = ex.get(reason, 0) + int(n)
-    return dataclasses.replace(points, frame=points.frame[np.asarray(mask)].reset_index(drop=True),
-                               excluded=ex, notes=list(points.notes) + [note])
+    return dataclasses.replace(
+        points,
+        frame=points.frame[np.asarray(mask)].reset_index(drop=True),
+        excluded=ex,
+        notes=list(points.notes) + [note],
+    )
 
 
 def _exclusions(frame: pd.DataFrame, keep: np.ndarray) -> dict[str, int]:
@@ -82,8 +91,10 @@ def _exclusions(frame: pd.DataFrame, keep: np.ndarray) -> dict[str, int]:
     kept_moe = set(moe[keep])
     other_moe = ~keep & ~moe.isin(kept_moe).to_numpy()
     other_arch = ~keep & ~other_moe
-    return {"other MoE setting (use --experts K or --group-by experts)": int(other_moe.sum()),
-            "other architecture (use --group-by arch)": int(other_arch.sum())}
+    return {
+        "other MoE setting (use --experts K or --group-by experts)": int(other_moe.sum()),
+        "other architecture (use --group-by arch)": int(other_arch.sum()),
+    }
 
 
 def select_setting(points: Points, experts: int | None = None) -> Points:
@@ -98,23 +109,31 @@ def select_setting(points: Points, experts: int | None = None) -> Points:
             cand = np.ones(len(frame), bool)
         what = "dense points" if is_dense(frame).any() else "points (no dense runs)"
     else:
-        ex = (pd.to_numeric(frame["experts"], errors="coerce").to_numpy(float)
-              if "experts" in frame.columns else np.full(len(frame), np.nan))
+        ex = (
+            pd.to_numeric(frame["experts"], errors="coerce").to_numpy(float)
+            if "experts" in frame.columns
+            else np.full(len(frame), np.nan)
+        )
         cand = ex == float(experts)
         if not cand.any():
             have = sorted({_value(v) for v in ex[np.isfinite(ex)]}) or ["none logged"]
-            raise InputError(f"--experts {experts}: no points with {experts} experts "
-                             f"(experts in the data: {', '.join(have)}); pick one of those")
+            raise InputError(
+                f"--experts {experts}: no points with {experts} experts "
+                f"(experts in the data: {', '.join(have)}); pick one of those"
+            )
         what = f"points with {experts} experts"
     counts = labels[cand].value_counts()
     chosen = counts.index[0]
     keep = (labels == chosen).to_numpy()
     if keep.all() and experts is None:
-        return points           # one setting: nothing to select or say
+        return points  # one setting: nothing to select or say
     note = f"fitted the {int(keep.sum())} {what} of setting {chosen!r}"
     if len(counts) > 1:
-        note += (f" (the most populous of {len(counts)} settings: "
-                 + ", ".join(f"{k!r}: {v}" for k, v in counts.items()) + ")")
+        note += (
+            f" (the most populous of {len(counts)} settings: "
+            + ", ".join(f"{k!r}: {v}" for k, v in counts.items())
+            + ")"
+        )
     n_out = int((~keep).sum())
     if n_out:
         note += f"; {n_out} point(s) of other settings excluded: laws are never pooled across settings"
@@ -132,8 +151,9 @@ def group_labels(frame: pd.DataFrame, column: str) -> pd.Series:
     elif column in frame.columns:
         primary = frame[column].map(lambda v: f"{column}={_value(v)}")
     else:
-        raise InputError(f"--group-by {column}: no such column; columns are: "
-                         + ", ".join(map(str, frame.columns)))
+        raise InputError(
+            f"--group-by {column}: no such column; columns are: " + ", ".join(map(str, frame.columns))
+        )
     full = setting_labels(frame)
     if (full.groupby(primary).nunique() <= 1).all():
         return primary
@@ -143,10 +163,14 @@ def group_labels(frame: pd.DataFrame, column: str) -> pd.Series:
 def split_by(points: Points, column: str) -> dict[str, Points]:
     """{label: Points} for `--group-by column`, in label order."""
     labels = group_labels(points.frame, column)
-    return {str(lab): dataclasses.replace(
-                points, frame=points.frame[(labels == lab).to_numpy()].reset_index(drop=True),
-                notes=list(points.notes) + [f"group {lab!r} of --group-by {column}"])
-            for lab in sorted(labels.unique(), key=str)}
+    return {
+        str(lab): dataclasses.replace(
+            points,
+            frame=points.frame[(labels == lab).to_numpy()].reset_index(drop=True),
+            notes=list(points.notes) + [f"group {lab!r} of --group-by {column}"],
+        )
+        for lab in sorted(labels.unique(), key=str)
+    }
 
 
 def in_active_params(points: Points) -> Points:
@@ -156,5 +180,8 @@ def in_active_params(points: Points) -> Points:
     if is_dense(frame).all() or "n_params_active" not in frame.columns:
         return points
     frame = frame.assign(n_params_total=frame["n_params"], n_params=frame["n_params_active"])
-    return dataclasses.replace(points, frame=frame, notes=list(points.notes) + [
-        "MoE setting: N is the active parameter count (n_params_active)"])
+    return dataclasses.replace(
+        points,
+        frame=frame,
+        notes=list(points.notes) + ["MoE setting: N is the active parameter count (n_params_active)"],
+    )

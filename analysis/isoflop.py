@@ -50,8 +50,9 @@ def group_budgets(flops, *, budget_rtol: float = 0.05) -> np.ndarray:
     return out
 
 
-def point_budgets(frame: pd.DataFrame, *, budget_col: str = "budget",
-                  budget_rtol: float = 0.05) -> np.ndarray:
+def point_budgets(
+    frame: pd.DataFrame, *, budget_col: str = "budget", budget_rtol: float = 0.05
+) -> np.ndarray:
     """The IsoFLOP budget of every point: its designed `budget` (logged by IsoFLOP studies)
     where present, else the cluster of its logged FLOPs (`group_budgets`)."""
     out = np.full(len(frame), np.nan)
@@ -59,15 +60,14 @@ def point_budgets(frame: pd.DataFrame, *, budget_col: str = "budget",
         out = pd.to_numeric(frame[budget_col], errors="coerce").to_numpy(float)
     missing = ~(np.isfinite(out) & (out > 0))
     if missing.any():
-        out[missing] = group_budgets(frame["flops"].to_numpy(float)[missing],
-                                     budget_rtol=budget_rtol)
+        out[missing] = group_budgets(frame["flops"].to_numpy(float)[missing], budget_rtol=budget_rtol)
     return out
 
 
 class _AllocationFit:
     """Shared by Approaches 1 and 2: N_opt = k_n C^a, D_opt = k_d C^b, as a FitResult."""
 
-    k_n_: float          # fitted by the subclass: N_opt = k_n_ C^a_, D_opt = k_d_ C^b_
+    k_n_: float  # fitted by the subclass: N_opt = k_n_ C^a_, D_opt = k_d_ C^b_
     a_: float
     k_d_: float
     b_: float
@@ -79,19 +79,24 @@ class _AllocationFit:
 
     def compute_optimal(self, flops) -> pd.DataFrame:
         C = np.atleast_1d(np.asarray(flops, float))
-        N = self.k_n_ * C ** self.a_
-        D = self.k_d_ * C ** self.b_
-        return pd.DataFrame({"flops": C, "n_params": N, "tokens": D, "tokens_per_param": D / N,
-                             "loss": self._optimal_loss(C)})
+        N = self.k_n_ * C**self.a_
+        D = self.k_d_ * C**self.b_
+        return pd.DataFrame(
+            {"flops": C, "n_params": N, "tokens": D, "tokens_per_param": D / N, "loss": self._optimal_loss(C)}
+        )
 
     @property
     def result_(self) -> FitResult:
         """This fit as a FitResult: params k_n, a, k_d, b; objective is NaN (a regression)."""
         if not hasattr(self, "success_"):
             raise AttributeError(f"{type(self).__name__} is not fitted")
-        return estimator_result(self, self.law, {"k_n": self.k_n_, "a": self.a_, "k_d": self.k_d_,
-                                                 "b": self.b_},
-                                exponents={"a": self.a_, "b": self.b_}, objective=float("nan"))
+        return estimator_result(
+            self,
+            self.law,
+            {"k_n": self.k_n_, "a": self.a_, "k_d": self.k_d_, "b": self.b_},
+            exponents={"a": self.a_, "b": self.b_},
+            objective=float("nan"),
+        )
 
 
 def _parabola(C: float, g: pd.DataFrame, min_runs: int, require_bracketed: bool) -> dict:
@@ -100,13 +105,23 @@ def _parabola(C: float, g: pd.DataFrame, min_runs: int, require_bracketed: bool)
     holds whatever FLOP convention the budget was logged in."""
     x = np.log(g["n_params"].to_numpy(float))
     L = g["loss"].to_numpy(float)
-    row: dict[str, Any] = {"budget": float(C), "n_runs": len(g), "c0": np.nan, "c1": np.nan, "c2": np.nan,
-           "n_opt": np.nan, "d_opt": np.nan, "loss_opt": np.nan, "in_range": False,
-           "ok": False, "note": ""}
+    row: dict[str, Any] = {
+        "budget": float(C),
+        "n_runs": len(g),
+        "c0": np.nan,
+        "c1": np.nan,
+        "c2": np.nan,
+        "n_opt": np.nan,
+        "d_opt": np.nan,
+        "loss_opt": np.nan,
+        "in_range": False,
+        "ok": False,
+        "note": "",
+    }
     if np.unique(np.round(x, 9)).size < min_runs:
         row["note"] = f"fewer than {min_runs} distinct N"
         return row
-    xc = x.mean()    # centre log N for conditioning
+    xc = x.mean()  # centre log N for conditioning
     c2, c1, c0 = np.polyfit(x - xc, L, 2)
     row.update(c0=c0, c1=c1, c2=c2, log_n_center=xc)
     if not c2 > 0:
@@ -139,8 +154,14 @@ class IsoFLOPFit(_AllocationFit):
 
     law = "isoflop"
 
-    def __init__(self, *, budget_col: str = "budget", budget_rtol: float = 0.05,
-                 min_runs: int = 3, require_bracketed: bool = False):
+    def __init__(
+        self,
+        *,
+        budget_col: str = "budget",
+        budget_rtol: float = 0.05,
+        min_runs: int = 3,
+        require_bracketed: bool = False,
+    ):
         self.budget_col = budget_col
         self.budget_rtol = budget_rtol
         self.min_runs = min_runs
@@ -151,8 +172,10 @@ class IsoFLOPFit(_AllocationFit):
         logged = self.budget_col in frame.columns and frame[self.budget_col].notna().any()
         self.budget_source_ = "budget" if logged else "flops clusters"
         self.n_points_ = len(frame)
-        rows = [_parabola(C, g, self.min_runs, self.require_bracketed)
-                for C, g in frame.assign(_budget=budgets).groupby("_budget")]
+        rows = [
+            _parabola(C, g, self.min_runs, self.require_bracketed)
+            for C, g in frame.assign(_budget=budgets).groupby("_budget")
+        ]
         self.parabolas_ = pd.DataFrame(rows)
         ok = self.parabolas_[self.parabolas_["ok"]] if len(self.parabolas_) else self.parabolas_
         nan = float("nan")
@@ -160,8 +183,10 @@ class IsoFLOPFit(_AllocationFit):
         self.loss_law_ = None
         if len(ok) < 2 or ok["budget"].nunique() < 2:
             self.success_ = False
-            self.message_ = (f"unidentifiable: {len(ok)} usable IsoFLOP budget(s); need >= 2 budgets "
-                             f"with >= {self.min_runs} distinct N and a convex parabola")
+            self.message_ = (
+                f"unidentifiable: {len(ok)} usable IsoFLOP budget(s); need >= 2 budgets "
+                f"with >= {self.min_runs} distinct N and a convex parabola"
+            )
             return self
         self.k_n_, self.a_, self.r2_n_ = _powerlaw_ls(ok["budget"], ok["n_opt"])
         self.k_d_, self.b_, _ = _powerlaw_ls(ok["budget"], ok["d_opt"])
@@ -169,9 +194,11 @@ class IsoFLOPFit(_AllocationFit):
             self.loss_law_ = PowerLawFit(variable="C").fit(ok["budget"], ok["loss_opt"])
         self.success_ = True
         n_out = int((~self.parabolas_["in_range"]).sum())
-        self.message_ = (f"{len(ok)} IsoFLOP budgets (grouped by {self.budget_source_}); "
-                         f"N_opt ~ C^{self.a_:.4f}, D_opt ~ C^{self.b_:.4f}"
-                         + (f"; {n_out} vertex(es) outside the sampled range" if n_out else ""))
+        self.message_ = (
+            f"{len(ok)} IsoFLOP budgets (grouped by {self.budget_source_}); "
+            f"N_opt ~ C^{self.a_:.4f}, D_opt ~ C^{self.b_:.4f}"
+            + (f"; {n_out} vertex(es) outside the sampled range" if n_out else "")
+        )
         return self
 
     def _optimal_loss(self, C):
@@ -229,14 +256,18 @@ class EnvelopeFit(_AllocationFit):
         self.envelope_ = env
         if env["n_params"].nunique() < self.min_distinct_n:
             self.success_ = False
-            self.message_ = (f"unidentifiable: the envelope visits {env['n_params'].nunique()} model "
-                             f"size(s); need >= {self.min_distinct_n}")
+            self.message_ = (
+                f"unidentifiable: the envelope visits {env['n_params'].nunique()} model "
+                f"size(s); need >= {self.min_distinct_n}"
+            )
             return self
         self.k_n_, self.a_, _ = _powerlaw_ls(env["flops"], env["n_params"])
         self.k_d_, self.b_, _ = _powerlaw_ls(env["flops"], env["tokens"])
         self.success_ = True
-        self.message_ = (f"envelope over {cur['run_id'].nunique()} runs visits "
-                         f"{env['n_params'].nunique()} sizes; N_opt ~ C^{self.a_:.4f}")
+        self.message_ = (
+            f"envelope over {cur['run_id'].nunique()} runs visits "
+            f"{env['n_params'].nunique()} sizes; N_opt ~ C^{self.a_:.4f}"
+        )
         return self
 
 

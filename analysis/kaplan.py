@@ -58,8 +58,7 @@ class PowerLawFit:
     identifiable_, message_, n_points_.
     """
 
-    def __init__(self, *, variable: str = "x", irreducible: bool = True,
-                 delta: float = DEFAULT_DELTA):
+    def __init__(self, *, variable: str = "x", irreducible: bool = True, delta: float = DEFAULT_DELTA):
         self.variable = variable
         self.irreducible = irreducible
         self.delta = delta
@@ -107,12 +106,15 @@ class PowerLawFit:
         def fun(t):
             f, g = _fg(t[None], lx, lL, self.delta, self.irreducible, W)
             return float(f[0]), g[0]
-        res = minimize(fun, best, jac=True, method="L-BFGS-B",
-                       options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 20000})
+
+        res = minimize(
+            fun, best, jac=True, method="L-BFGS-B", options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 20000}
+        )
         th = res.x if res.fun <= fun(best)[0] else best
         f0 = fun(th)[0]
-        res2 = minimize(fun, th, jac=True, method="L-BFGS-B",
-                        options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 20000})
+        res2 = minimize(
+            fun, th, jac=True, method="L-BFGS-B", options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 20000}
+        )
         drop = (f0 - min(res2.fun, f0)) / max(f0, 1e-300)
         if self.irreducible:
             e, k, al = th
@@ -123,8 +125,8 @@ class PowerLawFit:
         self.alpha_ = float(al)
         self.E_ = E
         self.x_c_ = float(np.exp(k / al)) if al != 0 else float("nan")
-        self.coef_ = float(np.exp(k))           # a in a·x^b + c
-        self.exponent_ = -float(al)              # b
+        self.coef_ = float(np.exp(k))  # a in a·x^b + c
+        self.exponent_ = -float(al)  # b
         self.params_ = {"E": self.E_, "x_c": self.x_c_, "alpha": self.alpha_}
         self.theta_ = th
         self.objective_ = float(f0)
@@ -144,8 +146,12 @@ class PowerLawFit:
     def result_(self) -> FitResult:
         """This fit as a FitResult; exponents.a is the loss exponent -alpha, b is None."""
         law = {"N": "kaplan-n", "D": "kaplan-d", "C": "compute"}.get(self.variable, f"power-{self.variable}")
-        return estimator_result(self, law, getattr(self, "params_", {}),
-                                exponents={"a": getattr(self, "exponent_", None), "b": None})
+        return estimator_result(
+            self,
+            law,
+            getattr(self, "params_", {}),
+            exponents={"a": getattr(self, "exponent_", None), "b": None},
+        )
 
     def predict(self, x):
         if not hasattr(self, "params_"):
@@ -155,8 +161,10 @@ class PowerLawFit:
     def __repr__(self):
         if not hasattr(self, "params_"):
             return f"PowerLawFit(variable={self.variable!r}, irreducible={self.irreducible})"
-        return (f"<PowerLawFit L({self.variable}) = {self.E_:.4g} + ({self.x_c_:.4g}/{self.variable})"
-                f"^{self.alpha_:.4g} converged={self.converged_}>")
+        return (
+            f"<PowerLawFit L({self.variable}) = {self.E_:.4g} + ({self.x_c_:.4g}/{self.variable})"
+            f"^{self.alpha_:.4g} converged={self.converged_}>"
+        )
 
 
 def fit_kaplan_n(N, loss, *, irreducible: bool = True, **kw) -> PowerLawFit:

@@ -41,8 +41,6 @@ def _config_cols(df):
     return [c for c in CONFIG_COLS if c in df.columns]
 
 
-
-
 def fit_moe_per_config(frame: pd.DataFrame, *, grid="coarse") -> dict:
     """{config tuple: ChinchillaFit in active parameters} for every MoE configuration."""
     out = {}
@@ -107,8 +105,9 @@ class ClarkFit:
     @property
     def result_(self) -> FitResult:
         """This fit as a FitResult: params a, b, c, d; objective the RMSE of log loss."""
-        return estimator_result(self, "clark", getattr(self, "coef_", {}),
-                                objective=getattr(self, "rmse_", float("nan")))
+        return estimator_result(
+            self, "clark", getattr(self, "coef_", {}), objective=getattr(self, "rmse_", float("nan"))
+        )
 
     def predict(self, N, experts):
         x = np.log(np.asarray(N, float))
@@ -130,7 +129,7 @@ class KrajewskiFit:
 
     def _pred(self, th, N, D, G):
         c, a, g, gam, al, b, be = th
-        return np.exp(c) + (np.exp(a) + np.exp(g) / G ** gam) * N ** -al + np.exp(b) * D ** -be
+        return np.exp(c) + (np.exp(a) + np.exp(g) / G**gam) * N**-al + np.exp(b) * D**-be
 
     def fit(self, frame: pd.DataFrame):
         n_col = self.n_col if self.n_col in frame else "n_params"
@@ -156,20 +155,28 @@ class KrajewskiFit:
             if not np.all(np.isfinite(r)):
                 return 1e10
             return float(np.sum(huber(self.delta, r)))
+
         best = None
         for c0 in (np.log(0.5 * L.min()), np.log(0.9 * L.min())):
             for al in (0.2, 0.4):
                 for gam in (0.3, 1.0):
                     th0 = [c0, np.log(5.0), np.log(5.0), gam, al, np.log(100.0), 0.3]
-                    r = minimize(obj, th0, method="L-BFGS-B",
-                                 options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 5000})
+                    r = minimize(
+                        obj, th0, method="L-BFGS-B", options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 5000}
+                    )
                     if best is None or r.fun < best.fun:
                         best = r
-        assert best is not None                     # the loops above always run
+        assert best is not None  # the loops above always run
         th = best.x
-        self.params_ = {"c": float(np.exp(th[0])), "a": float(np.exp(th[1])), "g": float(np.exp(th[2])),
-                        "gamma": float(th[3]), "alpha": float(th[4]), "b": float(np.exp(th[5])),
-                        "beta": float(th[6])}
+        self.params_ = {
+            "c": float(np.exp(th[0])),
+            "a": float(np.exp(th[1])),
+            "g": float(np.exp(th[2])),
+            "gamma": float(th[3]),
+            "alpha": float(th[4]),
+            "b": float(np.exp(th[5])),
+            "beta": float(th[6]),
+        }
         self.theta_ = th
         self.objective_ = float(best.fun)
         self.success_ = bool(np.isfinite(best.fun) and best.fun < 1e9)
@@ -196,8 +203,9 @@ def effective_dense_params(loss, tokens, dense_params: dict) -> np.ndarray:
         return np.where(gap > 0, (p["A"] / gap) ** (1.0 / p["alpha"]), np.inf)
 
 
-def moe_effective_table(frame: pd.DataFrame, dense_fit: ChinchillaFit, budgets=None,
-                        per_config: dict | None = None) -> pd.DataFrame:
+def moe_effective_table(
+    frame: pd.DataFrame, dense_fit: ChinchillaFit, budgets=None, per_config: dict | None = None
+) -> pd.DataFrame:
     """Effective dense N of each MoE setting: per run (observed loss at its D) and, when a
     per-config law exists, at each budget C with D = C/(6 N_active) for each active size."""
     rows = []
@@ -207,9 +215,19 @@ def moe_effective_table(frame: pd.DataFrame, dense_fit: ChinchillaFit, budgets=N
     n_act = moe["n_params_active"] if "n_params_active" in moe else moe["n_params"]
     neff = effective_dense_params(moe["loss"], moe["tokens"], dense_fit.params_)
     for (_, r), na, ne in zip(moe.iterrows(), n_act, neff):
-        rows.append({"source": "run", **{c: r[c] for c in _config_cols(moe)},
-                     "n_params_active": na, "n_params": r["n_params"], "flops": r["flops"],
-                     "tokens": r["tokens"], "loss": r["loss"], "n_eff": ne, "n_eff_over_active": ne / na})
+        rows.append(
+            {
+                "source": "run",
+                **{c: r[c] for c in _config_cols(moe)},
+                "n_params_active": na,
+                "n_params": r["n_params"],
+                "flops": r["flops"],
+                "tokens": r["tokens"],
+                "loss": r["loss"],
+                "n_eff": ne,
+                "n_eff_over_active": ne / na,
+            }
+        )
     if budgets is not None and per_config:
         for key, fit in per_config.items():
             if not fit.success_:
@@ -220,9 +238,18 @@ def moe_effective_table(frame: pd.DataFrame, dense_fit: ChinchillaFit, budgets=N
                     D = C / (6 * na)
                     L = float(fit.predict(na, D))
                     ne = float(effective_dense_params(L, D, dense_fit.params_))
-                    rows.append({"source": f"law@C={C:.3g}", **dict(zip(_config_cols(moe), key)),
-                                 "n_params_active": na, "flops": C, "tokens": D, "loss": L,
-                                 "n_eff": ne, "n_eff_over_active": ne / na})
+                    rows.append(
+                        {
+                            "source": f"law@C={C:.3g}",
+                            **dict(zip(_config_cols(moe), key)),
+                            "n_params_active": na,
+                            "flops": C,
+                            "tokens": D,
+                            "loss": L,
+                            "n_eff": ne,
+                            "n_eff_over_active": ne / na,
+                        }
+                    )
     return pd.DataFrame(rows)
 
 

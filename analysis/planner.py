@@ -24,10 +24,10 @@ from .chinchilla import DEFAULT_DELTA, ChinchillaFit, predict_loss, theta_to_par
 
 OBJECTIVES = ("log_n_opt", "loss")
 Z95 = 1.959963984540054
-PRIOR_SD = 10.0           # weak Gaussian prior on each theta component: keeps J^T J invertible
-MIN_POINTS = 9            # below this (or < 3 distinct N or D) the planner proposes a seed design
-LOG_E_FLOOR = -30.0       # log E below this is E = 0 for every loss scale
-NOISE_FLOOR = 1e-3        # smallest residual sd (log loss) trusted from a handful of points
+PRIOR_SD = 10.0  # weak Gaussian prior on each theta component: keeps J^T J invertible
+MIN_POINTS = 9  # below this (or < 3 distinct N or D) the planner proposes a seed design
+LOG_E_FLOOR = -30.0  # log E below this is E = 0 for every loss scale
+NOISE_FLOOR = 1e-3  # smallest residual sd (log loss) trusted from a handful of points
 
 
 # ----------------------------------------------------------------------------- the model
@@ -61,8 +61,10 @@ def target_gradient(theta, target_flops: float, objective: str, h: float = 1e-6)
     for i in range(5):
         step = np.zeros(5)
         step[i] = h * max(1.0, abs(theta[i]))
-        g[i] = (target_value(theta + step, target_flops, objective)
-                - target_value(theta - step, target_flops, objective)) / (2 * step[i])
+        g[i] = (
+            target_value(theta + step, target_flops, objective)
+            - target_value(theta - step, target_flops, objective)
+        ) / (2 * step[i])
     return g
 
 
@@ -73,17 +75,17 @@ def huber_noise_variance(residuals, delta: float = DEFAULT_DELTA, n_params: int 
     squares); for delta << s it tends to pi/2 s^2 (least absolute deviations)."""
     r = np.asarray(residuals, float)
     dof = max(r.size - n_params, 1)
-    s = max(math.sqrt(float(np.sum(r ** 2)) / dof), NOISE_FLOOR)
+    s = max(math.sqrt(float(np.sum(r**2)) / dof), NOISE_FLOOR)
     return sigma_eff2(s, delta)
 
 
 def sigma_eff2(s: float, delta: float = DEFAULT_DELTA) -> float:
     """The Huber M-estimator's variance factor at Gaussian noise sd `s` (log loss)."""
     k = delta / s
-    inside = 2 * ndtr(k) - 1                       # P(|r| < delta) = E[psi']
+    inside = 2 * ndtr(k) - 1  # P(|r| < delta) = E[psi']
     pdf = math.exp(-0.5 * k * k) / math.sqrt(2 * math.pi)
     e_psi2 = s * s * (inside - 2 * k * pdf) + delta * delta * (1 - inside)
-    return e_psi2 / inside ** 2
+    return e_psi2 / inside**2
 
 
 @dataclass
@@ -91,12 +93,12 @@ class Laplace:
     """A fitted law's Gaussian approximation: theta, its covariance, the noise and the target."""
 
     theta: np.ndarray
-    cov: np.ndarray            # (5, 5) covariance of theta
-    sigma2: float              # sigma_eff^2 of one new run (log loss)
+    cov: np.ndarray  # (5, 5) covariance of theta
+    sigma2: float  # sigma_eff^2 of one new run (log loss)
     target_flops: float
     objective: str
-    value: float               # target at theta (log N_opt, or loss in nats)
-    grad: np.ndarray           # d target / d theta
+    value: float  # target at theta (log N_opt, or loss in nats)
+    grad: np.ndarray  # d target / d theta
     n_points: int
 
     @property
@@ -119,7 +121,7 @@ class Laplace:
         lo, hi = self.ci95(variance)
         return (hi - lo) / (2 * abs(self.natural_value))
 
-    def add_runs(self, N, D) -> "Laplace":
+    def add_runs(self, N, D) -> Laplace:
         """The model after adding runs at (N, D) with the measured noise (value unchanged)."""
         J = residual_jacobian(self.theta, N, D)
         info = np.linalg.inv(self.cov) + J.T @ J / self.sigma2
@@ -133,49 +135,65 @@ def _sym_inv(m: np.ndarray) -> np.ndarray:
     return 0.5 * (out + out.T)
 
 
-def laplace(theta, N, D, loss, target_flops: float, objective: str = "log_n_opt", *,
-            delta: float = DEFAULT_DELTA, sigma2: float | None = None) -> Laplace:
+def laplace(
+    theta,
+    N,
+    D,
+    loss,
+    target_flops: float,
+    objective: str = "log_n_opt",
+    *,
+    delta: float = DEFAULT_DELTA,
+    sigma2: float | None = None,
+) -> Laplace:
     """The Laplace approximation at fitted `theta` on points (N, D, loss).
 
     sigma2: the Huber-effective noise variance; by default measured from the residuals."""
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     theta = np.array(theta, float)
-    theta[0] = max(theta[0], LOG_E_FLOOR)      # a fit at E = 0 (log E = -inf): keep it finite
+    theta[0] = max(theta[0], LOG_E_FLOOR)  # a fit at E = 0 (log E = -inf): keep it finite
     J = residual_jacobian(theta, N, D)
     if sigma2 is None:
         pred = np.log(predict_loss(theta_to_params(theta), N, D))
         sigma2 = huber_noise_variance(pred - np.log(np.asarray(loss, float)), delta)
-    info = J.T @ J / sigma2 + np.eye(5) / PRIOR_SD ** 2
-    return Laplace(theta=theta, cov=_sym_inv(info), sigma2=float(sigma2),
-                   target_flops=float(target_flops), objective=objective,
-                   value=target_value(theta, target_flops, objective),
-                   grad=target_gradient(theta, target_flops, objective), n_points=len(J))
+    info = J.T @ J / sigma2 + np.eye(5) / PRIOR_SD**2
+    return Laplace(
+        theta=theta,
+        cov=_sym_inv(info),
+        sigma2=float(sigma2),
+        target_flops=float(target_flops),
+        objective=objective,
+        value=target_value(theta, target_flops, objective),
+        grad=target_gradient(theta, target_flops, objective),
+        n_points=len(J),
+    )
 
 
 # ----------------------------------------------------------------------------- selection
 def variance_after_each(model: Laplace, N, D) -> np.ndarray:
     """Target variance if ONE run at each candidate (N_i, D_i) were added (Sherman-Morrison)."""
-    J = residual_jacobian(model.theta, N, D)          # (K, 5)
-    Sj = J @ model.cov                                 # (K, 5): Sigma j per candidate
+    J = residual_jacobian(model.theta, N, D)  # (K, 5)
+    Sj = J @ model.cov  # (K, 5): Sigma j per candidate
     gSj = Sj @ model.grad
     jSj = np.einsum("ij,ij->i", Sj, J)
-    return model.variance - gSj ** 2 / (model.sigma2 + jSj)
+    return model.variance - gSj**2 / (model.sigma2 + jSj)
 
 
 @dataclass
 class Pick:
-    index: int                 # into the candidate arrays
+    index: int  # into the candidate arrays
     n_params: float
     tokens: float
     flops: float
-    variance_after: float      # target variance after this pick and the ones before it
+    variance_after: float  # target variance after this pick and the ones before it
     expected_ci95: tuple[float, float]
-    score: float               # variance reduction / flops^gamma (in target units^2 / FLOP^gamma)
+    score: float  # variance reduction / flops^gamma (in target units^2 / FLOP^gamma)
 
 
-def greedy_picks(model: Laplace, N, D, cost, *, max_runs: int, max_flops: float = math.inf,
-                 gamma: float = 0.4, exclude=()) -> list[Pick]:
+def greedy_picks(
+    model: Laplace, N, D, cost, *, max_runs: int, max_flops: float = math.inf, gamma: float = 0.4, exclude=()
+) -> list[Pick]:
     """Greedy: repeatedly take the candidate of best variance reduction / cost^gamma that still
     fits the remaining budget, updating the covariance after each pick. `exclude`: indices that
     must not be picked (points already done)."""
@@ -189,13 +207,12 @@ def greedy_picks(model: Laplace, N, D, cost, *, max_runs: int, max_flops: float 
         if not ok.any():
             break
         after = variance_after_each(m, N, D)
-        score = np.where(ok, (m.variance - after) / cost ** gamma, -np.inf)
+        score = np.where(ok, (m.variance - after) / cost**gamma, -np.inf)
         i = int(np.argmax(score))
-        m = m.add_runs(N[i:i + 1], D[i:i + 1])
+        m = m.add_runs(N[i : i + 1], D[i : i + 1])
         available[i] = False
         left -= cost[i]
-        picks.append(Pick(i, float(N[i]), float(D[i]), float(cost[i]), m.variance,
-                          m.ci95(), float(score[i])))
+        picks.append(Pick(i, float(N[i]), float(D[i]), float(cost[i]), m.variance, m.ci95(), float(score[i])))
     return picks
 
 
@@ -219,8 +236,11 @@ def seed_design(N, D, cost, *, sizes: int = 3, budgets: int = 3, exclude=()) -> 
 def too_few_points(N, D) -> bool:
     """Not enough for an Approach 3 fit worth planning from."""
     N, D = np.asarray(N, float), np.asarray(D, float)
-    return N.size < MIN_POINTS or np.unique(np.round(np.log(N), 6)).size < 3 \
+    return (
+        N.size < MIN_POINTS
+        or np.unique(np.round(np.log(N), 6)).size < 3
         or np.unique(np.round(np.log(D), 6)).size < 3
+    )
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -234,7 +254,7 @@ class Plan:
     ci95: tuple[float, float] | None
     n_points: int
     picks: list[Pick]
-    seed: bool                 # True: too few points, the picks are a seed design
+    seed: bool  # True: too few points, the picks are a seed design
     message: str
     model: Laplace | None = field(default=None, repr=False)
 
@@ -243,7 +263,7 @@ class Plan:
         return float(sum(p.flops for p in self.picks))
 
 
-MAX_EXPONENT = 3.0        # alpha or beta above this: the points do not pin the law down
+MAX_EXPONENT = 3.0  # alpha or beta above this: the points do not pin the law down
 
 
 def degenerate(fit: ChinchillaFit, model: Laplace | None) -> str | None:
@@ -252,12 +272,13 @@ def degenerate(fit: ChinchillaFit, model: Laplace | None) -> str | None:
     if model is None:
         return f"the fit of {fit.n_points_} points failed ({fit.message_})"
     if not (0 < fit.alpha_ < MAX_EXPONENT and 0 < fit.beta_ < MAX_EXPONENT):
-        return (f"the fit of {fit.n_points_} points is degenerate (alpha={fit.alpha_:.3g}, "
-                f"beta={fit.beta_:.3g})")
+        return (
+            f"the fit of {fit.n_points_} points is degenerate (alpha={fit.alpha_:.3g}, beta={fit.beta_:.3g})"
+        )
     sd = np.sqrt(np.diag(model.cov))
     if not (np.all(np.isfinite(sd)) and np.isfinite(model.variance)):
         return f"the fit of {fit.n_points_} points gives no finite covariance"
-    if np.any((sd > 0.5 * PRIOR_SD) & (model.grad != 0)):   # E does not move N_opt: ignored there
+    if np.any((sd > 0.5 * PRIOR_SD) & (model.grad != 0)):  # E does not move N_opt: ignored there
         return f"the {fit.n_points_} points do not identify the law's parameters the target needs"
     return None
 
@@ -266,42 +287,89 @@ def fit_points(N, D, loss, *, grid="coarse", delta: float = DEFAULT_DELTA) -> Ch
     return ChinchillaFit(delta=delta, grid=grid).fit(N, D, loss)
 
 
-def plan_next_runs(N, D, loss, cand_N, cand_D, cand_cost, *, target_flops: float,
-                   objective: str = "log_n_opt", max_runs: int = 4, max_flops: float = math.inf,
-                   gamma: float = 0.4, exclude=(), fit: ChinchillaFit | None = None) -> Plan:
+def plan_next_runs(
+    N,
+    D,
+    loss,
+    cand_N,
+    cand_D,
+    cand_cost,
+    *,
+    target_flops: float,
+    objective: str = "log_n_opt",
+    max_runs: int = 4,
+    max_flops: float = math.inf,
+    gamma: float = 0.4,
+    exclude=(),
+    fit: ChinchillaFit | None = None,
+) -> Plan:
     """Fit the finished points and pick the next runs among the candidates (greedy, budgeted);
     with too few points (or an unusable fit) propose a seed design instead."""
     N, D, loss = (np.asarray(v, float) for v in (N, D, loss))
     cN, cD, cc = (np.asarray(v, float) for v in (cand_N, cand_D, cand_cost))
     if not too_few_points(N, D):
         fit = fit if fit is not None else fit_points(N, D, loss)
-        model = laplace(fit.theta_, N, D, loss, target_flops, objective, delta=fit.delta) \
-            if fit.success_ else None
+        model = (
+            laplace(fit.theta_, N, D, loss, target_flops, objective, delta=fit.delta)
+            if fit.success_
+            else None
+        )
         why = degenerate(fit, model)
-        if why is None and model is not None:        # degenerate() is None only with a model
-            picks = greedy_picks(model, cN, cD, cc, max_runs=max_runs, max_flops=max_flops,
-                                 gamma=gamma, exclude=exclude)
-            return Plan(target_flops, objective, model.natural_value, model.ci95(), N.size, picks,
-                        False, f"{len(picks)} run(s) chosen by variance reduction / FLOPs^{gamma:g}",
-                        model)
+        if why is None and model is not None:  # degenerate() is None only with a model
+            picks = greedy_picks(
+                model, cN, cD, cc, max_runs=max_runs, max_flops=max_flops, gamma=gamma, exclude=exclude
+            )
+            return Plan(
+                target_flops,
+                objective,
+                model.natural_value,
+                model.ci95(),
+                N.size,
+                picks,
+                False,
+                f"{len(picks)} run(s) chosen by variance reduction / FLOPs^{gamma:g}",
+                model,
+            )
     else:
-        why = f"{N.size} finished point(s) are too few for a fit (need >= {MIN_POINTS}, " \
-              "with >= 3 distinct N and D)"
+        why = (
+            f"{N.size} finished point(s) are too few for a fit (need >= {MIN_POINTS}, "
+            "with >= 3 distinct N and D)"
+        )
     idx = seed_design(cN, cD, cc, exclude=exclude)
     picks, left = [], max_flops
     for i in sorted(idx, key=lambda i: cc[i]):
         if cc[i] <= left:
             left -= cc[i]
-            picks.append(Pick(i, float(cN[i]), float(cD[i]), float(cc[i]), math.nan,
-                              (math.nan, math.nan), math.nan))
-    return Plan(target_flops, objective, None, None, N.size, picks, True,
-                f"seed design: {why}; run these {len(picks)} points (3 sizes x 3 budgets "
-                "spanning the study's range), then ask again")
+            picks.append(
+                Pick(i, float(cN[i]), float(cD[i]), float(cc[i]), math.nan, (math.nan, math.nan), math.nan)
+            )
+    return Plan(
+        target_flops,
+        objective,
+        None,
+        None,
+        N.size,
+        picks,
+        True,
+        f"seed design: {why}; run these {len(picks)} points (3 sizes x 3 budgets "
+        "spanning the study's range), then ask again",
+    )
 
 
 # ----------------------------------------------------------------------------- report section
-def ci_history(N, D, loss, flops, order, target_flops: float, objective: str = "log_n_opt",
-               rounds=None, *, grid="coarse", max_prefixes: int = 24) -> list[dict]:
+def ci_history(
+    N,
+    D,
+    loss,
+    flops,
+    order,
+    target_flops: float,
+    objective: str = "log_n_opt",
+    rounds=None,
+    *,
+    grid="coarse",
+    max_prefixes: int = 24,
+) -> list[dict]:
     """The target's 95% interval as points accumulate in `order` (finish time): one row per
     prefix that can be fitted (at most `max_prefixes`, evenly spaced, the last always), or per
     round when `rounds` (round of each point) is given."""
@@ -323,27 +391,46 @@ def ci_history(N, D, loss, flops, order, target_flops: float, objective: str = "
             continue
         m = laplace(fit.theta_, N[idx], D[idx], loss[idx], target_flops, objective)
         lo, hi = m.ci95()
-        rows.append({"n_points": k, "flops_spent": float(flops[idx].sum()), "value": m.natural_value,
-                     "lo": lo, "hi": hi,
-                     "round": None if rounds is None else int(np.asarray(rounds)[order][k - 1])})
+        rows.append(
+            {
+                "n_points": k,
+                "flops_spent": float(flops[idx].sum()),
+                "value": m.natural_value,
+                "lo": lo,
+                "hi": hi,
+                "round": None if rounds is None else int(np.asarray(rounds)[order][k - 1]),
+            }
+        )
     return rows
 
 
-def ci_section(history: list[dict], target_flops: float, objective: str = "log_n_opt",
-               order_text: str = "in finish order"):
+def ci_section(
+    history: list[dict],
+    target_flops: float,
+    objective: str = "log_n_opt",
+    order_text: str = "in finish order",
+):
     """Report section: the target's interval against cumulative FLOPs spent.
 
     Returns {"title", "markdown", "figures": {"planner_ci.png": Figure}} or None."""
     if not history:
         return None
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     what = "N_opt" if objective == "log_n_opt" else "loss"
     x = [h["flops_spent"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.fill_between(x, [h["lo"] for h in history], [h["hi"] for h in history], alpha=0.3,
-                    step="post", label="95% interval")
+    ax.fill_between(
+        x,
+        [h["lo"] for h in history],
+        [h["hi"] for h in history],
+        alpha=0.3,
+        step="post",
+        label="95% interval",
+    )
     ax.plot(x, [h["value"] for h in history], "o-", label="estimate")
     for h in history:
         if h["round"] is not None:
@@ -355,30 +442,47 @@ def ci_section(history: list[dict], target_flops: float, objective: str = "log_n
     ax.set_ylabel(f"{what} at C = {target_flops:.3g}")
     ax.legend()
     fig.tight_layout()
-    lines = [f"The 95% interval of {what} at C = {target_flops:.3g} FLOPs as runs were added "
-             f"({order_text}" + (", per adaptive round" if history[0]["round"] is not None
-                                   else "") + "; Laplace intervals of the Approach 3 fit).", "",
-             "| points | FLOPs spent | round | estimate | 95% interval |", "|---|---|---|---|---|"]
+    lines = [
+        f"The 95% interval of {what} at C = {target_flops:.3g} FLOPs as runs were added "
+        f"({order_text}"
+        + (", per adaptive round" if history[0]["round"] is not None else "")
+        + "; Laplace intervals of the Approach 3 fit).",
+        "",
+        "| points | FLOPs spent | round | estimate | 95% interval |",
+        "|---|---|---|---|---|",
+    ]
     for h in history:
         r = "" if h["round"] is None else str(h["round"])
-        lines.append(f"| {h['n_points']} | {h['flops_spent']:.3g} | {r} | {h['value']:.4g} | "
-                     f"[{h['lo']:.4g}, {h['hi']:.4g}] |")
-    return {"title": "Uncertainty of the compute-optimal answer vs compute spent",
-            "markdown": "\n".join(lines), "figures": {"planner_ci.png": fig}}
+        lines.append(
+            f"| {h['n_points']} | {h['flops_spent']:.3g} | {r} | {h['value']:.4g} | "
+            f"[{h['lo']:.4g}, {h['hi']:.4g}] |"
+        )
+    return {
+        "title": "Uncertainty of the compute-optimal answer vs compute spent",
+        "markdown": "\n".join(lines),
+        "figures": {"planner_ci.png": fig},
+    }
 
 
-def planner_section(frame, target_flops: float, objective: str = "log_n_opt", *,
-                    n_col: str = "n_params", order_col: str | None = None,
-                    round_col: str | None = None):
+def planner_section(
+    frame,
+    target_flops: float,
+    objective: str = "log_n_opt",
+    *,
+    n_col: str = "n_params",
+    order_col: str | None = None,
+    round_col: str | None = None,
+):
     """The report section for a study's points frame (analysis.data.Points.frame): runs in the
     order of `order_col` (e.g. an end time) within `round_col` (adaptive round, 0 = the grid),
     else by FLOPs; None when no prefix can be fitted."""
     import pandas as pd
+
     f = frame.reset_index(drop=True)
     keys = [c for c in (round_col, order_col or "flops") if c]
     order = f.sort_values(keys, kind="stable").index.to_numpy()
     rounds = None if round_col is None else pd.to_numeric(f[round_col]).fillna(0).to_numpy(int)
-    hist = ci_history(f[n_col], f["tokens"], f["loss"], f["flops"], order, target_flops,
-                      objective, rounds)
-    return ci_section(hist, target_flops, objective,
-                      "in finish order" if order_col else "cheapest runs first")
+    hist = ci_history(f[n_col], f["tokens"], f["loss"], f["flops"], order, target_flops, objective, rounds)
+    return ci_section(
+        hist, target_flops, objective, "in finish order" if order_col else "cheapest runs first"
+    )

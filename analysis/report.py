@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -85,10 +86,21 @@ class ReportContext:
 
 
 SECTIONS: list[Section] = [
-    S.answer_section, S.data_section, S.approach3_section, S.landscape_section,
-    S.kaplan_section, S.approach2_section, S.approach1_section, S.compute_optimal_section,
-    S.validation_section, S.settings_section, S.moe_section, S.forms_section,
-    S.constrained_section, S.architecture_section, S.planner_section,
+    S.answer_section,
+    S.data_section,
+    S.approach3_section,
+    S.landscape_section,
+    S.kaplan_section,
+    S.approach2_section,
+    S.approach1_section,
+    S.compute_optimal_section,
+    S.validation_section,
+    S.settings_section,
+    S.moe_section,
+    S.forms_section,
+    S.constrained_section,
+    S.architecture_section,
+    S.planner_section,
 ]
 
 
@@ -113,22 +125,33 @@ def _split(points: Points) -> tuple[Points, str, dict[str, pd.DataFrame]]:
 
 def _fit_kaplan(base: pd.DataFrame) -> dict:
     per_n, per_d = kaplan_per_variable(base, "N"), kaplan_per_variable(base, "D")
-    specs = (("L(N), with E", "N", per_n, "n_params", True),
-             ("L(N), pure power law", "N", per_n, "n_params", False),
-             ("L(D), with E", "D", per_d, "tokens", True),
-             ("L(D), pure power law", "D", per_d, "tokens", False),
-             ("L(C) frontier = a·C^b + c", "C", frontier_points(base), "flops", True))
-    return {name: (PowerLawFit(variable=var, irreducible=irr).fit(sel[xcol], sel["loss"]), sel, xcol)
-            for name, var, sel, xcol, irr in specs}
+    specs = (
+        ("L(N), with E", "N", per_n, "n_params", True),
+        ("L(N), pure power law", "N", per_n, "n_params", False),
+        ("L(D), with E", "D", per_d, "tokens", True),
+        ("L(D), pure power law", "D", per_d, "tokens", False),
+        ("L(C) frontier = a·C^b + c", "C", frontier_points(base), "flops", True),
+    )
+    return {
+        name: (PowerLawFit(variable=var, irreducible=irr).fit(sel[xcol], sel["loss"]), sel, xcol)
+        for name, var, sel, xcol, irr in specs
+    }
 
 
 def _fit_approach3(base, budgets, grid, n_bootstrap, seed):
     fit = ChinchillaFit(grid=grid).fit(base["n_params"], base["tokens"], base["loss"])
     boot = None
     if fit.success_ and n_bootstrap:
-        boot = bootstrap_chinchilla(base["n_params"], base["tokens"], base["loss"],
-                                    n_resamples=n_bootstrap, seed=seed, budgets=budgets,
-                                    full_fit=fit, groups=base["run_id"] if "run_id" in base else None)
+        boot = bootstrap_chinchilla(
+            base["n_params"],
+            base["tokens"],
+            base["loss"],
+            n_resamples=n_bootstrap,
+            seed=seed,
+            budgets=budgets,
+            full_fit=fit,
+            groups=base["run_id"] if "run_id" in base else None,
+        )
     return fit, boot
 
 
@@ -136,8 +159,14 @@ def _fit_validation(base, fit, grid):
     if not fit.success_:
         return None, None
     thr = float(np.quantile(base["flops"], 0.6))
-    ex = extrapolation_test(base["n_params"], base["tokens"], base["loss"], base["flops"],
-                            threshold=thr, fitter=ChinchillaFit(grid=grid))
+    ex = extrapolation_test(
+        base["n_params"],
+        base["tokens"],
+        base["loss"],
+        base["flops"],
+        threshold=thr,
+        fitter=ChinchillaFit(grid=grid),
+    )
     dec = residuals_by_decile(base["n_params"], base["tokens"], base["loss"], fit.params_, base["flops"])
     return ex, dec
 
@@ -149,10 +178,19 @@ def _base_curves(curves, base):
     return curves[curves["run_id"].isin(set(base["run_id"]))].reset_index(drop=True)
 
 
-def build_context(points: Points, *, budgets=None, curves=None, true_entropy=None,
-                  n_bootstrap: int = 200, seed: int = 0, grid="hoffmann") -> ReportContext:
+def build_context(
+    points: Points,
+    *,
+    budgets=None,
+    curves=None,
+    true_entropy=None,
+    n_bootstrap: int = 200,
+    seed: int = 0,
+    grid="hoffmann",
+) -> ReportContext:
     """Fit every law the report shows, per setting (see analysis.groups)."""
     from .cli import default_budgets
+
     base_pts, base_label, others = _split(points)
     base = base_pts.frame
     budgets = list(budgets) if budgets else default_budgets(base["flops"])
@@ -160,17 +198,38 @@ def build_context(points: Points, *, budgets=None, curves=None, true_entropy=Non
     ex, dec = _fit_validation(base, fit, grid)
     bcurves = _base_curves(curves, base)
     ctx = ReportContext(
-        points=points, frame=points.frame, base=base, base_label=base_label, others=others,
-        budgets=budgets, curves=bcurves, seed=seed, approach3=fit, boot=boot,
-        approach2=isoflop_fit(base), approach1=envelope_fit(bcurves if bcurves is not None else base),
-        kaplan=_fit_kaplan(base), extrapolation=ex,
-        setting_fits={k: ChinchillaFit(grid="coarse").fit(f["n_params"], f["tokens"], f["loss"])
-                      for k, f in others.items()})
+        points=points,
+        frame=points.frame,
+        base=base,
+        base_label=base_label,
+        others=others,
+        budgets=budgets,
+        curves=bcurves,
+        seed=seed,
+        approach3=fit,
+        boot=boot,
+        approach2=isoflop_fit(base),
+        approach1=envelope_fit(bcurves if bcurves is not None else base),
+        kaplan=_fit_kaplan(base),
+        extrapolation=ex,
+        setting_fits={
+            k: ChinchillaFit(grid="coarse").fit(f["n_params"], f["tokens"], f["loss"])
+            for k, f in others.items()
+        },
+    )
     te = true_entropy if true_entropy is not None else points.true_entropy
-    ctx.results.update(budgets=budgets, approach3=fit, bootstrap=boot, approach2=ctx.approach2,
-                       approach1=ctx.approach1, kaplan={k: v[0] for k, v in ctx.kaplan.items()},
-                       extrapolation=ex, residuals=dec, settings=ctx.setting_fits,
-                       entropy=entropy_check(fit.E_, te, boot.ci.get("E") if boot else None))
+    ctx.results.update(
+        budgets=budgets,
+        approach3=fit,
+        bootstrap=boot,
+        approach2=ctx.approach2,
+        approach1=ctx.approach1,
+        kaplan={k: v[0] for k, v in ctx.kaplan.items()},
+        extrapolation=ex,
+        residuals=dec,
+        settings=ctx.setting_fits,
+        entropy=entropy_check(fit.E_, te, boot.ci.get("E") if boot else None),
+    )
     return ctx
 
 
@@ -178,20 +237,37 @@ def build_context(points: Points, *, budgets=None, curves=None, true_entropy=Non
 def _run(fn: Section, ctx: ReportContext) -> dict | None:
     try:
         return fn(ctx)
-    except Exception as exc:   # a broken section is reported in the report, not fatal to it
+    except Exception as exc:  # noqa: BLE001 - a broken section is reported in the report, not fatal to it
         name = getattr(fn, "__name__", "section")
         return section(name, [esc(f"This section failed: {type(exc).__name__}: {exc}")])
 
 
-def write_report(points: Points, out_dir, *, true_entropy=None, budgets=None, curves=None,
-                 n_bootstrap: int = 200, seed: int = 0, title: str | None = None,
-                 grid="hoffmann", sections: list[Section] | None = None) -> ReportPaths:
+def write_report(
+    points: Points,
+    out_dir,
+    *,
+    true_entropy=None,
+    budgets=None,
+    curves=None,
+    n_bootstrap: int = 200,
+    seed: int = 0,
+    title: str | None = None,
+    grid="hoffmann",
+    sections: list[Section] | None = None,
+) -> ReportPaths:
     """Fit everything the data supports and write report.html + summary.md (+ PNGs,
     headline.json) to out_dir. grid: Approach 3 start grid ("hoffmann" 4500 / "coarse" 1024)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ctx = build_context(points, budgets=budgets, curves=curves, true_entropy=true_entropy,
-                        n_bootstrap=n_bootstrap, seed=seed, grid=grid)
+    ctx = build_context(
+        points,
+        budgets=budgets,
+        curves=curves,
+        true_entropy=true_entropy,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        grid=grid,
+    )
     secs = [s for s in (_run(fn, ctx) for fn in (sections or SECTIONS)) if s]
     hp, mp, figs = write_documents(out, title or f"Scaling-law report: {points.source}", secs)
     head = answer.headline(ctx, answer.answer_rows(ctx), ctx.base_label)
@@ -200,13 +276,15 @@ def write_report(points: Points, out_dir, *, true_entropy=None, budgets=None, cu
     return ReportPaths(hp, mp, figs, ctx.results)
 
 
-def log_report_to_mlflow(out_dir, experiment: str, tracking_uri: str | None = None,
-                         artifact_path: str = "report") -> str:
+def log_report_to_mlflow(
+    out_dir, experiment: str, tracking_uri: str | None = None, artifact_path: str = "report"
+) -> str:
     """Log the report files on the study's parent run (tag scalelab.role=parent), and the
     headline numbers of headline.json as its metrics and params. Returns the run id."""
     from mlflow.tracking import MlflowClient
 
     from .data import InputError, _experiment_id, search_all_runs
+
     client = MlflowClient(tracking_uri=tracking_uri)
     eid = _experiment_id(client, experiment)
     parents = search_all_runs(client, eid, "tags.`scalelab.role` = 'parent'")
@@ -223,14 +301,17 @@ def log_report_to_mlflow(out_dir, experiment: str, tracking_uri: str | None = No
 def log_headline(client, run, head: dict) -> list[str]:
     """Metrics always (a rerun adds the new value); params only where not set before, since
     MLflow params are immutable: returns the keys whose param kept an older value."""
-    from mlflow.entities import Metric, Param
     import time
+
+    from mlflow.entities import Metric, Param
+
     ts = int(time.time() * 1000)
-    metrics = [Metric(k, float(v), ts, 0) for k, v in head.get("metrics", {}).items()
-               if math.isfinite(float(v))]
+    metrics = [
+        Metric(k, float(v), ts, 0) for k, v in head.get("metrics", {}).items() if math.isfinite(float(v))
+    ]
     old = run.data.params
     params = [Param(k, str(v)) for k, v in head.get("params", {}).items() if k not in old]
     stale = [k for k, v in head.get("params", {}).items() if k in old and old[k] != str(v)]
     for i in range(0, max(len(metrics), len(params)), 100):
-        client.log_batch(run.info.run_id, metrics=metrics[i:i + 100], params=params[i:i + 100])
+        client.log_batch(run.info.run_id, metrics=metrics[i : i + 100], params=params[i : i + 100])
     return stale

@@ -23,10 +23,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
-CSS = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
-       "table{border-collapse:collapse;margin:0.5em 0;font-size:0.85em}"
-       "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}"
-       "img{max-width:100%}")
+CSS = (
+    "body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
+    "table{border-collapse:collapse;margin:0.5em 0;font-size:0.85em}"
+    "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}"
+    "img{max-width:100%}"
+)
 
 
 def fmt(v: Any, p: int = 4) -> str:
@@ -86,7 +88,7 @@ def _format_axis(axis, lo: float, hi: float) -> None:
     if axis.get_scale() != "log":
         return
     axis.set_major_formatter(FuncFormatter(tick_label))
-    narrow = lo > 0 and hi / lo < 10          # under a decade: label the minor ticks too
+    narrow = lo > 0 and hi / lo < 10  # under a decade: label the minor ticks too
     axis.set_minor_formatter(FuncFormatter(tick_label) if narrow else NullFormatter())
 
 
@@ -107,6 +109,7 @@ def png(fig) -> bytes:
 # ----------------------------------------------------------------------------- documents
 def _markdown_to_html(text: str) -> str:
     from markdown_it import MarkdownIt
+
     return MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
 
 
@@ -120,7 +123,7 @@ def write_documents(out: Path, title: str, sections: list[dict]) -> tuple[Path, 
             (out / name).write_bytes(data)
             images[name] = base64.b64encode(data).decode()
             paths[Path(name).stem] = out / name
-            if f"]({name})" not in md:     # a figure the section did not place: append it
+            if f"]({name})" not in md:  # a figure the section did not place: append it
                 md += "\n\n" + fig_ref(name, Path(name).stem)
         blocks.append(md)
     text = "\n\n".join(blocks) + "\n"
@@ -129,8 +132,10 @@ def write_documents(out: Path, title: str, sections: list[dict]) -> tuple[Path, 
     body = _markdown_to_html(text)
     for name, b64 in images.items():
         body = body.replace(f'src="{name}"', f'src="data:image/png;base64,{b64}"')
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-            f"</title><style>{CSS}</style></head><body>{body}</body></html>")
+    page = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+        f"</title><style>{CSS}</style></head><body>{body}</body></html>"
+    )
     hp = out / "report.html"
     hp.write_text(page, encoding="utf-8")
     return hp, mp, paths

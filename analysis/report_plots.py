@@ -67,11 +67,16 @@ def loss_vs_x(frame, fit, by, x):
     for g, col in zip(groups, cmap([value[g] for g in groups])):
         sub = frame[frame["_g"] == g]
         ax.scatter(sub[x], sub["loss"], color=col, s=14, label=label[g])
-        ax.plot(xs, fit.predict(xs, value[g]) if x == "n_params" else fit.predict(value[g], xs),
-                color=col, lw=1)
+        ax.plot(
+            xs, fit.predict(xs, value[g]) if x == "n_params" else fit.predict(value[g], xs), color=col, lw=1
+        )
     nd = "N" if x == "n_params" else "D"
-    _loglog(ax, {"n_params": "N (parameters)", "tokens": "D (training tokens)"}[x], LOSS,
-            f"L vs {nd} at fixed {'D' if by == 'tokens' else 'N'} (lines: Approach 3)")
+    _loglog(
+        ax,
+        {"n_params": "N (parameters)", "tokens": "D (training tokens)"}[x],
+        LOSS,
+        f"L vs {nd} at fixed {'D' if by == 'tokens' else 'N'} (lines: Approach 3)",
+    )
     ax.legend(fontsize=7, ncol=2)
     return fig
 
@@ -87,8 +92,12 @@ def fitted_vs_observed(groups: dict):
         lo = min(lo, frame["loss"].min(), np.min(pred))
         hi = max(hi, frame["loss"].max(), np.max(pred))
     ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
-    _loglog(ax, "observed loss (nats/token)", "fitted loss (nats/token)",
-            "Fitted vs observed, every point (its setting's Approach 3 law)")
+    _loglog(
+        ax,
+        "observed loss (nats/token)",
+        "fitted loss (nats/token)",
+        "Fitted vs observed, every point (its setting's Approach 3 law)",
+    )
     ax.legend(fontsize=7)
     return fig
 
@@ -101,16 +110,16 @@ def landscape(frame, fit, budgets):
     n_hi = max(frame["n_params"].max(), opt["n_params"].max()) * 3
     d_lo = min(frame["tokens"].min(), opt["tokens"].min()) / 3
     d_hi = max(frame["tokens"].max(), opt["tokens"].max()) * 3
-    N, D = np.meshgrid(np.logspace(np.log10(n_lo), np.log10(n_hi), 120),
-                       np.logspace(np.log10(d_lo), np.log10(d_hi), 120))
+    N, D = np.meshgrid(
+        np.logspace(np.log10(n_lo), np.log10(n_hi), 120), np.logspace(np.log10(d_lo), np.log10(d_hi), 120)
+    )
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
     cs = ax.contourf(N, D, np.log10(fit.predict(N, D)), levels=25, cmap="viridis")
     fig.colorbar(cs, ax=ax, label="log10 fitted loss")
     n_line = np.logspace(np.log10(n_lo), np.log10(n_hi), 50)
     for C in Cs:
         ax.plot(n_line, C / (6 * n_line), "w--", lw=0.7)
-        ax.annotate(f"C={C:.0e}".replace("e+", "e"), (n_line[5], C / (6 * n_line[5])), color="w",
-                    fontsize=7)
+        ax.annotate(f"C={C:.0e}".replace("e+", "e"), (n_line[5], C / (6 * n_line[5])), color="w", fontsize=7)
     ax.plot(opt["n_params"], opt["tokens"], "r-", lw=2, label="fitted optimum (Approach 3)")
     ax.scatter(frame["n_params"], frame["tokens"], s=10, c="k", label="runs")
     ax.set_xlim(n_lo, n_hi)
@@ -142,14 +151,19 @@ def kaplan_panels(kfits: dict):
         xs = np.logspace(np.log10(sel[xcol].min()), np.log10(sel[xcol].max()) + 1, 100)
         ax.plot(xs, kf.predict(xs), "r-", label=f"E={kf.E_:.3g}, α={kf.alpha_:.3g}")
         ax.legend(fontsize=8)
-        _loglog(ax, {"n_params": "N (parameters)", "tokens": "D (tokens)", "flops": "C (FLOPs)"}[xcol],
-                "loss (nats/token)", name)
+        _loglog(
+            ax,
+            {"n_params": "N (parameters)", "tokens": "D (tokens)", "flops": "C (FLOPs)"}[xcol],
+            "loss (nats/token)",
+            name,
+        )
     return fig
 
 
 def isoflop_profiles(frame, iso):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     from .isoflop import point_budgets
+
     bud = point_budgets(frame, budget_col=iso.budget_col, budget_rtol=iso.budget_rtol)
     good = iso.parabolas_[np.isfinite(iso.parabolas_["c2"])]
     for (_, r), col in zip(good.iterrows(), cmap(good["budget"])):
@@ -172,6 +186,7 @@ def isoflop_profiles(frame, iso):
 def compute_optimal_panels(frame, budgets, fit, boot, others: list):
     """N_opt(C) and D_opt(C): Approach 3 with its bootstrap band, other approaches dashed."""
     from .chinchilla import compute_optimal
+
     Cs = np.logspace(np.log10(frame["flops"].min()), np.log10(max(budgets)), 60)
     fig, axs = plt.subplots(1, 2, figsize=(12, 4.2))
     co = fit.compute_optimal(Cs)
@@ -179,10 +194,20 @@ def compute_optimal_panels(frame, budgets, fit, boot, others: list):
     for ax, col, lab in ((axs[0], "n_params", "N_opt (parameters)"), (axs[1], "tokens", "D_opt (tokens)")):
         ax.plot(Cs, co[col], "r-", label="Approach 3")
         if len(good):
-            band = np.array([compute_optimal(r, Cs)[col].to_numpy() for r in
-                             good[["E", "A", "B", "alpha", "beta"]].to_dict("records")])
-            ax.fill_between(Cs, np.percentile(band, 2.5, axis=0), np.percentile(band, 97.5, axis=0),
-                            color="r", alpha=0.2, label="95% bootstrap band")
+            band = np.array(
+                [
+                    compute_optimal(r, Cs)[col].to_numpy()
+                    for r in good[["E", "A", "B", "alpha", "beta"]].to_dict("records")
+                ]
+            )
+            ax.fill_between(
+                Cs,
+                np.percentile(band, 2.5, axis=0),
+                np.percentile(band, 97.5, axis=0),
+                color="r",
+                alpha=0.2,
+                label="95% bootstrap band",
+            )
         for name, m in others:
             ax.plot(Cs, m.compute_optimal(Cs)[col], "--", label=name)
         _loglog(ax, "compute C (FLOPs)", lab, "")

@@ -46,12 +46,18 @@ class FitResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def failure(cls, law: str, message: str, n_points: int,
-                param_names: tuple[str, ...] = ()) -> FitResult:
+    def failure(cls, law: str, message: str, n_points: int, param_names: tuple[str, ...] = ()) -> FitResult:
         """A failed fit: NaN parameters, success and convergence False."""
-        return cls(law=law, params=dict.fromkeys(param_names, math.nan), objective=math.nan,
-                   success=False, converged=False, identifiable=False, message=message,
-                   n_points=n_points)
+        return cls(
+            law=law,
+            params=dict.fromkeys(param_names, math.nan),
+            objective=math.nan,
+            success=False,
+            converged=False,
+            identifiable=False,
+            message=message,
+            n_points=n_points,
+        )
 
     def with_(self, **changes: Any) -> FitResult:
         """A copy with some fields replaced (results are frozen)."""
@@ -64,10 +70,15 @@ class FitResult:
     def to_dict(self) -> dict[str, Any]:
         """The `scalelab fit --json` contract (plus `extra`), with tuples as lists."""
         out: dict[str, Any] = {
-            "law": self.law, "n_points": self.n_points, "params": dict(self.params),
-            "objective": self.objective, "converged": self.converged,
-            "identifiable": self.identifiable, "success": self.success,
-            "message": self.message, "ci95": {k: list(v) for k, v in self.ci95.items()},
+            "law": self.law,
+            "n_points": self.n_points,
+            "params": dict(self.params),
+            "objective": self.objective,
+            "converged": self.converged,
+            "identifiable": self.identifiable,
+            "success": self.success,
+            "message": self.message,
+            "ci95": {k: list(v) for k, v in self.ci95.items()},
             "compute_optimal": [dict(r) for r in self.compute_optimal],
             "exponents": dict(self.exponents),
         }
@@ -79,8 +90,10 @@ def optimal_rows(table: Any) -> list[dict[str, float | None]]:
     """A compute-optimal table (DataFrame with flops, n_params, tokens, tokens_per_param, loss)
     as the JSON rows of the contract; NaN cells become None."""
     cols = ("flops", "n_params", "tokens", "tokens_per_param", "loss")
-    return [{c: (float(r[c]) if r.get(c) is not None and math.isfinite(float(r[c])) else None)
-             for c in cols} for r in table.to_dict("records")]
+    return [
+        {c: (float(r[c]) if r.get(c) is not None and math.isfinite(float(r[c])) else None) for c in cols}
+        for r in table.to_dict("records")
+    ]
 
 
 def result_at(estimator: Any, budgets: Any = None) -> FitResult:
@@ -92,9 +105,14 @@ def result_at(estimator: Any, budgets: Any = None) -> FitResult:
     return res.with_(compute_optimal=optimal_rows(estimator.compute_optimal(list(budgets))))
 
 
-def estimator_result(est: Any, law: str, params: dict[str, float], *,
-                     exponents: dict[str, float | None] | None = None,
-                     objective: float | None = None) -> FitResult:
+def estimator_result(
+    est: Any,
+    law: str,
+    params: dict[str, float],
+    *,
+    exponents: dict[str, float | None] | None = None,
+    objective: float | None = None,
+) -> FitResult:
     """Build `est.result_` from the fitted attributes every estimator keeps: success_,
     message_, n_points_, and where it has them converged_, identifiable_, objective_.
     Raises AttributeError (as sklearn does) when `est` is not fitted."""
@@ -103,8 +121,13 @@ def estimator_result(est: Any, law: str, params: dict[str, float], *,
     message = str(est.message_)
     ok = bool(est.success_)
     return FitResult(
-        law=law, params={k: float(v) for k, v in params.items()},
+        law=law,
+        params={k: float(v) for k, v in params.items()},
         objective=float(getattr(est, "objective_", math.nan) if objective is None else objective),
-        success=ok, converged=bool(getattr(est, "converged_", ok)),
+        success=ok,
+        converged=bool(getattr(est, "converged_", ok)),
         identifiable=bool(getattr(est, "identifiable_", not message.startswith("unidentifiable"))),
-        message=message, n_points=int(est.n_points_), exponents=dict(exponents or {}))
+        message=message,
+        n_points=int(est.n_points_),
+        exponents=dict(exponents or {}),
+    )

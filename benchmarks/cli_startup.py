@@ -23,8 +23,13 @@ ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = {
     "python -c pass": [sys.executable, "-c", "pass"],
     "scalelab --help": [sys.executable, "-m", "orchestrator.cli", "--help"],
-    "scalelab plan configs/quickstart.yaml": [sys.executable, "-m", "orchestrator.cli", "plan",
-                                              "configs/quickstart.yaml"],
+    "scalelab plan configs/quickstart.yaml": [
+        sys.executable,
+        "-m",
+        "orchestrator.cli",
+        "plan",
+        "configs/quickstart.yaml",
+    ],
 }
 
 

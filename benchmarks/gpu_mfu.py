@@ -26,7 +26,7 @@ def configs(smoke: bool):
 
     if smoke:
         base = dict(n_layer=2, d_model=128, n_head=2, vocab_size=512, seq_len=128)
-    else:   # GPT-2 small: 12 x 768, 12 heads, vocab padded to 50304, 1024 context
+    else:  # GPT-2 small: 12 x 768, 12 heads, vocab padded to 50304, 1024 context
         base = dict(n_layer=12, d_model=768, n_head=12, vocab_size=50304, seq_len=1024)
     d_ff = 4 * base["d_model"]
     dense = ModelSpec(**base)
@@ -75,10 +75,15 @@ def measure(model_spec, batch: int, steps: int, warmup: int, compile_model: bool
     fpt = flops_per_token(model_spec, "chinchilla")
     peak = peak_flops(device)
     counts = count_params(model_spec)
-    return {"params": counts.total, "active": counts.active, "tokens_per_s": tokens_per_s,
-            "tflops": tokens_per_s * fpt / 1e12,
-            "mfu": tokens_per_s * fpt / peak if peak else float("nan"),
-            "loss": float(loss), "mem_gb": torch.cuda.max_memory_allocated() / 1e9}
+    return {
+        "params": counts.total,
+        "active": counts.active,
+        "tokens_per_s": tokens_per_s,
+        "tflops": tokens_per_s * fpt / 1e12,
+        "mfu": tokens_per_s * fpt / peak if peak else float("nan"),
+        "loss": float(loss),
+        "mem_gb": torch.cuda.max_memory_allocated() / 1e9,
+    }
 
 
 def main() -> int:
@@ -94,8 +99,10 @@ def main() -> int:
     import torch
 
     if not torch.cuda.is_available():
-        print("gpu_mfu: no CUDA device on this machine; nothing to measure (run it on a GPU "
-              "host: .venv/bin/python benchmarks/gpu_mfu.py)")
+        print(
+            "gpu_mfu: no CUDA device on this machine; nothing to measure (run it on a GPU "
+            "host: .venv/bin/python benchmarks/gpu_mfu.py)"
+        )
         return 0
     if args.smoke_test:
         args.steps, args.warmup, args.batch = 3, 2, 4
@@ -103,23 +110,28 @@ def main() -> int:
 
     dev = torch.device("cuda")
     peak = peak_flops(dev)
-    print(f"device {torch.cuda.get_device_name(dev)}; bf16 dense peak "
-          f"{peak / 1e12:.0f} TFLOP/s" if peak else "unknown peak (MFU shown as nan)")
+    print(
+        f"device {torch.cuda.get_device_name(dev)}; bf16 dense peak {peak / 1e12:.0f} TFLOP/s"
+        if peak
+        else "unknown peak (MFU shown as nan)"
+    )
     for name, spec in configs(args.smoke_test).items():
         if args.only and name != args.only:
             continue
-        for compile_model in ([False] if args.no_compile else [False, True]):
+        for compile_model in [False] if args.no_compile else [False, True]:
             try:
                 r = measure(spec, args.batch, args.steps, args.warmup, compile_model)
-            except Exception as e:   # noqa: BLE001 - report and go on to the next config
+            except Exception as e:  # noqa: BLE001 - report and go on to the next config
                 print(f"{name:5s} compile={compile_model!s:5s} FAILED: {type(e).__name__}: {e}")
                 continue
             finally:
                 torch.cuda.empty_cache()
-            print(f"{name:5s} compile={compile_model!s:5s} params {r['params'] / 1e6:6.1f}M "
-                  f"(active {r['active'] / 1e6:6.1f}M) | {r['tokens_per_s']:>10,.0f} tok/s | "
-                  f"{r['tflops']:6.1f} TFLOP/s | MFU {100 * r['mfu']:5.1f}% | "
-                  f"mem {r['mem_gb']:.1f} GB | loss {r['loss']:.3f}")
+            print(
+                f"{name:5s} compile={compile_model!s:5s} params {r['params'] / 1e6:6.1f}M "
+                f"(active {r['active'] / 1e6:6.1f}M) | {r['tokens_per_s']:>10,.0f} tok/s | "
+                f"{r['tflops']:6.1f} TFLOP/s | MFU {100 * r['mfu']:5.1f}% | "
+                f"mem {r['mem_gb']:.1f} GB | loss {r['loss']:.3f}"
+            )
     return 0
 
 

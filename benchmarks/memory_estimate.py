@@ -15,7 +15,10 @@ import subprocess
 import sys
 
 SHAPES = [  # batch_size, seq_len, n_layer, d_model, vocab_size
-    (16, 256, 4, 256, 8192), (8, 1024, 2, 128, 256), (4, 128, 8, 512, 32768)]
+    (16, 256, 4, 256, 8192),
+    (8, 1024, 2, 128, 256),
+    (4, 128, 8, 512, 32768),
+]
 
 
 def measure(B: int, T: int, L: int, d: int, V: int) -> None:
@@ -27,10 +30,15 @@ def measure(B: int, T: int, L: int, d: int, V: int) -> None:
     from orchestrator.grid import expand
     from orchestrator.memory import run_memory
     from trainer.model import GPT
-    cfg = parse_study({"study": "m", "data": {"source": "markov", "vocab_size": V, "order": 1,
-                                              "seq_len": T},
-                       "grid": {"sizes": [{"n_layer": L, "d_model": d}], "tokens": [B * T * 4]},
-                       "train": {"batch_size": B}})
+
+    cfg = parse_study(
+        {
+            "study": "m",
+            "data": {"source": "markov", "vocab_size": V, "order": 1, "seq_len": T},
+            "grid": {"sizes": [{"n_layer": L, "d_model": d}], "tokens": [B * T * 4]},
+            "train": {"batch_size": B},
+        }
+    )
     p = expand(cfg)[0]
     est = {k: v for k, v in run_memory(p).items() if k not in ("markov_table", "val_tokens")}
     torch.set_num_threads(1)
@@ -46,8 +54,11 @@ def measure(B: int, T: int, L: int, d: int, V: int) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
     total = sum(est.values())
     parts = ", ".join(f"{k} {v / 2**20:.0f}" for k, v in est.items())
-    print(f"B={B} T={T} L={L} d={d} V={V}: estimate {total / 2**20:.0f} MiB ({parts}); "
-          f"measured {peak / 2**20:.0f} MiB; measured/estimate {peak / total:.2f}", flush=True)
+    print(
+        f"B={B} T={T} L={L} d={d} V={V}: estimate {total / 2**20:.0f} MiB ({parts}); "
+        f"measured {peak / 2**20:.0f} MiB; measured/estimate {peak / total:.2f}",
+        flush=True,
+    )
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.data import _experiment_id, _client, load_mlflow, search_all_runs
+from analysis.data import _client, _experiment_id, load_mlflow, search_all_runs
 
 SEED_RUNS = 200
 
@@ -26,25 +26,46 @@ SEED_RUNS = 200
 def _seed(uri):
     import mlflow
     from mlflow.entities import Metric, Param
+
     c = mlflow.tracking.MlflowClient(tracking_uri=uri)
     eid = c.create_experiment("load_bench")
     rng = np.random.default_rng(0)
     for i in range(SEED_RUNS):
         N, D = float(10 ** rng.uniform(6, 9)), float(10 ** rng.uniform(8, 11))
-        r = c.create_run(eid, tags={"scalelab.role": "point", "scalelab.outcome": "finished",
-                                    "scalelab.run_key": f"k{i}", "scalelab.study": "load_bench"})
-        params = {"n_params": int(N), "tokens": int(D), "flops": 6 * N * D, "seed": 0,
-                  "n_layer": 4, "d_model": 128, "lr": 1e-3, "schedule": "cosine",
-                  "experts": 0, "run_key": f"k{i}"}
-        loss = 1.8 + 400 / N ** 0.34 + 2000 / D ** 0.36
-        c.log_batch(r.info.run_id, params=[Param(k, str(v)) for k, v in params.items()],
-                    metrics=[Metric("val_loss", loss, 1_700_000_000_000, int(D))])
+        r = c.create_run(
+            eid,
+            tags={
+                "scalelab.role": "point",
+                "scalelab.outcome": "finished",
+                "scalelab.run_key": f"k{i}",
+                "scalelab.study": "load_bench",
+            },
+        )
+        params = {
+            "n_params": int(N),
+            "tokens": int(D),
+            "flops": 6 * N * D,
+            "seed": 0,
+            "n_layer": 4,
+            "d_model": 128,
+            "lr": 1e-3,
+            "schedule": "cosine",
+            "experts": 0,
+            "run_key": f"k{i}",
+        }
+        loss = 1.8 + 400 / N**0.34 + 2000 / D**0.36
+        c.log_batch(
+            r.info.run_id,
+            params=[Param(k, str(v)) for k, v in params.items()],
+            metrics=[Metric("val_loss", loss, 1_700_000_000_000, int(D))],
+        )
         c.set_terminated(r.info.run_id, "FINISHED")
 
 
 def _replicate(uri, total):
     """Copy the seed runs (rows of runs, tags, params, metrics, latest_metrics) to `total`."""
     import sqlalchemy as sa
+
     eng = sa.create_engine(uri)
     tables = ("runs", "tags", "params", "metrics", "latest_metrics")
     with eng.begin() as con:
@@ -90,13 +111,14 @@ def main():
     w_sql, c_sql = time.perf_counter() - w, time.process_time() - c
     w = time.perf_counter()
     client = _client(uri)
-    runs = search_all_runs(client, _experiment_id(client, "load_bench"),
-                           "tags.`scalelab.role` = 'point'")
+    runs = search_all_runs(client, _experiment_id(client, "load_bench"), "tags.`scalelab.role` = 'point'")
     w_api = time.perf_counter() - w
     same = sorted(r.info.run_id for r in runs) == sorted(pts.frame["run_id"])
     print(f"load_mlflow (direct SQL read): {len(pts)} runs in {w_sql:.2f} s wall ({c_sql:.2f} s CPU)")
-    print(f"search_runs (pages of 50,000): {len(runs)} runs in {w_api:.2f} s wall; "
-          f"same runs: {same}; speed-up {w_api / w_sql:.1f}x")
+    print(
+        f"search_runs (pages of 50,000): {len(runs)} runs in {w_api:.2f} s wall; "
+        f"same runs: {same}; speed-up {w_api / w_sql:.1f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,8 @@ LAWS = {
 Z = 1.959963984540054
 
 
-SPAN = (0.5, 4.0)      # the candidate range of orchestrator/suggest.py, relative to the grid
-MAX_SPEND = 3.0        # a method that has not reached the width by 3x the grid's FLOPs stops
+SPAN = (0.5, 4.0)  # the candidate range of orchestrator/suggest.py, relative to the grid
+MAX_SPEND = 3.0  # a method that has not reached the width by 3x the grid's FLOPs stops
 
 
 def grid_pool():
@@ -54,8 +54,10 @@ def grid_pool():
 
 def candidate_pool():
     """What `suggest` builds for this grid: 10 x 10 log grid over [0.5x min, 4x max] of N and D."""
-    N, D = np.meshgrid(np.logspace(7 + math.log10(SPAN[0]), 9 + math.log10(SPAN[1]), 10),
-                       np.logspace(8.5 + math.log10(SPAN[0]), 10.5 + math.log10(SPAN[1]), 10))
+    N, D = np.meshgrid(
+        np.logspace(7 + math.log10(SPAN[0]), 9 + math.log10(SPAN[1]), 10),
+        np.logspace(8.5 + math.log10(SPAN[0]), 10.5 + math.log10(SPAN[1]), 10),
+    )
     return N.ravel(), D.ravel()
 
 
@@ -124,7 +126,7 @@ def _rest(study, done):
 def suggest_order(study, done, m):
     if not done:
         return list(study.seed)
-    if m is None:                                  # unusable fit: widen with the cheapest run
+    if m is None:  # unusable fit: widen with the cheapest run
         return _rest(study, done)[:1]
     allowed = np.zeros(study.N.size, bool)
     allowed[study.cands] = True
@@ -139,12 +141,14 @@ def random_order(rng):
             return list(study.seed)
         rest = _rest(study, done)
         return list(rng.choice(rest, size=min(3, len(rest)), replace=False)) if rest else []
+
     return order
 
 
 def doubling_order(rng):
     """Progressive scaling: the same seed, then the candidate nearest the fitted optimum at
     twice the largest compute so far (no uncertainty model)."""
+
     def order(study, done, m):
         if not done:
             return list(study.seed)
@@ -160,6 +164,7 @@ def doubling_order(rng):
         ld = -lg + al / (al + be) * np.log(c / 6)
         d2 = (np.log(study.N[rest]) - ln) ** 2 + (np.log(study.D[rest]) - ld) ** 2
         return [rest[int(np.argmin(d2))]]
+
     return order
 
 
@@ -190,17 +195,26 @@ def main():
         for k, (flops, reached, cov) in out.items():
             rows[k].append((flops / total, reached, cov))
         if a.verbose:
-            print(f"study {i + 1}: " + ", ".join(f"{k} {f / total:.3f}{'' if r else ' (not reached)'}"
-                                                  f"{'' if c else ' MISSED'}" for k, (f, r, c) in out.items()),
-                  flush=True)
-    print(f"{a.studies} simulated studies over {len(LAWS)} laws ({', '.join(LAWS)}), "
-          f"noise sd {a.noise:g} in log loss, 49-run pool, C* = 100x the largest run; "
-          f"{time.perf_counter() - t0:.0f} s")
+            print(
+                f"study {i + 1}: "
+                + ", ".join(
+                    f"{k} {f / total:.3f}{'' if r else ' (not reached)'}{'' if c else ' MISSED'}"
+                    for k, (f, r, c) in out.items()
+                ),
+                flush=True,
+            )
+    print(
+        f"{a.studies} simulated studies over {len(LAWS)} laws ({', '.join(LAWS)}), "
+        f"noise sd {a.noise:g} in log loss, 49-run pool, C* = 100x the largest run; "
+        f"{time.perf_counter() - t0:.0f} s"
+    )
     print(f"{'method':10} {'FLOPs/grid median':>18} {'mean':>7} {'reached w':>10} {'coverage':>9}")
     for k, r in rows.items():
         frac = np.array([x[0] for x in r])
-        print(f"{k:10} {np.median(frac):18.3f} {frac.mean():7.3f} "
-              f"{np.mean([x[1] for x in r]):10.0%} {np.mean([x[2] for x in r]):9.0%}")
+        print(
+            f"{k:10} {np.median(frac):18.3f} {frac.mean():7.3f} "
+            f"{np.mean([x[1] for x in r]):10.0%} {np.mean([x[2] for x in r]):9.0%}"
+        )
 
 
 if __name__ == "__main__":

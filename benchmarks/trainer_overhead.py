@@ -49,8 +49,9 @@ def bare_loop(spec: RunSpec) -> float:
     torch.manual_seed(spec.seed)
     model = GPT(spec.model)
     r = spec.recipe
-    opt = torch.optim.AdamW(param_groups(model, r.weight_decay), lr=r.lr,
-                            betas=(r.beta1, r.beta2), fused=True)
+    opt = torch.optim.AdamW(
+        param_groups(model, r.weight_decay), lr=r.lr, betas=(r.beta1, r.beta2), fused=True
+    )
     source = make_source(spec.data, spec.seed)
     steps = spec.tokens // spec.tokens_per_step
     batches = [torch.from_numpy(source.batch(i * r.batch_size, r.batch_size)) for i in range(steps)]
@@ -106,7 +107,8 @@ def make_sink(mlflow_uri: str | None):
 
     client = MlflowClient(mlflow_uri)
     exp = client.get_experiment_by_name("overhead") or client.get_experiment(
-        client.create_experiment("overhead"))
+        client.create_experiment("overhead")
+    )
     return _RecordingSink(MlflowSink(mlflow_uri, client.create_run(exp.experiment_id).info.run_id))
 
 
@@ -118,9 +120,8 @@ def trainer_run(spec: RunSpec, threads: int, mlflow_uri: str | None = None) -> t
         wall = time.perf_counter() - start
     if res.status != "finished":
         raise SystemExit(f"trainer run {res.status}: {res.message}")
-    rates = (sink.rates if isinstance(sink, _RecordingSink)
-             else [v for _, v in sink.history("tokens_per_s")])
-    steady = statistics.median(rates[len(rates) // 5:])       # skip the first intervals
+    rates = sink.rates if isinstance(sink, _RecordingSink) else [v for _, v in sink.history("tokens_per_s")]
+    steady = statistics.median(rates[len(rates) // 5 :])  # skip the first intervals
     return steady, res.tokens / wall
 
 
@@ -132,8 +133,11 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--mlflow", action="store_true",
-                    help="log to a real SQLite MLflow store (MlflowSink) instead of memory")
+    ap.add_argument(
+        "--mlflow",
+        action="store_true",
+        help="log to a real SQLite MLflow store (MlflowSink) instead of memory",
+    )
     ap.add_argument("--smoke-test", action="store_true", help="tiny and fast, for CI")
     args = ap.parse_args()
     if args.smoke_test:
@@ -142,23 +146,31 @@ def main() -> None:
     if args.mlflow:
         store = tempfile.mkdtemp(prefix="overhead-mlflow-")
         mlflow_uri = f"sqlite:///{store}/mlflow.db"
-        make_sink(mlflow_uri)               # create and migrate the store before timing
+        make_sink(mlflow_uri)  # create and migrate the store before timing
 
     torch.set_num_threads(args.threads)
     spec = make_spec(args.params, args.tokens, args.batch, args.seq_len)
     n = count_params(spec.model).total
-    print(f"model n_layer={spec.model.n_layer} d_model={spec.model.d_model} params={n} | "
-          f"batch {args.batch}x{args.seq_len} | {args.tokens} tokens | {args.threads} thread(s)")
-    train(make_spec(args.params, 2048, args.batch, args.seq_len), InMemorySink(),
-          checkpoint_dir=tempfile.mkdtemp(), num_threads=args.threads)      # warm imports
+    print(
+        f"model n_layer={spec.model.n_layer} d_model={spec.model.d_model} params={n} | "
+        f"batch {args.batch}x{args.seq_len} | {args.tokens} tokens | {args.threads} thread(s)"
+    )
+    train(
+        make_spec(args.params, 2048, args.batch, args.seq_len),
+        InMemorySink(),
+        checkpoint_dir=tempfile.mkdtemp(),
+        num_threads=args.threads,
+    )  # warm imports
     bare, steady, e2e = [], [], []
     for i in range(args.repeats):
         bare.append(bare_loop(spec))
         s, e = trainer_run(spec, args.threads, mlflow_uri)
         steady.append(s)
         e2e.append(e)
-        print(f"  repeat {i}: bare {bare[-1]:,.0f} tok/s | trainer steady {s:,.0f} tok/s | "
-              f"trainer end-to-end {e:,.0f} tok/s")
+        print(
+            f"  repeat {i}: bare {bare[-1]:,.0f} tok/s | trainer steady {s:,.0f} tok/s | "
+            f"trainer end-to-end {e:,.0f} tok/s"
+        )
     b = max(bare)
     print(f"bare loop            {b:,.0f} tokens/s")
     print(f"trainer steady-state {max(steady):,.0f} tokens/s   ratio {max(steady) / b:.3f}")

@@ -8,6 +8,7 @@ version ranges as `pip install .`.
 
 import re
 import sys
+
 import tomllib
 
 

@@ -15,18 +15,27 @@ from typing import Any
 from .config import StudyConfig, StudyError, load_study, parse_study
 from .tracking import Settings
 
-_LAZY = {"PlannedRun": "grid", "expand": "grid", "StudyOutcome": "scheduler",
-         "run_study": "scheduler"}
+_LAZY = {"PlannedRun": "grid", "expand": "grid", "StudyOutcome": "scheduler", "run_study": "scheduler"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
+
         value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["StudyConfig", "StudyError", "load_study", "parse_study", "PlannedRun", "expand",
-           "StudyOutcome", "run_study", "Settings"]
+__all__ = [
+    "StudyConfig",
+    "StudyError",
+    "load_study",
+    "parse_study",
+    "PlannedRun",
+    "expand",
+    "StudyOutcome",
+    "run_study",
+    "Settings",
+]

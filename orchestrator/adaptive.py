@@ -21,8 +21,7 @@ from .config import ExplicitRun, StudyConfig, StudyError
 from .grid import expand
 from .scheduler import EXIT_OK, StudyOutcome, run_study
 from .states import RunState
-from .suggest import (build_candidates, check_inputs, run_from_dict, run_to_dict, suggest,
-                      with_runs)
+from .suggest import build_candidates, check_inputs, run_from_dict, run_to_dict, suggest, with_runs
 
 ROUND_TAG = "scalelab.adaptive.round."
 
@@ -40,6 +39,7 @@ class AdaptiveOutcome:
 
 # --------------------------------------------------------------------------- persistence
 
+
 def _parent(settings: tracking.Settings, study: str) -> str | None:
     """The study's parent MLflow run id, read-only (None before the first run)."""
     if not tracking.store_exists(settings.tracking_uri):
@@ -48,8 +48,7 @@ def _parent(settings: tracking.Settings, study: str) -> str | None:
     exp = c.get_experiment_by_name(study)
     if exp is None:
         return None
-    found = c.search_runs([exp.experiment_id], filter_string="tags.`scalelab.role` = 'parent'",
-                          max_results=1)
+    found = c.search_runs([exp.experiment_id], filter_string="tags.`scalelab.role` = 'parent'", max_results=1)
     return found[0].info.run_id if found else None
 
 
@@ -59,7 +58,7 @@ def load_rounds(settings: tracking.Settings, study: str) -> list[list[ExplicitRu
     if parent is None:
         return []
     tags = tracking.client(settings.tracking_uri).get_run(parent).data.tags
-    rounds = {int(k[len(ROUND_TAG):]): v for k, v in tags.items() if k.startswith(ROUND_TAG)}
+    rounds = {int(k[len(ROUND_TAG) :]): v for k, v in tags.items() if k.startswith(ROUND_TAG)}
     return [[run_from_dict(d) for d in json.loads(rounds[n])] for n in sorted(rounds)]
 
 
@@ -71,6 +70,7 @@ def save_round(settings: tracking.Settings, parent: str, n: int, runs: list[Expl
 def round_keys(cfg: StudyConfig, rounds: list[list[ExplicitRun]]) -> dict[str, int]:
     """run key -> round number (1-based) of every adaptive point."""
     from .suggest import _only_runs
+
     out: dict[str, int] = {}
     for n, runs in enumerate(rounds, 1):
         for r in runs:
@@ -81,6 +81,7 @@ def round_keys(cfg: StudyConfig, rounds: list[list[ExplicitRun]]) -> dict[str, i
 def tag_rounds(cfg: StudyConfig, settings: tracking.Settings, keys: dict[str, int]) -> None:
     """Tag the adaptive points' MLflow runs (idempotent; redone on every resume)."""
     from .ledger import Ledger
+
     ledger = Ledger(settings.ledger_uri)
     try:
         ids = {r.run_key: r.mlflow_run_id for r in ledger.rows(cfg.study)}
@@ -96,50 +97,67 @@ def tag_rounds(cfg: StudyConfig, settings: tracking.Settings, keys: dict[str, in
 def flops_spent(settings: tracking.Settings, study: str) -> float:
     """Training FLOPs of every point run that ran to an end (finished, diverged or failed)."""
     from .ledger import Ledger
+
     ledger = Ledger(settings.ledger_uri)
     try:
-        return float(sum(r.flops or 0.0 for r in ledger.rows(study)
-                         if r.kind == "point" and r.state in (RunState.FINISHED, RunState.DIVERGED, RunState.FAILED)))
+        return float(
+            sum(
+                r.flops or 0.0
+                for r in ledger.rows(study)
+                if r.kind == "point" and r.state in (RunState.FINISHED, RunState.DIVERGED, RunState.FAILED)
+            )
+        )
     finally:
         ledger.dispose()
 
 
 # --------------------------------------------------------------------------- the loop
 
+
 @dataclass(frozen=True)
 class AdaptiveArgs:
     target_flops: float
-    until_ci: float                    # relative half-width of the 95% interval (0.25 = ±25%)
-    max_flops: float | None = None     # total training FLOPs of the study, grid included
+    until_ci: float  # relative half-width of the 95% interval (0.25 = ±25%)
+    max_flops: float | None = None  # total training FLOPs of the study, grid included
     objective: str = "log_n_opt"
-    max_runs: int = 4                  # runs per round
+    max_runs: int = 4  # runs per round
     gamma: float = 0.4
-    max_rounds: int | None = None      # new rounds this invocation (None: until done)
+    max_rounds: int | None = None  # new rounds this invocation (None: until done)
 
 
 def check_adaptive(cfg: StudyConfig, a: AdaptiveArgs) -> None:
     """Bad flags exit 2 before anything is scheduled or written."""
     if not (a.until_ci > 0):
-        raise StudyError("--until-ci", f"must be > 0 (a relative half-width, e.g. 0.25 for ±25% "
-                                       f"on N_opt), got {a.until_ci}")
+        raise StudyError(
+            "--until-ci",
+            f"must be > 0 (a relative half-width, e.g. 0.25 for ±25% on N_opt), got {a.until_ci}",
+        )
     if cfg.train.schedule == "wsd":
-        raise StudyError("--adaptive", "needs train.schedule: cosine (adding token budgets to a "
-                                       "wsd trunk would change its warmup and its runs' keys)")
+        raise StudyError(
+            "--adaptive",
+            "needs train.schedule: cosine (adding token budgets to a "
+            "wsd trunk would change its warmup and its runs' keys)",
+        )
     if a.max_rounds is not None and a.max_rounds < 0:
         raise StudyError("--max-rounds", f"must be >= 0, got {a.max_rounds}")
     cands = build_candidates(cfg, {p.key for p in expand(cfg)})
     check_inputs(cfg, a.target_flops, a.max_runs, a.max_flops, a.gamma, cands, [])
 
 
-def run_adaptive(cfg: StudyConfig, settings: tracking.Settings, a: AdaptiveArgs, *,
-                 address: str | None = None, max_concurrent: int | None = None,
-                 show_progress: bool = True) -> AdaptiveOutcome:
+def run_adaptive(
+    cfg: StudyConfig,
+    settings: tracking.Settings,
+    a: AdaptiveArgs,
+    *,
+    address: str | None = None,
+    max_concurrent: int | None = None,
+    show_progress: bool = True,
+) -> AdaptiveOutcome:
     """Replay the persisted rounds (finishing what was interrupted), then plan and run new
     rounds until the interval is narrow enough, the budget is spent or max_rounds is reached."""
     check_adaptive(cfg, a)
     rounds = load_rounds(settings, cfg.study)
-    res = AdaptiveOutcome(_run(cfg, settings, rounds, address, max_concurrent, show_progress),
-                          rounds)
+    res = AdaptiveOutcome(_run(cfg, settings, rounds, address, max_concurrent, show_progress), rounds)
     new = 0
     while res.outcome.exit_code == EXIT_OK:
         runs = _next_round(cfg, settings, a, res, new)
@@ -147,7 +165,7 @@ def run_adaptive(cfg: StudyConfig, settings: tracking.Settings, a: AdaptiveArgs,
             break
         new += 1
         parent = res.outcome.parent_run_id
-        if parent is None:                   # run_study records it before any run
+        if parent is None:  # run_study records it before any run
             raise RuntimeError(f"study {cfg.study}: no parent MLflow run to store round {new}")
         save_round(settings, parent, len(rounds) + 1, runs)
         rounds.append(runs)
@@ -158,8 +176,9 @@ def run_adaptive(cfg: StudyConfig, settings: tracking.Settings, a: AdaptiveArgs,
 
 def _run(cfg, settings, rounds, address, max_concurrent, show_progress) -> StudyOutcome:
     full = with_runs(cfg, [r for runs in rounds for r in runs])
-    out = run_study(full, settings, address=address, max_concurrent=max_concurrent,
-                    show_progress=show_progress)
+    out = run_study(
+        full, settings, address=address, max_concurrent=max_concurrent, show_progress=show_progress
+    )
     if rounds:
         tag_rounds(full, settings, round_keys(cfg, rounds))
     return out
@@ -170,21 +189,32 @@ def _next_round(cfg, settings, a: AdaptiveArgs, res: AdaptiveOutcome, new: int):
     spent = flops_spent(settings, cfg.study)
     full = with_runs(cfg, [r for runs in res.rounds for r in runs])
     left = math.inf if a.max_flops is None else a.max_flops - spent
-    cheapest = min((p.flops for p in build_candidates(full, {p.key for p in expand(full)},
-                                                       span_of=cfg).planned), default=math.inf)
-    s = suggest(full, settings.tracking_uri, target_flops=a.target_flops, objective=a.objective,
-                max_runs=a.max_runs, max_flops=None if a.max_flops is None else max(left, cheapest),
-                gamma=a.gamma, planned_keys=round_keys(cfg, res.rounds), span_of=cfg)
+    cheapest = min(
+        (p.flops for p in build_candidates(full, {p.key for p in expand(full)}, span_of=cfg).planned),
+        default=math.inf,
+    )
+    s = suggest(
+        full,
+        settings.tracking_uri,
+        target_flops=a.target_flops,
+        objective=a.objective,
+        max_runs=a.max_runs,
+        max_flops=None if a.max_flops is None else max(left, cheapest),
+        gamma=a.gamma,
+        planned_keys=round_keys(cfg, res.rounds),
+        span_of=cfg,
+    )
     plan = s.plan
     if plan.model is not None:
         res.value, res.ci95 = plan.value, plan.ci95
         res.relative_halfwidth = plan.model.relative_halfwidth()
         if res.relative_halfwidth <= a.until_ci:
-            res.reason = (f"95% interval ±{res.relative_halfwidth:.1%} is within --until-ci "
-                          f"{a.until_ci:g}")
+            res.reason = f"95% interval ±{res.relative_halfwidth:.1%} is within --until-ci {a.until_ci:g}"
             return []
     if left < cheapest:
-        res.reason = f"--max-flops reached: {spent:.3g} FLOPs spent, the cheapest next run needs {cheapest:.3g}"
+        res.reason = (
+            f"--max-flops reached: {spent:.3g} FLOPs spent, the cheapest next run needs {cheapest:.3g}"
+        )
         return []
     if a.max_rounds is not None and new >= a.max_rounds:
         res.reason = f"--max-rounds {a.max_rounds} reached; run again to continue"

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- legacy run keys
 
+
 def _spec_of(row: LedgerRow, specs: dict[tuple[str, str], str]) -> RunSpec | None:
     text = specs.get((row.study, row.run_key)) if row.kind == "point" else None
     return _parse_spec(text) if text else None
@@ -34,7 +35,7 @@ def _spec_of(row: LedgerRow, specs: dict[tuple[str, str], str]) -> RunSpec | Non
 def _parse_spec(text: str) -> RunSpec | None:
     try:
         return RunSpec.from_dict(json.loads(text))
-    except (ValueError, TypeError, KeyError):      # a spec this version no longer reads
+    except (ValueError, TypeError, KeyError):  # a spec this version no longer reads
         return None
 
 
@@ -76,19 +77,27 @@ def legacy_fingerprints(cfg: StudyConfig, ledger: Ledger | None) -> tuple[str, .
     """The fingerprints this study had under the older scheme: with this file's run-time
     settings, and with those the study's recorded runs ran with."""
     out = {tracking.fingerprint_hash(cfg.legacy_fingerprint())}
-    if ledger is not None:                  # spec_json only: readable in every ledger version
+    if ledger is not None:  # spec_json only: readable in every ledger version
         for text in ledger.specs(cfg.study).values():
             spec = _parse_spec(text)
             if spec is not None:
                 r = spec.recipe
-                out.add(tracking.fingerprint_hash(cfg.legacy_fingerprint(
-                    device=r.device, compile=r.compile, eval_interval_tokens=r.eval_interval_tokens,
-                    checkpoint_interval_tokens=r.checkpoint_interval_tokens)))
+                out.add(
+                    tracking.fingerprint_hash(
+                        cfg.legacy_fingerprint(
+                            device=r.device,
+                            compile=r.compile,
+                            eval_interval_tokens=r.eval_interval_tokens,
+                            checkpoint_interval_tokens=r.checkpoint_interval_tokens,
+                        )
+                    )
+                )
                 break
     return tuple(sorted(out))
 
 
 # --------------------------------------------------------------------------- MLflow vs ledger
+
 
 def forget_lost_runs(ledger: Ledger, study: str, live_ids: set[str]) -> list[str]:
     """Rows whose MLflow run no longer exists (store lost or recreated, run or experiment
@@ -117,32 +126,49 @@ def adopt_children(ledger: Ledger, study: str, children: dict[str, Any]) -> list
         values: dict[str, Any] = {"mlflow_run_id": run.info.run_id}
         outcome = tracking.recorded_outcome(run) if row.kind == "point" else None
         if outcome and not row.done:
-            values.update(state=outcome, error=None, val_loss=run.data.metrics.get("val_loss"),
-                          tokens_done=row.tokens)
+            values.update(
+                state=outcome, error=None, val_loss=run.data.metrics.get("val_loss"), tokens_done=row.tokens
+            )
             results.append(row.run_key)
         ledger.update(study, row.run_key, **values)
     return results
 
 
-def reuse_finished(c, ledger: Ledger, study: str, exp_id: str, parent: str,
-                   planned: list[PlannedRun]) -> list[str]:
+def reuse_finished(
+    c, ledger: Ledger, study: str, exp_id: str, parent: str, planned: list[PlannedRun]
+) -> list[str]:
     """Points of this study not yet started that another study of the store finished: copy
     that result in as this study's own point run instead of training it again."""
     rows = {r.run_key: r for r in ledger.rows(study)}
-    todo = [p for p in planned if rows[p.key].state == RunState.PENDING and not rows[p.key].attempts
-            and not rows[p.key].mlflow_run_id]
+    todo = [
+        p
+        for p in planned
+        if rows[p.key].state == RunState.PENDING
+        and not rows[p.key].attempts
+        and not rows[p.key].mlflow_run_id
+    ]
     sources = ledger.finished_elsewhere(study, [p.key for p in todo]) if todo else {}
     reused = []
     for p in todo:
         src = sources.get(p.key)
         if src is None or not src.mlflow_run_id or not _finished_in_mlflow(c, src.mlflow_run_id):
             continue
-        run_id = tracking.copy_point_run(c, src.mlflow_run_id, exp_id, parent, study, p.key,
-                                         point_run_name(p))
-        ledger.update(study, p.key, state=RunState.FINISHED, mlflow_run_id=run_id, error=None,
-                      val_loss=src.val_loss, tokens_done=src.tokens_done, wall_time_s=0.0,
-                      flops_per_s=src.flops_per_s, device=src.device,
-                      checkpoint_dir=src.checkpoint_dir)
+        run_id = tracking.copy_point_run(
+            c, src.mlflow_run_id, exp_id, parent, study, p.key, point_run_name(p)
+        )
+        ledger.update(
+            study,
+            p.key,
+            state=RunState.FINISHED,
+            mlflow_run_id=run_id,
+            error=None,
+            val_loss=src.val_loss,
+            tokens_done=src.tokens_done,
+            wall_time_s=0.0,
+            flops_per_s=src.flops_per_s,
+            device=src.device,
+            checkpoint_dir=src.checkpoint_dir,
+        )
         reused.append(p.key)
     return reused
 
@@ -170,6 +196,7 @@ def needs_run(rows: dict[str, LedgerRow], key: str, planned: list[PlannedRun]) -
 
 # --------------------------------------------------------------------------- read-only views
 
+
 @dataclass(frozen=True)
 class StudyView:
     rows: dict[str, LedgerRow]
@@ -182,6 +209,7 @@ def inspect_study(ledger_uri: str, cfg: StudyConfig, rows: dict[str, LedgerRow])
     import sqlalchemy as sa
 
     from .driverlock import driver_alive
+
     if not rows or not tracking.store_exists(ledger_uri):
         return StudyView(rows)
     ledger = Ledger(ledger_uri, create=False)
@@ -194,18 +222,22 @@ def inspect_study(ledger_uri: str, cfg: StudyConfig, rows: dict[str, LedgerRow])
     finally:
         ledger.dispose()
     if not driver_alive(study):
-        rows = {k: replace(r, state=RunState.INTERRUPTED.value) if r.state == RunState.RUNNING else r
-                for k, r in rows.items()}
+        rows = {
+            k: replace(r, state=RunState.INTERRUPTED.value) if r.state == RunState.RUNNING else r
+            for k, r in rows.items()
+        }
     ran = (study or {}).get("fingerprint")
     if ran and ran != tracking.fingerprint_hash(cfg.fingerprint()) and ran not in legacy:
-        return StudyView(rows, f"the data, model or train settings in {cfg.source_path or 'the file'}"
-                               f" differ from those study {cfg.study!r} ran with: `scalelab run` "
-                               "will refuse; restore them, or give the changed recipe a new study name")
+        return StudyView(
+            rows,
+            f"the data, model or train settings in {cfg.source_path or 'the file'}"
+            f" differ from those study {cfg.study!r} ran with: `scalelab run` "
+            "will refuse; restore them, or give the changed recipe a new study name",
+        )
     return StudyView(rows)
 
 
-def _current_keys(rows: dict[str, LedgerRow], specs: dict[tuple[str, str], str]
-                  ) -> dict[str, LedgerRow]:
+def _current_keys(rows: dict[str, LedgerRow], specs: dict[tuple[str, str], str]) -> dict[str, LedgerRow]:
     """Rows of a store not yet migrated, under today's run keys (what `run` will rekey)."""
     out = {}
     for key, row in rows.items():

@@ -10,36 +10,38 @@ from __future__ import annotations
 import math
 import re
 import reprlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
 from trainer.spec import ARCH_CHOICES, ARCH_DEFAULTS, DataSpec, RecipeSpec, SpecError
 
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-MAX_TOKENS = 1e15          # a guard against typos such as 2e51; far beyond any single run
+MAX_TOKENS = 1e15  # a guard against typos such as 2e51; far beyond any single run
 MAX_FLOPS = 1e28
-MAX_FILE_BYTES = 1 << 20   # 1 MiB: a study file is a few hundred bytes; more is a mistake or an attack
-MAX_YAML_NODES = 100_000   # nodes after alias expansion (a 445-byte alias bomb expands to billions)
-MAX_LIST = 10_000          # entries of any one list in the study file
-MAX_RUNS = 10_000          # runs one study may plan
-MAX_SHOWN = 200            # characters of an offending value echoed in an error
+MAX_FILE_BYTES = 1 << 20  # 1 MiB: a study file is a few hundred bytes; more is a mistake or an attack
+MAX_YAML_NODES = 100_000  # nodes after alias expansion (a 445-byte alias bomb expands to billions)
+MAX_LIST = 10_000  # entries of any one list in the study file
+MAX_RUNS = 10_000  # runs one study may plan
+MAX_SHOWN = 200  # characters of an offending value echoed in an error
 
 
 class StudyError(ValueError):
     """Bad study input. `key` names the YAML key; the message says how to fix it."""
 
     def __init__(self, key: str, message: str):
-        if len(message) > 4 * MAX_SHOWN:       # never echo megabytes back to the terminal
-            message = message[:4 * MAX_SHOWN] + " ..."
+        if len(message) > 4 * MAX_SHOWN:  # never echo megabytes back to the terminal
+            message = message[: 4 * MAX_SHOWN] + " ..."
         super().__init__(f"{key}: {message}" if key else message)
         self.key = key
         self.message = message
 
 
 # --------------------------------------------------------------------------- typed sections
+
 
 @dataclass(frozen=True)
 class ShapeRule:
@@ -48,7 +50,7 @@ class ShapeRule:
     d_head: int = 16
     aspect_ratio: int = 16
     tied_head: bool = True
-    pos: str = "learned"          # architecture defaults of every run; grid.arch overrides them
+    pos: str = "learned"  # architecture defaults of every run; grid.arch overrides them
     activation: str = "gelu"
     norm: str = "pre"
     objective: str = "clm"
@@ -72,10 +74,10 @@ class ArchSetting:
 class ExplicitShape:
     n_layer: int
     d_model: int
-    n_head: int = 0           # 0: d_model // d_head of the shape rule
+    n_head: int = 0  # 0: d_model // d_head of the shape rule
 
 
-Size = ExplicitShape | float   # a float is a target total parameter count
+Size = ExplicitShape | float  # a float is a target total parameter count
 
 
 @dataclass(frozen=True)
@@ -94,8 +96,8 @@ class MoESetting:
 class IsoFlop:
     budgets: tuple[float, ...]
     points: int = 7
-    span: float = 1.0                  # decades either side of the centre
-    tokens_per_param: float = 20.0     # the centre: N such that D/N = this at C = 6·N·D
+    span: float = 1.0  # decades either side of the centre
+    tokens_per_param: float = 20.0  # the centre: N such that D/N = this at C = 6·N·D
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,7 @@ class Grid:
 class Resources:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
-    max_retries: int = 2      # per `scalelab run`, for failures that are not bugs or divergence
+    max_retries: int = 2  # per `scalelab run`, for failures that are not bugs or divergence
 
 
 @dataclass(frozen=True)
@@ -144,9 +146,11 @@ class StudyConfig:
         from dataclasses import asdict
 
         from trainer.spec import RUNTIME_FIELDS
+
         model = {k: v for k, v in asdict(self.model).items() if ARCH_DEFAULTS.get(k, object()) != v}
-        train = {k: v for k, v in asdict(self.train).items()
-                 if k not in RUNTIME_FIELDS and k != "eval_lengths"}
+        train = {
+            k: v for k, v in asdict(self.train).items() if k not in RUNTIME_FIELDS and k != "eval_lengths"
+        }
         return {"data": self._data_fingerprint(), "model": model, "train": train}
 
     def _data_fingerprint(self) -> dict[str, Any]:
@@ -155,6 +159,7 @@ class StudyConfig:
         from dataclasses import asdict
 
         from trainer.spec import ZIPF_KEYS
+
         d = asdict(self.data)
         if self.data.source != "zipf":
             for k in ZIPF_KEYS:
@@ -165,6 +170,7 @@ class StudyConfig:
         """The fingerprint of stores written before run-time settings left it, with those
         settings as the study ran then (`runtime`, default: as in this file)."""
         from dataclasses import asdict, replace
+
         train = replace(self.train, **runtime) if runtime else self.train
         model = {k: v for k, v in asdict(self.model).items() if ARCH_DEFAULTS.get(k, object()) != v}
         train_d = {k: v for k, v in asdict(train).items() if k != "eval_lengths"}
@@ -172,6 +178,7 @@ class StudyConfig:
 
 
 # --------------------------------------------------------------------------- validation helpers
+
 
 def show(value: Any) -> str:
     """repr(value) cut to MAX_SHOWN characters, for error messages."""
@@ -199,7 +206,7 @@ def _check_keys(value: Mapping[str, Any], allowed: set[str], key: str) -> None:
 
 
 def _number(value: Any, key: str, *, positive: bool = True, maximum: float | None = None) -> float:
-    if isinstance(value, str):   # YAML 1.1 reads 2e5 (no dot) as a string
+    if isinstance(value, str):  # YAML 1.1 reads 2e5 (no dot) as a string
         try:
             value = float(value)
         except ValueError:
@@ -214,7 +221,7 @@ def _number(value: Any, key: str, *, positive: bool = True, maximum: float | Non
 
 
 def _integer(value: Any, key: str, minimum: int = 1) -> int:
-    if isinstance(value, str) and not isinstance(value, bool):   # YAML 1.1 reads 1.0e7 as a string
+    if isinstance(value, str) and not isinstance(value, bool):  # YAML 1.1 reads 1.0e7 as a string
         try:
             value = float(value.strip())
         except ValueError:
@@ -222,8 +229,9 @@ def _integer(value: Any, key: str, minimum: int = 1) -> int:
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         value = int(value)
     elif isinstance(value, float) and math.isfinite(value):
-        raise StudyError(key, f"must be a whole number, got {value:g}; round it (e.g. "
-                              f"{max(math.floor(value), minimum)})")
+        raise StudyError(
+            key, f"must be a whole number, got {value:g}; round it (e.g. {max(math.floor(value), minimum)})"
+        )
     if isinstance(value, bool) or not isinstance(value, int):
         raise StudyError(key, f"must be a whole number, got {show(value)}")
     if value < minimum:
@@ -237,8 +245,10 @@ def _list(value: Any, key: str, *, allow_empty: bool = False) -> list[Any]:
     if not value and not allow_empty:
         raise StudyError(key, "must not be empty")
     if len(value) > MAX_LIST:
-        raise StudyError(key, f"has {len(value)} entries, more than the {MAX_LIST} allowed; "
-                              "split the study into several files")
+        raise StudyError(
+            key,
+            f"has {len(value)} entries, more than the {MAX_LIST} allowed; split the study into several files",
+        )
     return value
 
 
@@ -252,7 +262,7 @@ def _build(cls: type, value: Mapping[str, Any], key: str, convert: Mapping[str, 
         if k in convert:
             v = convert[k](v, f"{key}.{k}")
         elif k in int_fields:
-            v = _integer(v, f"{key}.{k}", minimum=-2**62)   # range checks are the spec's
+            v = _integer(v, f"{key}.{k}", minimum=-(2**62))  # range checks are the spec's
         kwargs[k] = v
     try:
         return cls(**kwargs)
@@ -264,19 +274,23 @@ def _build(cls: type, value: Mapping[str, Any], key: str, convert: Mapping[str, 
 
 # --------------------------------------------------------------------------- sections
 
+
 def _size(value: Any, key: str) -> Size:
     if isinstance(value, Mapping):
         _check_keys(value, {"n_layer", "d_model", "n_head"}, key)
         for k in ("n_layer", "d_model"):
             if k not in value:
                 raise StudyError(f"{key}.{k}", "missing; an explicit shape needs n_layer and d_model")
-        for k, top in (("n_layer", 4096), ("d_model", 1 << 18)):   # beyond any trained model
+        for k, top in (("n_layer", 4096), ("d_model", 1 << 18)):  # beyond any trained model
             if _integer(value[k], f"{key}.{k}") > top:
-                raise StudyError(f"{key}.{k}", f"{value[k]} is larger than the allowed {top}; "
-                                               "check the value")
-        return ExplicitShape(n_layer=_integer(value["n_layer"], f"{key}.n_layer"),
-                             d_model=_integer(value["d_model"], f"{key}.d_model"),
-                             n_head=_integer(value.get("n_head", 0), f"{key}.n_head", minimum=0))
+                raise StudyError(
+                    f"{key}.{k}", f"{value[k]} is larger than the allowed {top}; check the value"
+                )
+        return ExplicitShape(
+            n_layer=_integer(value["n_layer"], f"{key}.n_layer"),
+            d_model=_integer(value["d_model"], f"{key}.d_model"),
+            n_head=_integer(value.get("n_head", 0), f"{key}.n_head", minimum=0),
+        )
     target = _number(value, key, maximum=1e13)
     if target < 1000:
         raise StudyError(key, f"a target of {target:g} parameters is too small for any GPT; use >= 1e3")
@@ -285,18 +299,21 @@ def _size(value: Any, key: str) -> Size:
 
 def _moe(value: Any, key: str) -> MoESetting:
     m = _mapping(value, key)
-    conv = {"experts": lambda v, k: _integer(v, k), "top_k": lambda v, k: _integer(v, k),
-            "granularity": lambda v, k: _integer(v, k),
-            "shared_experts": lambda v, k: _integer(v, k, 0),
-            "aux_loss_coef": lambda v, k: _number(v, k, positive=False),
-            "z_loss_coef": lambda v, k: _number(v, k, positive=False)}
+    conv = {
+        "experts": lambda v, k: _integer(v, k),
+        "top_k": lambda v, k: _integer(v, k),
+        "granularity": lambda v, k: _integer(v, k),
+        "shared_experts": lambda v, k: _integer(v, k, 0),
+        "aux_loss_coef": lambda v, k: _number(v, k, positive=False),
+        "z_loss_coef": lambda v, k: _number(v, k, positive=False),
+    }
     s = _build(MoESetting, m, key, conv)
     if s.top_k > s.experts:
-        raise StudyError(f"{key}.top_k", f"top_k={s.top_k} exceeds experts={s.experts}; "
-                                         "use top_k <= experts")
+        raise StudyError(f"{key}.top_k", f"top_k={s.top_k} exceeds experts={s.experts}; use top_k <= experts")
     if s.experts == 1 and (s.top_k != 1 or s.shared_experts or s.granularity != 1):
-        raise StudyError(f"{key}.experts", "experts: 1 is dense; top_k, granularity and "
-                                           "shared_experts need experts > 1")
+        raise StudyError(
+            f"{key}.experts", "experts: 1 is dense; top_k, granularity and shared_experts need experts > 1"
+        )
     if s.aux_loss_coef < 0 or s.z_loss_coef < 0:
         raise StudyError(key, "loss coefficients must be >= 0")
     return s
@@ -312,10 +329,12 @@ def _arch(value: Any, key: str, model: ShapeRule) -> ArchSetting:
             where = f"{key}.{k}" if k in m else f"model.{k}"
             raise StudyError(where, f"unknown value {resolved[k]!r}; use one of {', '.join(allowed)}")
     if resolved["pos"] == "none" and resolved["objective"] == "mlm":
-        raise StudyError(f"{key}.pos" if "pos" in m or "objective" in m else "model.pos",
-                         "pos: none with objective: mlm: a masked LM cannot be position-free "
-                         "(bidirectional attention without positions sees a bag of tokens); use "
-                         "pos: learned, sinusoidal or rope")
+        raise StudyError(
+            f"{key}.pos" if "pos" in m or "objective" in m else "model.pos",
+            "pos: none with objective: mlm: a masked LM cannot be position-free "
+            "(bidirectional attention without positions sees a bag of tokens); use "
+            "pos: learned, sinusoidal or rope",
+        )
     return ArchSetting(**resolved)
 
 
@@ -324,34 +343,52 @@ def _grid(value: Any, key: str, model: ShapeRule = ShapeRule()) -> Grid:
     _check_keys(g, {f.name for f in fields(Grid)}, key)
     kinds = [k for k in ("tokens", "tokens_per_param", "isoflop") if k in g]
     if len(kinds) > 1:
-        raise StudyError(f"{key}.{kinds[1]}", f"give one of tokens, tokens_per_param or isoflop, "
-                                             f"not both {kinds[0]} and {kinds[1]}")
+        raise StudyError(
+            f"{key}.{kinds[1]}",
+            f"give one of tokens, tokens_per_param or isoflop, not both {kinds[0]} and {kinds[1]}",
+        )
     if not kinds and "runs" not in g:
         raise StudyError(key, "needs tokens, tokens_per_param, isoflop or runs")
-    sizes = tuple(_size(v, f"{key}.sizes[{i}]")
-                  for i, v in enumerate(_list(g.get("sizes", []), f"{key}.sizes", allow_empty=True)))
+    sizes = tuple(
+        _size(v, f"{key}.sizes[{i}]")
+        for i, v in enumerate(_list(g.get("sizes", []), f"{key}.sizes", allow_empty=True))
+    )
     if kinds and kinds[0] != "isoflop" and not sizes:
         raise StudyError(f"{key}.sizes", f"required with {kinds[0]}: list shapes or target n_params")
-    tokens = tuple(_number(v, f"{key}.tokens[{i}]", maximum=MAX_TOKENS)
-                   for i, v in enumerate(_list(g["tokens"], f"{key}.tokens"))) if "tokens" in g else ()
-    tpp = tuple(_number(v, f"{key}.tokens_per_param[{i}]", maximum=1e6)
-                for i, v in enumerate(_list(g["tokens_per_param"], f"{key}.tokens_per_param"))
-                ) if "tokens_per_param" in g else ()
+    tokens = (
+        tuple(
+            _number(v, f"{key}.tokens[{i}]", maximum=MAX_TOKENS)
+            for i, v in enumerate(_list(g["tokens"], f"{key}.tokens"))
+        )
+        if "tokens" in g
+        else ()
+    )
+    tpp = (
+        tuple(
+            _number(v, f"{key}.tokens_per_param[{i}]", maximum=1e6)
+            for i, v in enumerate(_list(g["tokens_per_param"], f"{key}.tokens_per_param"))
+        )
+        if "tokens_per_param" in g
+        else ()
+    )
     iso = None
     if "isoflop" in g:
         m = _mapping(g["isoflop"], f"{key}.isoflop")
         if "budgets" not in m:
             raise StudyError(f"{key}.isoflop.budgets", "missing; list FLOP budgets, e.g. [1e12, 1e13]")
-        conv = {"budgets": lambda v, k: tuple(_number(x, f"{k}[{i}]", maximum=MAX_FLOPS)
-                                              for i, x in enumerate(_list(v, k))),
-                "points": lambda v, k: _integer(v, k, 2),
-                "span": lambda v, k: _number(v, k, maximum=3),
-                "tokens_per_param": lambda v, k: _number(v, k, maximum=1e6)}
+        conv = {
+            "budgets": lambda v, k: tuple(
+                _number(x, f"{k}[{i}]", maximum=MAX_FLOPS) for i, x in enumerate(_list(v, k))
+            ),
+            "points": lambda v, k: _integer(v, k, 2),
+            "span": lambda v, k: _number(v, k, maximum=3),
+            "tokens_per_param": lambda v, k: _number(v, k, maximum=1e6),
+        }
         iso = _build(IsoFlop, m, f"{key}.isoflop", conv)
-    moe = tuple(_moe(v, f"{key}.moe[{i}]")
-                for i, v in enumerate(_list(g.get("moe", [{}]), f"{key}.moe")))
-    seeds = tuple(_integer(v, f"{key}.seeds[{i}]", 0)
-                  for i, v in enumerate(_list(g.get("seeds", [0]), f"{key}.seeds")))
+    moe = tuple(_moe(v, f"{key}.moe[{i}]") for i, v in enumerate(_list(g.get("moe", [{}]), f"{key}.moe")))
+    seeds = tuple(
+        _integer(v, f"{key}.seeds[{i}]", 0) for i, v in enumerate(_list(g.get("seeds", [0]), f"{key}.seeds"))
+    )
     runs = []
     for i, r in enumerate(_list(g.get("runs", []), f"{key}.runs", allow_empty="runs" not in g)):
         rk = f"{key}.runs[{i}]"
@@ -360,20 +397,34 @@ def _grid(value: Any, key: str, model: ShapeRule = ShapeRule()) -> Grid:
         for k in ("size", "tokens"):
             if k not in r:
                 raise StudyError(f"{rk}.{k}", "missing; each explicit run needs size and tokens")
-        runs.append(ExplicitRun(size=_size(r["size"], f"{rk}.size"),
-                                tokens=_number(r["tokens"], f"{rk}.tokens", maximum=MAX_TOKENS),
-                                moe=_moe(r.get("moe", {}), f"{rk}.moe"),
-                                seed=_integer(r.get("seed", 0), f"{rk}.seed", 0)))
+        runs.append(
+            ExplicitRun(
+                size=_size(r["size"], f"{rk}.size"),
+                tokens=_number(r["tokens"], f"{rk}.tokens", maximum=MAX_TOKENS),
+                moe=_moe(r.get("moe", {}), f"{rk}.moe"),
+                seed=_integer(r.get("seed", 0), f"{rk}.seed", 0),
+            )
+        )
     if len(set(seeds)) != len(seeds):
         raise StudyError(f"{key}.seeds", "has duplicates; list each seed once")
-    arch = tuple(_arch(v, f"{key}.arch[{i}]", model)
-                 for i, v in enumerate(_list(g.get("arch", [{}]), f"{key}.arch")))
+    arch = tuple(
+        _arch(v, f"{key}.arch[{i}]", model) for i, v in enumerate(_list(g.get("arch", [{}]), f"{key}.arch"))
+    )
     if len(set(arch)) != len(arch):
         dup = next(i for i, a in enumerate(arch) if a in arch[:i])
-        raise StudyError(f"{key}.arch[{dup}]", f"repeats architecture {arch[dup].label}; list "
-                                               "each variant once")
-    return Grid(sizes=sizes, tokens=tokens, tokens_per_param=tpp, isoflop=iso, runs=tuple(runs),
-                moe=moe, seeds=seeds, arch=arch)
+        raise StudyError(
+            f"{key}.arch[{dup}]", f"repeats architecture {arch[dup].label}; list each variant once"
+        )
+    return Grid(
+        sizes=sizes,
+        tokens=tokens,
+        tokens_per_param=tpp,
+        isoflop=iso,
+        runs=tuple(runs),
+        moe=moe,
+        seeds=seeds,
+        arch=arch,
+    )
 
 
 def _data(value: Any, key: str) -> DataSpec:
@@ -391,26 +442,37 @@ def _data(value: Any, key: str) -> DataSpec:
     spec = _build(DataSpec, d, key)
     for i, p in enumerate(spec.paths):
         if not Path(p).expanduser().exists():
-            raise StudyError(f"{key}.paths[{i}]", f"{p} does not exist; give an existing file or "
-                                                  "directory (paths are relative to where you run scalelab)")
+            raise StudyError(
+                f"{key}.paths[{i}]",
+                f"{p} does not exist; give an existing file or "
+                "directory (paths are relative to where you run scalelab)",
+            )
     return spec
 
 
 def _check_recipe(train: RecipeSpec, data: DataSpec) -> None:
     """Recipe checks that involve two keys (or the data source)."""
     if train.schedule == "wsd" and train.warmup_frac + train.cooldown_frac > 1:
-        raise StudyError("train.cooldown_frac", f"warmup_frac + cooldown_frac = "
-                         f"{train.warmup_frac:g} + {train.cooldown_frac:g} > 1: with schedule wsd "
-                         "the warmup and the cooldown of a branch would overlap; lower one of them")
-    if train.divergence_loss > 0 and data.source == "markov" \
-            and data.vocab_size ** (data.order + 1) <= 2 ** 22:     # the table is cheap to build
+        raise StudyError(
+            "train.cooldown_frac",
+            f"warmup_frac + cooldown_frac = "
+            f"{train.warmup_frac:g} + {train.cooldown_frac:g} > 1: with schedule wsd "
+            "the warmup and the cooldown of a branch would overlap; lower one of them",
+        )
+    if (
+        train.divergence_loss > 0 and data.source == "markov" and data.vocab_size ** (data.order + 1) <= 2**22
+    ):  # the table is cheap to build
         from trainer.data import true_entropy
+
         floor = true_entropy(data)
         if train.divergence_loss <= floor:
-            raise StudyError("train.divergence_loss", f"{train.divergence_loss:g} nats is at or "
-                             f"below the source's entropy rate ({floor:.4g} nats/token), a loss no "
-                             "run can go under, so every run would end as diverged; raise it "
-                             "(or 0 for the default 2 ln(vocab) + 1)")
+            raise StudyError(
+                "train.divergence_loss",
+                f"{train.divergence_loss:g} nats is at or "
+                f"below the source's entropy rate ({floor:.4g} nats/token), a loss no "
+                "run can go under, so every run would end as diverged; raise it "
+                "(or 0 for the default 2 ln(vocab) + 1)",
+            )
 
 
 def _check_run_count(g: Grid) -> None:
@@ -418,8 +480,10 @@ def _check_run_count(g: Grid) -> None:
     iso = len(g.isoflop.budgets) * g.isoflop.points if g.isoflop else 0
     n = (len(g.sizes) * per_size + iso) * len(g.moe) * len(g.seeds) + len(g.runs)
     if n > MAX_RUNS:
-        raise StudyError("grid", f"plans {n} runs, more than the {MAX_RUNS} one study may hold; "
-                                 "split it into several studies")
+        raise StudyError(
+            "grid",
+            f"plans {n} runs, more than the {MAX_RUNS} one study may hold; split it into several studies",
+        )
 
 
 def parse_study(raw: Any, source_path: str = "") -> StudyConfig:
@@ -429,54 +493,93 @@ def parse_study(raw: Any, source_path: str = "") -> StudyConfig:
     if "study" not in top:
         raise StudyError("study", "missing; name the study (it becomes the MLflow experiment)")
     name = top["study"]
-    if not isinstance(name, str) or not STUDY_NAME.fullmatch(name):   # fullmatch: no trailing \n
-        raise StudyError("study", f"{show(name)} is not a valid name; use 1-100 ASCII letters, digits, "
-                                  "'.', '_' or '-', starting with a letter or digit")
+    if not isinstance(name, str) or not STUDY_NAME.fullmatch(name):  # fullmatch: no trailing \n
+        raise StudyError(
+            "study",
+            f"{show(name)} is not a valid name; use 1-100 ASCII letters, digits, "
+            "'.', '_' or '-', starting with a letter or digit",
+        )
     if "grid" not in top:
         raise StudyError("grid", "missing; give sizes and tokens (or isoflop, or runs)")
     description = top.get("description", "")
     if not isinstance(description, str):
         raise StudyError("description", "must be a string")
     data = _data(top.get("data"), "data")
-    model = _build(ShapeRule, _mapping(top.get("model"), "model"), "model",
-                   {"d_head": lambda v, k: _integer(v, k),
-                    "aspect_ratio": lambda v, k: _integer(v, k)})
+    model = _build(
+        ShapeRule,
+        _mapping(top.get("model"), "model"),
+        "model",
+        {"d_head": lambda v, k: _integer(v, k), "aspect_ratio": lambda v, k: _integer(v, k)},
+    )
     if not isinstance(model.tied_head, bool):
         raise StudyError("model.tied_head", "must be true or false")
-    _arch({}, "model", model)     # the defaults themselves must be valid
+    _arch({}, "model", model)  # the defaults themselves must be valid
     train_raw = dict(_mapping(top.get("train"), "train"))
     if "eval_lengths" in train_raw:
         train_raw["eval_lengths"] = tuple(
             _integer(v, f"train.eval_lengths[{i}]")
-            for i, v in enumerate(_list(train_raw["eval_lengths"], "train.eval_lengths")))
-    train = _build(RecipeSpec, train_raw, "train",
-                   {k: (lambda v, kk: _number(v, kk, positive=False))
-                    for k in ("lr", "warmup_frac", "min_lr_ratio", "cooldown_frac", "weight_decay",
-                              "grad_clip", "divergence_loss", "beta1", "beta2")})
-    resources = _build(Resources, _mapping(top.get("resources"), "resources"), "resources",
-                       {"num_cpus": lambda v, k: _number(v, k, maximum=1024),
-                        "num_gpus": lambda v, k: _number(v, k, positive=False, maximum=64),
-                        "max_retries": lambda v, k: _integer(v, k, 0)})
+            for i, v in enumerate(_list(train_raw["eval_lengths"], "train.eval_lengths"))
+        )
+    train = _build(
+        RecipeSpec,
+        train_raw,
+        "train",
+        {
+            k: (lambda v, kk: _number(v, kk, positive=False))
+            for k in (
+                "lr",
+                "warmup_frac",
+                "min_lr_ratio",
+                "cooldown_frac",
+                "weight_decay",
+                "grad_clip",
+                "divergence_loss",
+                "beta1",
+                "beta2",
+            )
+        },
+    )
+    resources = _build(
+        Resources,
+        _mapping(top.get("resources"), "resources"),
+        "resources",
+        {
+            "num_cpus": lambda v, k: _number(v, k, maximum=1024),
+            "num_gpus": lambda v, k: _number(v, k, positive=False, maximum=64),
+            "max_retries": lambda v, k: _integer(v, k, 0),
+        },
+    )
     if resources.num_gpus < 0:
         raise StudyError("resources.num_gpus", "must be >= 0")
     _check_recipe(train, data)
     span = math.lcm(*train.eval_lengths) * data.seq_len
     if data.val_tokens < span:
-        raise StudyError("data.val_tokens", f"{data.val_tokens} held-out tokens hold no segment of "
-                                            f"lcm(train.eval_lengths)·seq_len = {span} tokens; raise "
-                                            f"data.val_tokens to at least {span} (better 8x that) or "
-                                            "lower train.eval_lengths")
+        raise StudyError(
+            "data.val_tokens",
+            f"{data.val_tokens} held-out tokens hold no segment of "
+            f"lcm(train.eval_lengths)·seq_len = {span} tokens; raise "
+            f"data.val_tokens to at least {span} (better 8x that) or "
+            "lower train.eval_lengths",
+        )
     grid = _grid(top["grid"], "grid", model)
     _check_run_count(grid)
-    return StudyConfig(study=name, data=data, model=model, grid=grid, train=train,
-                       resources=resources, description=description, source_path=source_path)
+    return StudyConfig(
+        study=name,
+        data=data,
+        model=model,
+        grid=grid,
+        train=train,
+        resources=resources,
+        description=description,
+        source_path=source_path,
+    )
 
 
 def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
     """Nodes in the document once every alias is expanded (memoised: aliases share nodes)."""
     if id(node) in memo:
         return memo[id(node)]
-    memo[id(node)] = 1                        # a recursive alias counts once, then is cut
+    memo[id(node)] = 1  # a recursive alias counts once, then is cut
     n = 1
     if isinstance(node, yaml.SequenceNode):
         n += sum(_expanded_size(v, memo) for v in node.value)
@@ -488,15 +591,18 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
 
 def _safe_load_bounded(text: str, path: str) -> Any:
     """yaml.safe_load, refusing documents whose aliases expand past MAX_YAML_NODES nodes."""
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)   # libyaml when built with it
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)  # libyaml when built with it
     try:
         node = loader.get_single_node()
         if node is None:
             return None
         if _expanded_size(node, {}) > MAX_YAML_NODES:
-            raise StudyError("", f"{path} holds more than {MAX_YAML_NODES} values (each YAML "
-                                 "alias *name counted as expanded); a study needs far fewer: "
-                                 "list fewer values and write them out without aliases")
+            raise StudyError(
+                "",
+                f"{path} holds more than {MAX_YAML_NODES} values (each YAML "
+                "alias *name counted as expanded); a study needs far fewer: "
+                "list fewer values and write them out without aliases",
+            )
         return loader.construct_document(node)
     finally:
         loader.dispose()
@@ -506,11 +612,15 @@ def load_study(path: str | Path) -> StudyConfig:
     """Read and validate a study file. Raises StudyError for anything wrong with it."""
     p = Path(path)
     if not p.is_file():
-        raise StudyError("", f"study file {path} not found; pass the path of a YAML file such as "
-                             "configs/quickstart.yaml")
+        raise StudyError(
+            "", f"study file {path} not found; pass the path of a YAML file such as configs/quickstart.yaml"
+        )
     if p.stat().st_size > MAX_FILE_BYTES:
-        raise StudyError("", f"{path} is {p.stat().st_size} bytes, over the {MAX_FILE_BYTES} "
-                             "bytes (1 MiB) a study file may have; a study is a few hundred bytes")
+        raise StudyError(
+            "",
+            f"{path} is {p.stat().st_size} bytes, over the {MAX_FILE_BYTES} "
+            "bytes (1 MiB) a study file may have; a study is a few hundred bytes",
+        )
     try:
         raw = _safe_load_bounded(p.read_text(encoding="utf-8"), str(path))
     except yaml.YAMLError as e:

@@ -19,8 +19,8 @@ from .config import StudyError
 from .ledger import Ledger
 
 log = logging.getLogger(__name__)
-HEARTBEAT_S = 5.0          # how often the holder renews its lease
-LEASE_S = 60.0             # a holder silent for this long is dead (any host)
+HEARTBEAT_S = 5.0  # how often the holder renews its lease
+LEASE_S = 60.0  # a holder silent for this long is dead (any host)
 
 
 class StudyBusy(StudyError):
@@ -33,7 +33,7 @@ def pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:          # someone else's process: alive
+    except PermissionError:  # someone else's process: alive
         return True
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -57,10 +57,12 @@ def driver_alive(row: dict[str, Any] | None, now: float | None = None) -> bool:
 
 def busy_message(study: str, holder: dict[str, Any], study_path: str) -> str:
     age = time.time() - (holder.get("driver_heartbeat") or 0.0)
-    return (f"study {study!r} is already being run by another `scalelab run` (pid "
-            f"{holder.get('driver_pid')} on host {holder.get('driver_host')}, heartbeat "
-            f"{age:.0f} s ago); wait for it to end (`scalelab status {study_path}`), or stop it "
-            f"with `scalelab cancel {study_path}` and run again")
+    return (
+        f"study {study!r} is already being run by another `scalelab run` (pid "
+        f"{holder.get('driver_pid')} on host {holder.get('driver_host')}, heartbeat "
+        f"{age:.0f} s ago); wait for it to end (`scalelab status {study_path}`), or stop it "
+        f"with `scalelab cancel {study_path}` and run again"
+    )
 
 
 @contextmanager
@@ -78,7 +80,7 @@ def hold_study(ledger: Ledger, study: str, study_path: str = "STUDY.yaml") -> It
             try:
                 if not ledger.driver_heartbeat(study, token):
                     return
-            except Exception as e:   # noqa: BLE001 - a missed beat only shortens the lease
+            except Exception as e:  # noqa: BLE001 - a missed beat only shortens the lease
                 log.warning("driver heartbeat of study %s failed: %s", study, e)
 
     thread = threading.Thread(target=beat, name=f"scalelab-driver-{study}", daemon=True)

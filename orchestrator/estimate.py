@@ -10,25 +10,29 @@ from __future__ import annotations
 
 import heapq
 import statistics
-from typing import AbstractSet, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 
 from .grid import PlannedRun, WorkItem
 from .states import RunState
 
-ASSUMED_CPU_FLOPS = 1.0e10      # FLOP/s per CPU core for tiny models (measured 1-2e10 here)
-ASSUMED_GPU_PEAK, ASSUMED_MFU = 989e12, 0.35   # H100 bf16 dense peak, a typical achieved MFU
+ASSUMED_CPU_FLOPS = 1.0e10  # FLOP/s per CPU core for tiny models (measured 1-2e10 here)
+ASSUMED_GPU_PEAK, ASSUMED_MFU = 989e12, 0.35  # H100 bf16 dense peak, a typical achieved MFU
 
 
 def device_kind(num_gpus: float, device: str = "auto") -> str:
-    """"cuda" when the recipe asks for a GPU (resources.num_gpus or train.device), else "cpu"."""
+    """ "cuda" when the recipe asks for a GPU (resources.num_gpus or train.device), else "cpu"."""
     return "cuda" if num_gpus > 0 or device == "cuda" else "cpu"
 
 
 def measured_rate(rows: Iterable, kind: str) -> tuple[float | None, int]:
     """Median FLOP/s per run of the finished ledger rows on `kind` ("cuda:0" counts as cuda),
     and how many rows it comes from. Pass this study's rows only."""
-    rates = [r.flops_per_s for r in rows
-             if r.state == RunState.FINISHED and r.flops_per_s and (r.device or "").split(":")[0] == kind]
+    rates = [
+        r.flops_per_s
+        for r in rows
+        if r.state == RunState.FINISHED and r.flops_per_s and (r.device or "").split(":")[0] == kind
+    ]
     return (statistics.median(rates) if rates else None), len(rates)
 
 
@@ -71,8 +75,13 @@ def makespan(durations_s: Sequence[float], slots: int) -> float:
     return max(free)
 
 
-def study_wall_time(planned: Sequence[PlannedRun], items: Sequence[WorkItem], rate: float,
-                    slots: int, done: AbstractSet[str] = frozenset()) -> float:
+def study_wall_time(
+    planned: Sequence[PlannedRun],
+    items: Sequence[WorkItem],
+    rate: float,
+    slots: int,
+    done: AbstractSet[str] = frozenset(),
+) -> float:
     """Seconds until every run not in `done` has trained, dispatched largest first."""
     flops = trained_flops(items)
     jobs = [sum(flops[p.key] for p in w.runs if p.key not in done) / rate for w in items]

@@ -8,8 +8,9 @@ does agree exactly.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -25,14 +26,14 @@ class PlannedRun:
 
     key: str
     spec: RunSpec
-    n_params: int                 # total, embeddings included
-    n_params_active: int          # per token (MoE: shared + top_k routed + attention + router + emb)
+    n_params: int  # total, embeddings included
+    n_params_active: int  # per token (MoE: shared + top_k routed + attention + router + emb)
     n_params_nonembedding: int
-    flops: float                  # training FLOPs for `tokens`, chinchilla convention
+    flops: float  # training FLOPs for `tokens`, chinchilla convention
     flops_6n: float
     flops_kaplan: float
     trunk_key: str | None = None  # wsd: branches of one trunk share it
-    budget: float | None = None   # isoflop: the designed budget C (chinchilla FLOPs, as `flops`)
+    budget: float | None = None  # isoflop: the designed budget C (chinchilla FLOPs, as `flops`)
 
     @property
     def tokens(self) -> int:
@@ -41,8 +42,11 @@ class PlannedRun:
     @property
     def label(self) -> str:
         m = self.spec.model
-        moe = f"-E{m.experts}k{m.top_k}" + (f"g{m.granularity:g}" if m.granularity != 1 else "") \
-            if m.is_moe else ""
+        moe = (
+            f"-E{m.experts}k{m.top_k}" + (f"g{m.granularity:g}" if m.granularity != 1 else "")
+            if m.is_moe
+            else ""
+        )
         arch = "" if m.arch_label == "learned-gelu-pre-clm" else f"-{m.arch_label}"
         return f"L{m.n_layer}-d{m.d_model}{moe}{arch}"
 
@@ -50,27 +54,49 @@ class PlannedRun:
         """The documented per-point params (docs/CONTRACTS.md): users' scripts read these."""
         m, r = self.spec.model, self.spec.recipe
         return {
-            "run_key": self.key, "n_params": self.n_params, "n_params_active": self.n_params_active,
-            "n_params_nonembedding": self.n_params_nonembedding, "tokens": self.tokens,
-            "flops": f"{self.flops:.6e}", "flops_6n": f"{self.flops_6n:.6e}",
-            "flops_kaplan": f"{self.flops_kaplan:.6e}", "experts": m.experts, "top_k": m.top_k,
-            "n_layer": m.n_layer, "d_model": m.d_model, "n_head": m.n_head, "d_ff": m.d_ff,
-            "d_expert": m.d_expert, "granularity": f"{m.granularity:g}",
-            "shared_experts": m.shared_experts, "tied_head": m.tied_head, "seed": self.spec.seed,
-            "schedule": r.schedule, "vocab_size": m.vocab_size, "seq_len": m.seq_len,
-            "batch_size": r.batch_size, "lr": r.lr, "warmup_tokens": self.spec.warmup_tokens,
+            "run_key": self.key,
+            "n_params": self.n_params,
+            "n_params_active": self.n_params_active,
+            "n_params_nonembedding": self.n_params_nonembedding,
+            "tokens": self.tokens,
+            "flops": f"{self.flops:.6e}",
+            "flops_6n": f"{self.flops_6n:.6e}",
+            "flops_kaplan": f"{self.flops_kaplan:.6e}",
+            "experts": m.experts,
+            "top_k": m.top_k,
+            "n_layer": m.n_layer,
+            "d_model": m.d_model,
+            "n_head": m.n_head,
+            "d_ff": m.d_ff,
+            "d_expert": m.d_expert,
+            "granularity": f"{m.granularity:g}",
+            "shared_experts": m.shared_experts,
+            "tied_head": m.tied_head,
+            "seed": self.spec.seed,
+            "schedule": r.schedule,
+            "vocab_size": m.vocab_size,
+            "seq_len": m.seq_len,
+            "batch_size": r.batch_size,
+            "lr": r.lr,
+            "warmup_tokens": self.spec.warmup_tokens,
             "data_source": self.spec.data.source,
             "trunk_key": self.trunk_key or "",
             **({"budget": f"{self.budget:.6e}"} if self.budget is not None else {}),
-            "pos": m.pos, "activation": m.activation, "norm": m.norm, "objective": m.objective,
+            "pos": m.pos,
+            "activation": m.activation,
+            "norm": m.norm,
+            "objective": m.objective,
             "arch": m.arch_label,
         }
 
 
 def _round_tokens(tokens: float, per_step: int, key: str) -> int:
     if tokens < per_step:
-        raise StudyError(key, f"{tokens:g} tokens is less than one batch ({per_step} = "
-                              "train.batch_size x data.seq_len); raise tokens or lower batch_size")
+        raise StudyError(
+            key,
+            f"{tokens:g} tokens is less than one batch ({per_step} = "
+            "train.batch_size x data.seq_len); raise tokens or lower batch_size",
+        )
     return int(round(tokens / per_step)) * per_step
 
 
@@ -81,22 +107,35 @@ def base_shape(size: Size, cfg: StudyConfig, key: str) -> ModelSpec:
         if isinstance(size, ExplicitShape):
             n_head = size.n_head or max(1, size.d_model // rule.d_head)
             if size.d_model % n_head:
-                raise StudyError(f"{key}.d_model", f"d_model={size.d_model} is not divisible by "
-                                                   f"{n_head} heads; use a multiple of model.d_head "
-                                                   f"({rule.d_head}) or give n_head")
-            return ModelSpec(n_layer=size.n_layer, d_model=size.d_model, n_head=n_head,
-                             vocab_size=data.vocab_size, seq_len=data.seq_len,
-                             tied_head=rule.tied_head)
-        shape = shape_for_params(size, d_head=rule.d_head, aspect_ratio=rule.aspect_ratio,
-                                 vocab_size=data.vocab_size, seq_len=data.seq_len,
-                                 tied_head=rule.tied_head)
+                raise StudyError(
+                    f"{key}.d_model",
+                    f"d_model={size.d_model} is not divisible by "
+                    f"{n_head} heads; use a multiple of model.d_head "
+                    f"({rule.d_head}) or give n_head",
+                )
+            return ModelSpec(
+                n_layer=size.n_layer,
+                d_model=size.d_model,
+                n_head=n_head,
+                vocab_size=data.vocab_size,
+                seq_len=data.seq_len,
+                tied_head=rule.tied_head,
+            )
+        shape = shape_for_params(
+            size,
+            d_head=rule.d_head,
+            aspect_ratio=rule.aspect_ratio,
+            vocab_size=data.vocab_size,
+            seq_len=data.seq_len,
+            tied_head=rule.tied_head,
+        )
     except SpecError as e:
         raise StudyError(key, e.message) from None
     check_built_size(shape, size, key)
     return shape
 
 
-MAX_SIZE_ERROR = 3.0     # the nearest shape of the rule may be this far (×) from its target
+MAX_SIZE_ERROR = 3.0  # the nearest shape of the rule may be this far (×) from its target
 
 
 def check_built_size(shape: ModelSpec, target: float, key: str) -> None:
@@ -106,10 +145,13 @@ def check_built_size(shape: ModelSpec, target: float, key: str) -> None:
     capped = shape.n_layer >= 512 and n < target / 1.25
     if capped or not (1 / MAX_SIZE_ERROR <= n / target <= MAX_SIZE_ERROR):
         why = "the shape rule caps at 512 layers" if capped else "the shape rule has no shape near it"
-        raise StudyError(key, f"a target of {target:.3g} parameters cannot be built: {why}; the "
-                              f"nearest shape (n_layer={shape.n_layer}, d_model={shape.d_model}) has "
-                              f"{n:.3g}; raise model.aspect_ratio, or give an explicit shape "
-                              "{n_layer, d_model}")
+        raise StudyError(
+            key,
+            f"a target of {target:.3g} parameters cannot be built: {why}; the "
+            f"nearest shape (n_layer={shape.n_layer}, d_model={shape.d_model}) has "
+            f"{n:.3g}; raise model.aspect_ratio, or give an explicit shape "
+            "{n_layer, d_model}",
+        )
 
 
 def check_distinct_sizes(bases: list[ModelSpec], sizes: tuple) -> None:
@@ -119,28 +161,42 @@ def check_distinct_sizes(bases: list[ModelSpec], sizes: tuple) -> None:
         k = (b.n_layer, b.d_model, b.n_head)
         if k in seen:
             j = seen[k]
-            raise StudyError(f"grid.sizes[{i}]", f"{_size_text(s)} builds the same shape as "
-                             f"grid.sizes[{j}] ({_size_text(sizes[j])}): n_layer={b.n_layer}, "
-                             f"d_model={b.d_model}, so both would be one run; remove one, or "
-                             "change model.aspect_ratio / give explicit shapes")
+            raise StudyError(
+                f"grid.sizes[{i}]",
+                f"{_size_text(s)} builds the same shape as "
+                f"grid.sizes[{j}] ({_size_text(sizes[j])}): n_layer={b.n_layer}, "
+                f"d_model={b.d_model}, so both would be one run; remove one, or "
+                "change model.aspect_ratio / give explicit shapes",
+            )
         seen[k] = i
 
 
 def _size_text(size: Size) -> str:
-    return f"{size:.3g} parameters" if isinstance(size, float) else \
-        f"{{n_layer: {size.n_layer}, d_model: {size.d_model}}}"
+    return (
+        f"{size:.3g} parameters"
+        if isinstance(size, float)
+        else f"{{n_layer: {size.n_layer}, d_model: {size.d_model}}}"
+    )
 
 
 def with_moe(base: ModelSpec, moe: MoESetting, key: str) -> ModelSpec:
     if moe.experts == 1:
         return base
     if base.d_ff % moe.granularity:
-        raise StudyError(f"{key}.granularity", f"d_ff={base.d_ff} is not divisible by granularity "
-                                               f"{moe.granularity}; use a divisor of 4·d_model")
+        raise StudyError(
+            f"{key}.granularity",
+            f"d_ff={base.d_ff} is not divisible by granularity {moe.granularity}; use a divisor of 4·d_model",
+        )
     try:
-        return replace(base, experts=moe.experts, top_k=moe.top_k,
-                       d_expert=base.d_ff // moe.granularity, shared_experts=moe.shared_experts,
-                       aux_loss_coef=moe.aux_loss_coef, z_loss_coef=moe.z_loss_coef)
+        return replace(
+            base,
+            experts=moe.experts,
+            top_k=moe.top_k,
+            d_expert=base.d_ff // moe.granularity,
+            shared_experts=moe.shared_experts,
+            aux_loss_coef=moe.aux_loss_coef,
+            z_loss_coef=moe.z_loss_coef,
+        )
     except SpecError as e:
         raise StudyError(key, e.message) from None
 
@@ -148,8 +204,9 @@ def with_moe(base: ModelSpec, moe: MoESetting, key: str) -> ModelSpec:
 def with_arch(model: ModelSpec, arch: ArchSetting, key: str) -> ModelSpec:
     """The model with one grid.arch variant's choices (pos, activation, norm, objective)."""
     try:
-        return replace(model, pos=arch.pos, activation=arch.activation, norm=arch.norm,
-                       objective=arch.objective)
+        return replace(
+            model, pos=arch.pos, activation=arch.activation, norm=arch.norm, objective=arch.objective
+        )
     except SpecError as e:
         raise StudyError(f"{key}.{e.field.split('.', 1)[-1]}", e.message) from None
 
@@ -188,7 +245,7 @@ def _points(cfg: StudyConfig) -> Iterable[tuple[ModelSpec, float, int, str, floa
         yield with_arch(model, _default_arch(cfg), "model"), run.tokens, run.seed, f"{key}.tokens", None
 
 
-ISOFLOP_TOLERANCE = 0.05     # a point's logged FLOPs are within 5% of its budget
+ISOFLOP_TOLERANCE = 0.05  # a point's logged FLOPs are within 5% of its budget
 
 
 def _isoflop_points(cfg: StudyConfig, moe: MoESetting, j: int, arch: ArchSetting, akey: str):
@@ -207,32 +264,42 @@ def _isoflop_points(cfg: StudyConfig, moe: MoESetting, j: int, arch: ArchSetting
         seen: set[tuple[int, int]] = set()
         for target in centre * np.logspace(-iso.span, iso.span, iso.points):
             try:
-                base = shape_for_params(float(target), d_head=rule.d_head,
-                                        aspect_ratio=rule.aspect_ratio, vocab_size=data.vocab_size,
-                                        seq_len=data.seq_len, tied_head=rule.tied_head)
+                base = shape_for_params(
+                    float(target),
+                    d_head=rule.d_head,
+                    aspect_ratio=rule.aspect_ratio,
+                    vocab_size=data.vocab_size,
+                    seq_len=data.seq_len,
+                    tied_head=rule.tied_head,
+                )
             except SpecError as e:
-                raise StudyError(key, f"budget {budget:g} needs a model of {target:.3g} params: "
-                                      f"{e.message}; raise the budget or lower grid.isoflop.span") from None
+                raise StudyError(
+                    key,
+                    f"budget {budget:g} needs a model of {target:.3g} params: "
+                    f"{e.message}; raise the budget or lower grid.isoflop.span",
+                ) from None
             check_built_size(base, float(target), key)
             if (base.n_layer, base.d_model) in seen:
                 continue
             seen.add((base.n_layer, base.d_model))
             model = with_arch(with_moe(base, moe, f"grid.moe[{j}]"), arch, akey)
-            tokens = budget / flops_per_token(model, "chinchilla")   # each variant's own FLOPs
+            tokens = budget / flops_per_token(model, "chinchilla")  # each variant's own FLOPs
             _check_budget_reachable(model, tokens, budget, per_step, key)
             yield model, tokens, key, budget
 
 
-def _check_budget_reachable(model: ModelSpec, tokens: float, budget: float, per_step: int,
-                            key: str) -> None:
+def _check_budget_reachable(model: ModelSpec, tokens: float, budget: float, per_step: int, key: str) -> None:
     """Tokens are rounded to whole optimizer steps: too few steps and no D lands near C."""
     steps = max(1, round(tokens / per_step))
     spent = flops_per_token(model, "chinchilla") * steps * per_step
     if abs(spent / budget - 1) > ISOFLOP_TOLERANCE:
-        raise StudyError(key, f"budget {budget:.3g} gives the {count_params(model).total:.3g}-"
-                              f"parameter point only {tokens / per_step:.2g} optimizer steps, so its "
-                              f"FLOPs ({spent:.3g}) cannot be within 5% of the budget; raise the "
-                              "budget, lower grid.isoflop.span or train.batch_size")
+        raise StudyError(
+            key,
+            f"budget {budget:.3g} gives the {count_params(model).total:.3g}-"
+            f"parameter point only {tokens / per_step:.2g} optimizer steps, so its "
+            f"FLOPs ({spent:.3g}) cannot be within 5% of the budget; raise the "
+            "budget, lower grid.isoflop.span or train.batch_size",
+        )
 
 
 def expand(cfg: StudyConfig) -> list[PlannedRun]:
@@ -254,8 +321,9 @@ def expand(cfg: StudyConfig) -> list[PlannedRun]:
         base = warmup[(model, seed)] if cfg.train.schedule == "wsd" else tokens
         wt = int(cfg.train.warmup_frac * base) // per_step * per_step
         try:
-            spec = RunSpec(model=model, data=cfg.data, recipe=cfg.train, tokens=tokens, seed=seed,
-                           warmup_tokens=wt)
+            spec = RunSpec(
+                model=model, data=cfg.data, recipe=cfg.train, tokens=tokens, seed=seed, warmup_tokens=wt
+            )
         except SpecError as e:
             raise StudyError(key, e.message) from None
         run_key = spec.key()
@@ -263,12 +331,17 @@ def expand(cfg: StudyConfig) -> list[PlannedRun]:
             continue
         counts = count_params(model)
         runs[run_key] = PlannedRun(
-            key=run_key, spec=spec, n_params=counts.total, n_params_active=counts.active,
+            key=run_key,
+            spec=spec,
+            n_params=counts.total,
+            n_params_active=counts.active,
             n_params_nonembedding=counts.nonembedding,
             flops=flops_per_token(model, "chinchilla") * tokens,
             flops_6n=flops_per_token(model, "6n") * tokens,
             flops_kaplan=flops_per_token(model, "kaplan") * tokens,
-            trunk_key=spec.trunk_key() if cfg.train.schedule == "wsd" else None, budget=budget)
+            trunk_key=spec.trunk_key() if cfg.train.schedule == "wsd" else None,
+            budget=budget,
+        )
     return sorted(runs.values(), key=lambda r: (-r.flops, r.key))
 
 

@@ -44,8 +44,11 @@ def available_cpus(affinity: set[int] | None = None, dirs: list[Path] | None = N
     """Whole CPUs this process may run on: the affinity mask, capped by every cgroup v2
     `cpu.max` quota on its path (rounded up: a 1.5-CPU quota still runs two threads). >= 1."""
     if affinity is None:
-        affinity = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        affinity = (
+            set(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
             else set(range(os.cpu_count() or 1))
+        )
     if dirs is None:
         dirs = cgroup_dirs(_read(Path("/proc/self/cgroup")) or "")
     n = float(len(affinity) or 1)

@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -23,15 +24,16 @@ from trainer.redact import redact_text
 
 from .states import LEDGER_STATES, RunState
 
-TERMINAL = tuple(s.value for s in (RunState.FINISHED, RunState.DIVERGED))   # results: never rerun
-STATES = tuple(s.value for s in LEDGER_STATES)     # the stored values (see states.RunState)
+TERMINAL = tuple(s.value for s in (RunState.FINISHED, RunState.DIVERGED))  # results: never rerun
+STATES = tuple(s.value for s in LEDGER_STATES)  # the stored values (see states.RunState)
 
 metadata = sa.MetaData()
 runs_table = sa.Table(
-    "scalelab_runs", metadata,
+    "scalelab_runs",
+    metadata,
     sa.Column("study", sa.String(200), primary_key=True),
     sa.Column("run_key", sa.String(64), primary_key=True),
-    sa.Column("kind", sa.String(16), nullable=False, default="point"),   # point | trunk
+    sa.Column("kind", sa.String(16), nullable=False, default="point"),  # point | trunk
     sa.Column("trunk_key", sa.String(64)),
     sa.Column("state", sa.String(16), nullable=False, default=RunState.PENDING.value),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
@@ -47,22 +49,23 @@ runs_table = sa.Table(
     sa.Column("flops_per_s", sa.Float),
     sa.Column("wall_time_s", sa.Float),
     sa.Column("node_id", sa.String(64)),
-    sa.Column("pid", sa.Integer),                    # OS process of the current attempt
+    sa.Column("pid", sa.Integer),  # OS process of the current attempt
     sa.Column("device", sa.String(32)),
     sa.Column("spec_json", sa.Text),
     sa.Column("updated_at", sa.Float),
 )
 studies_table = sa.Table(
-    "scalelab_studies", metadata,
+    "scalelab_studies",
+    metadata,
     sa.Column("study", sa.String(200), primary_key=True),
     sa.Column("fingerprint", sa.String(64)),
     sa.Column("experiment_id", sa.String(64)),
     sa.Column("parent_run_id", sa.String(64)),
-    sa.Column("cancel", sa.String(16)),              # None | graceful | now
-    sa.Column("driver", sa.String(64)),              # token of the driver holding the study
+    sa.Column("cancel", sa.String(16)),  # None | graceful | now
+    sa.Column("driver", sa.String(64)),  # token of the driver holding the study
     sa.Column("driver_host", sa.String(255)),
     sa.Column("driver_pid", sa.Integer),
-    sa.Column("driver_heartbeat", sa.Float),         # time.time() of its last heartbeat
+    sa.Column("driver_heartbeat", sa.Float),  # time.time() of its last heartbeat
     sa.Column("updated_at", sa.Float),
 )
 
@@ -98,18 +101,19 @@ class LedgerRow:
 def make_engine(url: str) -> sa.Engine:
     if url.startswith("sqlite"):
         if url.startswith("sqlite:///"):
-            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"timeout": 60})
 
         @sa.event.listens_for(engine, "connect")
-        def _pragmas(conn, _record):                # many worker processes write at once
+        def _pragmas(conn, _record):  # many worker processes write at once
             cur = conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA busy_timeout=60000")
             cur.close()
+
         return engine
     if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
     return sa.create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
 
 
@@ -140,8 +144,9 @@ class Ledger:
     def upsert_study(self, study: str, **values: Any) -> None:
         values["updated_at"] = time.time()
         with self.engine.begin() as c:
-            n = c.execute(studies_table.update().where(studies_table.c.study == study)
-                          .values(**values)).rowcount
+            n = c.execute(
+                studies_table.update().where(studies_table.c.study == study).values(**values)
+            ).rowcount
             if n == 0:
                 c.execute(studies_table.insert().values(study=study, **values))
 
@@ -152,8 +157,9 @@ class Ledger:
         s = self.study(study)
         return s["cancel"] if s else None
 
-    def claim_driver(self, study: str, token: str, host: str, pid: int,
-                     alive: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+    def claim_driver(
+        self, study: str, token: str, host: str, pid: int, alive: Callable[[dict[str, Any]], bool]
+    ) -> dict[str, Any] | None:
         """Make `token` the study's driver unless `alive(holder)` says another one holds it.
         Compare-and-set, so two drivers starting together cannot both win. Returns None when
         claimed, else the live holder's study row."""
@@ -161,8 +167,13 @@ class Ledger:
             cur = self.study(study)
             if cur is not None and cur["driver"] and alive(cur):
                 return cur
-            values = {"driver": token, "driver_host": host, "driver_pid": pid,
-                      "driver_heartbeat": time.time(), "updated_at": time.time()}
+            values = {
+                "driver": token,
+                "driver_host": host,
+                "driver_pid": pid,
+                "driver_heartbeat": time.time(),
+                "updated_at": time.time(),
+            }
             try:
                 with self.engine.begin() as c:
                     if cur is None:
@@ -171,25 +182,33 @@ class Ledger:
                     held = studies_table.c.driver
                     q = studies_table.update().where(
                         studies_table.c.study == study,
-                        held.is_(None) if cur["driver"] is None else held == cur["driver"])
+                        held.is_(None) if cur["driver"] is None else held == cur["driver"],
+                    )
                     if c.execute(q.values(**values)).rowcount == 1:
                         return None
-            except sa.exc.IntegrityError:       # a concurrent driver inserted the row first
+            except sa.exc.IntegrityError:  # a concurrent driver inserted the row first
                 pass
         return self.study(study)
 
     def driver_heartbeat(self, study: str, token: str) -> bool:
         """Renew the study's driver lease; False if another driver took it over."""
         with self.engine.begin() as c:
-            return c.execute(studies_table.update().where(
-                studies_table.c.study == study, studies_table.c.driver == token).values(
-                driver_heartbeat=time.time())).rowcount == 1
+            return (
+                c.execute(
+                    studies_table.update()
+                    .where(studies_table.c.study == study, studies_table.c.driver == token)
+                    .values(driver_heartbeat=time.time())
+                ).rowcount
+                == 1
+            )
 
     def release_driver(self, study: str, token: str) -> None:
         with self.engine.begin() as c:
-            c.execute(studies_table.update().where(
-                studies_table.c.study == study, studies_table.c.driver == token).values(
-                driver=None, driver_pid=None, driver_heartbeat=None, updated_at=time.time()))
+            c.execute(
+                studies_table.update()
+                .where(studies_table.c.study == study, studies_table.c.driver == token)
+                .values(driver=None, driver_pid=None, driver_heartbeat=None, updated_at=time.time())
+            )
 
     # ---------------------------------------------------------------- runs
     def ensure(self, study: str, rows: Iterable[dict[str, Any]]) -> list[str]:
@@ -197,10 +216,14 @@ class Ledger:
         rows, nor other studies' rows of the same key). Returns the keys inserted."""
         rows = [dict(r, study=study) for r in rows]
         with self.engine.begin() as c:
-            known = {k for (k,) in c.execute(sa.select(runs_table.c.run_key).where(
-                runs_table.c.study == study))}
-            new = [dict(r, state=RunState.PENDING.value, attempts=0, updated_at=time.time())
-                   for r in rows if r["run_key"] not in known]
+            known = {
+                k for (k,) in c.execute(sa.select(runs_table.c.run_key).where(runs_table.c.study == study))
+            }
+            new = [
+                dict(r, state=RunState.PENDING.value, attempts=0, updated_at=time.time())
+                for r in rows
+                if r["run_key"] not in known
+            ]
             if new:
                 c.execute(runs_table.insert(), new)
         return [r["run_key"] for r in new]
@@ -222,7 +245,8 @@ class Ledger:
     def specs(self, study: str | None = None) -> dict[tuple[str, str], str]:
         """(study, run_key) -> the run's spec JSON, for the rows that have one."""
         q = sa.select(runs_table.c.study, runs_table.c.run_key, runs_table.c.spec_json).where(
-            runs_table.c.spec_json.is_not(None))
+            runs_table.c.spec_json.is_not(None)
+        )
         if study is not None:
             q = q.where(runs_table.c.study == study)
         with self.engine.connect() as c:
@@ -230,19 +254,21 @@ class Ledger:
 
     def finished_elsewhere(self, study: str, keys: Iterable[str]) -> dict[str, LedgerRow]:
         """run_key -> a finished row of another study (the result a study can reuse)."""
-        q = sa.select(runs_table).where(runs_table.c.run_key.in_(list(keys)),
-                                        runs_table.c.study != study,
-                                        runs_table.c.state == RunState.FINISHED.value,
-                                        runs_table.c.mlflow_run_id.is_not(None))
+        q = sa.select(runs_table).where(
+            runs_table.c.run_key.in_(list(keys)),
+            runs_table.c.study != study,
+            runs_table.c.state == RunState.FINISHED.value,
+            runs_table.c.mlflow_run_id.is_not(None),
+        )
         with self.engine.connect() as c:
             return {r.run_key: r for r in map(_row, c.execute(q.order_by(runs_table.c.updated_at)))}
 
     def update(self, study: str, run_key: str, *, lease: str | None = None, **values: Any) -> bool:
         """Update a run; with `lease`, only if that lease is still the current one."""
         values["updated_at"] = time.time()
-        if "state" in values:                # stored as the plain value; an unknown one raises
+        if "state" in values:  # stored as the plain value; an unknown one raises
             values["state"] = RunState(values["state"]).value
-        if values.get("error"):              # stored errors never hold a password
+        if values.get("error"):  # stored errors never hold a password
             values["error"] = redact_text(values["error"])
         q = runs_table.update().where(*_pk(study, run_key))
         if lease is not None:
@@ -254,9 +280,17 @@ class Ledger:
         """Start a new attempt: a fresh lease fences off any older attempt still running."""
         lease = uuid.uuid4().hex
         with self.engine.begin() as c:
-            c.execute(runs_table.update().where(*_pk(study, run_key)).values(
-                lease=lease, state=RunState.RUNNING.value, attempts=runs_table.c.attempts + 1, error=None,
-                updated_at=time.time()))
+            c.execute(
+                runs_table.update()
+                .where(*_pk(study, run_key))
+                .values(
+                    lease=lease,
+                    state=RunState.RUNNING.value,
+                    attempts=runs_table.c.attempts + 1,
+                    error=None,
+                    updated_at=time.time(),
+                )
+            )
         return lease
 
     def holds(self, study: str, run_key: str, lease: str) -> bool:
@@ -267,8 +301,11 @@ class Ledger:
     def rekey(self, study: str, old: str, new: str, **values: Any) -> None:
         """Give a row a new run key (a key computed under an older scheme)."""
         with self.engine.begin() as c:
-            c.execute(runs_table.update().where(*_pk(study, old)).values(
-                run_key=new, updated_at=time.time(), **values))
+            c.execute(
+                runs_table.update()
+                .where(*_pk(study, old))
+                .values(run_key=new, updated_at=time.time(), **values)
+            )
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -286,8 +323,12 @@ def _add_missing_columns(engine: sa.Engine) -> None:
         for col in table.columns:
             if col.name not in have:
                 with engine.begin() as c:
-                    c.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {col.name} "
-                                      f"{col.type.compile(engine.dialect)}"))
+                    c.execute(
+                        sa.text(
+                            f"ALTER TABLE {table.name} ADD COLUMN {col.name} "
+                            f"{col.type.compile(engine.dialect)}"
+                        )
+                    )
 
 
 def _migrate_primary_key(engine: sa.Engine) -> None:
@@ -301,9 +342,13 @@ def _migrate_primary_key(engine: sa.Engine) -> None:
     with engine.begin() as c:
         c.execute(sa.text(f"LOCK TABLE {runs_table.name} IN ACCESS EXCLUSIVE MODE"))
         pk = sa.inspect(c).get_pk_constraint(runs_table.name)
-        if pk["constrained_columns"] == ["run_key"]:     # not migrated by a concurrent driver
-            c.execute(sa.text(f'ALTER TABLE {runs_table.name} DROP CONSTRAINT "{pk["name"]}", '
-                              "ADD PRIMARY KEY (study, run_key)"))
+        if pk["constrained_columns"] == ["run_key"]:  # not migrated by a concurrent driver
+            c.execute(
+                sa.text(
+                    f'ALTER TABLE {runs_table.name} DROP CONSTRAINT "{pk["name"]}", '
+                    "ADD PRIMARY KEY (study, run_key)"
+                )
+            )
 
 
 def _migrate_sqlite(engine: sa.Engine) -> None:
@@ -311,16 +356,18 @@ def _migrate_sqlite(engine: sa.Engine) -> None:
     cols = ", ".join(c.name for c in runs_table.columns)
     ddl = str(sa.schema.CreateTable(runs_table).compile(engine))
     raw = engine.raw_connection()
-    con: Any = raw.driver_connection             # sqlite3.Connection
-    level, con.isolation_level = con.isolation_level, None     # explicit BEGIN/COMMIT
+    con: Any = raw.driver_connection  # sqlite3.Connection
+    level, con.isolation_level = con.isolation_level, None  # explicit BEGIN/COMMIT
     try:
         cur = con.cursor()
         cur.execute("BEGIN IMMEDIATE")
         pk = [r[1] for r in cur.execute("PRAGMA table_info(scalelab_runs)") if r[5]]
         if pk == ["run_key"]:
             cur.execute("ALTER TABLE scalelab_runs RENAME TO scalelab_runs_old")
-            for (name,) in cur.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND "
-                                       "tbl_name = 'scalelab_runs_old' AND sql IS NOT NULL").fetchall():
+            for (name,) in cur.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND "
+                "tbl_name = 'scalelab_runs_old' AND sql IS NOT NULL"
+            ).fetchall():
                 cur.execute(f'DROP INDEX "{name}"')
             cur.execute(ddl)
             cur.execute(f"INSERT INTO scalelab_runs ({cols}) SELECT {cols} FROM scalelab_runs_old")

@@ -13,7 +13,7 @@ from .config import ExplicitShape, StudyConfig, StudyError
 from .grid import PlannedRun
 
 GIB = float(1 << 30)
-GPU_MEMORY_BYTES = 192 * GIB   # the largest accelerator a run may land on (a run uses one device)
+GPU_MEMORY_BYTES = 192 * GIB  # the largest accelerator a run may land on (a run uses one device)
 FP32 = 4
 
 
@@ -22,15 +22,15 @@ def run_memory(p: PlannedRun) -> dict[str, float]:
     m, r, data = p.spec.model, p.spec.recipe, p.spec.data
     B, T, L, d, V = r.batch_size, data.seq_len, m.n_layer, m.d_model, m.vocab_size
     d_ff = (m.top_k + m.shared_experts) * m.d_expert if m.is_moe else m.d_ff
-    per_token_layer = 9 * d + 2 * d_ff + (m.experts if m.is_moe else 0)   # saved for backward
+    per_token_layer = 9 * d + 2 * d_ff + (m.experts if m.is_moe else 0)  # saved for backward
     out = {
-        "model": 4.0 * FP32 * p.n_params,                    # weights, grads, AdamW m and v
+        "model": 4.0 * FP32 * p.n_params,  # weights, grads, AdamW m and v
         "activations": FP32 * B * T * (L * per_token_layer + 2 * d),
-        "logits": 3.0 * FP32 * B * T * V,                    # logits, fp32 copy, gradient
+        "logits": 3.0 * FP32 * B * T * V,  # logits, fp32 copy, gradient
     }
-    out["val_tokens"] = 8.0 * (data.val_tokens + T)         # the held-out windows (int64)
-    if data.source == "markov":     # P (C, V) float64 + next-context table + a product temporary
-        out["markov_table"] = 32.0 * (V ** data.order) * V
+    out["val_tokens"] = 8.0 * (data.val_tokens + T)  # the held-out windows (int64)
+    if data.source == "markov":  # P (C, V) float64 + next-context table + a product temporary
+        out["markov_table"] = 32.0 * (V**data.order) * V
     return out
 
 
@@ -41,6 +41,7 @@ def host_only(parts: dict[str, float]) -> dict[str, float]:
 def _size_key(cfg: StudyConfig, p: PlannedRun) -> str:
     """The grid entry that produced this run's shape (for the error message)."""
     from .grid import base_shape
+
     m = p.spec.model
     for i, s in enumerate(cfg.grid.sizes):
         b = base_shape(s, cfg, f"grid.sizes[{i}]")
@@ -56,8 +57,9 @@ def _size_key(cfg: StudyConfig, p: PlannedRun) -> str:
 def _blame(cfg: StudyConfig, p: PlannedRun, cause: str) -> tuple[str, str]:
     """(YAML key, what to do) for the largest cause."""
     if cause == "markov_table":
-        return "data.vocab_size", ("the markov source holds a vocab_size**(order+1) table; lower "
-                                   "data.vocab_size or data.order")
+        return "data.vocab_size", (
+            "the markov source holds a vocab_size**(order+1) table; lower data.vocab_size or data.order"
+        )
     if cause == "val_tokens":
         return "data.val_tokens", "lower data.val_tokens"
     if cause == "logits":
@@ -66,8 +68,11 @@ def _blame(cfg: StudyConfig, p: PlannedRun, cause: str) -> tuple[str, str]:
         key = "data.seq_len" if p.spec.data.seq_len >= p.spec.recipe.batch_size else "train.batch_size"
         return key, "lower train.batch_size or data.seq_len (or the model size)"
     key = _size_key(cfg, p)
-    what = ("give a smaller explicit shape" if key.startswith("grid.sizes") and
-            isinstance(cfg.grid.sizes[int(key[11:-1])], ExplicitShape) else "lower the size")
+    what = (
+        "give a smaller explicit shape"
+        if key.startswith("grid.sizes") and isinstance(cfg.grid.sizes[int(key[11:-1])], ExplicitShape)
+        else "lower the size"
+    )
     return key, what
 
 
@@ -78,8 +83,11 @@ def check_memory(cfg: StudyConfig, planned: list[PlannedRun], host_bytes: float 
     on_gpu = cfg.resources.num_gpus > 0
     for p in planned:
         parts = run_memory(p)
-        checks = [(host_only(parts), host_bytes, "available RAM")] if on_gpu else \
-            [(parts, host_bytes, "available RAM")]
+        checks = (
+            [(host_only(parts), host_bytes, "available RAM")]
+            if on_gpu
+            else [(parts, host_bytes, "available RAM")]
+        )
         if on_gpu:
             device = {k: v for k, v in parts.items() if k not in host_only(parts)}
             checks.append((device, GPU_MEMORY_BYTES, "the memory of the largest GPU"))
@@ -90,12 +98,16 @@ def check_memory(cfg: StudyConfig, planned: list[PlannedRun], host_bytes: float 
             cause = max(use, key=lambda k: use[k])
             key, fix = _blame(cfg, p, cause)
             detail = ", ".join(f"{k} {v / GIB:.3g}" for k, v in use.items())
-            raise StudyError(key, f"run {p.label} D={p.tokens:.3g} needs about {need / GIB:.3g} GiB "
-                                  f"({detail} GiB) but {where} is {capacity / GIB:.3g} GiB; {fix}")
+            raise StudyError(
+                key,
+                f"run {p.label} D={p.tokens:.3g} needs about {need / GIB:.3g} GiB "
+                f"({detail} GiB) but {where} is {capacity / GIB:.3g} GiB; {fix}",
+            )
 
 
 def cluster_memory_bytes() -> float | None:
     """The memory Ray reports for the largest alive node (connected driver only)."""
     import ray
+
     sizes = [n["Resources"].get("memory", 0) for n in ray.nodes() if n.get("Alive")]
     return max(sizes) if sizes and max(sizes) > 0 else None

@@ -16,10 +16,10 @@ class RunAssignment:
     """One run of a work item: which point, under which lease, logging to which MLflow run."""
 
     run_key: str
-    spec: dict[str, Any]             # RunSpec.to_dict()
-    lease: str                       # the ledger lease this attempt holds
+    spec: dict[str, Any]  # RunSpec.to_dict()
+    lease: str  # the ledger lease this attempt holds
     mlflow_run_id: str
-    attempt: int                     # 1 for the first attempt
+    attempt: int  # 1 for the first attempt
     checkpoint_dir: str
 
 
@@ -41,7 +41,7 @@ class WorkPayload:
     tracking_uri: str
     ledger_uri: str
     num_cpus: float
-    tracking_timeout_s: float = 60.0      # how long a run's end waits for an unreachable store
+    tracking_timeout_s: float = 60.0  # how long a run's end waits for an unreachable store
     trunk: TrunkAssignment | None = None
     trunk_dir: str | None = None
 
@@ -54,13 +54,13 @@ class RunReport:
     run_key: str
     state: RunState
     message: str = ""
-    bug: bool = False                 # bug-class failure: a retry cannot help
-    storage: bool = False             # the checkpoint storage is unusable: stop the study
+    bug: bool = False  # bug-class failure: a retry cannot help
+    storage: bool = False  # the checkpoint storage is unusable: stop the study
     val_loss: float | None = None
     device: str | None = None
     node_id: str | None = None
     pid: int | None = None
-    result: dict[str, Any] = field(default_factory=dict)   # trainer RunResult as a dict
+    result: dict[str, Any] = field(default_factory=dict)  # trainer RunResult as a dict
 
     @property
     def ok(self) -> bool:

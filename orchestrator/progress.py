@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 from rich.console import Console
 from rich.live import Live
@@ -36,11 +36,11 @@ def bar(frac: float, width: int = 20) -> str:
     return "[" + "#" * n + "." * (width - n) + "]"
 
 
-def summarize(planned: Sequence[PlannedRun], rows: dict[str, LedgerRow], elapsed_s: float,
-              flops_at_start: float) -> dict:
+def summarize(
+    planned: Sequence[PlannedRun], rows: dict[str, LedgerRow], elapsed_s: float, flops_at_start: float
+) -> dict:
     """Pure summary used by both displays and by `scalelab status --json`."""
-    states = Counter(RunState.of(rows[p.key].state if p.key in rows else None).value
-                     for p in planned)
+    states = Counter(RunState.of(rows[p.key].state if p.key in rows else None).value for p in planned)
     total = sum(p.flops for p in planned)
     done = 0.0
     for p in planned:
@@ -53,13 +53,19 @@ def summarize(planned: Sequence[PlannedRun], rows: dict[str, LedgerRow], elapsed
             done += p.flops * min(1.0, r.tokens_done / p.tokens)
     rate = (done - flops_at_start) / elapsed_s if elapsed_s > 0 else 0.0
     eta = (total - done) / rate if rate > 0 else None
-    return {"states": dict(states), "flops_done": done, "flops_total": total, "eta_s": eta,
-            "elapsed_s": elapsed_s}
+    return {
+        "states": dict(states),
+        "flops_done": done,
+        "flops_total": total,
+        "eta_s": eta,
+        "elapsed_s": elapsed_s,
+    }
 
 
 class Progress:
-    def __init__(self, study: str, planned: Sequence[PlannedRun], *, every_s: float = 15.0,
-                 enabled: bool = True):
+    def __init__(
+        self, study: str, planned: Sequence[PlannedRun], *, every_s: float = 15.0, enabled: bool = True
+    ):
         self.study, self.planned = study, list(planned)
         self.tty = sys.stdout.isatty()
         self.enabled, self.every_s = enabled, every_s
@@ -69,9 +75,9 @@ class Progress:
         self._last_states: dict | None = None
         self.t0 = time.monotonic()
         self.flops_at_start: float | None = None
-        self._warm: tuple[float, float] | None = None   # (time, FLOPs done) at the first progress
+        self._warm: tuple[float, float] | None = None  # (time, FLOPs done) at the first progress
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         if self.enabled and self.tty:
             self.live = Live(console=self.console, refresh_per_second=2, transient=False)
             self.live.__enter__()
@@ -115,24 +121,46 @@ class Progress:
     def _line(self, s: dict) -> str:
         states = " ".join(f"{k}={v}" for k, v in sorted(s["states"].items()))
         frac = s["flops_done"] / s["flops_total"] if s["flops_total"] else 1.0
-        eta = (f"ETA {_fmt_s(s['eta_s'])}" if s["eta_s"] is not None else
-               "ETA: measuring" if self._warm else "workers starting")
-        return (f"[{self.study}] {bar(frac)} {100 * frac:3.0f}% of "
-                f"{s['flops_total']:.3g} FLOPs | {states} | elapsed {_fmt_s(s['elapsed_s'])}, {eta}")
+        eta = (
+            f"ETA {_fmt_s(s['eta_s'])}"
+            if s["eta_s"] is not None
+            else "ETA: measuring"
+            if self._warm
+            else "workers starting"
+        )
+        return (
+            f"[{self.study}] {bar(frac)} {100 * frac:3.0f}% of "
+            f"{s['flops_total']:.3g} FLOPs | {states} | elapsed {_fmt_s(s['elapsed_s'])}, {eta}"
+        )
 
     def _table(self, s: dict, rows: dict[str, LedgerRow]) -> Table:
         t = Table(title=escape(self._line(s)), title_justify="left")
         for col in ("run", "key", "N", "D", "state", "tokens done", "last loss", "val_loss"):
             t.add_column(col)
-        order = {RunState.RUNNING: 0, RunState.PENDING: 1, RunState.FAILED: 2, RunState.KILLED: 3,
-                 RunState.DIVERGED: 4, RunState.FINISHED: 5}
-        shown = sorted(self.planned, key=lambda p: order.get(
-            RunState.of(rows[p.key].state if p.key in rows else None), 9))[:30]
+        order = {
+            RunState.RUNNING: 0,
+            RunState.PENDING: 1,
+            RunState.FAILED: 2,
+            RunState.KILLED: 3,
+            RunState.DIVERGED: 4,
+            RunState.FINISHED: 5,
+        }
+        shown = sorted(
+            self.planned,
+            key=lambda p: order.get(RunState.of(rows[p.key].state if p.key in rows else None), 9),
+        )[:30]
         for p in shown:
             r = rows.get(p.key)
             state = RunState.of(r.state if r else None).value
             done = f"{100 * (r.tokens_done or 0) / p.tokens:.0f}%" if r else ""
-            t.add_row(p.label, p.key[:8], f"{p.n_params:.3g}", f"{p.tokens:.3g}", state, done,
-                      f"{r.last_loss:.4f}" if r and r.last_loss is not None else "",
-                      f"{r.val_loss:.4f}" if r and r.val_loss is not None else "")
+            t.add_row(
+                p.label,
+                p.key[:8],
+                f"{p.n_params:.3g}",
+                f"{p.tokens:.3g}",
+                state,
+                done,
+                f"{r.last_loss:.4f}" if r and r.last_loss is not None else "",
+                f"{r.val_loss:.4f}" if r and r.val_loss is not None else "",
+            )
         return t

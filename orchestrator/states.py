@@ -14,15 +14,15 @@ from enum import Enum
 class RunState(str, Enum):
     """A run's state; `str(state)` and f-strings give the stored value ("finished", ...)."""
 
-    PENDING = "pending"          # planned, never dispatched (or reset to run again)
-    RUNNING = "running"          # leased by a worker
-    FINISHED = "finished"        # a result
-    DIVERGED = "diverged"        # a result too: the loss blew up (never retried)
-    FAILED = "failed"            # an error, retried up to resources.max_retries
-    KILLED = "killed"            # stopped on request (cancel --now, Ctrl-C)
-    STOPPED = "stopped"          # the trainer's word for killed (never stored by the worker)
+    PENDING = "pending"  # planned, never dispatched (or reset to run again)
+    RUNNING = "running"  # leased by a worker
+    FINISHED = "finished"  # a result
+    DIVERGED = "diverged"  # a result too: the loss blew up (never retried)
+    FAILED = "failed"  # an error, retried up to resources.max_retries
+    KILLED = "killed"  # stopped on request (cancel --now, Ctrl-C)
+    STOPPED = "stopped"  # the trainer's word for killed (never stored by the worker)
     INTERRUPTED = "interrupted"  # `status` view of a running row whose driver is gone
-    FENCED = "fenced"            # worker report only: a newer attempt owns the run
+    FENCED = "fenced"  # worker report only: a newer attempt owns the run
 
     def __str__(self) -> str:
         return self.value
@@ -53,8 +53,15 @@ TERMINAL: tuple[RunState, ...] = (RunState.FINISHED, RunState.DIVERGED)
 # States a ledger row can hold (FENCED is a worker report, never written).
 LEDGER_STATES: tuple[RunState, ...] = tuple(s for s in RunState if s is not RunState.FENCED)
 # Values of the MLflow `scalelab.outcome` tag, and the MLflow run status each one ends with.
-OUTCOMES: dict[RunState, str] = {RunState.FINISHED: "FINISHED", RunState.DIVERGED: "FAILED",
-                                 RunState.FAILED: "FAILED", RunState.KILLED: "KILLED"}
-_FROM_TRAINER: dict[str, RunState] = {"finished": RunState.FINISHED,
-                                      "diverged": RunState.DIVERGED,
-                                      "stopped": RunState.KILLED, "failed": RunState.FAILED}
+OUTCOMES: dict[RunState, str] = {
+    RunState.FINISHED: "FINISHED",
+    RunState.DIVERGED: "FAILED",
+    RunState.FAILED: "FAILED",
+    RunState.KILLED: "KILLED",
+}
+_FROM_TRAINER: dict[str, RunState] = {
+    "finished": RunState.FINISHED,
+    "diverged": RunState.DIVERGED,
+    "stopped": RunState.KILLED,
+    "failed": RunState.FAILED,
+}

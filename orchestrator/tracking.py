@@ -7,15 +7,16 @@ child run, before any worker starts: concurrent `set_experiment` and first-time 
 
 from __future__ import annotations
 
-import logging
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 from urllib.parse import unquote, urlparse
 
 from trainer.redact import redact_text
@@ -27,8 +28,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ROLE, STUDY, RUN_KEY, OUTCOME, FINGERPRINT = (
-    "scalelab.role", "scalelab.study", "scalelab.run_key", "scalelab.outcome",
-    "scalelab.fingerprint")
+    "scalelab.role",
+    "scalelab.study",
+    "scalelab.run_key",
+    "scalelab.outcome",
+    "scalelab.fingerprint",
+)
 # `scalelab.outcome` tag value -> the MLflow run status it ends with (states.OUTCOMES).
 MLFLOW_STATUS = {state.value: status for state, status in OUTCOMES.items()}
 
@@ -44,20 +49,26 @@ class Settings:
     artifact_root: str
 
     @classmethod
-    def resolve(cls, tracking_uri: str | None = None, ledger_uri: str | None = None,
-                checkpoint_dir: str | None = None, home: str | None = None) -> "Settings":
+    def resolve(
+        cls,
+        tracking_uri: str | None = None,
+        ledger_uri: str | None = None,
+        checkpoint_dir: str | None = None,
+        home: str | None = None,
+    ) -> Settings:
         h = Path(home or os.environ.get("SCALELAB_HOME") or "scalelab-store").expanduser().resolve()
         tracking = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{h}/mlflow.db"
         if ledger_uri or os.environ.get("SCALELAB_LEDGER_URI"):
             ledger = ledger_uri or os.environ["SCALELAB_LEDGER_URI"]
         elif tracking.startswith(("postgresql", "mysql")):
-            ledger = tracking              # the ledger's tables live beside MLflow's
+            ledger = tracking  # the ledger's tables live beside MLflow's
         else:
             ledger = f"sqlite:///{h}/ledger.db"
         ckpt = checkpoint_dir or os.environ.get("SCALELAB_CHECKPOINT_DIR") or str(h / "checkpoints")
         artifacts = os.environ.get("SCALELAB_ARTIFACT_ROOT") or (h / "artifacts").as_uri()
-        return cls(home=h, tracking_uri=tracking, ledger_uri=ledger, checkpoint_root=ckpt,
-                   artifact_root=artifacts)
+        return cls(
+            home=h, tracking_uri=tracking, ledger_uri=ledger, checkpoint_root=ckpt, artifact_root=artifacts
+        )
 
     def checkpoint_dir(self, study: str, run_key: str) -> str:
         return checkpoint_path(self.checkpoint_root, study, run_key)
@@ -78,6 +89,7 @@ def trunk_path(root: str, study: str, trunk_key: str) -> str:
 
 # --------------------------------------------------------------------------- reachability
 
+
 def tcp_reachable(host: str, port: int, timeout: float = 3.0) -> bool:
     """True when something accepts TCP connections at host:port."""
     try:
@@ -90,52 +102,73 @@ def tcp_reachable(host: str, port: int, timeout: float = 3.0) -> bool:
 def check_tracking_uri(uri: str, flag: str = "--tracking-uri") -> None:
     """Fail fast (StudyError) when the store cannot be reached; writes nothing."""
     u = urlparse(uri)
-    if u.scheme == "sqlite" and (not uri.startswith("sqlite:///") or
-                                 uri[len("sqlite:///"):] in ("", ":memory:")):
-        raise StudyError(flag, f"{uri} is an in-memory SQLite database: every process would see "
-                               "its own empty store; give a file, sqlite:///PATH/mlflow.db")
+    if u.scheme == "sqlite" and (
+        not uri.startswith("sqlite:///") or uri[len("sqlite:///") :] in ("", ":memory:")
+    ):
+        raise StudyError(
+            flag,
+            f"{uri} is an in-memory SQLite database: every process would see "
+            "its own empty store; give a file, sqlite:///PATH/mlflow.db",
+        )
     if u.scheme == "sqlite":
-        path = Path(uri[len("sqlite:///"):])
+        path = Path(uri[len("sqlite:///") :])
         parent = path.parent
         while not parent.exists():
             parent = parent.parent
         if not os.access(parent, os.W_OK):
-            raise StudyError(flag, f"cannot write the SQLite store {path}: {parent} is not writable; "
-                                   "choose another path or set SCALELAB_HOME")
+            raise StudyError(
+                flag,
+                f"cannot write the SQLite store {path}: {parent} is not writable; "
+                "choose another path or set SCALELAB_HOME",
+            )
     elif u.scheme.startswith(("postgresql", "mysql")):
-        _sql_engine(uri, flag).dispose()          # the driver first: no server needed to say so
+        _sql_engine(uri, flag).dispose()  # the driver first: no server needed to say so
         port = u.port or (5432 if u.scheme.startswith("postgresql") else 3306)
         if not tcp_reachable(u.hostname or "127.0.0.1", port):
-            raise StudyError(flag, f"no database answers at {u.hostname}:{port}; start it or fix "
-                                   "the URI (e.g. postgresql://user@127.0.0.1:5432/mlflow)")
+            raise StudyError(
+                flag,
+                f"no database answers at {u.hostname}:{port}; start it or fix "
+                "the URI (e.g. postgresql://user@127.0.0.1:5432/mlflow)",
+            )
         check_sql_database(uri, flag)
     elif u.scheme in ("http", "https"):
         check_http_store(uri, flag)
     else:
-        raise StudyError(flag, f"unsupported tracking URI {redact_text(uri)!r}; use sqlite:///PATH, "
-                               "postgresql://..., or http://HOST:PORT")
+        raise StudyError(
+            flag,
+            f"unsupported tracking URI {redact_text(uri)!r}; use sqlite:///PATH, "
+            "postgresql://..., or http://HOST:PORT",
+        )
 
 
 def _sql_engine(uri: str, flag: str):
     """An engine for a probe; a missing DB driver is bad input naming the package to install."""
     import sqlalchemy as sa
+
     try:
         return sa.create_engine(uri, connect_args={"connect_timeout": 5})
     except (ImportError, sa.exc.NoSuchModuleError) as e:
-        if uri.startswith("postgresql://"):           # psycopg2 missing: psycopg 3 will do
-            return _sql_engine("postgresql+psycopg://" + uri[len("postgresql://"):], flag)
+        if uri.startswith("postgresql://"):  # psycopg2 missing: psycopg 3 will do
+            return _sql_engine("postgresql+psycopg://" + uri[len("postgresql://") :], flag)
         scheme = uri.split("://", 1)[0]
-        hint = ("pip install pymysql and write mysql+pymysql://..." if scheme.startswith("mysql")
-                else "install its SQLAlchemy driver")
-        raise StudyError(flag, f"no database driver for {scheme}:// is installed "
-                               f"({type(e).__name__}: {e}); {hint}, or use postgresql:// "
-                               "(psycopg is installed)") from None
+        hint = (
+            "pip install pymysql and write mysql+pymysql://..."
+            if scheme.startswith("mysql")
+            else "install its SQLAlchemy driver"
+        )
+        raise StudyError(
+            flag,
+            f"no database driver for {scheme}:// is installed "
+            f"({type(e).__name__}: {e}); {hint}, or use postgresql:// "
+            "(psycopg is installed)",
+        ) from None
 
 
 def check_sql_database(uri: str, flag: str) -> None:
     """Connect once (5 s timeout): a missing database or refused login is bad input now, not
     two minutes of MLflow's retries and a traceback later."""
     import sqlalchemy as sa
+
     engine = _sql_engine(uri, flag)
     try:
         with engine.connect():
@@ -144,13 +177,22 @@ def check_sql_database(uri: str, flag: str) -> None:
         reason = redact_text(str(getattr(e, "orig", e)).strip().splitlines()[0] if str(e) else "")
         u = engine.url
         if "does not exist" in reason and "database" in reason:
-            cmd = (f"createdb -h {u.host or '127.0.0.1'} -p {u.port or 5432}"
-                   + (f" -U {u.username}" if u.username else "") + f" {u.database}")
-            raise StudyError(flag, f"database {u.database!r} does not exist on {u.host}:"
-                                   f"{u.port or 5432}; create it with `{cmd}` (scalelab creates the "
-                                   "tables, not the database) or fix the URI") from None
-        raise StudyError(flag, f"cannot connect to {redact_text(uri)}: {reason[:300]}; check the "
-                               "user, password and database name in the URI") from None
+            cmd = (
+                f"createdb -h {u.host or '127.0.0.1'} -p {u.port or 5432}"
+                + (f" -U {u.username}" if u.username else "")
+                + f" {u.database}"
+            )
+            raise StudyError(
+                flag,
+                f"database {u.database!r} does not exist on {u.host}:"
+                f"{u.port or 5432}; create it with `{cmd}` (scalelab creates the "
+                "tables, not the database) or fix the URI",
+            ) from None
+        raise StudyError(
+            flag,
+            f"cannot connect to {redact_text(uri)}: {reason[:300]}; check the "
+            "user, password and database name in the URI",
+        ) from None
     finally:
         engine.dispose()
 
@@ -158,10 +200,13 @@ def check_sql_database(uri: str, flag: str) -> None:
 def check_ledger_uri(uri: str, flag: str = "--ledger-uri") -> None:
     """The ledger is a SQL database (SQLite file or a server every node can reach)."""
     if not uri.startswith(("sqlite", "postgresql", "mysql")):
-        raise StudyError(flag, f"{redact_text(uri)} cannot hold the ledger: it must be a SQL "
-                               "database (sqlite:///PATH/ledger.db or postgresql://...); an http:// "
-                               "MLflow server does not hold it; omit --ledger-uri to keep it beside "
-                               "the store under --home")
+        raise StudyError(
+            flag,
+            f"{redact_text(uri)} cannot hold the ledger: it must be a SQL "
+            "database (sqlite:///PATH/ledger.db or postgresql://...); an http:// "
+            "MLflow server does not hold it; omit --ledger-uri to keep it beside "
+            "the store under --home",
+        )
     check_tracking_uri(uri, flag)
 
 
@@ -169,8 +214,9 @@ def check_http_store(uri: str, flag: str) -> None:
     """GET /health of an MLflow server. `http://user:pass@host` (which MLflow accepts) is sent
     as HTTP basic auth, as MLflow does; the password is never printed."""
     import base64
-    import urllib.request               # not on the CLI's start-up path
+    import urllib.request  # not on the CLI's start-up path
     from urllib.parse import urlsplit, urlunsplit
+
     u = urlsplit(uri)
     bare = urlunsplit(u._replace(netloc=u.netloc.rpartition("@")[2]))
     req = urllib.request.Request(f"{bare.rstrip('/')}/health")
@@ -180,10 +226,13 @@ def check_http_store(uri: str, flag: str) -> None:
     try:
         with urllib.request.urlopen(req, timeout=5) as r:
             r.read()
-    except Exception as e:           # any failure to reach it is the same bad input
-        raise StudyError(flag, f"no MLflow server answers at {redact_text(uri)} "
-                               f"({redact_text(str(e))[:200]}); start it (`scalelab ui` or docker "
-                               "compose) or fix the URI") from None
+    except Exception as e:  # noqa: BLE001 - any failure to reach it is the same bad input
+        raise StudyError(
+            flag,
+            f"no MLflow server answers at {redact_text(uri)} "
+            f"({redact_text(str(e))[:200]}); start it (`scalelab ui` or docker "
+            "compose) or fix the URI",
+        ) from None
 
 
 def check_store_readable(uri: str, flag: str = "--tracking-uri") -> None:
@@ -195,8 +244,11 @@ def check_store_readable(uri: str, flag: str = "--tracking-uri") -> None:
 
 # MLflow retries an unreachable http store for minutes (7 retries, backoff 2: 251 s of silence
 # seen); read-only commands bound it. Values the user exported win.
-READ_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+READ_HTTP_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
 
 
 @contextlib.contextmanager
@@ -219,15 +271,16 @@ def bounded_http_retries():
 def store_exists(uri: str) -> bool:
     """False for a SQLite file that does not exist yet (reading it would create it)."""
     if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):]).exists()
+        return Path(uri[len("sqlite:///") :]).exists()
     return True
 
 
 def client(uri: str):
     """An MlflowClient; on a SQL store its first use creates and migrates the schema."""
     from mlflow.tracking import MlflowClient
+
     if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=uri)
 
 
@@ -236,6 +289,7 @@ def fingerprint_hash(fp: dict) -> str:
 
 
 # --------------------------------------------------------------------------- layout
+
 
 def check_experiment(uri: str, study: str, fingerprint: str, legacy: tuple[str, ...] = ()) -> None:
     """An existing experiment of this name must belong to this same study (read-only check).
@@ -246,31 +300,43 @@ def check_experiment(uri: str, study: str, fingerprint: str, legacy: tuple[str, 
     if exp is None:
         return
     if exp.lifecycle_stage == "deleted":
-        raise StudyError("study", f"the MLflow experiment {study!r} (id {exp.experiment_id}) was "
-                                  "deleted (it is in MLflow's trash); restore it with `MLFLOW_"
-                                  f"TRACKING_URI={redact_text(uri)} mlflow experiments restore "
-                                  f"--experiment-id {exp.experiment_id}`, or choose a new study "
-                                  "name (`mlflow gc` empties the trash for good)")
+        raise StudyError(
+            "study",
+            f"the MLflow experiment {study!r} (id {exp.experiment_id}) was "
+            "deleted (it is in MLflow's trash); restore it with `MLFLOW_"
+            f"TRACKING_URI={redact_text(uri)} mlflow experiments restore "
+            f"--experiment-id {exp.experiment_id}`, or choose a new study "
+            "name (`mlflow gc` empties the trash for good)",
+        )
     theirs = exp.tags.get(FINGERPRINT)
     if theirs is None:
-        raise StudyError("study", f"an MLflow experiment named {study!r} already exists and was not "
-                                  "made by scalelab; choose another study name")
+        raise StudyError(
+            "study",
+            f"an MLflow experiment named {study!r} already exists and was not "
+            "made by scalelab; choose another study name",
+        )
     if theirs != fingerprint and theirs not in legacy:
-        raise StudyError("study", f"experiment {study!r} already holds a different study (its data, "
-                                  "model or train settings differ); choose a new study name for "
-                                  "the changed recipe, or restore the original settings")
+        raise StudyError(
+            "study",
+            f"experiment {study!r} already holds a different study (its data, "
+            "model or train settings differ); choose a new study name for "
+            "the changed recipe, or restore the original settings",
+        )
 
 
 def ensure_experiment(c, study: str, fingerprint: str, artifact_root: str) -> str:
     exp = c.get_experiment_by_name(study)
     if exp is not None:
-        if exp.tags.get(FINGERPRINT) != fingerprint:    # checked compatible: a legacy fingerprint
+        if exp.tags.get(FINGERPRINT) != fingerprint:  # checked compatible: a legacy fingerprint
             c.set_experiment_tag(exp.experiment_id, FINGERPRINT, fingerprint)
         return exp.experiment_id
     try:
-        return c.create_experiment(study, artifact_location=f"{artifact_root.rstrip('/')}/{study}",
-                                   tags={FINGERPRINT: fingerprint, "scalelab.study": study})
-    except Exception as e:                  # noqa: BLE001 - created by a concurrent driver in between?
+        return c.create_experiment(
+            study,
+            artifact_location=f"{artifact_root.rstrip('/')}/{study}",
+            tags={FINGERPRINT: fingerprint, "scalelab.study": study},
+        )
+    except Exception as e:  # noqa: BLE001 - created by a concurrent driver in between?
         log.debug("creating experiment %s failed (%s); looking it up", study, e)
         exp = c.get_experiment_by_name(study)
         if exp is None:
@@ -279,13 +345,14 @@ def ensure_experiment(c, study: str, fingerprint: str, artifact_root: str) -> st
 
 
 def ensure_parent_run(c, experiment_id: str, study: str, description: str = "") -> str:
-    found = c.search_runs([experiment_id], filter_string=f"tags.`{ROLE}` = 'parent'",
-                          max_results=1)
+    found = c.search_runs([experiment_id], filter_string=f"tags.`{ROLE}` = 'parent'", max_results=1)
     if found:
         return found[0].info.run_id
-    run = c.create_run(experiment_id, run_name=study,
-                       tags={ROLE: "parent", STUDY: study,
-                             "mlflow.note.content": description or f"scalelab study {study}"})
+    run = c.create_run(
+        experiment_id,
+        run_name=study,
+        tags={ROLE: "parent", STUDY: study, "mlflow.note.content": description or f"scalelab study {study}"},
+    )
     return run.info.run_id
 
 
@@ -294,8 +361,13 @@ def child_runs(c, experiment_id: str) -> list:
     out: list = []
     token = None
     while True:
-        page = c.search_runs([experiment_id], filter_string=f"tags.`{ROLE}` != 'parent'",
-                             max_results=1000, page_token=token, order_by=["attributes.start_time ASC"])
+        page = c.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{ROLE}` != 'parent'",
+            max_results=1000,
+            page_token=token,
+            order_by=["attributes.start_time ASC"],
+        )
         out.extend(page)
         token = page.token
         if not token:
@@ -320,33 +392,34 @@ def existing_children(c, experiment_id: str) -> dict[str, str]:
 def recorded_outcome(run) -> str | None:
     """'finished' / 'diverged' when an MLflow run holds a complete result, else None."""
     outcome = run.data.tags.get(OUTCOME)
-    if (outcome == RunState.FINISHED and run.info.status == "FINISHED"
-            and "val_loss" in run.data.metrics):
+    if outcome == RunState.FINISHED and run.info.status == "FINISHED" and "val_loss" in run.data.metrics:
         return outcome
     if outcome == RunState.DIVERGED and run.info.status == "FAILED":
         return outcome
     return None
 
 
-def copy_point_run(c, source_id: str, experiment_id: str, parent_id: str, study: str,
-                   run_key: str, run_name: str) -> str:
+def copy_point_run(
+    c, source_id: str, experiment_id: str, parent_id: str, study: str, run_key: str, run_name: str
+) -> str:
     """A finished point of another study as a point run of this one: same params and tags,
     every metric with its steps, tagged scalelab.reused_from=<source run id>."""
     from mlflow.entities import Param
+
     src = c.get_run(source_id)
     own = {ROLE, STUDY, RUN_KEY, OUTCOME, "scalelab.error"}
     tags = {k: v for k, v in src.data.tags.items() if not k.startswith("mlflow.") and k not in own}
-    tags.update({"scalelab.reused_from": source_id, "scalelab.reused_from_study":
-                 src.data.tags.get(STUDY, "")})
-    run_id = create_child_run(c, experiment_id, parent_id, study, run_key, run_name, "point", {},
-                              tags)
+    tags.update(
+        {"scalelab.reused_from": source_id, "scalelab.reused_from_study": src.data.tags.get(STUDY, "")}
+    )
+    run_id = create_child_run(c, experiment_id, parent_id, study, run_key, run_name, "point", {}, tags)
     params = [Param(k, v) for k, v in src.data.params.items()]
     for i in range(0, len(params), 100):
-        c.log_batch(run_id, params=params[i:i + 100])
+        c.log_batch(run_id, params=params[i : i + 100])
     for name in src.data.metrics:
         history = c.get_metric_history(source_id, name)
         for i in range(0, len(history), 1000):
-            c.log_batch(run_id, metrics=history[i:i + 1000])
+            c.log_batch(run_id, metrics=history[i : i + 1000])
     finish_run(c, run_id, RunState.FINISHED)
     return run_id
 
@@ -356,21 +429,33 @@ def copy_point_run(c, source_id: str, experiment_id: str, parent_id: str, study:
 POINT_METRICS = ("n_params", "n_params_active", "tokens", "flops")
 
 
-def create_child_run(c, experiment_id: str, parent_id: str, study: str, run_key: str,
-                     run_name: str, role: str, params: dict, extra_tags: dict | None = None,
-                     metrics: dict | None = None) -> str:
+def create_child_run(
+    c,
+    experiment_id: str,
+    parent_id: str,
+    study: str,
+    run_key: str,
+    run_name: str,
+    role: str,
+    params: dict,
+    extra_tags: dict | None = None,
+    metrics: dict | None = None,
+) -> str:
     """Created when the driver dispatches the run, so MLflow's start time (and Duration) is the
     run's own, not the study's queue."""
     import time
 
     from mlflow.entities import Metric, Param
-    tags = {"mlflow.parentRunId": parent_id, ROLE: role, STUDY: study, RUN_KEY: run_key,
-            **(extra_tags or {})}
+
+    tags = {"mlflow.parentRunId": parent_id, ROLE: role, STUDY: study, RUN_KEY: run_key, **(extra_tags or {})}
     run = c.create_run(experiment_id, run_name=run_name, tags=tags)
     now_ms = int(time.time() * 1000)
     if params or metrics:
-        c.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()],
-                    metrics=[Metric(k, float(v), now_ms, 0) for k, v in (metrics or {}).items()])
+        c.log_batch(
+            run.info.run_id,
+            params=[Param(k, str(v)) for k, v in params.items()],
+            metrics=[Metric(k, float(v), now_ms, 0) for k, v in (metrics or {}).items()],
+        )
     return run.info.run_id
 
 
@@ -381,18 +466,17 @@ def finish_run(c, run_id: str, outcome: RunState | str) -> None:
     c.set_terminated(run_id, status=OUTCOMES.get(state, "FAILED"))
 
 
-
-def retry_store(fn: Callable[[], T], timeout_s: float,
-                before_retry: Callable[[], object] | None = None) -> T:
+def retry_store(fn: Callable[[], T], timeout_s: float, before_retry: Callable[[], object] | None = None) -> T:
     """Call fn until it succeeds or `timeout_s` passed (backoff 0.5 s doubling to 8 s), for
     MLflow calls while a store restarts; the last error is raised. `before_retry` runs between
     attempts (e.g. adopting runs a failed attempt did create, so nothing is created twice)."""
     import time
+
     deadline, wait = time.monotonic() + timeout_s, 0.5
     while True:
         try:
             return fn()
-        except Exception as e:                      # noqa: BLE001 - any store error: retried
+        except Exception as e:  # noqa: BLE001 - any store error: retried
             if time.monotonic() + wait > deadline:
                 raise
             log.debug("MLflow call failed (%s: %s); retrying in %.1f s", type(e).__name__, e, wait)
@@ -401,5 +485,5 @@ def retry_store(fn: Callable[[], T], timeout_s: float,
             if before_retry is not None:
                 try:
                     before_retry()
-                except Exception as e2:             # noqa: BLE001 - still down: the next try tells
+                except Exception as e2:  # noqa: BLE001 - still down: the next try tells
                     log.debug("store still unreachable: %s: %s", type(e2).__name__, e2)

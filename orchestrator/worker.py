@@ -30,18 +30,37 @@ from .states import RunState
 log = logging.getLogger(__name__)
 
 # Exceptions that say "the code or the spec is wrong": retrying cannot help.
-BUG_ERRORS = (TypeError, ValueError, IndexError, KeyError, AttributeError, AssertionError,
-              NotImplementedError, ZeroDivisionError, SyntaxError, ImportError)
+BUG_ERRORS = (
+    TypeError,
+    ValueError,
+    IndexError,
+    KeyError,
+    AttributeError,
+    AssertionError,
+    NotImplementedError,
+    ZeroDivisionError,
+    SyntaxError,
+    ImportError,
+)
 
 
 # OSErrors that say "the checkpoint storage is unusable" (full, read-only, not a directory):
 # retrying cannot help and every later run would fail the same way, so the study stops.
-STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
-                  errno.ENOTDIR, errno.EISDIR}
+STORAGE_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOTDIR,
+    errno.EISDIR,
+}
 # torch reports shape errors as RuntimeError: deterministic, so bug-class too.
-SHAPE_ERROR = re.compile(r"size mismatch|shape .* is invalid|must match the size|"
-                         r"mat\d and mat\d shapes cannot be multiplied|dimension out of range")
-TRACKING_TIMEOUT_S = 60.0       # how long a run's end waits for an unreachable MLflow store
+SHAPE_ERROR = re.compile(
+    r"size mismatch|shape .* is invalid|must match the size|"
+    r"mat\d and mat\d shapes cannot be multiplied|dimension out of range"
+)
+TRACKING_TIMEOUT_S = 60.0  # how long a run's end waits for an unreachable MLflow store
 
 
 def is_bug(error: BaseException | None, message: str = "") -> bool:
@@ -56,13 +75,19 @@ def _relog_final(client, run_id: str, result: RunResult, timeout_s: float) -> No
     """A run found finished in its checkpoint whose MLflow run lacks the result (the store was
     lost): log the final losses at step = tokens, so the point is complete again."""
     from mlflow.entities import Metric
+
     if "val_loss" in tracking.retry_store(lambda: client.get_run(run_id), timeout_s).data.metrics:
         return
     now = int(time.time() * 1000)
-    metrics = [Metric(k, float(v), now, int(result.tokens)) for k, v in
-               (("val_loss", result.val_loss), ("train_loss", result.train_loss)) if v is not None]
+    metrics = [
+        Metric(k, float(v), now, int(result.tokens))
+        for k, v in (("val_loss", result.val_loss), ("train_loss", result.train_loss))
+        if v is not None
+    ]
     tracking.retry_store(lambda: client.log_batch(run_id, metrics=metrics), timeout_s)
-    tracking.retry_store(lambda: client.set_tag(run_id, "scalelab.relogged_from_checkpoint", "true"), timeout_s)
+    tracking.retry_store(
+        lambda: client.set_tag(run_id, "scalelab.relogged_from_checkpoint", "true"), timeout_s
+    )
 
 
 class Fenced(RuntimeError):
@@ -72,8 +97,15 @@ class Fenced(RuntimeError):
 class FencedSink:
     """Wraps a sink: every flush first checks the lease, then records progress in the ledger."""
 
-    def __init__(self, inner: MetricSink, ledger: Ledger, study: str, run_key: str, lease: str,
-                 close_timeout_s: float = TRACKING_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        inner: MetricSink,
+        ledger: Ledger,
+        study: str,
+        run_key: str,
+        lease: str,
+        close_timeout_s: float = TRACKING_TIMEOUT_S,
+    ) -> None:
         self.inner, self.ledger, self.run_key, self.lease = inner, ledger, run_key, lease
         self.study = study
         self.close_timeout_s = close_timeout_s
@@ -94,7 +126,7 @@ class FencedSink:
         if loss is not None:
             self._loss = float(loss)
         now = time.monotonic()
-        if now - self._last_progress > 2.0:          # live progress for `scalelab run/status`
+        if now - self._last_progress > 2.0:  # live progress for `scalelab run/status`
             self._last_progress = now
             self._progress()
 
@@ -125,8 +157,9 @@ class FencedSink:
         self.inner.close(timeout_s=self.close_timeout_s if timeout_s is None else timeout_s)
 
     def _progress(self) -> None:
-        if not self.ledger.update(self.study, self.run_key, lease=self.lease, tokens_done=self._tokens,
-                                  last_loss=self._loss):
+        if not self.ledger.update(
+            self.study, self.run_key, lease=self.lease, tokens_done=self._tokens, last_loss=self._loss
+        ):
             raise Fenced(f"run {self.run_key}: lease lost (a newer attempt owns this run)")
 
     def _check(self) -> None:
@@ -137,8 +170,9 @@ class FencedSink:
 def _node_id() -> str:
     try:
         import ray
+
         return ray.get_runtime_context().get_node_id()
-    except Exception as e:                          # noqa: BLE001 - outside Ray (tests, in-process)
+    except Exception as e:  # noqa: BLE001 - outside Ray (tests, in-process)
         log.debug("no Ray node id (%s: %s)", type(e).__name__, e)
         return ""
 
@@ -149,15 +183,18 @@ def node_local(item: WorkPayload) -> WorkPayload:
     driver on the host sees http://127.0.0.1:5000 where nodes reach http://mlflow:5000).
     Checkpoint dirs are rebased: the same layout (tracking.checkpoint_path) under the node's root."""
     env = os.environ
-    item = replace(item, tracking_uri=env.get("SCALELAB_NODE_TRACKING_URI") or item.tracking_uri,
-                   ledger_uri=env.get("SCALELAB_NODE_LEDGER_URI") or item.ledger_uri)
+    item = replace(
+        item,
+        tracking_uri=env.get("SCALELAB_NODE_TRACKING_URI") or item.tracking_uri,
+        ledger_uri=env.get("SCALELAB_NODE_LEDGER_URI") or item.ledger_uri,
+    )
     root = env.get("SCALELAB_NODE_CHECKPOINT_DIR")
     if root:
         study = item.study
-        runs = tuple(replace(r, checkpoint_dir=tracking.checkpoint_path(root, study, r.run_key))
-                     for r in item.runs)
-        trunk_dir = (tracking.trunk_path(root, study, item.trunk.run_key) if item.trunk
-                     else item.trunk_dir)
+        runs = tuple(
+            replace(r, checkpoint_dir=tracking.checkpoint_path(root, study, r.run_key)) for r in item.runs
+        )
+        trunk_dir = tracking.trunk_path(root, study, item.trunk.run_key) if item.trunk else item.trunk_dir
         item = replace(item, runs=runs, trunk_dir=trunk_dir)
     return item
 
@@ -185,21 +222,28 @@ def execute(item: WorkPayload) -> list[RunReport]:
     trunk = item.trunk
     trunk_sink = None
     if trunk:
-        trunk_sink = FencedSink(MlflowSink(item.tracking_uri, trunk.mlflow_run_id, resume=True),
-                                ledger, study, trunk.run_key, trunk.lease)
+        trunk_sink = FencedSink(
+            MlflowSink(item.tracking_uri, trunk.mlflow_run_id, resume=True),
+            ledger,
+            study,
+            trunk.run_key,
+            trunk.lease,
+        )
     try:
         for run in item.runs:
             row = ledger.get(study, run.run_key)
-            if row is not None and row.done:            # a wsd branch finished in an earlier attempt
+            if row is not None and row.done:  # a wsd branch finished in an earlier attempt
                 out.append(RunReport(run.run_key, RunState(row.state), "already done"))
                 continue
             out.append(_run_one(run, item, ledger, client, node, num_threads, trunk_sink))
             if not out[-1].ok:
-                break                                   # later branches need this one's trunk
+                break  # later branches need this one's trunk
         if trunk and all(o.ok for o in out):
             ledger.update(study, trunk.run_key, lease=trunk.lease, state=RunState.FINISHED)
-            tracking.retry_store(lambda: tracking.finish_run(client, trunk.mlflow_run_id, RunState.FINISHED),
-                   item.tracking_timeout_s)
+            tracking.retry_store(
+                lambda: tracking.finish_run(client, trunk.mlflow_run_id, RunState.FINISHED),
+                item.tracking_timeout_s,
+            )
     finally:
         ledger.dispose()
     return out
@@ -211,8 +255,15 @@ def clear_stale_error(client: Any, run_id: str) -> None:
         client.delete_tag(run_id, "scalelab.error")
 
 
-def _run_one(run: RunAssignment, item: WorkPayload, ledger: Ledger, client: Any, node: str,
-             num_threads: int, trunk_sink: FencedSink | None) -> RunReport:
+def _run_one(
+    run: RunAssignment,
+    item: WorkPayload,
+    ledger: Ledger,
+    client: Any,
+    node: str,
+    num_threads: int,
+    trunk_sink: FencedSink | None,
+) -> RunReport:
     """Train one run under its lease, then record its final state (ledger first, then MLflow)."""
     key, lease, study = run.run_key, run.lease, item.study
     spec = RunSpec.from_dict(run.spec)
@@ -222,15 +273,27 @@ def _run_one(run: RunAssignment, item: WorkPayload, ledger: Ledger, client: Any,
     def should_stop() -> bool:
         return ledger.cancel_requested(study) == "now" or not ledger.holds(study, key, lease)
 
-    sink = FencedSink(MlflowSink(item.tracking_uri, run.mlflow_run_id, resume=True), ledger, study,
-                      key, lease, close_timeout_s=timeout_s)
+    sink = FencedSink(
+        MlflowSink(item.tracking_uri, run.mlflow_run_id, resume=True),
+        ledger,
+        study,
+        key,
+        lease,
+        close_timeout_s=timeout_s,
+    )
     sink.set_tags({"scalelab.node_id": node, "scalelab.attempt": str(run.attempt)})
     t0 = time.time()
     error: BaseException | None
     try:
-        result: RunResult = train(spec, sink, checkpoint_dir=run.checkpoint_dir,
-                                  trunk_dir=item.trunk_dir, trunk_sink=trunk_sink,
-                                  num_threads=num_threads, should_stop=should_stop)
+        result: RunResult = train(
+            spec,
+            sink,
+            checkpoint_dir=run.checkpoint_dir,
+            trunk_dir=item.trunk_dir,
+            trunk_sink=trunk_sink,
+            num_threads=num_threads,
+            should_stop=should_stop,
+        )
         error = result.extra.pop("exception", None)
         error_errno = result.extra.get("error_errno")
         if isinstance(error, Fenced):
@@ -238,46 +301,69 @@ def _run_one(run: RunAssignment, item: WorkPayload, ledger: Ledger, client: Any,
         sink.close()
     except Fenced as e:
         return RunReport(key, RunState.FENCED, str(e))
-    except Exception as e:                          # noqa: BLE001 - recorded, never lost
-        result = RunResult(status="failed", message=traceback.format_exc(),
-                           wall_time_s=time.time() - t0)
+    except Exception as e:  # noqa: BLE001 - recorded, never lost
+        result = RunResult(status="failed", message=traceback.format_exc(), wall_time_s=time.time() - t0)
         error, error_errno = e, getattr(e, "errno", None)
     return _record(run, item, ledger, client, node, result, error, error_errno)
 
 
-def _record(run: RunAssignment, item: WorkPayload, ledger: Ledger, client: Any, node: str,
-            result: RunResult, error: BaseException | None, error_errno: int | None) -> RunReport:
+def _record(
+    run: RunAssignment,
+    item: WorkPayload,
+    ledger: Ledger,
+    client: Any,
+    node: str,
+    result: RunResult,
+    error: BaseException | None,
+    error_errno: int | None,
+) -> RunReport:
     """A trained (or failed) run's final state: classified, written to the ledger under the
     lease, then to MLflow (best effort: the ledger holds the truth)."""
     key, lease, study, run_id = run.run_key, run.lease, item.study, run.mlflow_run_id
     state = RunState.from_trainer(result.status)
     bug = state is RunState.FAILED and is_bug(error, result.message or "")
     if state is RunState.FINISHED and result.message == ALREADY_FINISHED:
-        result.message = ""                         # a result, not an error; re-log if lost
+        result.message = ""  # a result, not an error; re-log if lost
         _relog_final(client, run_id, result, item.tracking_timeout_s)
     storage = state is RunState.FAILED and error_errno in STORAGE_ERRNOS
     if storage:
         assert error_errno is not None
-        result.message = (f"checkpoint storage unusable ({errno.errorcode.get(error_errno, '')}: "
-                          f"{os.strerror(error_errno)}) under {run.checkpoint_dir}\n"
-                          f"{result.message}")
-    result.message = redact_text(result.message or "")   # driver errors may carry store URIs
+        result.message = (
+            f"checkpoint storage unusable ({errno.errorcode.get(error_errno, '')}: "
+            f"{os.strerror(error_errno)}) under {run.checkpoint_dir}\n"
+            f"{result.message}"
+        )
+    result.message = redact_text(result.message or "")  # driver errors may carry store URIs
     if state is RunState.KILLED and not ledger.holds(study, key, lease):
         return RunReport(key, RunState.FENCED, "lease lost")
     flops_per_s = result.flops / result.wall_time_s if result.wall_time_s > 0 else None
-    values = dict(state=state, error=result.message or None, val_loss=result.val_loss,
-                  wall_time_s=result.wall_time_s, flops_per_s=flops_per_s, device=result.device,
-                  tokens_done=result.tokens)
+    values = dict(
+        state=state,
+        error=result.message or None,
+        val_loss=result.val_loss,
+        wall_time_s=result.wall_time_s,
+        flops_per_s=flops_per_s,
+        device=result.device,
+        tokens_done=result.tokens,
+    )
     if not ledger.update(study, key, lease=lease, **values):
         return RunReport(key, RunState.FENCED, "lease lost before the final write")
     _record_mlflow(client, run_id, state, result.message, item.tracking_timeout_s)
-    return RunReport(key, state, result.message, bug=bug, storage=storage,
-                     val_loss=result.val_loss, device=result.device, node_id=node,
-                     pid=os.getpid(), result=asdict(result))
+    return RunReport(
+        key,
+        state,
+        result.message,
+        bug=bug,
+        storage=storage,
+        val_loss=result.val_loss,
+        device=result.device,
+        node_id=node,
+        pid=os.getpid(),
+        result=asdict(result),
+    )
 
 
-def _record_mlflow(client: Any, run_id: str, state: RunState, message: str,
-                   timeout_s: float) -> None:
+def _record_mlflow(client: Any, run_id: str, state: RunState, message: str, timeout_s: float) -> None:
     """End the MLflow run (a failure keeps it open with its traceback: the driver retries or
     ends it). Best effort: the ledger holds the truth and a rerun catches MLflow up."""
     try:
@@ -287,6 +373,10 @@ def _record_mlflow(client: Any, run_id: str, state: RunState, message: str,
         else:
             tracking.retry_store(lambda: tracking.finish_run(client, run_id, state), timeout_s)
             tracking.retry_store(lambda: clear_stale_error(client, run_id), timeout_s)
-    except Exception as e:                          # noqa: BLE001 - any store error, logged
-        log.warning("run %s: MLflow not updated (%s: %s); the ledger holds the state and a "
-                    "rerun catches MLflow up", run_id, type(e).__name__, str(e)[:300])
+    except Exception as e:  # noqa: BLE001 - any store error, logged
+        log.warning(
+            "run %s: MLflow not updated (%s: %s); the ledger holds the state and a rerun catches MLflow up",
+            run_id,
+            type(e).__name__,
+            str(e)[:300],
+        )

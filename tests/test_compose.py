@@ -90,9 +90,7 @@ def test_compose_file_validates_against_compose_spec(compose):
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
     errors = sorted(cls(schema).iter_errors(compose), key=lambda e: list(e.absolute_path))
-    assert not errors, "\n".join(
-        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors
-    )
+    assert not errors, "\n".join(f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors)
 
 
 def test_interpolated_compose_file_validates(text):
@@ -101,7 +99,9 @@ def test_interpolated_compose_file_validates(text):
     validator = jsonschema.validators.validator_for(schema)(schema)
     resolved = yaml.safe_load(interpolate(text, {"RAY_WORKER_GPUS": "1"}))
     assert not list(validator.iter_errors(resolved))
-    assert resolved["services"]["ray-worker"]["deploy"]["resources"]["reservations"]["devices"][0]["count"] == 1
+    assert (
+        resolved["services"]["ray-worker"]["deploy"]["resources"]["reservations"]["devices"][0]["count"] == 1
+    )
 
 
 def test_schema_rejects_a_broken_file(compose):

@@ -12,19 +12,39 @@ from .accounting import ParamCounts, count_params, flops_per_token, shape_for_pa
 from .sinks import InMemorySink, MetricSink, MlflowSink, MlflowSinkError
 from .spec import DataSpec, ModelSpec, RecipeSpec, RunResult, RunSpec, SpecError
 
-if TYPE_CHECKING:             # for type checkers only: at run time these load lazily (torch)
+if TYPE_CHECKING:  # for type checkers only: at run time these load lazily (torch)
     from .data import true_entropy
     from .model import GPT
     from .train import checkpoint_info, train
 
 __all__ = [
-    "ModelSpec", "DataSpec", "RecipeSpec", "RunSpec", "RunResult", "SpecError", "train",
-    "MetricSink", "InMemorySink", "MlflowSink", "MlflowSinkError", "count_params", "ParamCounts",
-    "flops_per_token", "training_flops", "shape_for_params", "true_entropy", "checkpoint_info", "GPT",
+    "ModelSpec",
+    "DataSpec",
+    "RecipeSpec",
+    "RunSpec",
+    "RunResult",
+    "SpecError",
+    "train",
+    "MetricSink",
+    "InMemorySink",
+    "MlflowSink",
+    "MlflowSinkError",
+    "count_params",
+    "ParamCounts",
+    "flops_per_token",
+    "training_flops",
+    "shape_for_params",
+    "true_entropy",
+    "checkpoint_info",
+    "GPT",
 ]
 
-_LAZY = {"train": ("train", "train"), "checkpoint_info": ("train", "checkpoint_info"),
-         "true_entropy": ("data", "true_entropy"), "GPT": ("model", "GPT")}
+_LAZY = {
+    "train": ("train", "train"),
+    "checkpoint_info": ("train", "checkpoint_info"),
+    "true_entropy": ("data", "true_entropy"),
+    "GPT": ("model", "GPT"),
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -53,13 +53,12 @@ class ParamCounts:
     active: int
     embedding: int
     active_nonembedding: int
-    per_layer: int               # one block, all experts
-    per_routed_expert: int       # one routed expert (0 for dense)
-    head: int                    # untied head matrix (0 when tied)
+    per_layer: int  # one block, all experts
+    per_routed_expert: int  # one routed expert (0 for dense)
+    head: int  # untied head matrix (0 when tied)
 
     def as_dict(self) -> dict[str, int]:
-        return {f"n_params_{k}" if k != "total" else "n_params": v
-                for k, v in self.__dict__.items()}
+        return {f"n_params_{k}" if k != "total" else "n_params": v for k, v in self.__dict__.items()}
 
 
 def ffn_matrix_params(m: ModelSpec, width: int) -> int:
@@ -91,17 +90,25 @@ def count_params(model: ModelSpec) -> ParamCounts:
     total = embedding + L * per_layer + d
     inactive = L * (model.experts - model.top_k) * expert if model.is_moe else 0
     nonembedding = total - embedding
-    return ParamCounts(total=total, nonembedding=nonembedding, active=total - inactive,
-                       embedding=embedding, active_nonembedding=nonembedding - inactive,
-                       per_layer=per_layer, per_routed_expert=expert, head=head)
+    return ParamCounts(
+        total=total,
+        nonembedding=nonembedding,
+        active=total - inactive,
+        embedding=embedding,
+        active_nonembedding=nonembedding - inactive,
+        per_layer=per_layer,
+        per_routed_expert=expert,
+        head=head,
+    )
 
 
 def forward_matmul_flops_per_token(model: ModelSpec) -> int:
     """Forward FLOPs per token of every matmul (weights and attention), chinchilla convention."""
     d, L, T = model.d_model, model.n_layer, model.seq_len
     if model.is_moe:
-        ffn = (d * model.experts + model.top_k * ffn_matrix_params(model, model.d_expert)
-               + _shared_params(model))
+        ffn = (
+            d * model.experts + model.top_k * ffn_matrix_params(model, model.d_expert) + _shared_params(model)
+        )
     else:
         ffn = ffn_matrix_params(model, model.d_ff)
     weights = L * (4 * d * d + ffn) + model.vocab_size * d
@@ -126,9 +133,17 @@ def training_flops(model: ModelSpec, tokens: int | float, convention: str = "chi
     return flops_per_token(model, convention) * float(tokens)
 
 
-def shape_for_params(target: float, *, d_head: int, aspect_ratio: float, vocab_size: int,
-                     seq_len: int, tied_head: bool = True, max_layers: int = 512,
-                     **model_kwargs) -> ModelSpec:
+def shape_for_params(
+    target: float,
+    *,
+    d_head: int,
+    aspect_ratio: float,
+    vocab_size: int,
+    seq_len: int,
+    tied_head: bool = True,
+    max_layers: int = 512,
+    **model_kwargs,
+) -> ModelSpec:
     """The dense shape nearest (in log space) to `target` TOTAL parameters under the rule:
 
     head dimension fixed (d_head), d_model = aspect_ratio·n_layer rounded to a multiple of d_head
@@ -145,18 +160,27 @@ def shape_for_params(target: float, *, d_head: int, aspect_ratio: float, vocab_s
 
     def dense(n_layer: int) -> ModelSpec:
         d_model = max(d_head, int(round(aspect_ratio * n_layer / d_head)) * d_head)
-        return ModelSpec(n_layer=n_layer, d_model=d_model, n_head=d_model // d_head,
-                         vocab_size=vocab_size, seq_len=seq_len, tied_head=tied_head)
+        return ModelSpec(
+            n_layer=n_layer,
+            d_model=d_model,
+            n_head=d_model // d_head,
+            vocab_size=vocab_size,
+            seq_len=seq_len,
+            tied_head=tied_head,
+        )
 
     best, best_err = None, math.inf
     for n_layer in range(1, max_layers + 1):
         shape = dense(n_layer)
         n = count_params(shape).total
         if n_layer == 1 and n > 2 * target:
-            raise SpecError("size", f"target {target:.3g} params is below the smallest shape of "
-                                    f"this rule (n_layer=1, d_model={shape.d_model}: {n} params "
-                                    f"with embeddings); raise the size, or lower model.d_head or "
-                                    "the vocabulary")
+            raise SpecError(
+                "size",
+                f"target {target:.3g} params is below the smallest shape of "
+                f"this rule (n_layer=1, d_model={shape.d_model}: {n} params "
+                f"with embeddings); raise the size, or lower model.d_head or "
+                "the vocabulary",
+            )
         err = abs(math.log(n / target))
         if err < best_err:
             best, best_err = shape, err

@@ -28,8 +28,13 @@ def rng_state() -> dict[str, Any]:
     version, py_state, gauss = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "python": {"version": version, "state": list(py_state), "gauss": gauss},
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -40,16 +45,26 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["cached"]))
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-_ENVIRONMENT_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EIO, errno.ENOMEM,
-                       errno.EMFILE, errno.ENFILE, errno.EISDIR, errno.ENOTDIR}
+_ENVIRONMENT_ERRNOS = {
+    errno.ENOENT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EIO,
+    errno.ENOMEM,
+    errno.EMFILE,
+    errno.ENFILE,
+    errno.EISDIR,
+    errno.ENOTDIR,
+}
 REQUIRED_KEYS = ("model", "optimizer", "rng", "step", "tokens", "position", "extra")
 
 
@@ -78,15 +93,27 @@ def set_aside(path: str | os.PathLike) -> Path:
     return target
 
 
-def save(path: str | os.PathLike, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         step: int, tokens: int, position: int, extra: dict[str, Any] | None = None,
-         keep_previous: bool = False) -> None:
+def save(
+    path: str | os.PathLike,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    tokens: int,
+    position: int,
+    extra: dict[str, Any] | None = None,
+    keep_previous: bool = False,
+) -> None:
     """keep_previous: the replaced checkpoint moves to `previous_path(path)` (a fallback)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(),
-        "step": int(step), "tokens": int(tokens), "position": int(position),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": rng_state(),
+        "step": int(step),
+        "tokens": int(tokens),
+        "position": int(position),
         "extra": dict(extra or {}),
     }
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -120,7 +147,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
         if e.errno in _ENVIRONMENT_ERRNOS or not os.path.isfile(path):
             raise
         raise CorruptCheckpoint(path, f"{type(e).__name__}: {str(e)[:200]}") from e
-    except Exception as e:   # noqa: BLE001 - torch reports damage as many types (zip, pickle, EOF)
+    except Exception as e:  # noqa: BLE001 - torch reports damage as many types (zip, pickle, EOF)
         raise CorruptCheckpoint(path, f"{type(e).__name__}: {str(e)[:200]}") from e
     missing = [k for k in REQUIRED_KEYS if not isinstance(payload, dict) or k not in payload]
     if missing:
@@ -128,8 +155,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     return payload
 
 
-def restore(payload: dict[str, Any], *, model: torch.nn.Module,
-            optimizer: torch.optim.Optimizer) -> None:
+def restore(payload: dict[str, Any], *, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     set_rng_state(payload["rng"])

@@ -38,34 +38,35 @@ import numpy as np
 
 from .spec import DataSpec, SpecError
 
-DEFAULT_CORPUS_MAX_BYTES = 8 << 20      # train bytes read from the stdlib (fast, ~0.1 s)
+DEFAULT_CORPUS_MAX_BYTES = 8 << 20  # train bytes read from the stdlib (fast, ~0.1 s)
 DEFAULT_VAL_MAX_BYTES = 2 << 20
-USER_CORPUS_MAX_BYTES = 1 << 30         # text paths: train bytes read at most (then cut)
+USER_CORPUS_MAX_BYTES = 1 << 30  # text paths: train bytes read at most (then cut)
 USER_VAL_MAX_BYTES = 256 << 20
-VAL_BUCKETS = 10                         # 1 in 10 files goes to validation
-_MARKOV_CHUNK = 512                      # windows generated per vectorised chunk
-_COMPARE_MAX_VOCAB = 128                 # sample by row comparison up to this V, else bisect
+VAL_BUCKETS = 10  # 1 in 10 files goes to validation
+_MARKOV_CHUNK = 512  # windows generated per vectorised chunk
+_COMPARE_MAX_VOCAB = 128  # sample by row comparison up to this V, else bisect
 _TAG_TRAIN, _TAG_VAL, _TAG_TABLE, _TAG_PERM, _TAG_LEXICON = 1, 2, 3, 4, 5
 
 
 # --------------------------------------------------------------------------- markov
+
 
 @functools.lru_cache(maxsize=8)
 def _markov_table(vocab: int, order: int, alpha: float, seed: int):
     """(P (C, V) transition rows, π (C,) stationary distribution of contexts), C = V**order.
     Context index of (x_1..x_k) = Σ x_j·V^(k-j); the next context is (c·V + y) mod C."""
     rng = np.random.default_rng([seed, _TAG_TABLE])
-    n_ctx = vocab ** order
-    P = rng.dirichlet(np.full(vocab, alpha), size=n_ctx)                  # (C, V)
+    n_ctx = vocab**order
+    P = rng.dirichlet(np.full(vocab, alpha), size=n_ctx)  # (C, V)
     P = np.nan_to_num(P, nan=0.0)
     bad = P.sum(axis=1) <= 0
     P[bad] = 1.0 / vocab
     P /= P.sum(axis=1, keepdims=True)
-    nxt = (np.arange(n_ctx)[:, None] * vocab + np.arange(vocab)[None, :]) % n_ctx   # (C, V)
+    nxt = (np.arange(n_ctx)[:, None] * vocab + np.arange(vocab)[None, :]) % n_ctx  # (C, V)
     pi: np.ndarray = np.full(n_ctx, 1.0 / n_ctx)
     for _ in range(100_000):
         new = np.bincount(nxt.ravel(), weights=(pi[:, None] * P).ravel(), minlength=n_ctx)
-        new = 0.5 * (new + pi)           # lazy chain: same π, no periodicity trouble
+        new = 0.5 * (new + pi)  # lazy chain: same π, no periodicity trouble
         delta = np.abs(new - pi).sum()
         pi = new
         if delta < 1e-14:
@@ -86,8 +87,9 @@ def true_entropy(data: DataSpec) -> float:
         lex = _zipf_lexicon_of(data)
         return float(_entropy(lex.probs) / (lex.probs * lex.lengths).sum())
     if data.source != "markov":
-        raise SpecError("data.source", f"true_entropy is known only for the markov and zipf "
-                                       f"sources, not {data.source!r}")
+        raise SpecError(
+            "data.source", f"true_entropy is known only for the markov and zipf sources, not {data.source!r}"
+        )
     P, pi = _markov_table(data.vocab_size, data.order, float(data.concentration), data.seed)
     return float((pi * _entropy(P, axis=1)).sum())
 
@@ -97,7 +99,7 @@ def markov_loss_floor(data: DataSpec) -> float:
     V, k, T = data.vocab_size, data.order, data.seq_len
     P, pi = _markov_table(V, k, float(data.concentration), data.seed)
     joint = pi.reshape((V,) * k)
-    H = [0.0]                                       # H[j]: entropy of j-grams, j = 0..k
+    H = [0.0]  # H[j]: entropy of j-grams, j = 0..k
     for j in range(1, k + 1):
         marg = joint.sum(axis=tuple(range(k - j))) if j < k else joint
         H.append(float(_entropy(marg.ravel())))
@@ -140,7 +142,7 @@ class _StreamSource:
         while pos < start + n:
             c, off = divmod(pos, _MARKOV_CHUNK)
             take = min(_MARKOV_CHUNK - off, start + n - pos)
-            parts.append(self._chunk(tag, c)[off:off + take])
+            parts.append(self._chunk(tag, c)[off : off + take])
             pos += take
         return np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
 
@@ -156,7 +158,7 @@ class MarkovSource(_StreamSource):
         super().__init__(data, run_seed)
         V, k = data.vocab_size, data.order
         P, pi = _markov_table(V, k, float(data.concentration), data.seed)
-        n_ctx = V ** k
+        n_ctx = V**k
         # Row-offset CDFs: one searchsorted over the flat array samples every row at once.
         cdf = np.cumsum(P, axis=1)
         cdf[:, -1] = 1.0
@@ -168,18 +170,18 @@ class MarkovSource(_StreamSource):
 
     def _generate(self, rng: np.random.Generator, n: int) -> np.ndarray:
         V, k, T = self.data.vocab_size, self.data.order, self.T
-        n_ctx = V ** k
+        n_ctx = V**k
         out = np.empty((n, T + 1), dtype=np.int64)
         ctx = np.minimum(np.searchsorted(self._pi_cdf, rng.random(n), side="right"), n_ctx - 1)
-        for j in range(k):                          # decode the first k symbols from the context
+        for j in range(k):  # decode the first k symbols from the context
             if j < T + 1:
                 out[:, j] = (ctx // V ** (k - 1 - j)) % V
-        u = rng.random((max(T + 1 - k, 0), n))                              # (T+1-k, n)
+        u = rng.random((max(T + 1 - k, 0), n))  # (T+1-k, n)
         for t in range(k, T + 1):
-            if V <= _COMPARE_MAX_VOCAB:     # count CDF entries <= u in each row: cache-friendly
+            if V <= _COMPARE_MAX_VOCAB:  # count CDF entries <= u in each row: cache-friendly
                 y = (u[t - k][:, None] >= self._cdf[ctx]).sum(axis=1)
-            else:                           # one binary search over the row-offset flat CDF
-                assert self._flat_cdf is not None           # built when V > _COMPARE_MAX_VOCAB
+            else:  # one binary search over the row-offset flat CDF
+                assert self._flat_cdf is not None  # built when V > _COMPARE_MAX_VOCAB
                 y = np.searchsorted(self._flat_cdf, ctx + u[t - k], side="right") - ctx * V
             np.clip(y, 0, V - 1, out=y)
             out[:, t] = y
@@ -187,24 +189,28 @@ class MarkovSource(_StreamSource):
         return out
 
     def params(self) -> dict:
-        return {"true_entropy": true_entropy(self.data),
-                "true_loss_floor": markov_loss_floor(self.data), "unique_tokens": "inf"}
+        return {
+            "true_entropy": true_entropy(self.data),
+            "true_loss_floor": markov_loss_floor(self.data),
+            "unique_tokens": "inf",
+        }
 
 
 # --------------------------------------------------------------------------- zipf
+
 
 @dataclass(frozen=True)
 class Lexicon:
     """A prefix-free lexicon: word r (rank r+1) is tokens[r, :lengths[r]], emitted with
     probability probs[r] ∝ (r+1)^-s. Prefix-free, so a stream of words decodes uniquely."""
 
-    tokens: np.ndarray          # (K, max_len) int64, padded with -1
-    lengths: np.ndarray         # (K,) int64
-    probs: np.ndarray           # (K,) float64, sums to 1
+    tokens: np.ndarray  # (K, max_len) int64, padded with -1
+    lengths: np.ndarray  # (K,) int64
+    probs: np.ndarray  # (K,) float64, sums to 1
 
     @functools.cached_property
     def index(self) -> dict[tuple, int]:
-        return {tuple(self.tokens[r, :self.lengths[r]].tolist()): r for r in range(len(self.probs))}
+        return {tuple(self.tokens[r, : self.lengths[r]].tolist()): r for r in range(len(self.probs))}
 
     def decode(self, stream) -> tuple[list[int], list[int]]:
         """(word ranks, leftover partial word) of a token stream that starts at a word boundary."""
@@ -231,8 +237,7 @@ class Lexicon:
 
 
 @functools.lru_cache(maxsize=4)
-def _zipf_lexicon(vocab: int, size: int, exponent: float, min_len: int, max_len: int,
-                  seed: int) -> Lexicon:
+def _zipf_lexicon(vocab: int, size: int, exponent: float, min_len: int, max_len: int, seed: int) -> Lexicon:
     """Random token strings with uniform lengths in [min_len, max_len], drawn from data.seed;
     a candidate is kept when it is new, no kept word is its prefix and it is no kept word's prefix."""
     rng = np.random.default_rng([seed, _TAG_LEXICON])
@@ -245,7 +250,7 @@ def _zipf_lexicon(vocab: int, size: int, exponent: float, min_len: int, max_len:
         cand = rng.integers(0, vocab, size=(n, max_len)).astype(np.uint16)
         for row, length in zip(cand, lengths):
             w = row[:length].tobytes()
-            own = [w[:2 * j] for j in range(min_len, length)]
+            own = [w[: 2 * j] for j in range(min_len, length)]
             if w in words or w in prefixes or any(p in words for p in own):
                 continue
             words.add(w)
@@ -255,14 +260,20 @@ def _zipf_lexicon(vocab: int, size: int, exponent: float, min_len: int, max_len:
                 break
     tokens = np.full((size, max_len), -1, dtype=np.int64)
     for r, w in enumerate(kept):
-        tokens[r, :len(w)] = w
+        tokens[r, : len(w)] = w
     probs = np.arange(1, size + 1, dtype=np.float64) ** -exponent
     return Lexicon(tokens, np.array([len(w) for w in kept], dtype=np.int64), probs / probs.sum())
 
 
 def _zipf_lexicon_of(data: DataSpec) -> Lexicon:
-    return _zipf_lexicon(data.vocab_size, data.lexicon_size, float(data.zipf_exponent),
-                         data.min_word_len, data.max_word_len, data.seed)
+    return _zipf_lexicon(
+        data.vocab_size,
+        data.lexicon_size,
+        float(data.zipf_exponent),
+        data.min_word_len,
+        data.max_word_len,
+        data.seed,
+    )
 
 
 def zipf_loss_floor(data: DataSpec) -> float:
@@ -271,7 +282,7 @@ def zipf_loss_floor(data: DataSpec) -> float:
     that a word starts at target offset s (renewal); g[m]: expected -log P of a word's first m
     tokens (the whole word when m >= its length)."""
     lex, T = _zipf_lexicon_of(data), data.seq_len
-    f = np.bincount(lex.lengths, weights=lex.probs, minlength=T + 1)[:T + 1]
+    f = np.bincount(lex.lengths, weights=lex.probs, minlength=T + 1)[: T + 1]
     u = np.zeros(T)
     u[0] = 1.0
     for s in range(1, T):
@@ -280,8 +291,12 @@ def zipf_loss_floor(data: DataSpec) -> float:
     g = np.empty(lex.tokens.shape[1] + 1)
     prefix = lex.prefix_log_probs
     for m in range(1, len(g)):
-        cut = np.array([prefix[m][tuple(lex.tokens[r, :m].tolist())] if lex.lengths[r] > m
-                        else logp[r] for r in range(len(logp))])
+        cut = np.array(
+            [
+                prefix[m][tuple(lex.tokens[r, :m].tolist())] if lex.lengths[r] > m else logp[r]
+                for r in range(len(logp))
+            ]
+        )
         g[m] = -(lex.probs * cut).sum()
     room = np.minimum(T - np.arange(T), len(g) - 1)
     return float((u * g[room]).sum() / T)
@@ -306,11 +321,11 @@ class ZipfSource(_StreamSource):
 
     def spell(self, ids: np.ndarray) -> np.ndarray:
         """(n, T+1) windows from (n, W) word ranks."""
-        toks = self.lex.tokens[ids]                                  # (n, W, max_len)
-        flat = toks[toks >= 0]                                       # row-major: rows in order
+        toks = self.lex.tokens[ids]  # (n, W, max_len)
+        flat = toks[toks >= 0]  # row-major: rows in order
         row_len = self.lex.lengths[ids].sum(axis=1)
         row_start = np.concatenate([[0], np.cumsum(row_len)[:-1]])
-        first = row_start + self.lex.lengths[ids[:, 0]] - 1          # last token of word 0
+        first = row_start + self.lex.lengths[ids[:, 0]] - 1  # last token of word 0
         return flat[first[:, None] + np.arange(self.T + 1)[None, :]]
 
     def _generate(self, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -328,30 +343,39 @@ class ZipfSource(_StreamSource):
     def params(self) -> dict:
         """true_entropy: the rate; true_loss_floor: its window version; val_true_loss: the true
         model's loss on this study's validation windows (the rate up to sampling noise)."""
-        return {"true_entropy": true_entropy(self.data),
-                "true_loss_floor": zipf_loss_floor(self.data),
-                "val_true_loss": float(self.true_loss(self.val)), "unique_tokens": "inf"}
+        return {
+            "true_entropy": true_entropy(self.data),
+            "true_loss_floor": zipf_loss_floor(self.data),
+            "val_true_loss": float(self.true_loss(self.val)),
+            "unique_tokens": "inf",
+        }
 
 
 # --------------------------------------------------------------------------- text / tokens
 
+
 class WindowSource:
     """Non-overlapping windows of a token stream, one seeded permutation per epoch."""
 
-    def __init__(self, train: np.ndarray, val: np.ndarray, data: DataSpec, run_seed: int,
-                 info: dict):
+    def __init__(self, train: np.ndarray, val: np.ndarray, data: DataSpec, run_seed: int, info: dict):
         T = data.seq_len
         self.data, self.T, self.run_seed, self.info = data, T, run_seed, info
         self.train = train
         self.n_windows = (len(train) - 1) // T
         if self.n_windows < 1:
-            raise SpecError("data.paths", f"the training split has {len(train)} tokens, less "
-                                          f"than one window of seq_len+1 = {T + 1}; add data")
+            raise SpecError(
+                "data.paths",
+                f"the training split has {len(train)} tokens, less "
+                f"than one window of seq_len+1 = {T + 1}; add data",
+            )
         n_val = math.ceil(data.val_tokens / T)
         if len(val) < n_val * T + 1:
-            raise SpecError("data.val_tokens", f"the validation split has {len(val)} tokens, "
-                                               f"fewer than val_tokens={data.val_tokens} (+1); "
-                                               "lower val_tokens or add validation files")
+            raise SpecError(
+                "data.val_tokens",
+                f"the validation split has {len(val)} tokens, "
+                f"fewer than val_tokens={data.val_tokens} (+1); "
+                "lower val_tokens or add validation files",
+            )
         idx = np.arange(n_val)[:, None] * T + np.arange(T + 1)[None, :]
         self.val = _check_vocab(np.asarray(val[idx], dtype=np.int64), data, "the validation split")
         self.unique_train_tokens = len(train)
@@ -367,12 +391,15 @@ class WindowSource:
 
     def batch(self, position: int, batch_size: int) -> np.ndarray:
         ids = np.empty(batch_size, dtype=np.int64)
-        for i in range(batch_size):                 # usually one epoch; cheap per batch
+        for i in range(batch_size):  # usually one epoch; cheap per batch
             epoch, j = divmod(position + i, self.n_windows)
             ids[i] = self._perm(epoch)[j]
         idx = ids[:, None] * self.T + np.arange(self.T + 1)[None, :]
-        return _check_vocab(np.asarray(self.train[idx], dtype=np.int64), self.data,
-                            f"the training split (windows from {position})")
+        return _check_vocab(
+            np.asarray(self.train[idx], dtype=np.int64),
+            self.data,
+            f"the training split (windows from {position})",
+        )
 
     def epochs(self, position: int) -> float:
         return position / self.n_windows
@@ -385,9 +412,11 @@ def _stdlib_files() -> tuple[Path, list[Path]]:
     root = Path(sysconfig.get_paths()["stdlib"])
     files: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames
-                             if d not in ("site-packages", "dist-packages", "__pycache__")
-                             and not d.startswith("."))
+        dirnames[:] = sorted(
+            d
+            for d in dirnames
+            if d not in ("site-packages", "dist-packages", "__pycache__") and not d.startswith(".")
+        )
         files.extend(Path(dirpath) / f for f in sorted(filenames) if f.endswith(".py"))
     return root, files
 
@@ -416,11 +445,16 @@ def _user_files(paths: tuple[str, ...]) -> list[tuple[str, Path]]:
         elif _regular(path):
             out.append((f"{i}/{path.name}", path))
         elif path.exists():
-            raise SpecError("data.paths", f"{p!r} is not a regular file (a FIFO, device or "
-                                          "socket); name regular files or directories")
+            raise SpecError(
+                "data.paths",
+                f"{p!r} is not a regular file (a FIFO, device or socket); name regular files or directories",
+            )
         else:
-            raise SpecError("data.paths", f"{p!r} does not exist; name existing files or "
-                                          "directories, or leave paths empty for the built-in corpus")
+            raise SpecError(
+                "data.paths",
+                f"{p!r} does not exist; name existing files or "
+                "directories, or leave paths empty for the built-in corpus",
+            )
     return sorted(out)
 
 
@@ -467,8 +501,10 @@ def _text_corpus(paths: tuple[str, ...]):
         named = [(f.relative_to(root).as_posix(), f) for f in files]
         cap, val_cap = DEFAULT_CORPUS_MAX_BYTES, DEFAULT_VAL_MAX_BYTES
     if len(named) < 2:
-        raise SpecError("data.paths", f"found {len(named)} file(s); splitting train/validation "
-                                      "by file needs at least two files")
+        raise SpecError(
+            "data.paths",
+            f"found {len(named)} file(s); splitting train/validation by file needs at least two files",
+        )
     train_i, val_i = split_files([n for n, _ in named])
     if not train_i:
         raise SpecError("data.paths", "every file went to validation; add more files")
@@ -486,8 +522,11 @@ def _token_files(data: DataSpec):
     maps = {}
     for name in ("train.bin", "val.bin"):
         if not _regular(d / name):
-            raise SpecError("data.paths", f"{d / name} is not a regular file; the tokens source "
-                                          "needs a directory holding train.bin and val.bin (uint16)")
+            raise SpecError(
+                "data.paths",
+                f"{d / name} is not a regular file; the tokens source "
+                "needs a directory holding train.bin and val.bin (uint16)",
+            )
         if os.path.getsize(d / name) < 2:
             raise SpecError("data.paths", f"{d / name} holds no tokens; write uint16 tokens to it")
         maps[name] = np.memmap(d / name, dtype=np.uint16, mode="r")
@@ -497,8 +536,10 @@ def _token_files(data: DataSpec):
 
 def _check_vocab(tokens: np.ndarray, data: DataSpec, what: str) -> np.ndarray:
     if tokens.size and int(tokens.max()) >= data.vocab_size:
-        raise SpecError("data.vocab_size", f"{what} holds token {int(tokens.max())} >= "
-                                           f"vocab_size {data.vocab_size}; raise vocab_size")
+        raise SpecError(
+            "data.vocab_size",
+            f"{what} holds token {int(tokens.max())} >= vocab_size {data.vocab_size}; raise vocab_size",
+        )
     return tokens
 
 

@@ -37,8 +37,9 @@ SINUSOIDAL_RMS = 0.02
 def sinusoidal_table(T: int, d: int, device: torch.device) -> torch.Tensor:
     """(T, d) fixed sinusoidal position encodings of Vaswani et al. (sin on even, cos on odd)."""
     pos = torch.arange(T, device=device, dtype=torch.float32)[:, None]
-    inv = torch.exp(torch.arange(0, d, 2, device=device, dtype=torch.float32)
-                    * (-math.log(10000.0) / d))                                  # (ceil(d/2),)
+    inv = torch.exp(
+        torch.arange(0, d, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / d)
+    )  # (ceil(d/2),)
     table = torch.zeros(T, d, device=device)
     table[:, 0::2] = torch.sin(pos * inv)
     table[:, 1::2] = torch.cos(pos * inv[: d // 2])
@@ -47,8 +48,7 @@ def sinusoidal_table(T: int, d: int, device: torch.device) -> torch.Tensor:
 
 def rope_angles(T: int, d_head: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(cos, sin), each (T, d_head/2), of rotary embeddings (Su et al.) for positions 0..T-1."""
-    inv = 1.0 / ROPE_BASE ** (torch.arange(0, d_head // 2, device=device, dtype=torch.float32)
-                              * 2 / d_head)
+    inv = 1.0 / ROPE_BASE ** (torch.arange(0, d_head // 2, device=device, dtype=torch.float32) * 2 / d_head)
     ang = torch.arange(T, device=device, dtype=torch.float32)[:, None] * inv[None, :]
     return ang.cos(), ang.sin()
 
@@ -57,7 +57,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     """Rotate pairs (x[2i], x[2i+1]) of (B, H, T, hd) by the position angles; an odd last
     channel is left as is."""
     h = cos.shape[-1]
-    x1, x2, rest = x[..., 0:2 * h:2], x[..., 1:2 * h:2], x[..., 2 * h:]
+    x1, x2, rest = x[..., 0 : 2 * h : 2], x[..., 1 : 2 * h : 2], x[..., 2 * h :]
     c, s = cos.to(x.dtype), sin.to(x.dtype)
     rot = torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(-2)
     return torch.cat((rot, rest), dim=-1) if rest.shape[-1] else rot
@@ -75,12 +75,14 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope=None) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)                                   # (B, T, C) each
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)   # (B, H, T, hd)
-                   for t in (q, k, v))
+        q, k, v = self.qkv(x).split(C, dim=2)  # (B, T, C) each
+        q, k, v = (
+            t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, hd)
+            for t in (q, k, v)
+        )
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)     # (B, H, T, hd)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, T, hd)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -117,40 +119,42 @@ class MoE(nn.Module):
         # Expert weights as 3-D parameters: one matmul per expert over its token segment.
         hidden = ffn_hidden(m.d_expert, m.activation)
         fan_out = 2 * hidden if m.activation == "swiglu" else hidden
-        self.w_in = nn.Parameter(torch.empty(m.experts, m.d_model, fan_out))      # (E, C, F)
-        self.w_out = nn.Parameter(torch.empty(m.experts, hidden, m.d_model))      # (E, F, C)
+        self.w_in = nn.Parameter(torch.empty(m.experts, m.d_model, fan_out))  # (E, C, F)
+        self.w_out = nn.Parameter(torch.empty(m.experts, hidden, m.d_model))  # (E, F, C)
         # Shared experts always run; S experts of width d_expert are one MLP of width S·d_expert.
-        self.shared = (MLP(m.d_model, m.shared_experts * m.d_expert, m.activation)
-                       if m.shared_experts else None)
+        self.shared = (
+            MLP(m.d_model, m.shared_experts * m.d_expert, m.activation) if m.shared_experts else None
+        )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         B, T, C = x.shape
-        x2 = x.reshape(-1, C)                                                   # (N, C)
+        x2 = x.reshape(-1, C)  # (N, C)
         N = x2.shape[0]
         # Router in fp32 even under autocast: tiny, and routing decisions are precision-sensitive.
         with torch.autocast(device_type=x.device.type, enabled=False):
-            logits = F.linear(x2.float(), self.router.weight.float())           # (N, E)
+            logits = F.linear(x2.float(), self.router.weight.float())  # (N, E)
         probs = logits.softmax(dim=-1)
-        top_w, top_e = probs.topk(self.top_k, dim=-1)                           # (N, k)
+        top_w, top_e = probs.topk(self.top_k, dim=-1)  # (N, k)
         top_w = top_w / top_w.sum(dim=-1, keepdim=True)
 
         # Dropless dispatch: sort the N·k token slots by expert, run each expert on its segment.
-        flat_e = top_e.reshape(-1)                                              # (N·k,)
+        flat_e = top_e.reshape(-1)  # (N·k,)
         order = flat_e.argsort(stable=True)
-        token = order // self.top_k                                             # (N·k,)
-        counts = torch.bincount(flat_e, minlength=self.experts)                 # (E,)
-        xs = x2.index_select(0, token)                                          # (N·k, C)
+        token = order // self.top_k  # (N·k,)
+        counts = torch.bincount(flat_e, minlength=self.experts)  # (E,)
+        xs = x2.index_select(0, token)  # (N·k, C)
         outs = []
         start = 0
         for e, n in enumerate(counts.tolist()):
             if n:
-                seg = xs[start:start + n]
-                outs.append(activate(seg @ self.w_in[e].to(seg.dtype), self.activation)
-                            @ self.w_out[e].to(seg.dtype))
+                seg = xs[start : start + n]
+                outs.append(
+                    activate(seg @ self.w_in[e].to(seg.dtype), self.activation) @ self.w_out[e].to(seg.dtype)
+                )
                 start += n
-        ys = torch.cat(outs) if outs else xs.new_zeros(0, C)                    # (N·k, C)
+        ys = torch.cat(outs) if outs else xs.new_zeros(0, C)  # (N·k, C)
         ys = ys * top_w.reshape(-1)[order].unsqueeze(1).to(ys.dtype)
-        y = torch.zeros_like(x2, dtype=ys.dtype).index_add_(0, token, ys)      # (N, C)
+        y = torch.zeros_like(x2, dtype=ys.dtype).index_add_(0, token, ys)  # (N, C)
         if self.shared is not None:
             y = y + self.shared(x2)
         # Switch aux loss: f_i fraction of slots routed to i, P_i mean router probability of i.
@@ -175,7 +179,7 @@ class Block(nn.Module):
         return self.ffn(x), None
 
     def forward(self, x: torch.Tensor, rope=None):
-        if self.post:                     # original Transformer: normalise after each residual add
+        if self.post:  # original Transformer: normalise after each residual add
             x = self.ln1(x + self.attn(x, rope))
             h, stats = self._ffn(x)
             return self.ln2(x + h), stats
@@ -220,14 +224,16 @@ class GPT(nn.Module):
     def _embed(self, idx: torch.Tensor):
         """Token (+ position) embeddings and the rope angles (or None)."""
         T = idx.shape[1]
-        x = self.wte(idx)                                                       # (B, T, C)
+        x = self.wte(idx)  # (B, T, C)
         pos = self.spec.pos
         if pos == "learned":
             if T > self.spec.seq_len:
-                raise ValueError(f"learned positions address {self.spec.seq_len} positions, "
-                                 f"not {T}; evaluate longer inputs with pos: sinusoidal, rope "
-                                 "or none")
-            assert self.wpe is not None                     # built for pos: learned
+                raise ValueError(
+                    f"learned positions address {self.spec.seq_len} positions, "
+                    f"not {T}; evaluate longer inputs with pos: sinusoidal, rope "
+                    "or none"
+                )
+            assert self.wpe is not None  # built for pos: learned
             x = x + self.wpe(torch.arange(T, device=idx.device))
         elif pos == "sinusoidal":
             table = sinusoidal_table(T, self.spec.d_model, idx.device) * (SINUSOIDAL_RMS * math.sqrt(2))
@@ -247,12 +253,14 @@ class GPT(nn.Module):
             if stats is not None:
                 moe_stats.append(stats)
         h = self.ln_f(x)
-        logits = (self.head(h) if self.head is not None
-                  else F.linear(h, self.wte.weight[: self.spec.vocab_size]))    # (B, T, V)
+        logits = (
+            self.head(h) if self.head is not None else F.linear(h, self.wte.weight[: self.spec.vocab_size])
+        )  # (B, T, V)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
-                                   ignore_index=-100)
+            loss = F.cross_entropy(
+                logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
+            )
         aux: dict[str, torch.Tensor] = {}
         if moe_stats:
             n = len(moe_stats)

@@ -20,12 +20,13 @@ import numpy as np
 from .spec import DataSpec, SpecError
 
 MLM_SELECT = 0.15
-MLM_MASK, MLM_RANDOM = 0.8, 0.1          # of the selected; the remaining 10% are kept
+MLM_MASK, MLM_RANDOM = 0.8, 0.1  # of the selected; the remaining 10% are kept
 _TAG_MLM = 0x6D6C6D
 
 
-def mlm_corrupt(tokens: np.ndarray, vocab_size: int,
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def mlm_corrupt(
+    tokens: np.ndarray, vocab_size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """(inputs, targets) of BERT-style masking of a (B, T) token array; every sequence has at
     least one selected position so no batch has an empty loss."""
     B, T = tokens.shape
@@ -65,18 +66,22 @@ def long_segments(source, data: DataSpec, K: int) -> np.ndarray:
     if data.source == "markov":
         if n >= 1:
             from .data import MarkovSource
+
             long = replace(data, seq_len=K * T, val_tokens=n * K * T + 1)
             return MarkovSource(long, 0).val[:n]
     else:
-        val = source.val                                                      # (n_val, T+1)
+        val = source.val  # (n_val, T+1)
         stream = np.concatenate([val[:, :-1].ravel(), val[-1:, -1]])
         n = (len(stream) - 1) // (K * T)
         if n >= 1:
             idx = np.arange(n)[:, None] * K * T + np.arange(K * T + 1)[None, :]
             return stream[idx]
-    raise SpecError("data.val_tokens", f"{data.val_tokens} held-out tokens hold no segment of "
-                                       f"{K}·seq_len = {K * T} tokens for train.eval_lengths; "
-                                       f"raise data.val_tokens to at least {K * T}")
+    raise SpecError(
+        "data.val_tokens",
+        f"{data.val_tokens} held-out tokens hold no segment of "
+        f"{K}·seq_len = {K * T} tokens for train.eval_lengths; "
+        f"raise data.val_tokens to at least {K * T}",
+    )
 
 
 def windows_at(segments: np.ndarray, k: int, T: int) -> np.ndarray:

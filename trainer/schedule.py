@@ -21,8 +21,7 @@ def _warmup(t: float, warmup: float, peak: float) -> float | None:
     return None
 
 
-def cosine_lr(t: float, *, total: float, warmup: float, peak: float,
-              min_ratio: float = 0.1) -> float:
+def cosine_lr(t: float, *, total: float, warmup: float, peak: float, min_ratio: float = 0.1) -> float:
     w = _warmup(t, warmup, peak)
     if w is not None:
         return w
@@ -43,8 +42,16 @@ def wsd_lr(t: float, *, total: float, warmup: float, peak: float, cooldown_start
     return peak * (1.0 - math.sqrt((t - cooldown_start) / (total - cooldown_start)))
 
 
-def lr_at(t: float, *, schedule: str, total: float, warmup: float, peak: float,
-          min_ratio: float = 0.1, cooldown_start: float = 0.0) -> float:
+def lr_at(
+    t: float,
+    *,
+    schedule: str,
+    total: float,
+    warmup: float,
+    peak: float,
+    min_ratio: float = 0.1,
+    cooldown_start: float = 0.0,
+) -> float:
     """Dispatch by schedule name ("cosine" or "wsd")."""
     if schedule == "cosine":
         return cosine_lr(t, total=total, warmup=warmup, peak=peak, min_ratio=min_ratio)

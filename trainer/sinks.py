@@ -9,7 +9,8 @@ durable, and metrics logged after the last checkpoint are recomputed (not duplic
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping, Protocol, runtime_checkable
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
 
 
 @runtime_checkable
@@ -45,7 +46,7 @@ class InMemorySink:
     def __init__(self) -> None:
         self.params: dict[str, Any] = {}
         self.tags: dict[str, str] = {}
-        self.metrics: list[tuple[str, float, int]] = []   # (key, value, step)
+        self.metrics: list[tuple[str, float, int]] = []  # (key, value, step)
         self.texts: dict[str, str] = {}
         self.flushes = 0
         self.closed = False
@@ -96,12 +97,19 @@ class MlflowSinkError(RuntimeError):
 
     def __init__(self, message: str):
         from .redact import redact_text
+
         super().__init__(redact_text(message))
 
 
 # MLflow error codes that no retry can fix (bad value, param changed, run gone or deleted).
-_PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE",
-              "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED"}
+_PERMANENT = {
+    "INVALID_PARAMETER_VALUE",
+    "RESOURCE_DOES_NOT_EXIST",
+    "INVALID_STATE",
+    "BAD_REQUEST",
+    "PERMISSION_DENIED",
+    "UNAUTHENTICATED",
+}
 
 
 class MlflowSink:
@@ -122,20 +130,21 @@ class MlflowSink:
     MAX_METRICS_PER_BATCH = 1000
     MAX_PARAMS_PER_BATCH = 100
 
-    def __init__(self, tracking_uri: str, run_id: str, *, max_buffer_points: int = 200_000,
-                 resume: bool = False) -> None:
-        from mlflow.tracking import MlflowClient   # lazy: importing mlflow takes ~1 s
+    def __init__(
+        self, tracking_uri: str, run_id: str, *, max_buffer_points: int = 200_000, resume: bool = False
+    ) -> None:
+        from mlflow.tracking import MlflowClient  # lazy: importing mlflow takes ~1 s
 
         self.tracking_uri = tracking_uri
         self.run_id = run_id
         self.max_buffer_points = max_buffer_points
         self.resume = resume
         self.client = MlflowClient(tracking_uri)
-        self._metrics: list[Any] = []         # mlflow.entities.Metric
+        self._metrics: list[Any] = []  # mlflow.entities.Metric
         self._params: dict[str, str] = {}
         self._tags: dict[str, str] = {}
         self._stored_max: dict[str, int] = {}
-        self._recheck = False          # after a failed send: drop points the store already has
+        self._recheck = False  # after a failed send: drop points the store already has
         self._failures = 0
         self._next_try = 0.0
         self.last_error: BaseException | None = None
@@ -179,8 +188,10 @@ class MlflowSink:
                 break
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
         if self.pending:
-            raise MlflowSinkError(f"MLflow run {self.run_id}: {self.pending} buffered items could "
-                                  f"not be sent to {self.tracking_uri}: {self.last_error!r}")
+            raise MlflowSinkError(
+                f"MLflow run {self.run_id}: {self.pending} buffered items could "
+                f"not be sent to {self.tracking_uri}: {self.last_error!r}"
+            )
 
     # ------------------------------------------------------------------ internals
 
@@ -189,7 +200,8 @@ class MlflowSink:
             raise MlflowSinkError(
                 f"MLflow run {self.run_id}: {len(self._metrics)} metric points buffered, over "
                 f"max_buffer_points={self.max_buffer_points}; the store at {self.tracking_uri} "
-                f"has been unreachable for {self._failures} flushes: {self.last_error!r}")
+                f"has been unreachable for {self._failures} flushes: {self.last_error!r}"
+            )
 
     def _try_send(self, ignore_backoff: bool) -> bool:
         """Send what is buffered; True when everything went. Transient errors are kept for the
@@ -200,7 +212,7 @@ class MlflowSink:
             return False
         try:
             self._send()
-        except Exception as e:   # noqa: BLE001 - a store error of any kind is retried
+        except Exception as e:  # noqa: BLE001 - a store error of any kind is retried
             if getattr(e, "error_code", None) in _PERMANENT and not _overloaded(e):
                 raise MlflowSinkError(f"MLflow run {self.run_id} rejected the data: {e}") from e
             self.last_error = e
@@ -221,8 +233,9 @@ class MlflowSink:
         while self._params or self._tags:
             params = list(self._params.items())[: self.MAX_PARAMS_PER_BATCH]
             tags = list(self._tags.items())[: self.MAX_PARAMS_PER_BATCH]
-            self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params],
-                                  tags=[RunTag(k, v) for k, v in tags])
+            self.client.log_batch(
+                self.run_id, params=[Param(k, v) for k, v in params], tags=[RunTag(k, v) for k, v in tags]
+            )
             for k, _ in params:
                 del self._params[k]
             for k, _ in tags:

@@ -13,8 +13,9 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 DATA_SOURCES = ("markov", "zipf", "text", "tokens")
 SCHEDULES = ("cosine", "wsd")
@@ -26,8 +27,7 @@ OBJECTIVES = ("clm", "mlm")
 # Architecture fields and their defaults (today's model). A spec whose fields all equal these
 # hashes exactly as before they existed: `to_dict` leaves default-valued ones out.
 ARCH_DEFAULTS = {"pos": "learned", "activation": "gelu", "norm": "pre", "objective": "clm"}
-ARCH_CHOICES = {"pos": POSITIONS, "activation": ACTIVATIONS, "norm": NORMS,
-                "objective": OBJECTIVES}
+ARCH_CHOICES = {"pos": POSITIONS, "activation": ACTIVATIONS, "norm": NORMS, "objective": OBJECTIVES}
 ZIPF_KEYS = ("lexicon_size", "zipf_exponent", "min_word_len", "max_word_len")
 
 
@@ -46,15 +46,20 @@ def _require(ok: bool, field: str, message: str) -> None:
 
 
 def _positive_int(value: Any, field: str, minimum: int = 1) -> None:
-    _require(isinstance(value, int) and not isinstance(value, bool), field,
-             f"must be an integer, got {value!r}")
+    _require(
+        isinstance(value, int) and not isinstance(value, bool), field, f"must be an integer, got {value!r}"
+    )
     _require(value >= minimum, field, f"must be >= {minimum}, got {value}")
 
 
-def _finite(value: Any, field: str, lo: float | None = None, hi: float | None = None,
-            lo_open: bool = False) -> None:
-    _require(isinstance(value, (int, float)) and not isinstance(value, bool)
-             and math.isfinite(value), field, f"must be a finite number, got {value!r}")
+def _finite(
+    value: Any, field: str, lo: float | None = None, hi: float | None = None, lo_open: bool = False
+) -> None:
+    _require(
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+        field,
+        f"must be a finite number, got {value!r}",
+    )
     if lo is not None:
         ok = value > lo if lo_open else value >= lo
         _require(ok, field, f"must be {'>' if lo_open else '>='} {lo}, got {value}")
@@ -81,8 +86,8 @@ class ModelSpec:
     d_expert: int = 0
     shared_experts: int = 0
     tied_head: bool = True
-    aux_loss_coef: float = 0.01     # Switch load-balancing loss weight
-    z_loss_coef: float = 0.001      # router z-loss weight
+    aux_loss_coef: float = 0.01  # Switch load-balancing loss weight
+    z_loss_coef: float = 0.001  # router z-loss weight
     pos: str = "learned"
     activation: str = "gelu"
     norm: str = "pre"
@@ -91,16 +96,23 @@ class ModelSpec:
     def __post_init__(self) -> None:
         for name, allowed in ARCH_CHOICES.items():
             value = getattr(self, name)
-            _require(value in allowed, f"model.{name}",
-                     f"unknown value {value!r}; use one of {', '.join(allowed)}")
-        _require(not (self.pos == "none" and self.objective == "mlm"), "model.pos",
-                 "a masked LM (objective: mlm) cannot be position-free: its attention is "
-                 "bidirectional, so without positions it sees a bag of tokens; use pos: learned, "
-                 "sinusoidal or rope")
+            _require(
+                value in allowed, f"model.{name}", f"unknown value {value!r}; use one of {', '.join(allowed)}"
+            )
+        _require(
+            not (self.pos == "none" and self.objective == "mlm"),
+            "model.pos",
+            "a masked LM (objective: mlm) cannot be position-free: its attention is "
+            "bidirectional, so without positions it sees a bag of tokens; use pos: learned, "
+            "sinusoidal or rope",
+        )
         for name in ("n_layer", "d_model", "n_head", "vocab_size", "seq_len", "experts", "top_k"):
             _positive_int(getattr(self, name), f"model.{name}")
-        _require(self.d_model % self.n_head == 0, "model.n_head",
-                 f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
+        _require(
+            self.d_model % self.n_head == 0,
+            "model.n_head",
+            f"d_model={self.d_model} is not divisible by n_head={self.n_head}",
+        )
         if self.d_ff == 0:
             object.__setattr__(self, "d_ff", 4 * self.d_model)
         _positive_int(self.d_ff, "model.d_ff")
@@ -108,11 +120,17 @@ class ModelSpec:
             object.__setattr__(self, "d_expert", self.d_ff)
         _positive_int(self.d_expert, "model.d_expert")
         _positive_int(self.shared_experts, "model.shared_experts", minimum=0)
-        _require(self.top_k <= self.experts, "model.top_k",
-                 f"top_k={self.top_k} exceeds experts={self.experts}; use top_k <= experts")
+        _require(
+            self.top_k <= self.experts,
+            "model.top_k",
+            f"top_k={self.top_k} exceeds experts={self.experts}; use top_k <= experts",
+        )
         if self.experts == 1:
-            _require(self.top_k == 1 and self.shared_experts == 0, "model.experts",
-                     "a dense model (experts: 1) takes no top_k or shared_experts")
+            _require(
+                self.top_k == 1 and self.shared_experts == 0,
+                "model.experts",
+                "a dense model (experts: 1) takes no top_k or shared_experts",
+            )
         _require(isinstance(self.tied_head, bool), "model.tied_head", "must be true or false")
         _finite(self.aux_loss_coef, "model.aux_loss_coef", lo=0)
         _finite(self.z_loss_coef, "model.z_loss_coef", lo=0)
@@ -156,67 +174,99 @@ class DataSpec:
     vocab_size: int = 64
     seq_len: int = 64
     seed: int = 0
-    order: int = 2                  # markov: context length k
-    concentration: float = 0.1      # markov: Dirichlet alpha of the transition rows
+    order: int = 2  # markov: context length k
+    concentration: float = 0.1  # markov: Dirichlet alpha of the transition rows
     paths: tuple[str, ...] = ()
-    val_tokens: int = 32768         # held-out tokens, the same for every run of a study
-    lexicon_size: int = 8192        # zipf: words in the lexicon
-    zipf_exponent: float = 1.45     # zipf: word r is emitted with probability ∝ r^-s
-    min_word_len: int = 4           # zipf: word lengths (tokens) uniform in [min, max]
+    val_tokens: int = 32768  # held-out tokens, the same for every run of a study
+    lexicon_size: int = 8192  # zipf: words in the lexicon
+    zipf_exponent: float = 1.45  # zipf: word r is emitted with probability ∝ r^-s
+    min_word_len: int = 4  # zipf: word lengths (tokens) uniform in [min, max]
     max_word_len: int = 4
 
     def __post_init__(self) -> None:
-        _require(self.source in DATA_SOURCES, "data.source",
-                 f"unknown source {self.source!r}; use one of {', '.join(DATA_SOURCES)}")
+        _require(
+            self.source in DATA_SOURCES,
+            "data.source",
+            f"unknown source {self.source!r}; use one of {', '.join(DATA_SOURCES)}",
+        )
         _positive_int(self.vocab_size, "data.vocab_size", minimum=2)
-        _require(self.vocab_size <= 65536, "data.vocab_size",
-                 f"{self.vocab_size} does not fit uint16 tokens; use <= 65536")
+        _require(
+            self.vocab_size <= 65536,
+            "data.vocab_size",
+            f"{self.vocab_size} does not fit uint16 tokens; use <= 65536",
+        )
         if self.source == "text":
-            _require(self.vocab_size == 256, "data.vocab_size",
-                     "the text source is byte-level: set vocab_size: 256")
+            _require(
+                self.vocab_size == 256,
+                "data.vocab_size",
+                "the text source is byte-level: set vocab_size: 256",
+            )
         _positive_int(self.seq_len, "data.seq_len", minimum=2)
         _positive_int(self.seed, "data.seed", minimum=0)
         _positive_int(self.order, "data.order", minimum=1)
         if self.source == "markov":
-            _require(self.vocab_size ** self.order <= 2 ** 22, "data.order",
-                     f"vocab_size**order = {self.vocab_size ** self.order} contexts is too many; "
-                     "lower order or vocab_size")
+            _require(
+                self.vocab_size**self.order <= 2**22,
+                "data.order",
+                f"vocab_size**order = {self.vocab_size**self.order} contexts is too many; "
+                "lower order or vocab_size",
+            )
         _finite(self.concentration, "data.concentration", lo=0, lo_open=True)
         self._check_zipf()
         object.__setattr__(self, "paths", tuple(str(p) for p in self.paths))
         if self.source == "tokens":
-            _require(len(self.paths) == 1, "data.paths",
-                     "the tokens source takes one directory holding train.bin and val.bin")
+            _require(
+                len(self.paths) == 1,
+                "data.paths",
+                "the tokens source takes one directory holding train.bin and val.bin",
+            )
         if self.source in ("text", "tokens"):
             for i, p in enumerate(self.paths):
-                _require(os.path.exists(os.path.expanduser(p)), f"data.paths[{i}]",
-                         f"{p} does not exist; give an existing file or directory")
+                _require(
+                    os.path.exists(os.path.expanduser(p)),
+                    f"data.paths[{i}]",
+                    f"{p} does not exist; give an existing file or directory",
+                )
         if self.source == "tokens":
             for name in ("train.bin", "val.bin"):
-                _require(os.path.isfile(os.path.join(os.path.expanduser(self.paths[0]), name)),
-                         "data.paths[0]",
-                         f"{self.paths[0]!r} has no {name}; the tokens source needs a directory "
-                         "holding train.bin and val.bin (uint16)")
+                _require(
+                    os.path.isfile(os.path.join(os.path.expanduser(self.paths[0]), name)),
+                    "data.paths[0]",
+                    f"{self.paths[0]!r} has no {name}; the tokens source needs a directory "
+                    "holding train.bin and val.bin (uint16)",
+                )
         _positive_int(self.val_tokens, "data.val_tokens", minimum=self.seq_len + 1)
 
     def _check_zipf(self) -> None:
         _positive_int(self.lexicon_size, "data.lexicon_size", minimum=2)
-        _require(self.lexicon_size <= 1_000_000, "data.lexicon_size",
-                 f"{self.lexicon_size} words is too many to build per run; use <= 1000000")
+        _require(
+            self.lexicon_size <= 1_000_000,
+            "data.lexicon_size",
+            f"{self.lexicon_size} words is too many to build per run; use <= 1000000",
+        )
         _finite(self.zipf_exponent, "data.zipf_exponent", lo=0, lo_open=True, hi=10)
         _positive_int(self.min_word_len, "data.min_word_len", minimum=1)
         _positive_int(self.max_word_len, "data.max_word_len", minimum=1)
-        _require(self.max_word_len >= self.min_word_len, "data.max_word_len",
-                 f"max_word_len={self.max_word_len} < min_word_len={self.min_word_len}; "
-                 "raise max_word_len or lower min_word_len")
-        _require(self.max_word_len <= 16, "data.max_word_len",
-                 f"{self.max_word_len} tokens per word is too long; use <= 16")
+        _require(
+            self.max_word_len >= self.min_word_len,
+            "data.max_word_len",
+            f"max_word_len={self.max_word_len} < min_word_len={self.min_word_len}; "
+            "raise max_word_len or lower min_word_len",
+        )
+        _require(
+            self.max_word_len <= 16,
+            "data.max_word_len",
+            f"{self.max_word_len} tokens per word is too long; use <= 16",
+        )
         if self.source == "zipf":
-            room = sum(self.vocab_size ** n for n in range(self.min_word_len, self.max_word_len + 1))
-            _require(room >= 4 * self.lexicon_size, "data.lexicon_size",
-                     f"{self.lexicon_size} words do not fit in {room} token strings of "
-                     f"{self.min_word_len}-{self.max_word_len} tokens over vocab_size="
-                     f"{self.vocab_size}; lower lexicon_size or raise max_word_len/vocab_size")
+            room = sum(self.vocab_size**n for n in range(self.min_word_len, self.max_word_len + 1))
+            _require(
+                room >= 4 * self.lexicon_size,
+                "data.lexicon_size",
+                f"{self.lexicon_size} words do not fit in {room} token strings of "
+                f"{self.min_word_len}-{self.max_word_len} tokens over vocab_size="
+                f"{self.vocab_size}; lower lexicon_size or raise max_word_len/vocab_size",
+            )
 
 
 # Recipe fields that say where and how fast a run goes, not what it computes: not hashed into
@@ -228,19 +278,21 @@ RUNTIME_FIELDS = ("device", "compile", "eval_interval_tokens", "checkpoint_inter
 class RecipeSpec:
     """The training recipe, fixed across a study. Token counts are in tokens."""
 
-    batch_size: int = 16            # sequences per optimizer step
-    lr: float = 3e-3                # peak learning rate
+    batch_size: int = 16  # sequences per optimizer step
+    lr: float = 3e-3  # peak learning rate
     schedule: str = "cosine"
-    warmup_frac: float = 0.05       # warmup as a fraction of the run's tokens (wsd: of the trunk's shortest branch)
-    min_lr_ratio: float = 0.1       # cosine ends at min_lr_ratio·lr exactly at the token budget
-    cooldown_frac: float = 0.2      # wsd: last fraction of each branch, 1-sqrt decay to 0
+    warmup_frac: float = (
+        0.05  # warmup as a fraction of the run's tokens (wsd: of the trunk's shortest branch)
+    )
+    min_lr_ratio: float = 0.1  # cosine ends at min_lr_ratio·lr exactly at the token budget
+    cooldown_frac: float = 0.2  # wsd: last fraction of each branch, 1-sqrt decay to 0
     beta1: float = 0.9
     beta2: float = 0.99
-    weight_decay: float = 0.1       # matrices only
+    weight_decay: float = 0.1  # matrices only
     grad_clip: float = 1.0
-    eval_interval_tokens: int = 0   # 0: about 10 evaluations per run
+    eval_interval_tokens: int = 0  # 0: about 10 evaluations per run
     checkpoint_interval_tokens: int = 0  # 0: at every evaluation
-    divergence_loss: float = 0.0    # 0: 2·ln(vocab) + 1; a train loss above this, or NaN/inf, diverges
+    divergence_loss: float = 0.0  # 0: 2·ln(vocab) + 1; a train loss above this, or NaN/inf, diverges
     device: str = "auto"
     compile: bool = False
     eval_lengths: tuple[int, ...] = (1,)  # held-out loss at these multiples of data.seq_len
@@ -250,12 +302,18 @@ class RecipeSpec:
         _require(len(self.eval_lengths) > 0, "train.eval_lengths", "must not be empty; use [1]")
         for i, k in enumerate(self.eval_lengths):
             _positive_int(k, f"train.eval_lengths[{i}]")
-        _require(len(set(self.eval_lengths)) == len(self.eval_lengths), "train.eval_lengths",
-                 "has duplicates; list each multiple of data.seq_len once, e.g. [1, 2, 4, 8]")
+        _require(
+            len(set(self.eval_lengths)) == len(self.eval_lengths),
+            "train.eval_lengths",
+            "has duplicates; list each multiple of data.seq_len once, e.g. [1, 2, 4, 8]",
+        )
         _positive_int(self.batch_size, "train.batch_size")
         _finite(self.lr, "train.lr", lo=0, lo_open=True, hi=10.0)
-        _require(self.schedule in SCHEDULES, "train.schedule",
-                 f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
+        _require(
+            self.schedule in SCHEDULES,
+            "train.schedule",
+            f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}",
+        )
         _finite(self.warmup_frac, "train.warmup_frac", lo=0, hi=0.5)
         _finite(self.min_lr_ratio, "train.min_lr_ratio", lo=0, hi=1)
         _finite(self.cooldown_frac, "train.cooldown_frac", lo=0, lo_open=True, hi=1)
@@ -266,8 +324,11 @@ class RecipeSpec:
         _positive_int(self.eval_interval_tokens, "train.eval_interval_tokens", minimum=0)
         _positive_int(self.checkpoint_interval_tokens, "train.checkpoint_interval_tokens", minimum=0)
         _finite(self.divergence_loss, "train.divergence_loss", lo=0)
-        _require(self.device in DEVICES, "train.device",
-                 f"unknown device {self.device!r}; use one of {', '.join(DEVICES)}")
+        _require(
+            self.device in DEVICES,
+            "train.device",
+            f"unknown device {self.device!r}; use one of {', '.join(DEVICES)}",
+        )
         _require(isinstance(self.compile, bool), "train.compile", "must be true or false")
 
 
@@ -290,26 +351,40 @@ class RunSpec:
         _positive_int(self.seed, "seed", minimum=0)
         _positive_int(self.tokens, "tokens", minimum=1)
         tokens_per_step = self.recipe.batch_size * self.data.seq_len
-        _require(self.tokens >= tokens_per_step, "tokens",
-                 f"{self.tokens} tokens is less than one batch ({tokens_per_step} = "
-                 "batch_size·seq_len); raise tokens or lower batch_size")
+        _require(
+            self.tokens >= tokens_per_step,
+            "tokens",
+            f"{self.tokens} tokens is less than one batch ({tokens_per_step} = "
+            "batch_size·seq_len); raise tokens or lower batch_size",
+        )
         _positive_int(self.warmup_tokens, "warmup_tokens", minimum=0)
-        _require(self.model.vocab_size == self.data.vocab_size, "model.vocab_size",
-                 f"model vocab {self.model.vocab_size} != data vocab {self.data.vocab_size}")
-        _require(self.model.seq_len == self.data.seq_len, "model.seq_len",
-                 f"model seq_len {self.model.seq_len} != data seq_len {self.data.seq_len}")
+        _require(
+            self.model.vocab_size == self.data.vocab_size,
+            "model.vocab_size",
+            f"model vocab {self.model.vocab_size} != data vocab {self.data.vocab_size}",
+        )
+        _require(
+            self.model.seq_len == self.data.seq_len,
+            "model.seq_len",
+            f"model seq_len {self.model.seq_len} != data seq_len {self.data.seq_len}",
+        )
         longest = math.lcm(*self.recipe.eval_lengths) * self.data.seq_len
-        _require(self.data.val_tokens >= longest, "data.val_tokens",
-                 f"{self.data.val_tokens} held-out tokens hold no segment for train.eval_lengths "
-                 f"(lcm(eval_lengths)·seq_len = {longest} tokens); raise data.val_tokens to "
-                 f"at least {longest} (better 8x that) or lower train.eval_lengths")
+        _require(
+            self.data.val_tokens >= longest,
+            "data.val_tokens",
+            f"{self.data.val_tokens} held-out tokens hold no segment for train.eval_lengths "
+            f"(lcm(eval_lengths)·seq_len = {longest} tokens); raise data.val_tokens to "
+            f"at least {longest} (better 8x that) or lower train.eval_lengths",
+        )
         # a trunk must be shared only under the warmup it was trained with: warmup ends before
         # every branch's cooldown starts (warmup_frac + cooldown_frac <= 1)
-        _require(self.recipe.schedule != "wsd" or self.warmup_tokens <= self.cooldown_start_tokens,
-                 "train.warmup_frac",
-                 f"wsd warmup of {self.warmup_tokens} tokens outlasts the stable phase of the "
-                 f"{self.tokens}-token branch (cooldown from {self.cooldown_start_tokens}); lower "
-                 "warmup_frac or cooldown_frac so that warmup_frac + cooldown_frac <= 1")
+        _require(
+            self.recipe.schedule != "wsd" or self.warmup_tokens <= self.cooldown_start_tokens,
+            "train.warmup_frac",
+            f"wsd warmup of {self.warmup_tokens} tokens outlasts the stable phase of the "
+            f"{self.tokens}-token branch (cooldown from {self.cooldown_start_tokens}); lower "
+            "warmup_frac or cooldown_frac so that warmup_frac + cooldown_frac <= 1",
+        )
 
     @property
     def tokens_per_step(self) -> int:
@@ -331,20 +406,25 @@ class RunSpec:
                 del d["model"][k]
         if tuple(d["recipe"].get("eval_lengths", ())) == (1,):
             del d["recipe"]["eval_lengths"]
-        if self.data.source != "zipf":          # zipf keys appear only for the zipf source
+        if self.data.source != "zipf":  # zipf keys appear only for the zipf source
             for k in ZIPF_KEYS:
                 d["data"].pop(k)
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "RunSpec":
+    def from_dict(cls, d: Mapping[str, Any]) -> RunSpec:
         data = dict(d["data"])
         data["paths"] = tuple(data.get("paths", ()))
         recipe = dict(d["recipe"])
         recipe["eval_lengths"] = tuple(recipe.get("eval_lengths", (1,)))
-        return cls(model=ModelSpec(**d["model"]), data=DataSpec(**data),
-                   recipe=RecipeSpec(**recipe), tokens=d["tokens"], seed=d["seed"],
-                   warmup_tokens=d.get("warmup_tokens", 0))
+        return cls(
+            model=ModelSpec(**d["model"]),
+            data=DataSpec(**data),
+            recipe=RecipeSpec(**recipe),
+            tokens=d["tokens"],
+            seed=d["seed"],
+            warmup_tokens=d.get("warmup_tokens", 0),
+        )
 
     def identity(self) -> dict[str, Any]:
         """What changes the result (model, data, recipe, tokens, seed), without the run-time
@@ -378,7 +458,7 @@ def spec_hash(d: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-ALREADY_FINISHED = "already finished (from checkpoint)"   # RunResult.message of such a run
+ALREADY_FINISHED = "already finished (from checkpoint)"  # RunResult.message of such a run
 
 
 @dataclass
@@ -387,13 +467,13 @@ class RunResult:
 
     status: str
     message: str = ""
-    val_loss: float | None = None         # final held-out loss, nats/token
-    train_loss: float | None = None       # last smoothed training loss, nats/token
-    tokens: int = 0                       # tokens of this point's budget that were reached (D)
-    flops: float = 0.0                    # training FLOPs of the point, chinchilla convention
+    val_loss: float | None = None  # final held-out loss, nats/token
+    train_loss: float | None = None  # last smoothed training loss, nats/token
+    tokens: int = 0  # tokens of this point's budget that were reached (D)
+    flops: float = 0.0  # training FLOPs of the point, chinchilla convention
     steps: int = 0
     wall_time_s: float = 0.0
     device: str = "cpu"
-    epochs: float = 0.0                   # passes over the unique training tokens
-    resumed_from_tokens: int = 0          # 0 when trained from scratch
+    epochs: float = 0.0  # passes over the unique training tokens
+    resumed_from_tokens: int = 0  # 0 when trained from scratch
     extra: dict[str, Any] = field(default_factory=dict)

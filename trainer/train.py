@@ -23,10 +23,11 @@ import random
 import re
 import time
 import traceback
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,15 +43,26 @@ from .spec import ALREADY_FINISHED, RunResult, RunSpec, SpecError
 
 _log = logging.getLogger("scalelab.trainer")
 CKPT_NAME = "ckpt.pt"
-LOG_POINTS = 100                # train metrics about every 1% of the run
-DEFAULT_EVALS = 10              # eval_interval_tokens = 0: about 10 evaluations per run
-MIN_AUTO_CHECKPOINT_S = 30.0    # checkpoint_interval_tokens = 0: at evals, at most this often
-EVAL_BATCH_TOKENS = 1 << 15     # tokens per evaluation forward pass
+LOG_POINTS = 100  # train metrics about every 1% of the run
+DEFAULT_EVALS = 10  # eval_interval_tokens = 0: about 10 evaluations per run
+MIN_AUTO_CHECKPOINT_S = 30.0  # checkpoint_interval_tokens = 0: at evals, at most this often
+EVAL_BATCH_TOKENS = 1 << 15  # tokens per evaluation forward pass
 
 # Dense bf16 peak FLOP/s by device name (first match wins), for MFU.
-PEAK_FLOPS = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12),
-              ("B200", 2250e12), ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12),
-              ("A10", 125e12), ("4090", 165e12), ("3090", 71e12), ("V100", 125e12))
+PEAK_FLOPS = (
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("H200", 989e12),
+    ("GH200", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+    ("A10", 125e12),
+    ("4090", 165e12),
+    ("3090", 71e12),
+    ("V100", 125e12),
+)
 
 
 def peak_flops(device: torch.device) -> float | None:
@@ -68,12 +80,19 @@ def checkpoint_info(checkpoint_dir: str | os.PathLike) -> dict[str, Any] | None:
         return None
     p = ckpt.load(path)
     extra = p["extra"]
-    return {"step": p["step"], "tokens": p["tokens"], "run_id": extra.get("run_id"),
-            "run_key": extra.get("run_key"), "finished": bool(extra.get("finished")),
-            "val_loss": extra.get("val_loss"), "train_loss": extra.get("train_loss")}
+    return {
+        "step": p["step"],
+        "tokens": p["tokens"],
+        "run_id": extra.get("run_id"),
+        "run_key": extra.get("run_key"),
+        "finished": bool(extra.get("finished")),
+        "val_loss": extra.get("val_loss"),
+        "train_loss": extra.get("train_loss"),
+    }
 
 
 # --------------------------------------------------------------------------- plan of a run
+
 
 @dataclass(frozen=True)
 class _Plan:
@@ -82,14 +101,14 @@ class _Plan:
     tokens_per_step: int
     total_steps: int
     warmup_tokens: int
-    cooldown_start_step: int     # wsd: first step of the cooldown; cosine: == total_steps
+    cooldown_start_step: int  # wsd: first step of the cooldown; cosine: == total_steps
     log_every: int
     eval_every: int
-    ckpt_every: int              # 0: at evaluations (time-limited)
+    ckpt_every: int  # 0: at evaluations (time-limited)
     divergence_loss: float
 
     @classmethod
-    def of(cls, spec: RunSpec) -> "_Plan":
+    def of(cls, spec: RunSpec) -> _Plan:
         r, tps = spec.recipe, spec.tokens_per_step
         total = spec.tokens // tps
         if r.schedule == "wsd":
@@ -107,11 +126,15 @@ class _Plan:
         # more than ~1/4 of training (a forward is ~1/3 of a training step per token).
         n_evals = max(1, min(DEFAULT_EVALS, int(0.75 * total * tps / spec.data.val_tokens)))
         return cls(
-            tokens_per_step=tps, total_steps=total, warmup_tokens=warmup,
-            cooldown_start_step=cd_start, log_every=max(1, total // LOG_POINTS),
+            tokens_per_step=tps,
+            total_steps=total,
+            warmup_tokens=warmup,
+            cooldown_start_step=cd_start,
+            log_every=max(1, total // LOG_POINTS),
             eval_every=steps(r.eval_interval_tokens, max(1, math.ceil(total / n_evals))),
             ckpt_every=steps(r.checkpoint_interval_tokens, 0),
-            divergence_loss=r.divergence_loss or 2.0 * math.log(spec.model.vocab_size) + 1.0)
+            divergence_loss=r.divergence_loss or 2.0 * math.log(spec.model.vocab_size) + 1.0,
+        )
 
 
 @dataclass
@@ -119,17 +142,22 @@ class _Progress:
     """Mutable state of a run that checkpoints carry (besides model/optimizer/RNG)."""
 
     step: int = 0
-    loss_sum: float = 0.0            # train loss accumulated since the last train log
+    loss_sum: float = 0.0  # train loss accumulated since the last train log
     loss_n: int = 0
     train_loss: float | None = None
     val_loss: float | None = None
-    wall_s: float = 0.0              # wall time of earlier attempts
-    train_s: float = 0.0             # time in optimizer steps (excludes eval/checkpoint)
-    tokens_trained: int = 0          # tokens this process trained (for the mean tokens/s)
+    wall_s: float = 0.0  # wall time of earlier attempts
+    train_s: float = 0.0  # time in optimizer steps (excludes eval/checkpoint)
+    tokens_trained: int = 0  # tokens this process trained (for the mean tokens/s)
 
     def as_extra(self) -> dict[str, Any]:
-        return {"loss_sum": self.loss_sum, "loss_n": self.loss_n, "train_loss": self.train_loss,
-                "val_loss": self.val_loss, "wall_s": self.wall_s}
+        return {
+            "loss_sum": self.loss_sum,
+            "loss_n": self.loss_n,
+            "train_loss": self.train_loss,
+            "val_loss": self.val_loss,
+            "wall_s": self.wall_s,
+        }
 
 
 class _Diverged(Exception):
@@ -147,14 +175,20 @@ class _Phase:
     sink: MetricSink
     end_step: int
     save: Callable[[], None]
-    guard: tuple[MetricSink, ...] = ()   # other sinks whose undelivered metrics also block a checkpoint
+    guard: tuple[MetricSink, ...] = ()  # other sinks whose undelivered metrics also block a checkpoint
 
 
 # --------------------------------------------------------------------------- the run
 
+
 class _Run:
-    def __init__(self, spec: RunSpec, checkpoint_dir: Path, trunk_dir: Path | None,
-                 should_stop: Callable[[], bool] | None):
+    def __init__(
+        self,
+        spec: RunSpec,
+        checkpoint_dir: Path,
+        trunk_dir: Path | None,
+        should_stop: Callable[[], bool] | None,
+    ):
         self.spec = spec
         self.plan = _Plan.of(spec)
         self.checkpoint_dir = checkpoint_dir
@@ -163,7 +197,7 @@ class _Run:
         self.device = _pick_device(spec.recipe.device)
         self.progress = _Progress()
         self.resumed_from_tokens = 0
-        self.recovery: list[str] = []     # corrupt checkpoints set aside, for the log and tags
+        self.recovery: list[str] = []  # corrupt checkpoints set aside, for the log and tags
         self.started = time.perf_counter()
         self.fpt = flops_per_token(spec.model, "chinchilla")
         self.peak = peak_flops(self.device)
@@ -173,8 +207,9 @@ class _Run:
         self.model = GPT(spec.model).to(self.device)
         r = spec.recipe
         # fused AdamW: one kernel per step on CUDA, and the fastest path on CPU too
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, r.weight_decay), lr=r.lr,
-                                           betas=(r.beta1, r.beta2), fused=True)
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, r.weight_decay), lr=r.lr, betas=(r.beta1, r.beta2), fused=True
+        )
         self.params = list(self.model.parameters())
         self.forward: Callable[..., Any] = self.model
         if self.device.type == "cuda":
@@ -182,19 +217,24 @@ class _Run:
             torch.backends.cudnn.allow_tf32 = True
             if r.compile:
                 self.forward = torch.compile(self.model)
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                         if self.device.type == "cuda" else nullcontext())
+        self.autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
+        )
         self.source = make_source(spec.data, spec.seed)
         self.val = torch.from_numpy(self.source.val).to(self.device)
         self.mlm = spec.model.objective == "mlm"
-        if self.mlm:          # one fixed mask per held-out sequence, the same at every evaluation
-            inputs, targets = mlm_corrupt(self.source.val[:, :-1], spec.model.vocab_size,
-                                          mlm_val_rng(spec.data))
-            self.val_mlm = (torch.from_numpy(inputs).to(self.device),
-                            torch.from_numpy(targets).to(self.device))
+        if self.mlm:  # one fixed mask per held-out sequence, the same at every evaluation
+            inputs, targets = mlm_corrupt(
+                self.source.val[:, :-1], spec.model.vocab_size, mlm_val_rng(spec.data)
+            )
+            self.val_mlm = (
+                torch.from_numpy(inputs).to(self.device),
+                torch.from_numpy(targets).to(self.device),
+            )
         self.lengths = self._eval_lengths()
-        self.segments = (long_segments(self.source, spec.data, eval_span(tuple(self.lengths)))
-                         if self.lengths else None)
+        self.segments = (
+            long_segments(self.source, spec.data, eval_span(tuple(self.lengths))) if self.lengths else None
+        )
         self._loss_acc = torch.zeros((), device=self.device)
         self._count_acc: torch.Tensor | None = None
         self._aux_acc = torch.zeros((), device=self.device)
@@ -216,12 +256,17 @@ class _Run:
 
     def length_params(self) -> dict[str, str]:
         """`eval_len<k>x`: measured, or n/a (with why in `eval_len_na_reason`)."""
-        out = {f"eval_len{k}x": ("measured" if k in self.lengths else "n/a")
-               for k in self.spec.recipe.eval_lengths if k > 1}
+        out = {
+            f"eval_len{k}x": ("measured" if k in self.lengths else "n/a")
+            for k in self.spec.recipe.eval_lengths
+            if k > 1
+        }
         if any(v == "n/a" for v in out.values()):
-            out["eval_len_na_reason"] = ("objective mlm: length extrapolation is measured for "
-                                         "causal runs" if self.mlm else
-                                         "pos learned: no embedding for positions past seq_len")
+            out["eval_len_na_reason"] = (
+                "objective mlm: length extrapolation is measured for causal runs"
+                if self.mlm
+                else "pos learned: no embedding for positions past seq_len"
+            )
         return out
 
     @property
@@ -230,10 +275,15 @@ class _Run:
 
     def lr(self, step: int) -> float:
         r, p = self.spec.recipe, self.plan
-        return lr_at((step + 1) * p.tokens_per_step, schedule=r.schedule,
-                     total=p.total_steps * p.tokens_per_step, warmup=p.warmup_tokens, peak=r.lr,
-                     min_ratio=r.min_lr_ratio,
-                     cooldown_start=p.cooldown_start_step * p.tokens_per_step)
+        return lr_at(
+            (step + 1) * p.tokens_per_step,
+            schedule=r.schedule,
+            total=p.total_steps * p.tokens_per_step,
+            warmup=p.warmup_tokens,
+            peak=r.lr,
+            min_ratio=r.min_lr_ratio,
+            cooldown_start=p.cooldown_start_step * p.tokens_per_step,
+        )
 
     def run_params(self) -> dict[str, Any]:
         """Params the trainer adds (the orchestrator logs the point's identity and counts)."""
@@ -241,8 +291,10 @@ class _Run:
         out: dict[str, Any] = {
             "n_params_embedding": counts.embedding,
             "n_params_active_nonembedding": counts.active_nonembedding,
-            "flops_per_token": f"{self.fpt:.6e}", "tokens_per_step": self.plan.tokens_per_step,
-            "total_steps": self.plan.total_steps, "warmup_tokens_used": self.plan.warmup_tokens,
+            "flops_per_token": f"{self.fpt:.6e}",
+            "tokens_per_step": self.plan.tokens_per_step,
+            "total_steps": self.plan.total_steps,
+            "warmup_tokens_used": self.plan.warmup_tokens,
             "val_tokens_used": int(self.val.shape[0] * (self.val.shape[1] - 1)),
             **self.length_params(),
         }
@@ -255,15 +307,28 @@ class _Run:
         run_id = sink.run_id
         self.progress.loss_sum = float(self._loss_acc)
         counts = None if self._count_acc is None else self._count_acc.cpu().tolist()
-        return {"run_key": self.spec.key(), "trunk_key": self.spec.trunk_key(),
-                "run_id": run_id, **self.progress.as_extra(), "moe_counts": counts,
-                "moe_aux_sum": float(self._aux_acc),
-                "wall_s": self.progress.wall_s + time.perf_counter() - self.started, **more}
+        return {
+            "run_key": self.spec.key(),
+            "trunk_key": self.spec.trunk_key(),
+            "run_id": run_id,
+            **self.progress.as_extra(),
+            "moe_counts": counts,
+            "moe_aux_sum": float(self._aux_acc),
+            "wall_s": self.progress.wall_s + time.perf_counter() - self.started,
+            **more,
+        }
 
     def _save(self, path: Path, sink: MetricSink, **more: Any) -> None:
-        ckpt.save(path, model=self.model, optimizer=self.optimizer, step=self.progress.step,
-                  tokens=self.tokens, position=self.progress.step * self.spec.recipe.batch_size,
-                  extra=self._extra(sink, **more), keep_previous=path == self._own_ckpt())
+        ckpt.save(
+            path,
+            model=self.model,
+            optimizer=self.optimizer,
+            step=self.progress.step,
+            tokens=self.tokens,
+            position=self.progress.step * self.spec.recipe.batch_size,
+            extra=self._extra(sink, **more),
+            keep_previous=path == self._own_ckpt(),
+        )
 
     def _set_aside(self, e: ckpt.CorruptCheckpoint) -> None:
         moved = ckpt.set_aside(e.path)
@@ -284,22 +349,28 @@ class _Run:
         """Say what happened to corrupt checkpoints: a log line and an MLflow tag."""
         if not self.recovery:
             return {}
-        how = (f"resumed from an earlier checkpoint at {self.tokens} tokens" if resumed else
-               f"restarted the branch from its trunk at {self.tokens} tokens" if self.tokens else
-               "restarted the run from scratch")
+        how = (
+            f"resumed from an earlier checkpoint at {self.tokens} tokens"
+            if resumed
+            else f"restarted the branch from its trunk at {self.tokens} tokens"
+            if self.tokens
+            else "restarted the run from scratch"
+        )
         note = "; ".join(self.recovery) + f"; {how}"
         _log.warning("%s", note)
         return {"scalelab.checkpoint_recovery": note[-4000:]}
 
     def _restore(self, path: Path, *, own: bool) -> dict[str, Any]:
-        payload = ckpt.load(path)    # on CPU: RNG states must stay CPU tensors
+        payload = ckpt.load(path)  # on CPU: RNG states must stay CPU tensors
         extra = payload["extra"]
         key = "run_key" if own else "trunk_key"
         expected = self.spec.key() if own else self.spec.trunk_key()
         legacy = self.spec.legacy_key() if own else self.spec.legacy_trunk_key()
-        if extra.get(key) not in (expected, legacy):     # legacy: keys of older stores
-            raise RuntimeError(f"{path} belongs to {key} {extra.get(key)}, not {expected}; "
-                               "use a fresh checkpoint_dir for a changed spec")
+        if extra.get(key) not in (expected, legacy):  # legacy: keys of older stores
+            raise RuntimeError(
+                f"{path} belongs to {key} {extra.get(key)}, not {expected}; "
+                "use a fresh checkpoint_dir for a changed spec"
+            )
         ckpt.restore(payload, model=self.model, optimizer=self.optimizer)
         self.progress.step = payload["step"]
         if own:
@@ -332,7 +403,7 @@ class _Run:
         assert self.trunk_dir is not None
         path = self.trunk_dir / f"{kind}_{self.tokens:015d}.pt"
         self._save(path, sink)
-        if kind == "stable":     # keep only the newest periodic trunk checkpoint
+        if kind == "stable":  # keep only the newest periodic trunk checkpoint
             for _, f in self._trunk_ckpts():
                 if f.name.startswith("stable_") and f != path:
                     f.unlink(missing_ok=True)
@@ -344,7 +415,7 @@ class _Run:
         lr = self.lr(p.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        x, y = self._batch(p.step, B)                                           # (B, T) each
+        x, y = self._batch(p.step, B)  # (B, T) each
         with self.autocast:
             _, loss, aux = self.forward(x, y)
             total = loss + aux["reg"] if aux else loss
@@ -364,10 +435,11 @@ class _Run:
 
     def _batch(self, step: int, B: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets) of one step: next tokens (clm) or the masked positions (mlm)."""
-        batch = self.source.batch(step * B, B)                                  # (B, T+1)
-        if self.mlm:          # bidirectional: predict the corrupted positions of the window
-            batch = np.stack(mlm_corrupt(batch[:, :-1], self.spec.model.vocab_size,
-                                         mlm_train_rng(self.spec.seed, step)))   # (2, B, T)
+        batch = self.source.batch(step * B, B)  # (B, T+1)
+        if self.mlm:  # bidirectional: predict the corrupted positions of the window
+            batch = np.stack(
+                mlm_corrupt(batch[:, :-1], self.spec.model.vocab_size, mlm_train_rng(self.spec.seed, step))
+            )  # (2, B, T)
             both = torch.from_numpy(batch).to(self.device, non_blocking=True)
             return both[0], both[1]
         both = torch.from_numpy(batch).to(self.device, non_blocking=True)
@@ -376,16 +448,22 @@ class _Run:
     def _train_metrics(self) -> dict[str, float]:
         """Mean train loss of the interval (one host sync), rates; raises _Diverged."""
         p = self.progress
-        loss_sum = float(self._loss_acc)              # the one sync per log interval
+        loss_sum = float(self._loss_acc)  # the one sync per log interval
         loss = loss_sum / max(p.loss_n, 1)
         if not math.isfinite(loss) or loss > self.plan.divergence_loss:
-            raise _Diverged(f"train loss {loss:.4g} at step {p.step} (tokens {self.tokens}) is "
-                            f"{'not finite' if not math.isfinite(loss) else 'above the bound'} "
-                            f"{self.plan.divergence_loss:.4g}")
+            raise _Diverged(
+                f"train loss {loss:.4g} at step {p.step} (tokens {self.tokens}) is "
+                f"{'not finite' if not math.isfinite(loss) else 'above the bound'} "
+                f"{self.plan.divergence_loss:.4g}"
+            )
         now = time.perf_counter()
         elapsed = now - self._interval_start - self._interval_excluded
-        metrics = {"train_loss": loss, "lr": self.lr(p.step - 1), "tokens": float(self.tokens),
-                   "epochs": self.source.epochs(p.step * self.spec.recipe.batch_size)}
+        metrics = {
+            "train_loss": loss,
+            "lr": self.lr(p.step - 1),
+            "tokens": float(self.tokens),
+            "epochs": self.source.epochs(p.step * self.spec.recipe.batch_size),
+        }
         if elapsed > 0 and self._interval_tokens:
             tps = self._interval_tokens / elapsed
             metrics["tokens_per_s"] = tps
@@ -395,7 +473,7 @@ class _Run:
             p.train_s += elapsed
             p.tokens_trained += self._interval_tokens
         if self._count_acc is not None:
-            c = self._count_acc.float()                                         # (L_moe, E)
+            c = self._count_acc.float()  # (L_moe, E)
             metrics["expert_load_max_over_mean"] = float((c.max(1).values / c.mean(1)).max())
             metrics["moe_aux_loss"] = float(self._aux_acc) / max(p.loss_n, 1)
             self._count_acc = None
@@ -417,11 +495,11 @@ class _Run:
         total = torch.zeros((), device=self.device, dtype=torch.float64)
         count = torch.zeros((), device=self.device, dtype=torch.float64)
         for i in range(0, n, per):
-            if self.mlm:      # nats per predicted (selected) token
-                x, y = self.val_mlm[0][i:i + per], self.val_mlm[1][i:i + per]
+            if self.mlm:  # nats per predicted (selected) token
+                x, y = self.val_mlm[0][i : i + per], self.val_mlm[1][i : i + per]
                 weight = (y != -100).sum().double()
             else:
-                w = self.val[i:i + per]
+                w = self.val[i : i + per]
                 x, y = w[:, :-1], w[:, 1:]
                 weight = torch.tensor(float(w.shape[0]), device=self.device, dtype=torch.float64)
             with self.autocast:
@@ -447,11 +525,12 @@ class _Run:
             total = torch.zeros((), device=self.device, dtype=torch.float64)
             tail_total = torch.zeros_like(total)
             for i in range(0, windows.shape[0], max(1, budget // L)):
-                w = windows[i:i + max(1, budget // L)]
+                w = windows[i : i + max(1, budget // L)]
                 with self.autocast:
                     logits, _, _ = self.model(w[:, :-1])
                 nll = torch.nn.functional.cross_entropy(
-                    logits.float().transpose(1, 2), w[:, 1:], reduction="none").double()  # (B, L)
+                    logits.float().transpose(1, 2), w[:, 1:], reduction="none"
+                ).double()  # (B, L)
                 total += nll.sum()
                 tail_total += nll[:, tail:].sum()
             out[f"val_loss_len{k}x"] = float(total / windows[:, 1:].numel())
@@ -510,9 +589,13 @@ class _Run:
             self._enter_trunk(trunk_sink or sink)
         if fresh_branch:
             sink.log_params(self.run_params())
-        sink.set_tags({"scalelab.device": self._device_name(),
-                       "scalelab.resumed_from_tokens": str(self.resumed_from_tokens),
-                       **self._report_recovery(not fresh_branch)})
+        sink.set_tags(
+            {
+                "scalelab.device": self._device_name(),
+                "scalelab.resumed_from_tokens": str(self.resumed_from_tokens),
+                **self._report_recovery(not fresh_branch),
+            }
+        )
 
         status, message = "finished", ""
         trunk = trunk_sink if trunk_sink is not None and trunk_sink is not sink else None
@@ -520,8 +603,7 @@ class _Run:
             if self._shares_trunk and self.progress.step < self.plan.cooldown_start_step:
                 self._stable_phase(trunk or sink)
             guard = (trunk,) if trunk is not None else ()
-            self.run_phase(_Phase(sink, self.plan.total_steps, lambda: self._save(own, sink),
-                                  guard))
+            self.run_phase(_Phase(sink, self.plan.total_steps, lambda: self._save(own, sink), guard))
         except _Diverged as e:
             status, message = "diverged", str(e)
         except _Stopped as e:
@@ -537,8 +619,9 @@ class _Run:
         """wsd: train the shared trunk up to this branch's cooldown start, deliver its metrics
         (closing the trunk's sink: bounded wait, raises while the store is down), then save
         the branch checkpoint, never over metrics the store has not received."""
-        self.run_phase(_Phase(tsink, self.plan.cooldown_start_step,
-                              lambda: self._save_trunk(tsink, "stable")))
+        self.run_phase(
+            _Phase(tsink, self.plan.cooldown_start_step, lambda: self._save_trunk(tsink, "stable"))
+        )
         _deliver(tsink)
         if not tsink.pending:
             self._save_trunk(tsink, "branch")
@@ -547,8 +630,7 @@ class _Run:
     @property
     def _shares_trunk(self) -> bool:
         """wsd with a cooldown of at least one step (a tiny run may round it away)."""
-        return (self.spec.recipe.schedule == "wsd"
-                and self.plan.cooldown_start_step < self.plan.total_steps)
+        return self.spec.recipe.schedule == "wsd" and self.plan.cooldown_start_step < self.plan.total_steps
 
     def _enter_trunk(self, trunk_sink: MetricSink) -> None:
         """wsd without a branch checkpoint: continue the newest trunk state at or before S."""
@@ -575,19 +657,29 @@ class _Run:
     def _result(self, status: str, message: str, extra: dict | None = None) -> RunResult:
         p = self.progress
         wall = p.wall_s + (time.perf_counter() - self.started)
-        info: dict[str, Any] = {"tokens_requested": self.spec.tokens,
-                                "tokens_per_step": self.plan.tokens_per_step}
+        info: dict[str, Any] = {
+            "tokens_requested": self.spec.tokens,
+            "tokens_per_step": self.plan.tokens_per_step,
+        }
         if self.recovery:
             info["checkpoint_recovery"] = "; ".join(self.recovery)
         if p.train_s > 0:
             info["tokens_per_s"] = p.tokens_trained / p.train_s
         done = self.tokens
         return RunResult(
-            status=status, message=message, val_loss=p.val_loss, train_loss=p.train_loss,
-            tokens=done, flops=self.fpt * done, steps=p.step, wall_time_s=wall,
+            status=status,
+            message=message,
+            val_loss=p.val_loss,
+            train_loss=p.train_loss,
+            tokens=done,
+            flops=self.fpt * done,
+            steps=p.step,
+            wall_time_s=wall,
             device=self._device_name(),
             epochs=self.source.epochs(p.step * self.spec.recipe.batch_size),
-            resumed_from_tokens=self.resumed_from_tokens, extra=info)
+            resumed_from_tokens=self.resumed_from_tokens,
+            extra=info,
+        )
 
 
 def _deliver(sink: MetricSink) -> None:
@@ -599,6 +691,7 @@ def _deliver(sink: MetricSink) -> None:
 
 
 # --------------------------------------------------------------------------- entry point
+
 
 def _pick_device(requested: str) -> torch.device:
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
@@ -614,10 +707,16 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def train(spec: RunSpec, sink: MetricSink, *, checkpoint_dir: str | os.PathLike,
-          trunk_dir: str | os.PathLike | None = None, trunk_sink: MetricSink | None = None,
-          num_threads: int | None = None,
-          should_stop: Callable[[], bool] | None = None) -> RunResult:
+def train(
+    spec: RunSpec,
+    sink: MetricSink,
+    *,
+    checkpoint_dir: str | os.PathLike,
+    trunk_dir: str | os.PathLike | None = None,
+    trunk_sink: MetricSink | None = None,
+    num_threads: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> RunResult:
     """Train one run to `spec.tokens` (whole steps), resuming from `checkpoint_dir/ckpt.pt`.
 
     num_threads: torch CPU threads for this run (its CPU share; oversubscribing is 4-70× slower).
@@ -629,18 +728,16 @@ def train(spec: RunSpec, sink: MetricSink, *, checkpoint_dir: str | os.PathLike,
     try:
         if num_threads is not None:
             torch.set_num_threads(max(1, int(num_threads)))
-        run = _Run(spec, Path(checkpoint_dir), Path(trunk_dir) if trunk_dir else None,
-                   should_stop)
+        run = _Run(spec, Path(checkpoint_dir), Path(trunk_dir) if trunk_dir else None, should_stop)
         return run.execute(sink, trunk_sink)
-    except Exception as e:   # noqa: BLE001 - the status carries it
+    except Exception as e:  # noqa: BLE001 - the status carries it
         message = traceback.format_exc()
         if run is not None:
             result = run._result("failed", message)
         else:
-            result = RunResult(status="failed", message=message,
-                               wall_time_s=time.perf_counter() - started)
+            result = RunResult(status="failed", message=message, wall_time_s=time.perf_counter() - started)
         result.extra["error_type"] = type(e).__name__
-        result.extra["exception"] = e      # the caller classifies by type; not serialised
+        result.extra["exception"] = e  # the caller classifies by type; not serialised
         if isinstance(e, OSError) and e.errno is not None:
             result.extra["error_errno"] = e.errno
         return result

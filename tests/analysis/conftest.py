@@ -16,6 +16,7 @@ def epoch_csv():
 @pytest.fixture(scope="session")
 def epoch_all():
     from analysis import load_csv
+
     return load_csv(DATA)
 
 
@@ -28,6 +29,7 @@ def epoch_points(epoch_all):
 @pytest.fixture(scope="session")
 def epoch_fit(epoch_points):
     from analysis import ChinchillaFit
+
     return ChinchillaFit().fit(epoch_points.N, epoch_points.D, epoch_points.loss)
 
 

@@ -12,7 +12,7 @@ from analysis.cli import main
 
 N = np.repeat(np.logspace(7, 9, 4), 4)
 D = np.tile(np.logspace(9, 11, 4), 4)
-L = 1.8 + 400 / N ** 0.34 + 2000 / D ** 0.36
+L = 1.8 + 400 / N**0.34 + 2000 / D**0.36
 
 
 def _write(tmp_path, df, name="runs.csv", **kw):
@@ -29,16 +29,25 @@ def _fit_json(argv, capsys):
 
 def test_column_flags_are_case_insensitive(tmp_path, capsys):
     p = _write(tmp_path, pd.DataFrame({"Size": N, "Toks": D, "Val": L}))
-    code, res, err = _fit_json(["--csv", str(p), "--n-col", "size", "--d-col", "TOKS",
-                                "--loss-col", "val"], capsys)
+    code, res, err = _fit_json(
+        ["--csv", str(p), "--n-col", "size", "--d-col", "TOKS", "--loss-col", "val"], capsys
+    )
     assert code == 0, err
     assert res["n_points"] == 16 and abs(res["params"]["alpha"] - 0.34) < 1e-3
 
 
 def test_wandb_export_names_and_state_filter(tmp_path, capsys):
     state = ["finished"] * 13 + ["crashed", "crashed", "running"]
-    df = pd.DataFrame({"Name": [f"r{i}" for i in range(16)], "State": state, "n_params": N,
-                       "train_flops": 6 * N * D, "loss": L + 0.5, "val/loss": L})
+    df = pd.DataFrame(
+        {
+            "Name": [f"r{i}" for i in range(16)],
+            "State": state,
+            "n_params": N,
+            "train_flops": 6 * N * D,
+            "loss": L + 0.5,
+            "val/loss": L,
+        }
+    )
     p = _write(tmp_path, df)
     code, res, err = _fit_json(["--csv", str(p)], capsys)
     assert code == 0, err
@@ -46,12 +55,19 @@ def test_wandb_export_names_and_state_filter(tmp_path, capsys):
     notes = " ".join(res["notes"])
     assert "columns taken: N <- 'n_params', C <- 'train_flops', loss <- 'val/loss'" in notes
     assert "excluded 3 run(s) whose 'State' is not finished" in notes
-    assert abs(res["params"]["E"] - 1.8) < 1e-3        # fitted the validation loss, not "loss"
+    assert abs(res["params"]["E"] - 1.8) < 1e-3  # fitted the validation loss, not "loss"
 
 
 def test_mlflow_and_tensorboard_export_names(tmp_path):
-    df = pd.DataFrame({"Run ID": range(16), "Status": ["FINISHED"] * 15 + ["FAILED"],
-                       "params.n_params": N, "params.tokens": D, "metrics.eval_loss": L})
+    df = pd.DataFrame(
+        {
+            "Run ID": range(16),
+            "Status": ["FINISHED"] * 15 + ["FAILED"],
+            "params.n_params": N,
+            "params.tokens": D,
+            "metrics.eval_loss": L,
+        }
+    )
     pts = load_csv(_write(tmp_path, df))
     assert len(pts) == 15 and pts.excluded == {"failed": 1}
     tb = pd.DataFrame({"num_params": N, "tokens_seen": D, "eval/loss": L})
@@ -107,13 +123,16 @@ def test_mlflow_sql_read_matches_search_runs(tmp_path):
 
     from analysis.data import _experiment_id, _sql_point_runs, search_all_runs
     from tests.analysis.test_data_cli import _make_store
+
     uri, _ = _make_store(tmp_path)
     c = MlflowClient(tracking_uri=uri)
     eid = _experiment_id(c, "study1")
     gone = c.create_run(eid, tags={"scalelab.role": "point"})
     c.delete_run(gone.info.run_id)
-    api = {r.info.run_id: (r.info.status, r.data.params, r.data.tags, r.data.metrics)
-           for r in search_all_runs(c, eid, "tags.`scalelab.role` = 'point'")}
+    api = {
+        r.info.run_id: (r.info.status, r.data.params, r.data.tags, r.data.metrics)
+        for r in search_all_runs(c, eid, "tags.`scalelab.role` = 'point'")
+    }
     sql = {rid: (st, p, t, m) for rid, st, p, t, m in _sql_point_runs(uri, eid)}
     assert len(sql) == 17 and gone.info.run_id not in sql
     assert sql == api

@@ -5,8 +5,14 @@ import pytest
 from scipy.optimize import minimize
 
 from analysis import ChinchillaFit, check_convergence, compute_optimal, huber_objective
-from analysis.chinchilla import (CHINCHILLA_PUBLISHED, allocation_constants, hoffmann_grid,
-                                 params_to_theta, predict_loss, _fg_batch)
+from analysis.chinchilla import (
+    CHINCHILLA_PUBLISHED,
+    _fg_batch,
+    allocation_constants,
+    hoffmann_grid,
+    params_to_theta,
+    predict_loss,
+)
 
 from .conftest import rel
 
@@ -79,7 +85,7 @@ def test_all_245_points_outliers_kept(epoch_all):
     assert abs(f.E_ - 1.891) < 0.002
     assert abs(f.alpha_ - 0.349) < 0.002
     assert abs(f.beta_ - 0.453) < 0.002
-    assert epoch_all.excluded == {}     # nothing dropped silently
+    assert epoch_all.excluded == {}  # nothing dropped silently
 
 
 def test_optimiser_guard(epoch_points):
@@ -88,27 +94,35 @@ def test_optimiser_guard(epoch_points):
 
     def fun(x):
         return float(_fg_batch(x[None], lN, lD, lL, 1e-3)[0][0])
+
     x0 = params_to_theta(CHINCHILLA_PUBLISHED)
     res = minimize(fun, x0, method="L-BFGS-B")
-    assert res.success                                   # scipy calls it converged ...
+    assert res.success  # scipy calls it converged ...
     assert res.nit < 20
-    assert res.fun > 1.1e-3                               # ... 14% above the optimum ...
-    assert np.allclose(np.exp(res.x[1:3]), [406.4, 410.7], rtol=1e-3)   # A, B never moved
-    stopped = {"E": np.exp(res.x[0]), "A": np.exp(res.x[1]), "B": np.exp(res.x[2]),
-               "alpha": res.x[3], "beta": res.x[4]}
+    assert res.fun > 1.1e-3  # ... 14% above the optimum ...
+    assert np.allclose(np.exp(res.x[1:3]), [406.4, 410.7], rtol=1e-3)  # A, B never moved
+    stopped = {
+        "E": np.exp(res.x[0]),
+        "A": np.exp(res.x[1]),
+        "B": np.exp(res.x[2]),
+        "alpha": res.x[3],
+        "beta": res.x[4],
+    }
     rep = check_convergence(stopped, epoch_points.N, epoch_points.D, epoch_points.loss)
     assert not rep.converged and "stopped early" in rep.message
     assert rep.polished_objective <= 1.0184e-3
     # Chinchilla's own values are not an optimum either
-    assert not check_convergence(CHINCHILLA_PUBLISHED, epoch_points.N, epoch_points.D,
-                                 epoch_points.loss).converged
+    assert not check_convergence(
+        CHINCHILLA_PUBLISHED, epoch_points.N, epoch_points.D, epoch_points.loss
+    ).converged
 
 
 def test_fitter_does_not_accept_an_early_stop(epoch_points):
     """A fitter whose only start is Chinchilla's point still ends at the true optimum,
     because the candidate goes through the convergence check and its polish."""
     f = ChinchillaFit(grid=params_to_theta(CHINCHILLA_PUBLISHED)[None]).fit(
-        epoch_points.N, epoch_points.D, epoch_points.loss)
+        epoch_points.N, epoch_points.D, epoch_points.loss
+    )
     assert f.converged_
     assert f.objective_ <= 1.0183e-3
 
@@ -134,13 +148,20 @@ def test_synthetic_noisy_realistic_design(rng):
     assert abs(f.alpha_ - 0.33) < 0.05 and abs(f.beta_ - 0.30) < 0.05
 
 
-@pytest.mark.parametrize("case,kw,expect", [
-    ("single size", dict(N=[1e8] * 10, D=np.logspace(9, 11, 10)), "single model size"),
-    ("single D", dict(N=np.logspace(7, 9, 10), D=[1e10] * 10), "single token count"),
-    ("too few", dict(N=[1e7, 1e8, 1e9, 1e7, 1e8], D=[1e9, 1e9, 1e9, 1e10, 1e10]), "more points than parameters"),
-    ("nan", dict(N=[1e7, 1e8, np.nan, 1e7, 1e8, 1e9, 2e9], D=[1e9] * 4 + [1e10] * 3), "non-finite"),
-    ("negative", dict(N=[1e7, 1e8, -1e9, 1e7, 1e8, 1e9, 2e9], D=[1e9] * 4 + [1e10] * 3), "non-positive"),
-])
+@pytest.mark.parametrize(
+    "case,kw,expect",
+    [
+        ("single size", dict(N=[1e8] * 10, D=np.logspace(9, 11, 10)), "single model size"),
+        ("single D", dict(N=np.logspace(7, 9, 10), D=[1e10] * 10), "single token count"),
+        (
+            "too few",
+            dict(N=[1e7, 1e8, 1e9, 1e7, 1e8], D=[1e9, 1e9, 1e9, 1e10, 1e10]),
+            "more points than parameters",
+        ),
+        ("nan", dict(N=[1e7, 1e8, np.nan, 1e7, 1e8, 1e9, 2e9], D=[1e9] * 4 + [1e10] * 3), "non-finite"),
+        ("negative", dict(N=[1e7, 1e8, -1e9, 1e7, 1e8, 1e9, 2e9], D=[1e9] * 4 + [1e10] * 3), "non-positive"),
+    ],
+)
 def test_unidentifiable_is_reported_not_raised(case, kw, expect):
     N = np.asarray(kw["N"], float)
     D = np.asarray(kw["D"], float)

@@ -9,13 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.compare import (architecture_section, compare_architectures, compute_multiplier,
-                              length_table)
+from analysis.compare import architecture_section, compare_architectures, compute_multiplier, length_table
 
 BASE = dict(E=1.7, A=400.0, alpha=0.34, B=410.0, beta=0.28)
-LAWS = {"learned-gelu-pre-clm": BASE,
-        "rope-swiglu-pre-clm": dict(BASE, A=280.0, B=290.0),       # a better constant only
-        "learned-relu-pre-clm": dict(BASE, alpha=0.45)}             # a steeper N exponent
+LAWS = {
+    "learned-gelu-pre-clm": BASE,
+    "rope-swiglu-pre-clm": dict(BASE, A=280.0, B=290.0),  # a better constant only
+    "learned-relu-pre-clm": dict(BASE, alpha=0.45),
+}  # a steeper N exponent
 
 
 def synthetic(laws, objective="clm", experts=1, noise=0.003, seed=0):
@@ -25,11 +26,24 @@ def synthetic(laws, objective="clm", experts=1, noise=0.003, seed=0):
         pos, act, norm, _ = arch.split("-")
         for N in np.geomspace(1e6, 1e8, 4):
             for D in np.geomspace(1e8, 1e10, 4):
-                loss = (p["E"] + p["A"] / N ** p["alpha"] + p["B"] / D ** p["beta"]) \
-                    * np.exp(rng.normal(0, noise))
-                rows.append(dict(n_params=N, tokens=D, flops=6 * N * D, loss=loss,
-                                 arch=f"{pos}-{act}-{norm}-{objective}", pos=pos, activation=act,
-                                 norm=norm, objective=objective, experts=experts, top_k=1))
+                loss = (p["E"] + p["A"] / N ** p["alpha"] + p["B"] / D ** p["beta"]) * np.exp(
+                    rng.normal(0, noise)
+                )
+                rows.append(
+                    dict(
+                        n_params=N,
+                        tokens=D,
+                        flops=6 * N * D,
+                        loss=loss,
+                        arch=f"{pos}-{act}-{norm}-{objective}",
+                        pos=pos,
+                        activation=act,
+                        norm=norm,
+                        objective=objective,
+                        experts=experts,
+                        top_k=1,
+                    )
+                )
     return pd.DataFrame(rows)
 
 
@@ -43,10 +57,10 @@ def test_delta_exponent_intervals_separate_constant_from_exponent_changes(compar
     assert c.baseline == "learned-gelu-pre-clm"
     ci = c.joint.result_.ci95
     lo, hi = ci["delta_alpha[learned-relu-pre-clm]"]
-    assert 0 < lo < 0.11 < hi                                  # true Δα = 0.11: detected
+    assert 0 < lo < 0.11 < hi  # true Δα = 0.11: detected
     for key in ("delta_alpha[rope-swiglu-pre-clm]", "delta_beta[rope-swiglu-pre-clm]"):
         lo, hi = ci[key]
-        assert lo < 0 < hi                                     # constant only: not distinguishable
+        assert lo < 0 < hi  # constant only: not distinguishable
     assert abs(c.joint.result_.params["E"] - 1.7) < 0.05
 
 
@@ -54,7 +68,7 @@ def test_compute_multiplier_matches_the_true_laws(comparison):
     (c,) = comparison
     m = c.multipliers[c.multipliers["variant"] == "rope-swiglu-pre-clm"]
     true = compute_multiplier(LAWS["rope-swiglu-pre-clm"], BASE, m["flops"].to_numpy())
-    assert np.all(true > 5)                                    # 0.7x the reducible terms: ~10x compute
+    assert np.all(true > 5)  # 0.7x the reducible terms: ~10x compute
     assert np.all(np.abs(np.log(m["multiplier"] / true)) < 0.25)
     assert np.all(m["lo"] <= m["multiplier"]) and np.all(m["multiplier"] <= m["hi"])
     # a steeper exponent: the advantage grows with compute
@@ -63,8 +77,10 @@ def test_compute_multiplier_matches_the_true_laws(comparison):
 
 
 def test_crossover_is_found_where_a_worse_constant_meets_a_steeper_exponent():
-    laws = {"learned-gelu-pre-clm": BASE,
-            "rope-gelu-pre-clm": dict(BASE, A=2000.0, alpha=0.45)}   # worse small, better large
+    laws = {
+        "learned-gelu-pre-clm": BASE,
+        "rope-gelu-pre-clm": dict(BASE, A=2000.0, alpha=0.45),
+    }  # worse small, better large
     (c,) = compare_architectures(synthetic(laws), n_boot=2)
     (x,) = c.crossovers["rope-gelu-pre-clm"]
     p = c.joint.params_of(c.joint.theta_, "rope-gelu-pre-clm")
@@ -73,12 +89,17 @@ def test_crossover_is_found_where_a_worse_constant_meets_a_steeper_exponent():
 
 
 def test_never_pools_objectives_or_moe_settings():
-    frame = pd.concat([synthetic(LAWS), synthetic({"learned-gelu-pre-clm": BASE,
-                                                   "rope-gelu-pre-clm": dict(BASE, A=300.0)},
-                                                  objective="mlm"),
-                       synthetic({"learned-gelu-pre-clm": BASE}, experts=8)])
+    frame = pd.concat(
+        [
+            synthetic(LAWS),
+            synthetic(
+                {"learned-gelu-pre-clm": BASE, "rope-gelu-pre-clm": dict(BASE, A=300.0)}, objective="mlm"
+            ),
+            synthetic({"learned-gelu-pre-clm": BASE}, experts=8),
+        ]
+    )
     comps = compare_architectures(frame, n_boot=0)
-    assert [c.stratum for c in comps] == ["clm", "mlm"]        # the MoE stratum has one variant
+    assert [c.stratum for c in comps] == ["clm", "mlm"]  # the MoE stratum has one variant
     assert comps[1].baseline == "learned-gelu-pre-mlm"
     assert set(comps[1].joint.variants_) == {"learned-gelu-pre-mlm", "rope-gelu-pre-mlm"}
 
@@ -93,8 +114,11 @@ def test_report_section_has_multiplier_and_delta_exponent_intervals():
     assert "Δα vs baseline [95%]" in md and "Effective compute multiplier" in md
     assert "rope-swiglu-pre-clm" in md and "not distinguishable" in md and "| differ |" in md
     assert "Length extrapolation" in md and "n/a" in md
-    assert set(sec["figures"]) == {"arch_compute_multiplier.png", "arch_loss_vs_compute.png",
-                                   "arch_length_extrapolation.png"}
+    assert set(sec["figures"]) == {
+        "arch_compute_multiplier.png",
+        "arch_loss_vs_compute.png",
+        "arch_length_extrapolation.png",
+    }
 
 
 def test_length_table_uses_the_longest_run_per_size_and_leaves_learned_na():

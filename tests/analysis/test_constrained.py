@@ -7,8 +7,12 @@ import pandas as pd
 import pytest
 
 from analysis.cli import main
-from analysis.constrained import (MUENNIGHOFF_C4, MUENNIGHOFF_C4_ROUNDED, DataConstrainedFit,
-                                  data_constrained_loss)
+from analysis.constrained import (
+    MUENNIGHOFF_C4,
+    MUENNIGHOFF_C4_ROUNDED,
+    DataConstrainedFit,
+    data_constrained_loss,
+)
 
 BASE = {k: MUENNIGHOFF_C4[k] for k in ("E", "A", "B", "alpha", "beta")}
 
@@ -22,8 +26,13 @@ def test_unrounded_constants_reproduce_both_reference_losses():
 
 
 def _runs(max_epochs=100):
-    rows = [(N, U * ep, U) for N in np.logspace(7.5, 9.5, 5) for U in np.logspace(8.5, 10.5, 5)
-            for ep in (1, 2, 4, 8, 16, 40, 100) if ep <= max_epochs]
+    rows = [
+        (N, U * ep, U)
+        for N in np.logspace(7.5, 9.5, 5)
+        for U in np.logspace(8.5, 10.5, 5)
+        for ep in (1, 2, 4, 8, 16, 40, 100)
+        if ep <= max_epochs
+    ]
     df = pd.DataFrame(rows, columns=["n_params", "tokens", "unique_tokens"])
     df["loss"] = data_constrained_loss(df.n_params, df.tokens, df.unique_tokens)
     return df
@@ -38,7 +47,7 @@ def test_recovers_planted_r_stars_with_intervals():
     r = fit.result_
     assert r.law == "constrained" and set(r.ci95) == {"R_D_star", "R_N_star"}
     lo, hi = r.ci95["R_D_star"]
-    assert lo <= 15.387756 * (1 + 1e-5) and hi >= 15.387756 * (1 - 1e-5)   # noise-free: tight
+    assert lo <= 15.387756 * (1 + 1e-5) and hi >= 15.387756 * (1 - 1e-5)  # noise-free: tight
 
 
 def test_single_epoch_runs_inform_r_n_star():
@@ -63,8 +72,20 @@ def test_cli_constrained_with_epochs_column(tmp_path, capsys):
     df["Epochs"] = df.tokens / df.unique_tokens
     p = tmp_path / "dc.csv"
     df.drop(columns="unique_tokens").to_csv(p, index=False)
-    code = main(["fit", "--csv", str(p), "--law", "constrained", "--epochs-col", "EPOCHS",
-                 "--bootstrap", "10", "--json"])
+    code = main(
+        [
+            "fit",
+            "--csv",
+            str(p),
+            "--law",
+            "constrained",
+            "--epochs-col",
+            "EPOCHS",
+            "--bootstrap",
+            "10",
+            "--json",
+        ]
+    )
     out = capsys.readouterr()
     res = json.loads(out.out)
     assert res["law"] == "constrained" and res["n_points"] == len(df)
@@ -83,6 +104,7 @@ def test_cli_constrained_needs_unique_tokens(tmp_path, capsys):
 def test_constrained_report_section_only_when_data_repeat():
     from analysis.constrained import constrained_section
     from analysis.data import Points
+
     df = _runs()
     df["flops"] = 6 * df.n_params * df.tokens
     sec = constrained_section(Points(df), n_bootstrap=5)

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _grid_csv(tmp_path, **cols):
     N = np.repeat(np.logspace(7, 9, 4), 4)
     D = np.tile(np.logspace(9, 11, 4), 4)
-    L = 1.8 + 400 / N ** 0.34 + 2000 / D ** 0.36
+    L = 1.8 + 400 / N**0.34 + 2000 / D**0.36
     df = pd.DataFrame({"size": N, "toks": D, "val": L, **cols})
     p = tmp_path / "pts.csv"
     df.to_csv(p, index=False)
@@ -58,12 +58,33 @@ def _run(argv, capsys):
 
 
 def test_cli_json_contract(epoch_csv, capsys):
-    code, out, err = _run(["fit", "--csv", str(epoch_csv), "--drop-top-loss", "5", "--budgets",
-                           "1e21,1e24", "--bootstrap", "50", "--json"], capsys)
+    code, out, err = _run(
+        [
+            "fit",
+            "--csv",
+            str(epoch_csv),
+            "--drop-top-loss",
+            "5",
+            "--budgets",
+            "1e21,1e24",
+            "--bootstrap",
+            "50",
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0, err
     res = json.loads(out)
-    for key in ("law", "n_points", "params", "objective", "converged", "ci95",
-                "compute_optimal", "exponents"):
+    for key in (
+        "law",
+        "n_points",
+        "params",
+        "objective",
+        "converged",
+        "ci95",
+        "compute_optimal",
+        "exponents",
+    ):
         assert key in res
     assert res["law"] == "chinchilla" and res["n_points"] == 240 and res["converged"] is True
     assert set(res["params"]) == {"E", "A", "B", "alpha", "beta"}
@@ -85,11 +106,14 @@ def test_cli_kaplan_and_compute_laws(epoch_csv, capsys):
         assert res["law"] == law and res["params"]["alpha"] > 0
 
 
-@pytest.mark.parametrize("extra,frag", [
-    (["--n-col", "nope"], "'nope'"),
-    (["--budgets", "1e21,abc"], "--budgets"),
-    (["--budgets", "-5"], "--budgets"),
-])
+@pytest.mark.parametrize(
+    "extra,frag",
+    [
+        (["--n-col", "nope"], "'nope'"),
+        (["--budgets", "1e21,abc"], "--budgets"),
+        (["--budgets", "-5"], "--budgets"),
+    ],
+)
 def test_cli_bad_input_exit_2(epoch_csv, capsys, extra, frag):
     code, out, err = _run(["fit", "--csv", str(epoch_csv), *extra], capsys)
     assert code == 2 and frag in err and out == ""
@@ -100,8 +124,9 @@ def test_cli_bad_values_exit_2(tmp_path, capsys):
     df.loc[3, "val"] = -1.0
     df.loc[5, "val"] = np.nan
     df.to_csv(p, index=False)
-    code, out, err = _run(["fit", "--csv", str(p), "--n-col", "size", "--d-col", "toks",
-                           "--loss-col", "val"], capsys)
+    code, out, err = _run(
+        ["fit", "--csv", str(p), "--n-col", "size", "--d-col", "toks", "--loss-col", "val"], capsys
+    )
     assert code == 2 and "'val'" in err and "non-positive" in err
 
 
@@ -113,8 +138,9 @@ def test_cli_missing_column_exit_2(tmp_path, capsys):
 
 def test_cli_single_model_size_unidentifiable(tmp_path, capsys):
     D = np.logspace(9, 11, 12)
-    pd.DataFrame({"n_params": 1e8, "tokens": D, "loss": 2 + 1e3 / D ** 0.3}).to_csv(
-        tmp_path / "one.csv", index=False)
+    pd.DataFrame({"n_params": 1e8, "tokens": D, "loss": 2 + 1e3 / D**0.3}).to_csv(
+        tmp_path / "one.csv", index=False
+    )
     code, out, err = _run(["fit", "--csv", str(tmp_path / "one.csv"), "--json"], capsys)
     assert code == 2 and "single model size" in err
     res = json.loads(out)
@@ -122,16 +148,21 @@ def test_cli_single_model_size_unidentifiable(tmp_path, capsys):
 
 
 def test_cli_too_few_points(tmp_path, capsys):
-    pd.DataFrame({"n_params": [1e7, 1e8, 1e9, 1e7], "tokens": [1e9, 1e9, 1e10, 1e10],
-                  "loss": [3, 2.8, 2.5, 2.9]}).to_csv(tmp_path / "few.csv", index=False)
+    pd.DataFrame(
+        {"n_params": [1e7, 1e8, 1e9, 1e7], "tokens": [1e9, 1e9, 1e10, 1e10], "loss": [3, 2.8, 2.5, 2.9]}
+    ).to_csv(tmp_path / "few.csv", index=False)
     code, out, err = _run(["fit", "--csv", str(tmp_path / "few.csv")], capsys)
     assert code == 2 and "more points than parameters" in err
 
 
 def test_module_entry_point(epoch_csv):
-    r = subprocess.run([sys.executable, "-m", "analysis.cli", "fit", "--csv", str(epoch_csv),
-                        "--law", "compute", "--json"], capture_output=True, text=True, cwd=ROOT,
-                       timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "analysis.cli", "fit", "--csv", str(epoch_csv), "--law", "compute", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["law"] == "compute"
 
@@ -140,6 +171,7 @@ def test_module_entry_point(epoch_csv):
 def _make_store(tmp_path):
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     c = MlflowClient(tracking_uri=uri)
     eid = c.create_experiment("study1", artifact_location=str(tmp_path / "artifacts"))
@@ -151,26 +183,53 @@ def _make_store(tmp_path):
     for N in sizes:
         for D in toks:
             outcome = outcomes[i]
-            r = c.create_run(eid, tags={"mlflow.parentRunId": parent.info.run_id,
-                                        "scalelab.role": "point", "scalelab.study": "study1",
-                                        "scalelab.run_key": f"k{i}", "scalelab.outcome": outcome})
-            params = {"run_key": f"k{i}", "n_params": int(N), "n_params_active": int(N),
-                      "tokens": int(D), "flops": 6 * N * D, "experts": 0, "top_k": 0,
-                      "seed": 0, "schedule": "cosine", "true_entropy": 1.75}
+            r = c.create_run(
+                eid,
+                tags={
+                    "mlflow.parentRunId": parent.info.run_id,
+                    "scalelab.role": "point",
+                    "scalelab.study": "study1",
+                    "scalelab.run_key": f"k{i}",
+                    "scalelab.outcome": outcome,
+                },
+            )
+            params = {
+                "run_key": f"k{i}",
+                "n_params": int(N),
+                "n_params_active": int(N),
+                "tokens": int(D),
+                "flops": 6 * N * D,
+                "experts": 0,
+                "top_k": 0,
+                "seed": 0,
+                "schedule": "cosine",
+                "true_entropy": 1.75,
+            }
             steps = np.linspace(D / 10, D, 10).astype(int)
-            loss = 1.75 + 300 / N ** 0.35 + 1500 / steps ** 0.35
+            loss = 1.75 + 300 / N**0.35 + 1500 / steps**0.35
             ts = 1_700_000_000_000
-            c.log_batch(r.info.run_id, params=[__import__("mlflow").entities.Param(k, str(v))
-                                               for k, v in params.items()],
-                        metrics=[Metric("val_loss", float(v), ts + j, int(s))
-                                 for j, (s, v) in enumerate(zip(steps, loss))])
-            c.set_terminated(r.info.run_id, "FINISHED" if outcome == "finished" else
-                             ("KILLED" if outcome == "killed" else "FAILED"))
+            c.log_batch(
+                r.info.run_id,
+                params=[__import__("mlflow").entities.Param(k, str(v)) for k, v in params.items()],
+                metrics=[
+                    Metric("val_loss", float(v), ts + j, int(s)) for j, (s, v) in enumerate(zip(steps, loss))
+                ],
+            )
+            c.set_terminated(
+                r.info.run_id,
+                "FINISHED" if outcome == "finished" else ("KILLED" if outcome == "killed" else "FAILED"),
+            )
             i += 1
     # a trunk run (not a point) and a still-running point
     c.create_run(eid, tags={"mlflow.parentRunId": parent.info.run_id, "scalelab.role": "trunk"})
-    c.create_run(eid, tags={"mlflow.parentRunId": parent.info.run_id, "scalelab.role": "point",
-                            "scalelab.outcome": "finished"})
+    c.create_run(
+        eid,
+        tags={
+            "mlflow.parentRunId": parent.info.run_id,
+            "scalelab.role": "point",
+            "scalelab.outcome": "finished",
+        },
+    )
     return uri, parent.info.run_id
 
 
@@ -182,7 +241,7 @@ def test_load_mlflow_sqlite(tmp_path):
     assert pts.true_entropy == 1.75
     assert {"n_params", "tokens", "flops", "loss", "run_id", "schedule", "seed"} <= set(pts.frame.columns)
     row = pts.frame.iloc[0]
-    assert np.isclose(row.loss, 1.75 + 300 / row.n_params ** 0.35 + 1500 / row.tokens ** 0.35)
+    assert np.isclose(row.loss, 1.75 + 300 / row.n_params**0.35 + 1500 / row.tokens**0.35)
     allpts = load_mlflow("study1", uri, include_failed=True)
     assert len(allpts) == 16
     cur = load_curves("study1", uri)

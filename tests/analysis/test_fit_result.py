@@ -7,8 +7,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import (ChinchillaFit, ClarkFit, DataConstrainedFit, EnvelopeFit, IsoFLOPFit,
-                      KrajewskiFit, PowerLawFit)
+from analysis import (
+    ChinchillaFit,
+    ClarkFit,
+    DataConstrainedFit,
+    EnvelopeFit,
+    IsoFLOPFit,
+    KrajewskiFit,
+    PowerLawFit,
+)
 from analysis.chinchilla import compute_optimal, predict_loss
 from analysis.constrained import data_constrained_loss
 from analysis.result import FitResult, result_at
@@ -34,9 +41,17 @@ def _moe():
         for G in (1, 2, 4):
             for N in np.logspace(6, 8, 3):
                 for D in np.logspace(8, 10, 3):
-                    boost = 1 + 0.15 * np.log(E_) * G ** 0.2
-                    rows.append(dict(experts=E_, granularity=G, n_params_active=N, n_params=N * E_,
-                                     tokens=D, loss=1.8 + 400 / boost / N ** 0.34 + 1500 / D ** 0.3))
+                    boost = 1 + 0.15 * np.log(E_) * G**0.2
+                    rows.append(
+                        dict(
+                            experts=E_,
+                            granularity=G,
+                            n_params_active=N,
+                            n_params=N * E_,
+                            tokens=D,
+                            loss=1.8 + 400 / boost / N**0.34 + 1500 / D**0.3,
+                        )
+                    )
     return pd.DataFrame(rows)
 
 
@@ -47,8 +62,16 @@ def _check(res, law, names):
     with pytest.raises(dataclasses.FrozenInstanceError):
         res.law = "other"
     d = res.to_dict()
-    for key in ("law", "n_points", "params", "objective", "converged", "ci95", "compute_optimal",
-                "exponents"):
+    for key in (
+        "law",
+        "n_points",
+        "params",
+        "objective",
+        "converged",
+        "ci95",
+        "compute_optimal",
+        "exponents",
+    ):
         assert key in d
 
 
@@ -71,8 +94,9 @@ def test_every_estimator_exposes_a_fit_result():
     _check(KrajewskiFit().fit(moe[moe.experts == 8]).result_, "krajewski", ("c", "gamma", "alpha"))
     rep = moe[moe.experts == 1].reset_index(drop=True)
     rep["unique_tokens"] = rep.tokens / np.resize([1.0, 2.0, 4.0, 16.0, 64.0], len(rep))
-    rep["loss"] = data_constrained_loss(rep.n_params, rep.tokens, rep.unique_tokens,
-                                        {**LAW, "R_D_star": 15.0, "R_N_star": 5.0})
+    rep["loss"] = data_constrained_loss(
+        rep.n_params, rep.tokens, rep.unique_tokens, {**LAW, "R_D_star": 15.0, "R_N_star": 5.0}
+    )
     dc = DataConstrainedFit(base_params=LAW).fit(rep)
     _check(dc.result_, "constrained", ("R_D_star", "R_N_star"))
 
@@ -95,5 +119,5 @@ def test_result_at_fills_compute_optimal_rows():
     assert rows[0]["n_params"] == pytest.approx(compute_optimal(a3.params_, 1e20).n_params[0])
     iso = IsoFLOPFit().fit(df)
     r = result_at(iso, [1e20]).compute_optimal[0]
-    assert r["loss"] is None or r["loss"] > 0      # Approach 2 has a loss law only with >= 4 budgets
+    assert r["loss"] is None or r["loss"] > 0  # Approach 2 has a loss law only with >= 4 budgets
     assert r["tokens_per_param"] == pytest.approx(r["tokens"] / r["n_params"])

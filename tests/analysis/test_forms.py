@@ -25,22 +25,27 @@ def _gadre():
     df = pd.read_csv(GADRE)
     small = df[df.n_params <= 411_616_256]
     tgt = df[((df.model == "open_lm_1b") & (df.tokens_per_param == 640)) | (df.model == "open_lm_7b")]
-    five = small[(small.tokens_per_param == 20)
-                 | ((small.n_params == small.n_params.min()) & (small.tokens_per_param == 320))]
+    five = small[
+        (small.tokens_per_param == 20)
+        | ((small.n_params == small.n_params.min()) & (small.tokens_per_param == 320))
+    ]
     return pd.concat([five, tgt]), small, tgt
 
 
 def _planted(E, A, B, al, be, seed=0):
     N = np.repeat(np.logspace(7, 9.5, 6), 5)
     D = N * np.tile([5, 10, 20, 80, 320], 6)
-    return N, D, E + A / N ** al + B / D ** be
+    return N, D, E + A / N**al + B / D**be
 
 
-@pytest.mark.parametrize("form,truth,fixed_E", [
-    ("tied", (1.9, 300.0, 900.0, 0.31, 0.31), None),
-    ("gadre", (2.1, 150.0, 600.0, 0.27, 0.27), None),
-    ("fixed-e", (1.7, 400.0, 2000.0, 0.34, 0.37), 1.7),
-])
+@pytest.mark.parametrize(
+    "form,truth,fixed_E",
+    [
+        ("tied", (1.9, 300.0, 900.0, 0.31, 0.31), None),
+        ("gadre", (2.1, 150.0, 600.0, 0.27, 0.27), None),
+        ("fixed-e", (1.7, 400.0, 2000.0, 0.34, 0.37), 1.7),
+    ],
+)
 def test_form_recovers_planted_parameters(form, truth, fixed_E):
     N, D, L = _planted(*truth)
     fit = FormFit(form, fixed_E=fixed_E).fit(N, D, L)
@@ -49,10 +54,10 @@ def test_form_recovers_planted_parameters(form, truth, fixed_E):
     np.testing.assert_allclose(got, truth, rtol=1e-4)
     r = fit.result_
     assert r.extra["form"] == form and r.params["alpha"] == pytest.approx(truth[3], rel=1e-4)
-    if form == "gadre":   # the paper's parameterisation: c = B 6^(eta/2)
+    if form == "gadre":  # the paper's parameterisation: c = B 6^(eta/2)
         assert r.extra["gadre_params"]["c"] == pytest.approx(truth[2] * 6 ** (truth[3] / 2), rel=1e-4)
         # loss vs compute at fixed tokens-per-parameter M: N = sqrt(C / 6M), D = M N
-        assert fit.predict_compute(6 * 20 * 1e9 ** 2, 20) == pytest.approx(fit.predict(1e9, 2e10))
+        assert fit.predict_compute(6 * 20 * 1e9**2, 20) == pytest.approx(fit.predict(1e9, 2e10))
 
 
 def test_tied_form_is_tied_even_when_truth_is_not():
@@ -65,9 +70,11 @@ def test_gadre_protocol_reaches_one_percent():
     """Fit on the paper's five small runs; predict 1.4B/M=640 and 6.9B/M=20."""
     df, _, _ = _gadre()
     C = 6.0 * df.n_params * df.tokens
-    thr = 1e20                                 # the five small runs are below, the targets above
-    errs = {form: fit_with_holdout(form, df.n_params, df.tokens, df.loss, C, thr)[1]
-            for form in ("free", "tied", "gadre")}
+    thr = 1e20  # the five small runs are below, the targets above
+    errs = {
+        form: fit_with_holdout(form, df.n_params, df.tokens, df.loss, C, thr)[1]
+        for form in ("free", "tied", "gadre")
+    }
     assert errs["free"]["n_train"] == 5 and not np.isfinite(errs["free"]["mean_abs_rel_error"])
     # the paper's own fit, reproduced: 0.71% and 0.73%
     np.testing.assert_allclose(errs["gadre"]["errors"], [0.0071, 0.0073], atol=5e-5)
@@ -107,6 +114,7 @@ def test_select_form_prefers_extrapolation_over_in_sample_fit():
 
 def test_form_selection_section_dict():
     from analysis import load_csv
+
     N, D, L = _planted(1.9, 300.0, 900.0, 0.3, 0.3)
     pts = load_csv(_write(pd.DataFrame({"n_params": N, "tokens": D, "loss": L})))
     sec = form_selection_section(pts)
@@ -116,6 +124,7 @@ def test_form_selection_section_dict():
 
 def _write(df, tmp=[None]):
     import tempfile
+
     p = Path(tempfile.mkdtemp()) / "pts.csv"
     df.to_csv(p, index=False)
     return p

@@ -14,15 +14,14 @@ def _isoflop_frame(loss_fn, n_opt_fn, budgets=np.logspace(18, 22, 5), spread=1.0
     for C in budgets:
         for x in np.linspace(-spread, spread, k):
             N = n_opt_fn(C) * np.exp(x)
-            Cj = C * (1 + jitter * x)        # actual FLOPs scatter a little around the budget
+            Cj = C * (1 + jitter * x)  # actual FLOPs scatter a little around the budget
             rows.append(dict(n_params=N, flops=Cj, tokens=Cj / (6 * N), loss=loss_fn(N, C, x)))
     return pd.DataFrame(rows)
 
 
 def test_exact_exponent_on_noise_free_parabolic_isoflops():
     a = 0.49
-    df = _isoflop_frame(lambda N, C, x: 2 + 3 * C ** -0.05 + 0.1 * x * x,
-                        lambda C: 0.1 * C ** a, jitter=0.01)
+    df = _isoflop_frame(lambda N, C, x: 2 + 3 * C**-0.05 + 0.1 * x * x, lambda C: 0.1 * C**a, jitter=0.01)
     f = isoflop_fit(df)
     assert f.success_, f.message_
     assert abs(f.a_ - a) < 1e-10
@@ -32,8 +31,12 @@ def test_exact_exponent_on_noise_free_parabolic_isoflops():
 
 def test_exact_exponent_on_chinchilla_law_isoflops():
     """Symmetric samples around the true optimum of E + A/N^a + B/D^b: vertex = optimum."""
-    df = _isoflop_frame(lambda N, C, x: predict_loss(EPOCH, N, C / (6 * N)),
-                        lambda C: compute_optimal(EPOCH, C).n_params[0], spread=0.5, k=9)
+    df = _isoflop_frame(
+        lambda N, C, x: predict_loss(EPOCH, N, C / (6 * N)),
+        lambda C: compute_optimal(EPOCH, C).n_params[0],
+        spread=0.5,
+        k=9,
+    )
     f = isoflop_fit(df)
     expected = EPOCH["beta"] / (EPOCH["alpha"] + EPOCH["beta"])
     assert abs(f.a_ - expected) < 1e-6
@@ -58,8 +61,7 @@ def test_envelope_from_curves():
     for i, N in enumerate(np.logspace(7, 9, 5)):
         D = np.logspace(8, 11, 60)
         L = predict_loss(EPOCH, N, D)
-        rows += [dict(run_id=f"r{i}", n_params=N, tokens=d, flops=6 * N * d, loss=l)
-                 for d, l in zip(D, L)]
+        rows += [dict(run_id=f"r{i}", n_params=N, tokens=d, flops=6 * N * d, loss=l) for d, l in zip(D, L)]
     f = envelope_fit(pd.DataFrame(rows))
     assert f.success_, f.message_
     assert 0.3 < f.a_ < 0.7

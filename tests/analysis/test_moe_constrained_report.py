@@ -6,10 +6,15 @@ import pytest
 
 from analysis.chinchilla import compute_optimal, predict_loss
 from analysis.constrained import data_constrained_loss, effective_data
-from analysis.moe import (effective_dense_params, fit_clark, fit_krajewski, fit_moe_per_config,
-                          saturating_experts)
-from analysis.report import log_report_to_mlflow, write_report
 from analysis.data import Points
+from analysis.moe import (
+    effective_dense_params,
+    fit_clark,
+    fit_krajewski,
+    fit_moe_per_config,
+    saturating_experts,
+)
+from analysis.report import log_report_to_mlflow, write_report
 
 DENSE = {"E": 1.8, "A": 400.0, "B": 1500.0, "alpha": 0.34, "beta": 0.30}
 
@@ -22,19 +27,43 @@ def _synthetic_study(rng, noise=0.003):
         for x in np.linspace(-1.2, 1.2, 6):
             N = n_opt * np.exp(x)
             D = C / (6 * N)
-            rows.append(dict(experts=1, top_k=0, granularity=1, n_params=N, n_params_active=N,
-                             tokens=D, flops=C, budget=C, run_id=f"d{len(rows)}"))
+            rows.append(
+                dict(
+                    experts=1,
+                    top_k=0,
+                    granularity=1,
+                    n_params=N,
+                    n_params_active=N,
+                    tokens=D,
+                    flops=C,
+                    budget=C,
+                    run_id=f"d{len(rows)}",
+                )
+            )
     # MoE runs: 8 and 16 experts, granularity 1, 2, 4
     for E_ in (8, 16):
         for G in (1, 2, 4):
             for N in np.logspace(6, 8, 3):
                 for D in np.logspace(8, 10, 3):
-                    rows.append(dict(experts=E_, top_k=1, granularity=G, n_params=N * E_,
-                                     n_params_active=N, tokens=D, flops=6 * N * D, run_id=f"m{len(rows)}"))
+                    rows.append(
+                        dict(
+                            experts=E_,
+                            top_k=1,
+                            granularity=G,
+                            n_params=N * E_,
+                            n_params_active=N,
+                            tokens=D,
+                            flops=6 * N * D,
+                            run_id=f"m{len(rows)}",
+                        )
+                    )
     df = pd.DataFrame(rows)
     boost = 1 + 0.15 * np.log(df["experts"]) * df["granularity"] ** 0.2
-    df["loss"] = (DENSE["E"] + DENSE["A"] / boost / df["n_params_active"] ** DENSE["alpha"]
-                  + DENSE["B"] / df["tokens"] ** DENSE["beta"]) * np.exp(rng.normal(0, noise, len(df)))
+    df["loss"] = (
+        DENSE["E"]
+        + DENSE["A"] / boost / df["n_params_active"] ** DENSE["alpha"]
+        + DENSE["B"] / df["tokens"] ** DENSE["beta"]
+    ) * np.exp(rng.normal(0, noise, len(df)))
     return df
 
 
@@ -50,7 +79,7 @@ def test_moe_fits(rng):
     per = fit_moe_per_config(df)
     assert len(per) == 6 and all(f.success_ for f in per.values())
     clark = fit_clark(df)
-    assert clark.success_ and clark.coef_["b"] < 0        # more experts, lower loss
+    assert clark.success_ and clark.coef_["b"] < 0  # more experts, lower loss
     kraj = fit_krajewski(df[df.experts == 8])
     assert kraj.success_ and abs(kraj.params_["c"] - DENSE["E"]) < 0.15
     # effective dense N of an exactly-dense loss is the dense N
@@ -59,9 +88,16 @@ def test_moe_fits(rng):
 
 
 def test_moe_small_data_unidentifiable():
-    df = pd.DataFrame({"experts": [8] * 6, "n_params_active": np.logspace(6, 8, 6),
-                       "n_params": 8 * np.logspace(6, 8, 6), "tokens": 1e9, "granularity": 1,
-                       "loss": np.linspace(3, 2.5, 6)})
+    df = pd.DataFrame(
+        {
+            "experts": [8] * 6,
+            "n_params_active": np.logspace(6, 8, 6),
+            "n_params": 8 * np.logspace(6, 8, 6),
+            "tokens": 1e9,
+            "granularity": 1,
+            "loss": np.linspace(3, 2.5, 6),
+        }
+    )
     assert "unidentifiable" in fit_clark(df).message_
     assert "unidentifiable" in fit_krajewski(df).message_
 
@@ -79,14 +115,15 @@ def test_data_constrained_reference_values():
 def test_report_dense_only(tmp_path, rng):
     df = _synthetic_study(rng)
     df = df[df.experts == 1]
-    paths = write_report(Points(df, source="dense"), tmp_path / "d", budgets=[1e20],
-                         n_bootstrap=0, grid="coarse")
+    paths = write_report(
+        Points(df, source="dense"), tmp_path / "d", budgets=[1e20], n_bootstrap=0, grid="coarse"
+    )
     assert "data:image/png;base64," in paths.html.read_text()
     md = paths.markdown.read_text()
     assert "| alpha |" in md and "No MoE runs" in md
 
 
-@pytest.mark.slow   # ~10 s alone, 25 s on a loaded 2-core machine (MoE fits)
+@pytest.mark.slow  # ~10 s alone, 25 s on a loaded 2-core machine (MoE fits)
 def test_report_from_synthetic_study(tmp_path, rng):
     df = _synthetic_study(rng)
     pts = Points(df, source="synthetic", excluded={"diverged": 2}, true_entropy=1.8)
@@ -94,9 +131,20 @@ def test_report_from_synthetic_study(tmp_path, rng):
     page = paths.html.read_text()
     assert page.count("data:image/png;base64,") >= 7
     md = paths.markdown.read_text()
-    for frag in ("| alpha |", "| beta |", "| E |", "IsoFLOP", "Compute-optimal", "Mixture of experts",
-                 "excluded diverged: 2", "Extrapolation", "Known entropy", "Clark", "Krajewski",
-                 "Effective dense parameter count"):
+    for frag in (
+        "| alpha |",
+        "| beta |",
+        "| E |",
+        "IsoFLOP",
+        "Compute-optimal",
+        "Mixture of experts",
+        "excluded diverged: 2",
+        "Extrapolation",
+        "Known entropy",
+        "Clark",
+        "Krajewski",
+        "Effective dense parameter count",
+    ):
         assert frag in md, frag
     a3 = paths.results["approach3"]
     assert abs(a3.alpha_ - DENSE["alpha"]) < 0.05
@@ -105,6 +153,7 @@ def test_report_from_synthetic_study(tmp_path, rng):
 
 def test_log_report_to_mlflow(tmp_path):
     from mlflow.tracking import MlflowClient
+
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     c = MlflowClient(tracking_uri=uri)
     eid = c.create_experiment("s", artifact_location=str(tmp_path / "art"))

@@ -11,9 +11,16 @@ import pytest
 from analysis import ChinchillaFit, bootstrap_chinchilla
 from analysis.bootstrap import _warm_starts
 from analysis.chinchilla import EPOCH_REPLICATION, params_to_theta, predict_loss
-from analysis.planner import (ci_history, ci_section, greedy_picks, laplace, plan_next_runs,
-                              planner_section,
-                              target_value, variance_after_each)
+from analysis.planner import (
+    ci_history,
+    ci_section,
+    greedy_picks,
+    laplace,
+    plan_next_runs,
+    planner_section,
+    target_value,
+    variance_after_each,
+)
 
 THETA = params_to_theta(EPOCH_REPLICATION)
 
@@ -38,14 +45,21 @@ def test_laplace_interval_matches_the_bootstrap_on_the_epoch_data(epoch_points, 
     0.5-1.2 of the run-level bootstrap's (measured 0.67: the bootstrap's skewed beta tail)."""
     C = 1e24
     m = laplace(epoch_fit.theta_, epoch_points.N, epoch_points.D, epoch_points.loss, C)
-    b = bootstrap_chinchilla(epoch_points.N, epoch_points.D, epoch_points.loss, n_resamples=200,
-                             budgets=[C], full_fit=epoch_fit, seed=3)
+    b = bootstrap_chinchilla(
+        epoch_points.N,
+        epoch_points.D,
+        epoch_points.loss,
+        n_resamples=200,
+        budgets=[C],
+        full_fit=epoch_fit,
+        seed=3,
+    )
     boot_sd = float(np.log(b.samples[f"N_opt@{C:.3g}"].dropna()).std())
     ratio = math.sqrt(m.variance) / boot_sd
     assert 0.5 < ratio < 1.2, ratio
     lo, hi = m.ci95()
     blo, bhi = b.ci[f"N_opt@{C:.3g}"]
-    assert lo < hi and blo < math.exp(m.value) < bhi       # same centre, overlapping intervals
+    assert lo < hi and blo < math.exp(m.value) < bhi  # same centre, overlapping intervals
 
 
 def test_laplace_sd_matches_the_true_sampling_spread_and_covers(rng):
@@ -72,7 +86,7 @@ def test_sherman_morrison_update_equals_adding_the_run(rng):
     m = laplace(THETA, N, D, L, 1e24)
     cN, cD, _ = candidates()
     fast = variance_after_each(m, cN[:20], cD[:20])
-    slow = [m.add_runs(cN[i:i + 1], cD[i:i + 1]).variance for i in range(20)]
+    slow = [m.add_runs(cN[i : i + 1], cD[i : i + 1]).variance for i in range(20)]
     np.testing.assert_allclose(fast, slow, rtol=1e-6)
     assert np.all(fast <= m.variance + 1e-15)
 
@@ -90,7 +104,7 @@ def test_greedy_respects_budget_exclusions_and_shrinks_the_interval(rng):
     idx = [p.index for p in picks]
     assert best not in idx and len(set(idx)) == len(idx)
     v = [m.variance] + [p.variance_after for p in picks]
-    assert all(b < a for a, b in zip(v, v[1:]))          # each pick narrows the interval
+    assert all(b < a for a, b in zip(v, v[1:]))  # each pick narrows the interval
     # the expected variance is what adding all picks at once gives
     after = m.add_runs(cN[idx], cD[idx]).variance
     assert after == pytest.approx(picks[-1].variance_after, rel=1e-6)
@@ -103,15 +117,14 @@ def test_too_few_points_give_a_seed_design():
     picked_N = {p.n_params for p in plan.picks}
     picked_D = {p.tokens for p in plan.picks}
     assert len(plan.picks) == 9 and len(picked_N) == 3 and len(picked_D) == 3
-    assert min(picked_N) == cN.min() and max(picked_N) == cN.max()   # spans the range
+    assert min(picked_N) == cN.min() and max(picked_N) == cN.max()  # spans the range
 
 
 def test_plan_from_enough_points_is_greedy_and_reports_the_interval(rng):
     N, D = design(4)
     L = noisy(N, D, rng)
     cN, cD, cost = candidates()
-    plan = plan_next_runs(N, D, L, cN, cD, cost, target_flops=1e24, max_runs=3,
-                          max_flops=cost.max())
+    plan = plan_next_runs(N, D, L, cN, cD, cost, target_flops=1e24, max_runs=3, max_flops=cost.max())
     assert not plan.seed and plan.n_points == 16 and len(plan.picks) == 3
     lo, hi = plan.ci95
     assert lo < plan.value < hi
@@ -135,9 +148,17 @@ def test_ci_section_charts_the_interval_against_flops(rng):
 
 def test_planner_section_from_a_points_frame(rng):
     import pandas as pd
+
     N, D = design(4)
-    frame = pd.DataFrame({"n_params": N, "tokens": D, "loss": noisy(N, D, rng), "flops": 6 * N * D,
-                          "round": np.repeat([0, 0, 1, 2], 4)})
+    frame = pd.DataFrame(
+        {
+            "n_params": N,
+            "tokens": D,
+            "loss": noisy(N, D, rng),
+            "flops": 6 * N * D,
+            "round": np.repeat([0, 0, 1, 2], 4),
+        }
+    )
     sec = planner_section(frame, 1e24, round_col="round")
     assert "| 16 |" in sec["markdown"] and sec["figures"]
 

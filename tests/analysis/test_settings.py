@@ -32,12 +32,27 @@ def _study_store(tmp_path):
             for D in np.logspace(8, 10, 4 if experts == 1 else 2):
                 total = N * (1 if experts == 1 else 0.3 * experts)
                 loss = predict_loss(DENSE, N * (1 if experts == 1 else 1.5 + top_k), D)
-                r = c.create_run(eid, tags={"mlflow.parentRunId": parent.info.run_id,
-                                            "scalelab.role": "point", "scalelab.outcome": "finished"})
-                params = {"n_params": int(total), "n_params_active": int(N), "tokens": int(D),
-                          "flops": 6 * N * D, "experts": experts, "top_k": top_k}
-                c.log_batch(r.info.run_id, params=[Param(k, str(v)) for k, v in params.items()],
-                            metrics=[Metric("val_loss", float(loss), 0, int(D))])
+                r = c.create_run(
+                    eid,
+                    tags={
+                        "mlflow.parentRunId": parent.info.run_id,
+                        "scalelab.role": "point",
+                        "scalelab.outcome": "finished",
+                    },
+                )
+                params = {
+                    "n_params": int(total),
+                    "n_params_active": int(N),
+                    "tokens": int(D),
+                    "flops": 6 * N * D,
+                    "experts": experts,
+                    "top_k": top_k,
+                }
+                c.log_batch(
+                    r.info.run_id,
+                    params=[Param(k, str(v)) for k, v in params.items()],
+                    metrics=[Metric("val_loss", float(loss), 0, int(D))],
+                )
                 c.set_terminated(r.info.run_id, "FINISHED")
                 i += 1
     return uri
@@ -55,7 +70,7 @@ def test_fit_experiment_uses_dense_points_and_says_what_it_excluded(tmp_path, ca
     assert code == 0, err
     res = json.loads(out)
     assert res["n_points"] == 16
-    assert res["params"]["alpha"] == pytest.approx(DENSE["alpha"], abs=1e-3)   # not pooled
+    assert res["params"]["alpha"] == pytest.approx(DENSE["alpha"], abs=1e-3)  # not pooled
     assert res["excluded"] == {"other MoE setting (use --experts K or --group-by experts)": 16}
     assert any("16 dense points" in n and "excluded" in n for n in res["notes"])
     code, out, err = _fit(["--experiment", "mix", "--tracking-uri", uri], capsys)
@@ -64,16 +79,36 @@ def test_fit_experiment_uses_dense_points_and_says_what_it_excluded(tmp_path, ca
 
 def test_group_by_experts_returns_one_fit_per_setting(tmp_path, capsys):
     uri = _study_store(tmp_path)
-    code, out, err = _fit(["--experiment", "mix", "--tracking-uri", uri, "--group-by", "experts",
-                           "--budgets", "1e18", "--json"], capsys)
+    code, out, err = _fit(
+        [
+            "--experiment",
+            "mix",
+            "--tracking-uri",
+            uri,
+            "--group-by",
+            "experts",
+            "--budgets",
+            "1e18",
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0, err
     res = json.loads(out)
     assert res["n_points"] == 16 and "groups" in res
     groups = res["groups"]
     assert set(groups) == {"dense", "experts=8,top_k=1", "experts=8,top_k=2"}
     for label, g in groups.items():
-        for key in ("law", "n_points", "params", "objective", "converged", "ci95",
-                    "compute_optimal", "exponents"):
+        for key in (
+            "law",
+            "n_points",
+            "params",
+            "objective",
+            "converged",
+            "ci95",
+            "compute_optimal",
+            "exponents",
+        ):
             assert key in g, (label, key)
     assert groups["dense"]["params"] == res["params"]
     assert groups["experts=8,top_k=1"]["n_points"] == 8
@@ -81,8 +116,16 @@ def test_group_by_experts_returns_one_fit_per_setting(tmp_path, capsys):
 
 
 def test_experts_selects_one_moe_setting(tmp_path):
-    frame = pd.DataFrame({"n_params": [1.0, 2, 3, 4, 5], "tokens": 1.0, "flops": 1.0, "loss": 1.0,
-                          "experts": [1, 1, 8, 8, 8], "top_k": [0, 0, 1, 1, 2]})
+    frame = pd.DataFrame(
+        {
+            "n_params": [1.0, 2, 3, 4, 5],
+            "tokens": 1.0,
+            "flops": 1.0,
+            "loss": 1.0,
+            "experts": [1, 1, 8, 8, 8],
+            "top_k": [0, 0, 1, 1, 2],
+        }
+    )
     pts = select_setting(Points(frame), experts=8)
     assert len(pts) == 2 and set(pts.frame["top_k"]) == {1}
     assert "most populous of 2 settings" in pts.notes[-1]
@@ -92,12 +135,20 @@ def test_experts_selects_one_moe_setting(tmp_path):
 
 
 def test_group_by_arch_never_pools_objectives():
-    frame = pd.DataFrame({"n_params": np.arange(1.0, 7), "loss": 1.0,
-                          "arch": ["rope", "rope", "rope", "learned", "learned", "rope"],
-                          "objective": ["clm", "clm", "mlm", "clm", "clm", "clm"]})
+    frame = pd.DataFrame(
+        {
+            "n_params": np.arange(1.0, 7),
+            "loss": 1.0,
+            "arch": ["rope", "rope", "rope", "learned", "learned", "rope"],
+            "objective": ["clm", "clm", "mlm", "clm", "clm", "clm"],
+        }
+    )
     groups = split_by(Points(frame), "arch")
     assert {k: len(v) for k, v in groups.items()} == {
-        "learned,objective=clm": 2, "rope,objective=clm": 3, "rope,objective=mlm": 1}
+        "learned,objective=clm": 2,
+        "rope,objective=clm": 3,
+        "rope,objective=mlm": 1,
+    }
     assert {len(v) for v in split_by(Points(frame.drop(columns="objective")), "arch").values()} == {2, 4}
     with pytest.raises(InputError, match="--group-by nope"):
         split_by(Points(frame), "nope")
@@ -112,14 +163,21 @@ def _isoflop_runs(budgets=np.logspace(17, 20, 4)):
         for j, x in enumerate(np.linspace(-1.0, 1.0, 7)):
             N = n_opt * np.exp(x)
             D = C / (6 * N)
-            rows.append(dict(n_params=N, tokens=D, flops=C * (1.14 if j % 2 else 1.39), budget=C,
-                             loss=predict_loss(DENSE, N, D)))
+            rows.append(
+                dict(
+                    n_params=N,
+                    tokens=D,
+                    flops=C * (1.14 if j % 2 else 1.39),
+                    budget=C,
+                    loss=predict_loss(DENSE, N, D),
+                )
+            )
     return pd.DataFrame(rows)
 
 
 def test_approach2_groups_by_logged_budget():
     df = _isoflop_runs()
-    assert len(np.unique(group_budgets(df["flops"]))) > 4       # FLOP clusters split budgets
+    assert len(np.unique(group_budgets(df["flops"]))) > 4  # FLOP clusters split budgets
     fit = isoflop_fit(df)
     assert fit.success_ and fit.budget_source_ == "budget" and len(fit.parabolas_) == 4
     expected = DENSE["beta"] / (DENSE["alpha"] + DENSE["beta"])
@@ -136,9 +194,16 @@ def test_load_mlflow_reads_budget_as_a_number(tmp_path):
     c = MlflowClient(tracking_uri=uri)
     eid = c.create_experiment("iso", artifact_location=str(tmp_path / "a"))
     r = c.create_run(eid, tags={"scalelab.role": "point", "scalelab.outcome": "finished"})
-    c.log_batch(r.info.run_id, params=[Param("n_params", "1000"), Param("tokens", "5000"),
-                                       Param("flops", "3.4e7"), Param("budget", "3e7")],
-                metrics=[Metric("val_loss", 3.0, 0, 5000)])
+    c.log_batch(
+        r.info.run_id,
+        params=[
+            Param("n_params", "1000"),
+            Param("tokens", "5000"),
+            Param("flops", "3.4e7"),
+            Param("budget", "3e7"),
+        ],
+        metrics=[Metric("val_loss", 3.0, 0, 5000)],
+    )
     c.set_terminated(r.info.run_id, "FINISHED")
     pts = load_mlflow("iso", uri)
     assert pts.frame["budget"].iloc[0] == pytest.approx(3e7)

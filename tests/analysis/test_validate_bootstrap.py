@@ -5,8 +5,13 @@ import time
 import numpy as np
 import pytest
 
-from analysis import bootstrap_chinchilla, entropy_check, extrapolation_test, leave_one_out
-from analysis import residuals_by_decile
+from analysis import (
+    bootstrap_chinchilla,
+    entropy_check,
+    extrapolation_test,
+    leave_one_out,
+    residuals_by_decile,
+)
 from analysis.bootstrap import resample_weights
 
 
@@ -49,8 +54,7 @@ def test_resample_weights_by_group():
 def test_bootstrap_200(epoch_points, epoch_fit):
     p = epoch_points
     t = time.perf_counter()
-    b = bootstrap_chinchilla(p.N, p.D, p.loss, n_resamples=200, seed=1, budgets=[1e21],
-                             full_fit=epoch_fit)
+    b = bootstrap_chinchilla(p.N, p.D, p.loss, n_resamples=200, seed=1, budgets=[1e21], full_fit=epoch_fit)
     elapsed = time.perf_counter() - t
     assert b.success and b.n_failed == 0
     # 4000-resample reference: alpha [0.316, 0.373], beta [0.332, 0.416], E [1.770, 1.871]

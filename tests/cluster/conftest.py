@@ -37,20 +37,31 @@ def free_port() -> int:
 
 @dataclass
 class Cluster:
-    address: str                 # HOST:GCS_PORT
-    client_address: str          # ray://HOST:PORT
-    env: dict[str, str]          # token auth + a clean environment for drivers
+    address: str  # HOST:GCS_PORT
+    client_address: str  # ray://HOST:PORT
+    env: dict[str, str]  # token auth + a clean environment for drivers
     gpu_node_id: str
     head_node_id: str
     temp_dir: str
 
 
 def _node_cmd(*args: str) -> list[str]:
-    return [RAY, "start", "--block", "--disable-usage-stats", "--min-worker-port=0",
-            "--max-worker-port=0", f"--node-manager-port={free_port()}",
-            f"--object-manager-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-            f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}", "--object-store-memory=100000000", *args]
+    return [
+        RAY,
+        "start",
+        "--block",
+        "--disable-usage-stats",
+        "--min-worker-port=0",
+        "--max-worker-port=0",
+        f"--node-manager-port={free_port()}",
+        f"--object-manager-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        "--object-store-memory=100000000",
+        *args,
+    ]
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -65,7 +76,7 @@ def _stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             pass
     try:
-        os.killpg(proc.pid, signal.SIGKILL)   # stragglers of the group (raylet, gcs, workers)
+        os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group (raylet, gcs, workers)
     except ProcessLookupError:
         pass
     proc.wait(timeout=10)
@@ -86,34 +97,55 @@ print(json.dumps([{"id": n["NodeID"], "resources": n["Resources"]} for n in node
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    temp_dir = tempfile.mkdtemp(prefix="slray-", dir="/tmp")      # short: unix socket paths
-    token = secrets.token_hex(32)                                   # what `ray get-auth-token --generate` makes
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("RAY_", "MLFLOW_", "SCALELAB_"))}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0",
-               PYTHONUNBUFFERED="1")
+    temp_dir = tempfile.mkdtemp(prefix="slray-", dir="/tmp")  # short: unix socket paths
+    token = secrets.token_hex(32)  # what `ray get-auth-token --generate` makes
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_", "SCALELAB_"))}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
     port, client_port = free_port(), free_port()
     address = f"127.0.0.1:{port}"
     logs = Path(temp_dir) / "logs"
     logs.mkdir()
     procs: list[subprocess.Popen] = []
     try:
-        head = _node_cmd("--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                         f"--ray-client-server-port={client_port}", "--include-dashboard=false",
-                         f"--temp-dir={temp_dir}", "--num-cpus=1", "--num-gpus=0")
-        procs.append(subprocess.Popen(head, env=env, start_new_session=True,
-                                      stdout=open(logs / "head.out", "w"), stderr=subprocess.STDOUT))
+        head = _node_cmd(
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            f"--ray-client-server-port={client_port}",
+            "--include-dashboard=false",
+            f"--temp-dir={temp_dir}",
+            "--num-cpus=1",
+            "--num-gpus=0",
+        )
+        procs.append(
+            subprocess.Popen(
+                head,
+                env=env,
+                start_new_session=True,
+                stdout=open(logs / "head.out", "w"),
+                stderr=subprocess.STDOUT,
+            )
+        )
         _wait_port(port, procs[0], logs / "head.out")
-        worker = _node_cmd(f"--address={address}", "--node-ip-address=127.0.0.1",
-                           "--num-cpus=2", "--num-gpus=2")
+        worker = _node_cmd(
+            f"--address={address}", "--node-ip-address=127.0.0.1", "--num-cpus=2", "--num-gpus=2"
+        )
         for attempt in range(3):
             # Ray gives a joining raylet a fixed 30 s to register; on a loaded 2-core CI machine
             # that occasionally runs out, so a node that did not join is started again.
             log = logs / f"worker{attempt}.out"
-            procs.append(subprocess.Popen(worker, env=env, start_new_session=True,
-                                          stdout=open(log, "w"), stderr=subprocess.STDOUT))
-            out = subprocess.run([sys.executable, "-c", WAIT_NODES, address], env=env, timeout=120,
-                                 capture_output=True, text=True)
+            procs.append(
+                subprocess.Popen(
+                    worker, env=env, start_new_session=True, stdout=open(log, "w"), stderr=subprocess.STDOUT
+                )
+            )
+            out = subprocess.run(
+                [sys.executable, "-c", WAIT_NODES, address],
+                env=env,
+                timeout=120,
+                capture_output=True,
+                text=True,
+            )
             assert out.returncode == 0, out.stderr[-3000:]
             nodes = json.loads(out.stdout.strip().splitlines()[-1])
             if len(nodes) == 2:
@@ -123,8 +155,14 @@ def ray_cluster():
         gpu = [n["id"] for n in nodes if n["resources"].get("GPU", 0) == 2]
         cpu = [n["id"] for n in nodes if not n["resources"].get("GPU")]
         assert len(gpu) == 1 and len(cpu) == 1, nodes
-        yield Cluster(address=address, client_address=f"ray://127.0.0.1:{client_port}", env=env,
-                      gpu_node_id=gpu[0], head_node_id=cpu[0], temp_dir=temp_dir)
+        yield Cluster(
+            address=address,
+            client_address=f"ray://127.0.0.1:{client_port}",
+            env=env,
+            gpu_node_id=gpu[0],
+            head_node_id=cpu[0],
+            temp_dir=temp_dir,
+        )
     finally:
         for p in reversed(procs):
             _stop(p)

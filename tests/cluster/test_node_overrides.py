@@ -14,12 +14,23 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def payload(settings: Settings) -> WorkPayload:
-    run = RunAssignment(run_key="k1", spec={}, lease="l1", mlflow_run_id="r1", attempt=1,
-                        checkpoint_dir=settings.checkpoint_dir("s", "k1"))
-    return WorkPayload(study="s", runs=(run,), tracking_uri=settings.tracking_uri,
-                       ledger_uri=settings.ledger_uri, num_cpus=1,
-                       trunk=TrunkAssignment(run_key="t1", lease="l0", mlflow_run_id="r0"),
-                       trunk_dir=settings.trunk_dir("s", "t1"))
+    run = RunAssignment(
+        run_key="k1",
+        spec={},
+        lease="l1",
+        mlflow_run_id="r1",
+        attempt=1,
+        checkpoint_dir=settings.checkpoint_dir("s", "k1"),
+    )
+    return WorkPayload(
+        study="s",
+        runs=(run,),
+        tracking_uri=settings.tracking_uri,
+        ledger_uri=settings.ledger_uri,
+        num_cpus=1,
+        trunk=TrunkAssignment(run_key="t1", lease="l0", mlflow_run_id="r0"),
+        trunk_dir=settings.trunk_dir("s", "t1"),
+    )
 
 
 def test_local_mode_changes_nothing(tmp_path, monkeypatch):
@@ -30,9 +41,12 @@ def test_local_mode_changes_nothing(tmp_path, monkeypatch):
 
 
 def test_node_environment_overrides_and_rebases(tmp_path, monkeypatch):
-    settings = Settings.resolve(tracking_uri="http://127.0.0.1:5000",
-                                ledger_uri="postgresql://u:p@127.0.0.1:5433/scalelab",
-                                checkpoint_dir=str(tmp_path / "host-ckpt"), home=str(tmp_path))
+    settings = Settings.resolve(
+        tracking_uri="http://127.0.0.1:5000",
+        ledger_uri="postgresql://u:p@127.0.0.1:5433/scalelab",
+        checkpoint_dir=str(tmp_path / "host-ckpt"),
+        home=str(tmp_path),
+    )
     item = payload(settings)
     monkeypatch.setenv("SCALELAB_NODE_TRACKING_URI", "http://mlflow:5000")
     monkeypatch.setenv("SCALELAB_NODE_LEDGER_URI", "postgresql://u:p@postgres:5432/scalelab")

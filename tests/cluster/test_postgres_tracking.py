@@ -31,10 +31,10 @@ def frame(uri: str, study: str) -> pd.DataFrame:
 
 def test_postgres_store_matches_sqlite(tmp_path, pg_database, ray_session, monkeypatch):
     monkeypatch.delenv("SCALELAB_LEDGER_URI", raising=False)
-    cfg = dense_study(tmp_path, "pgparity")          # 4 runs, 2 at a time on the session's Ray
+    cfg = dense_study(tmp_path, "pgparity")  # 4 runs, 2 at a time on the session's Ray
     lite = Settings.resolve(home=str(tmp_path / "lite"))
     pg = Settings.resolve(tracking_uri=pg_database, home=str(tmp_path / "pg"))
-    assert pg.ledger_uri == pg_database               # the ledger lives beside MLflow's tables
+    assert pg.ledger_uri == pg_database  # the ledger lives beside MLflow's tables
     assert run_study(cfg, lite, show_progress=False).exit_code == 0
     assert run_study(cfg, pg, show_progress=False).exit_code == 0
 
@@ -46,8 +46,9 @@ def test_postgres_store_matches_sqlite(tmp_path, pg_database, ray_session, monke
     numeric = [c for c in a.columns if pd.api.types.is_numeric_dtype(a[c])]
     other = [c for c in a.columns if c not in numeric]
     pd.testing.assert_frame_equal(a[other], b[other])
-    np.testing.assert_allclose(a[numeric].to_numpy(float), b[numeric].to_numpy(float),
-                               rtol=0, atol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(
+        a[numeric].to_numpy(float), b[numeric].to_numpy(float), rtol=0, atol=1e-6, equal_nan=True
+    )
 
     ledger = Ledger(pg.ledger_uri, create=False)
     rows = [r for r in ledger.rows("pgparity") if r.kind == "point"]
@@ -56,8 +57,12 @@ def test_postgres_store_matches_sqlite(tmp_path, pg_database, ray_session, monke
     engine = sa.create_engine(pg_database.replace("postgresql://", "postgresql+psycopg://", 1))
     with engine.connect() as c:
         tables = set(sa.inspect(c).get_table_names())
-        n = c.execute(sa.text("SELECT count(*) FROM metrics m JOIN runs r ON r.run_uuid = m.run_uuid "
-                              "WHERE m.key = 'val_loss'")).scalar()
+        n = c.execute(
+            sa.text(
+                "SELECT count(*) FROM metrics m JOIN runs r ON r.run_uuid = m.run_uuid "
+                "WHERE m.key = 'val_loss'"
+            )
+        ).scalar()
     engine.dispose()
     assert {"scalelab_runs", "scalelab_studies", "runs", "metrics"} <= tables
     assert n > 4

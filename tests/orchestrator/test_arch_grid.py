@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from orchestrator import tracking
 from orchestrator.cli import main
 from orchestrator.config import StudyError, parse_study
 from orchestrator.grid import expand
-
-import yaml
 
 BASE = """\
 study: keys-before
@@ -25,9 +24,9 @@ grid:
 # (commit 8f53538; today's `legacy_key` / `legacy_fingerprint`, which older stores are matched
 # by) and by the run-identity scheme that left run-time settings out of the hash (branch
 # `ledger`): adding the options must not re-key any existing study under either scheme.
-KEYS_BEFORE = ['0dc9e9795459005d', '3b11813bc7c140cf', 'be0da6b54cd5930a', 'c361c694f1466662']
+KEYS_BEFORE = ["0dc9e9795459005d", "3b11813bc7c140cf", "be0da6b54cd5930a", "c361c694f1466662"]
 FINGERPRINT_BEFORE = "53abdcc853e6979c"
-KEYS_IDENTITY = ['48947ea3d69463c8', '551b88ad087962e3', '8b0c97783180e33f', 'fa8765c9b2f8f060']
+KEYS_IDENTITY = ["48947ea3d69463c8", "551b88ad087962e3", "8b0c97783180e33f", "fa8765c9b2f8f060"]
 FINGERPRINT_IDENTITY = "5432d3808673418b"
 
 
@@ -48,25 +47,36 @@ def test_default_architecture_keeps_existing_run_keys(arch):
 
 
 def test_grid_arch_gives_one_point_per_arch_size_tokens_with_params():
-    arch = [{}, {"pos": "rope", "activation": "swiglu"}, {"pos": "sinusoidal", "norm": "post"},
-            {"objective": "mlm", "activation": "relu"}]
+    arch = [
+        {},
+        {"pos": "rope", "activation": "swiglu"},
+        {"pos": "sinusoidal", "norm": "post"},
+        {"objective": "mlm", "activation": "relu"},
+    ]
     cfg = study(BASE, arch=arch, moe=[{"experts": 1}], tokens=[2.0e5, 4.0e5])
     runs = expand(cfg)
     assert len(runs) == 4 * 2 * 2
-    labels = {"learned-gelu-pre-clm", "rope-swiglu-pre-clm", "sinusoidal-gelu-post-clm",
-              "learned-relu-pre-mlm"}
+    labels = {
+        "learned-gelu-pre-clm",
+        "rope-swiglu-pre-clm",
+        "sinusoidal-gelu-post-clm",
+        "learned-relu-pre-mlm",
+    }
     seen = {}
     for r in runs:
         p = r.mlflow_params()
         assert p["arch"] == f"{p['pos']}-{p['activation']}-{p['norm']}-{p['objective']}"
         seen.setdefault(p["arch"], set()).add((p["n_layer"], p["tokens"]))
     assert set(seen) == labels and all(len(v) == 4 for v in seen.values())
-    assert len({r.key for r in runs}) == len(runs)          # each option changes the run key
+    assert len({r.key for r in runs}) == len(runs)  # each option changes the run key
     mlm = [r for r in runs if r.spec.model.objective == "mlm"]
     dense = [r for r in runs if r.spec.model.arch_label == "learned-gelu-pre-clm"]
-    assert {r.n_params - d.n_params for r in mlm for d in dense
-            if (r.spec.model.n_layer, r.tokens) == (d.spec.model.n_layer, d.tokens)} == \
-        {r.spec.model.d_model for r in mlm}               # exactly one extra (mask) embedding row
+    assert {
+        r.n_params - d.n_params
+        for r in mlm
+        for d in dense
+        if (r.spec.model.n_layer, r.tokens) == (d.spec.model.n_layer, d.tokens)
+    } == {r.spec.model.d_model for r in mlm}  # exactly one extra (mask) embedding row
 
 
 def test_model_keys_set_the_defaults_that_grid_arch_overrides():
@@ -76,15 +86,18 @@ def test_model_keys_set_the_defaults_that_grid_arch_overrides():
     assert all(r.spec.model.is_moe for r in runs)
 
 
-@pytest.mark.parametrize("grid_arch, key, words", [
-    ([{"pos": "alibi"}], "grid.arch[0].pos", "learned, sinusoidal, rope, none"),
-    ([{}, {"activation": "tanh"}], "grid.arch[1].activation", "gelu, relu, swiglu"),
-    ([{"norm": "sandwich"}], "grid.arch[0].norm", "pre, post"),
-    ([{"objective": "seq2seq"}], "grid.arch[0].objective", "clm, mlm"),
-    ([{"pos": "none", "objective": "mlm"}], "grid.arch[0].pos", "position-free"),
-    ([{"posn": "rope"}], "grid.arch[0].posn", "allowed here"),
-    ([{}, {}], "grid.arch[1]", "list each variant once"),
-])
+@pytest.mark.parametrize(
+    "grid_arch, key, words",
+    [
+        ([{"pos": "alibi"}], "grid.arch[0].pos", "learned, sinusoidal, rope, none"),
+        ([{}, {"activation": "tanh"}], "grid.arch[1].activation", "gelu, relu, swiglu"),
+        ([{"norm": "sandwich"}], "grid.arch[0].norm", "pre, post"),
+        ([{"objective": "seq2seq"}], "grid.arch[0].objective", "clm, mlm"),
+        ([{"pos": "none", "objective": "mlm"}], "grid.arch[0].pos", "position-free"),
+        ([{"posn": "rope"}], "grid.arch[0].posn", "allowed here"),
+        ([{}, {}], "grid.arch[1]", "list each variant once"),
+    ],
+)
 def test_bad_arch_values_name_the_key_and_allowed_values(grid_arch, key, words):
     with pytest.raises(StudyError) as e:
         study(BASE, arch=grid_arch)
@@ -97,8 +110,11 @@ def test_bad_model_default_and_short_held_out_set_exit_2(tmp_path, capsys):
     assert main(["plan", str(bad), "--home", str(tmp_path / "s")]) == 2
     assert "model.pos" in capsys.readouterr().err
     short = tmp_path / "short.yaml"
-    short.write_text(BASE.replace("seq_len: 32}", "seq_len: 32, val_tokens: 100}")
-                     .replace("lr: 3.0e-3}", "lr: 3.0e-3, eval_lengths: [1, 2, 4, 8]}"))
+    short.write_text(
+        BASE.replace("seq_len: 32}", "seq_len: 32, val_tokens: 100}").replace(
+            "lr: 3.0e-3}", "lr: 3.0e-3, eval_lengths: [1, 2, 4, 8]}"
+        )
+    )
     assert main(["plan", str(short), "--home", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err
     assert "data.val_tokens" in err and "256" in err
@@ -120,18 +136,18 @@ resources: {num_cpus: 1, num_gpus: 0}
 
 def test_tiny_arch_study_runs_and_logs_params_and_length_metrics(tmp_path, store, ray_session):
     from mlflow.tracking import MlflowClient
+
     path = tmp_path / "arch.yaml"
     path.write_text(ARCH_STUDY)
     assert main(["run", str(path), "--no-progress"]) == 0
     c = MlflowClient(store.tracking_uri)
     exp = c.get_experiment_by_name("arch-real")
-    points = [r for r in c.search_runs([exp.experiment_id])
-              if r.data.tags.get("scalelab.role") == "point"]
-    assert len(points) == 4                                  # 2 arch x 2 moe x 1 size x 1 budget
+    points = [r for r in c.search_runs([exp.experiment_id]) if r.data.tags.get("scalelab.role") == "point"]
+    assert len(points) == 4  # 2 arch x 2 moe x 1 size x 1 budget
     for r in points:
         p, m = r.data.params, r.data.metrics
         assert p["arch"] == f"{p['pos']}-{p['activation']}-{p['norm']}-{p['objective']}"
-        if p["pos"] == "rope":                               # swiglu experts train too
+        if p["pos"] == "rope":  # swiglu experts train too
             assert p["eval_len2x"] == "measured" and 0 < m["val_loss_len2x"] < 2 * 2.78
         else:
             assert p["eval_len2x"] == "n/a" and "val_loss_len2x" not in m

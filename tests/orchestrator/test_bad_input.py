@@ -37,12 +37,34 @@ CASES = [
     ("unknown schedule", study_text(train="{schedule: linear}"), "train.schedule"),
     ("size too small", study_text(grid="{sizes: [10], tokens: [4096]}"), "grid.sizes[0]"),
     ("negative size", study_text(grid="{sizes: [-5.0e4], tokens: [4096]}"), "grid.sizes[0]"),
-    ("heads do not divide", study_text(grid="{sizes: [{n_layer: 1, d_model: 20, n_head: 3}], tokens: [4096]}"), "grid.sizes[0]"),
-    ("top_k > experts", study_text(grid="{sizes: [{n_layer: 1, d_model: 16}], tokens: [4096], moe: [{experts: 2, top_k: 3}]}"), "grid.moe[0].top_k"),
-    ("tokens below a batch", study_text(grid="{sizes: [{n_layer: 1, d_model: 16}], tokens: [10]}"), "grid.tokens[0]"),
-    ("huge tokens", study_text(grid="{sizes: [{n_layer: 1, d_model: 16}], tokens: [1.0e40]}"), "grid.tokens[0]"),
+    (
+        "heads do not divide",
+        study_text(grid="{sizes: [{n_layer: 1, d_model: 20, n_head: 3}], tokens: [4096]}"),
+        "grid.sizes[0]",
+    ),
+    (
+        "top_k > experts",
+        study_text(
+            grid="{sizes: [{n_layer: 1, d_model: 16}], tokens: [4096], moe: [{experts: 2, top_k: 3}]}"
+        ),
+        "grid.moe[0].top_k",
+    ),
+    (
+        "tokens below a batch",
+        study_text(grid="{sizes: [{n_layer: 1, d_model: 16}], tokens: [10]}"),
+        "grid.tokens[0]",
+    ),
+    (
+        "huge tokens",
+        study_text(grid="{sizes: [{n_layer: 1, d_model: 16}], tokens: [1.0e40]}"),
+        "grid.tokens[0]",
+    ),
     ("nan tokens", study_text(grid="{sizes: [{n_layer: 1, d_model: 16}], tokens: [.nan]}"), "grid.tokens[0]"),
-    ("two grid kinds", study_text(grid="{sizes: [{n_layer: 1, d_model: 16}], tokens: [4096], tokens_per_param: [20]}"), "grid.tokens_per_param"),
+    (
+        "two grid kinds",
+        study_text(grid="{sizes: [{n_layer: 1, d_model: 16}], tokens: [4096], tokens_per_param: [20]}"),
+        "grid.tokens_per_param",
+    ),
     ("no budget", study_text(grid="{sizes: [{n_layer: 1, d_model: 16}]}"), "grid"),
     ("zero cpus", study_text() + "resources: {num_cpus: 0}\n", "resources.num_cpus"),
     ("gpus no node has", study_text() + "resources: {num_gpus: 64}\n", "resources.num_gpus"),
@@ -64,8 +86,10 @@ def test_bad_study_exits_2_naming_the_key(desc, text, key, tmp_path, capsys, ray
 def test_unreachable_tracking_uri_and_address(tmp_path, capsys):
     path = write_study(tmp_path / "s.yaml", study_text())
     home = tmp_path / "store"
-    assert main(["run", str(path), "--home", str(home),
-                 "--tracking-uri", "postgresql://nobody@127.0.0.1:1/x"]) == 2
+    assert (
+        main(["run", str(path), "--home", str(home), "--tracking-uri", "postgresql://nobody@127.0.0.1:1/x"])
+        == 2
+    )
     assert "--tracking-uri" in capsys.readouterr().err
     assert main(["run", str(path), "--home", str(home), "--address", "127.0.0.1:1"]) == 2
     assert "--address" in capsys.readouterr().err

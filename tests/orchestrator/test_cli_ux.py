@@ -36,13 +36,19 @@ def study(tmp_path, name, schedule="cosine"):
 
 @pytest.mark.parametrize("argv", [["--help"], ["plan", "configs/quickstart.yaml"]])
 def test_help_and_plan_import_no_heavy_library(argv):
-    code = ("import sys\nfrom orchestrator.cli import main\ntry:\n    main(%r)\n"
-            "except SystemExit:\n    pass\n"
-            "print(sorted(m for m in ('ray', 'mlflow', 'torch', 'pandas', 'scipy') "
-            "if m in sys.modules))" % argv)
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
-                              "SCALELAB_HOME": "/nonexistent-scalelab-home"})
+    code = (
+        "import sys\nfrom orchestrator.cli import main\ntry:\n    main(%r)\n"
+        "except SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('ray', 'mlflow', 'torch', 'pandas', 'scipy') "
+        "if m in sys.modules))" % argv
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "SCALELAB_HOME": "/nonexistent-scalelab-home"},
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
@@ -70,15 +76,17 @@ def test_wsd_plan_counts_shared_trunks_once(tmp_path, capsys):
 
 def test_wall_time_follows_concurrency_and_largest_first_dispatch():
     assert estimate.makespan([4, 3, 2, 1], 1) == 10
-    assert estimate.makespan([4, 3, 2, 1], 2) == 5          # 4+1 | 3+2
+    assert estimate.makespan([4, 3, 2, 1], 2) == 5  # 4+1 | 3+2
     assert estimate.makespan([4, 3, 2, 1], 8) == 4
 
 
 def test_plan_rate_comes_from_this_study_on_the_same_device_kind():
-    rows = [SimpleNamespace(state="finished", flops_per_s=2e9, device="cpu"),
-            SimpleNamespace(state="finished", flops_per_s=4e9, device="cpu"),
-            SimpleNamespace(state="finished", flops_per_s=9e13, device="cuda:0"),
-            SimpleNamespace(state="failed", flops_per_s=1e3, device="cpu")]
+    rows = [
+        SimpleNamespace(state="finished", flops_per_s=2e9, device="cpu"),
+        SimpleNamespace(state="finished", flops_per_s=4e9, device="cpu"),
+        SimpleNamespace(state="finished", flops_per_s=9e13, device="cuda:0"),
+        SimpleNamespace(state="failed", flops_per_s=1e3, device="cpu"),
+    ]
     assert estimate.measured_rate(rows, "cpu") == (3e9, 2)
     assert estimate.measured_rate(rows, "cuda") == (9e13, 1)
     assert estimate.measured_rate([], "cpu") == (None, 0)
@@ -87,19 +95,25 @@ def test_plan_rate_comes_from_this_study_on_the_same_device_kind():
 
 def test_eta_uses_the_rate_after_warm_up(tmp_path, monkeypatch):
     from orchestrator import progress
+
     planned = expand(load_study(study(tmp_path, "eta")))
     total = sum(p.flops for p in planned)
     clock = {"t": 0.0}
     monkeypatch.setattr(progress.time, "monotonic", lambda: clock["t"])
 
-    def rows(frac):      # every run the same share done
-        return {p.key: SimpleNamespace(state="running", done=False, tokens_done=int(frac * p.tokens),
-                                       last_loss=None, val_loss=None) for p in planned}
+    def rows(frac):  # every run the same share done
+        return {
+            p.key: SimpleNamespace(
+                state="running", done=False, tokens_done=int(frac * p.tokens), last_loss=None, val_loss=None
+            )
+            for p in planned
+        }
+
     p = progress.Progress("eta", planned, enabled=False)
     assert p.update(rows(0.0))["eta_s"] is None
-    clock["t"] = 30.0                          # 30 s of Ray and worker start-up
+    clock["t"] = 30.0  # 30 s of Ray and worker start-up
     assert p.update(rows(0.1))["eta_s"] is None
-    clock["t"] = 40.0                          # 10% more in 10 s: 80 s left (not 160 s)
+    clock["t"] = 40.0  # 10% more in 10 s: 80 s left (not 160 s)
     s = p.update(rows(0.2))
     assert s["eta_s"] == pytest.approx(80.0, rel=0.02)
     assert s["flops_done"] == pytest.approx(0.2 * total, rel=0.02)
@@ -127,12 +141,11 @@ def test_ui_on_a_missing_store_says_so_and_creates_nothing(tmp_path, capsys):
     assert not home.exists()
 
 
-def test_run_says_what_it_does_without_ray_or_mlflow_log_noise(tiny_study, store, ray_session,
-                                                               capfd):
+def test_run_says_what_it_does_without_ray_or_mlflow_log_noise(tiny_study, store, ray_session, capfd):
     path = tiny_study("quiet")
     assert main(["run", str(path), "--no-progress"]) == 0
     out, err = capfd.readouterr()
     lines = out.splitlines()
     assert lines[0].startswith("quiet: starting a local Ray and its workers")
-    assert "INFO" not in out + err                  # no MLflow/alembic/Ray INFO logs
+    assert "INFO" not in out + err  # no MLflow/alembic/Ray INFO logs
     assert "viewStateShareKey=scalelab-scaling-law" in lines[-1]

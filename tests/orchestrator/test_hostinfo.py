@@ -11,8 +11,7 @@ def fake_cgroup(tmp_path, cpu_max=None, mem_max=None, mem_current=None):
     root = tmp_path / "cgroup"
     leaf = root / "system.slice" / "job.scope"
     leaf.mkdir(parents=True)
-    for name, value in (("cpu.max", cpu_max), ("memory.max", mem_max),
-                        ("memory.current", mem_current)):
+    for name, value in (("cpu.max", cpu_max), ("memory.max", mem_max), ("memory.current", mem_current)):
         if value is not None:
             (leaf / name).write_text(value + "\n")
     return cgroup_dirs("1:cpu:/\n0::/system.slice/job.scope\n", root=root)
@@ -22,7 +21,7 @@ def test_cgroup_dirs_walk_from_the_leaf_to_the_root(tmp_path):
     dirs = fake_cgroup(tmp_path)
     root = tmp_path / "cgroup"
     assert dirs == [root / "system.slice" / "job.scope", root / "system.slice", root]
-    assert cgroup_dirs("4:memory:/x\n") == []          # cgroup v1 only: no v2 limits
+    assert cgroup_dirs("4:memory:/x\n") == []  # cgroup v1 only: no v2 limits
 
 
 def test_cpu_max_parsing():
@@ -36,9 +35,9 @@ def test_quota_caps_the_affinity_mask(tmp_path):
     dirs = fake_cgroup(tmp_path, cpu_max="200000 100000")
     assert available_cpus(affinity=set(range(64)), dirs=dirs) == 2
     dirs = fake_cgroup(tmp_path / "b", cpu_max="150000 100000")
-    assert available_cpus(affinity=set(range(64)), dirs=dirs) == 2      # 1.5 rounds up
+    assert available_cpus(affinity=set(range(64)), dirs=dirs) == 2  # 1.5 rounds up
     dirs = fake_cgroup(tmp_path / "c", cpu_max="max 100000")
-    assert available_cpus(affinity={0, 3, 5}, dirs=dirs) == 3           # no quota: the mask
+    assert available_cpus(affinity={0, 3, 5}, dirs=dirs) == 3  # no quota: the mask
     assert available_cpus(affinity={0}, dirs=fake_cgroup(tmp_path / "d", cpu_max="800000 100000")) == 1
 
 

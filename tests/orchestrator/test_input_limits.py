@@ -19,8 +19,11 @@ train: {train}
 """
 
 
-def text(name="limits", grid="{sizes: [{n_layer: 1, d_model: 16}], tokens: [4096]}",
-         train="{batch_size: 8, lr: 1.0e-2}"):
+def text(
+    name="limits",
+    grid="{sizes: [{n_layer: 1, d_model: 16}], tokens: [4096]}",
+    train="{batch_size: 8, lr: 1.0e-2}",
+):
     return BASE.format(name=name, grid=grid, train=train)
 
 
@@ -93,24 +96,33 @@ def test_integers_reject_fractions(tmp_path, capsys, value):
 
 
 def test_wsd_warmup_plus_cooldown_over_one_is_rejected(tmp_path, capsys):
-    rc, err = plan(tmp_path, text(train="{batch_size: 8, lr: 1.0e-2, schedule: wsd, "
-                                        "warmup_frac: 0.4, cooldown_frac: 0.7}"), capsys)
+    rc, err = plan(
+        tmp_path,
+        text(train="{batch_size: 8, lr: 1.0e-2, schedule: wsd, warmup_frac: 0.4, cooldown_frac: 0.7}"),
+        capsys,
+    )
     assert rc == 2 and "train.cooldown_frac" in err and "warmup_frac + cooldown_frac" in err
-    rc, _ = plan(tmp_path, text(train="{batch_size: 8, lr: 1.0e-2, schedule: cosine, "
-                                      "warmup_frac: 0.4, cooldown_frac: 0.7}"), capsys)
-    assert rc == 0            # cosine has no cooldown phase
+    rc, _ = plan(
+        tmp_path,
+        text(train="{batch_size: 8, lr: 1.0e-2, schedule: cosine, warmup_frac: 0.4, cooldown_frac: 0.7}"),
+        capsys,
+    )
+    assert rc == 0  # cosine has no cooldown phase
 
 
 def test_divergence_bound_below_the_entropy_floor_is_rejected(tmp_path, capsys):
     from trainer import true_entropy
+
     path = tmp_path / "s.yaml"
     path.write_text(text())
     floor = true_entropy(load_study(path).data)
-    rc, err = plan(tmp_path, text(train=f"{{batch_size: 8, lr: 1.0e-2, divergence_loss: "
-                                        f"{floor * 0.9:.4f}}}"), capsys)
+    rc, err = plan(
+        tmp_path, text(train=f"{{batch_size: 8, lr: 1.0e-2, divergence_loss: {floor * 0.9:.4f}}}"), capsys
+    )
     assert rc == 2 and "train.divergence_loss" in err and "entropy" in err
-    rc, _ = plan(tmp_path, text(train=f"{{batch_size: 8, lr: 1.0e-2, divergence_loss: "
-                                      f"{floor + 1:.4f}}}"), capsys)
+    rc, _ = plan(
+        tmp_path, text(train=f"{{batch_size: 8, lr: 1.0e-2, divergence_loss: {floor + 1:.4f}}}"), capsys
+    )
     assert rc == 0
 
 
@@ -121,7 +133,8 @@ def test_size_beyond_the_512_layer_cap_is_an_error(tmp_path, capsys):
 
 def test_sizes_collapsing_into_one_run_are_an_error(tmp_path, capsys):
     body = text(grid="{sizes: [2.0e9, 5.0e9, 1.0e10], tokens: [4096]}").replace(
-        "aspect_ratio: 8", "aspect_ratio: 1")
+        "aspect_ratio: 8", "aspect_ratio: 1"
+    )
     rc, err = plan(tmp_path, body, capsys)
     assert rc == 2 and "grid.sizes[" in err and ("same shape" in err or "512 layers" in err)
     rc, err = plan(tmp_path, text(grid="{sizes: [1.0e5, 1.01e5], tokens: [4096]}"), capsys)
@@ -140,6 +153,7 @@ def test_isoflop_points_spend_their_budget_within_5_percent():
 
 def test_plan_json_shows_budget_per_row(tmp_path, capsys):
     import json
+
     assert main(["plan", "configs/isoflop.yaml", "--json", "--home", str(tmp_path)]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert all(abs(r["flops"] / r["budget"] - 1) <= 0.05 for r in rows)

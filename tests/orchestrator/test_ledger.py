@@ -15,7 +15,7 @@ def test_concurrent_creation_of_a_fresh_ledger_never_fails(tmp_path):
         def create():
             try:
                 Ledger(url).dispose()
-            except Exception as e:   # noqa: BLE001 - collected and asserted on below
+            except Exception as e:  # noqa: BLE001 - collected and asserted on below
                 errors.append(e)
 
         threads = [threading.Thread(target=create) for _ in range(4)]
@@ -36,6 +36,7 @@ def test_two_drivers_claiming_a_study_at_once_one_wins(tmp_path):
     import socket
 
     from orchestrator.driverlock import driver_alive
+
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     Ledger(url).dispose()
     for round_ in range(5):
@@ -44,8 +45,7 @@ def test_two_drivers_claiming_a_study_at_once_one_wins(tmp_path):
 
         def claim(token: str):
             ledger = Ledger(url, create=False)
-            if ledger.claim_driver(study, token, socket.gethostname(), os.getpid(),
-                                   driver_alive) is None:
+            if ledger.claim_driver(study, token, socket.gethostname(), os.getpid(), driver_alive) is None:
                 won.append(token)
             ledger.dispose()
 

@@ -12,8 +12,7 @@ from orchestrator.cli import configure_logging, main
 
 @pytest.fixture
 def levels():
-    names = ("", "orchestrator", "trainer", "analysis", "mlflow", "alembic", "ray", "urllib3",
-             "matplotlib")
+    names = ("", "orchestrator", "trainer", "analysis", "mlflow", "alembic", "ray", "urllib3", "matplotlib")
     saved = {n: logging.getLogger(n).level for n in names}
     yield
     for n, level in saved.items():
@@ -28,7 +27,7 @@ def test_default_and_explicit_levels(monkeypatch, levels):
     monkeypatch.setenv("SCALELAB_LOG_LEVEL", "debug")
     configure_logging(None)
     assert logging.getLogger("trainer.sinks").getEffectiveLevel() == logging.DEBUG
-    configure_logging("ERROR")                        # the flag wins over the variable
+    configure_logging("ERROR")  # the flag wins over the variable
     assert logging.getLogger("analysis.data").getEffectiveLevel() == logging.ERROR
     assert logging.getLogger("ray").getEffectiveLevel() == logging.ERROR
 

@@ -36,9 +36,11 @@ def refused(tmp_path, host_gib=16.0, **kw) -> StudyError:
 
 
 def test_long_sequences_name_seq_len(tmp_path):
-    e = refused(tmp_path, data="{source: markov, vocab_size: 16, order: 1, seq_len: 1.0e+7, "
-                               "val_tokens: 2.0e+7}", grid="{sizes: [{n_layer: 1, d_model: 16}], "
-                                                           "tokens: [1.0e+9]}")
+    e = refused(
+        tmp_path,
+        data="{source: markov, vocab_size: 16, order: 1, seq_len: 1.0e+7, val_tokens: 2.0e+7}",
+        grid="{sizes: [{n_layer: 1, d_model: 16}], tokens: [1.0e+9]}",
+    )
     assert e.key == "data.seq_len" and "GiB" in e.message and "16 GiB" in e.message
 
 
@@ -48,22 +50,31 @@ def test_large_markov_vocabulary_names_vocab_size(tmp_path):
 
 
 def test_large_batch_names_batch_size(tmp_path):
-    e = refused(tmp_path, train="{batch_size: 1.0e+7, lr: 1.0e-2}",
-                grid="{sizes: [{n_layer: 1, d_model: 16}], tokens: [1.0e+9]}")
+    e = refused(
+        tmp_path,
+        train="{batch_size: 1.0e+7, lr: 1.0e-2}",
+        grid="{sizes: [{n_layer: 1, d_model: 16}], tokens: [1.0e+9]}",
+    )
     assert e.key == "train.batch_size"
 
 
 def test_huge_explicit_shape_names_its_size(tmp_path):
-    e = refused(tmp_path, grid="{sizes: [{n_layer: 1, d_model: 16}, {n_layer: 64, d_model: 65536}], "
-                               "tokens: [4096]}")
+    e = refused(
+        tmp_path, grid="{sizes: [{n_layer: 1, d_model: 16}, {n_layer: 64, d_model: 65536}], tokens: [4096]}"
+    )
     assert e.key == "grid.sizes[1]" and "explicit shape" in e.message
 
 
 def test_gpu_runs_are_held_to_the_device_bound(tmp_path):
-    cfg = load_study(study(tmp_path, grid="{sizes: [{n_layer: 96, d_model: 16384}], tokens: [1.0e+6]}",
-                           resources="{num_cpus: 1, num_gpus: 1}"))
+    cfg = load_study(
+        study(
+            tmp_path,
+            grid="{sizes: [{n_layer: 96, d_model: 16384}], tokens: [1.0e+6]}",
+            resources="{num_cpus: 1, num_gpus: 1}",
+        )
+    )
     with pytest.raises(StudyError) as e:
-        check_memory(cfg, expand(cfg), 1e6 * GIB)            # plenty of RAM: the GPU is the bound
+        check_memory(cfg, expand(cfg), 1e6 * GIB)  # plenty of RAM: the GPU is the bound
     assert e.value.key == "grid.sizes[0]" and "GPU" in e.value.message
 
 

@@ -31,8 +31,9 @@ def _browser() -> str:
         path = shutil.which(name)
         if path:
             return path
-    pytest.skip("no headless browser (chromium) installed: `apt-get install -y chromium` to run "
-                "the MLflow view check")
+    pytest.skip(
+        "no headless browser (chromium) installed: `apt-get install -y chromium` to run the MLflow view check"
+    )
 
 
 def _free_port() -> int:
@@ -41,10 +42,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _chromium(browser: str, url: str, *extra: str, size: str = "3000,1100",
-              budget_ms: int = 25000) -> str:
-    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-           f"--virtual-time-budget={budget_ms}", f"--window-size={size}", *extra, url]
+def _chromium(browser: str, url: str, *extra: str, size: str = "3000,1100", budget_ms: int = 25000) -> str:
+    cmd = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--virtual-time-budget={budget_ms}",
+        f"--window-size={size}",
+        *extra,
+        url,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     return out.stdout
 
@@ -66,17 +75,24 @@ def test_the_printed_url_opens_the_scaling_law_view(tiny_study, store, ray_sessi
     cfg = load_study(tiny_study("browser"))
     assert run_study(cfg, store, show_progress=False).exit_code == 0
     from mlflow.tracking import MlflowClient
+
     c = MlflowClient(store.tracking_uri)
     exp = c.get_experiment_by_name("browser")
-    points = c.search_runs([exp.experiment_id], "tags.`scalelab.role` = 'point'",
-                           order_by=["metrics.val_loss ASC"])
+    points = c.search_runs(
+        [exp.experiment_id], "tags.`scalelab.role` = 'point'", order_by=["metrics.val_loss ASC"]
+    )
     expected_order = [r.info.run_name for r in points]
 
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "ui", "--home",
-                             str(store.home), "--port", str(port)], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "ui", "--home", str(store.home), "--port", str(port)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
     try:
         first_lines = [proc.stdout.readline() for _ in range(2)]
         url = re.search(r"http://\S+viewStateShareKey=\S+", first_lines[1]).group(0)
@@ -87,19 +103,19 @@ def test_the_printed_url_opens_the_scaling_law_view(tiny_study, store, ray_sessi
         dom = _chromium(browser, url, "--dump-dom")
         headers = set(re.findall(r'role="columnheader"[^>]*col-id="([^"]+)"', dom))
         assert {key for _, key in COLUMNS} <= headers, {key for _, key in COLUMNS} - headers
-        assert "duration" in headers                                      # the run's own time
-        assert re.search(r"<strong>8</strong> matching runs", dom)       # every point, flat
+        assert "duration" in headers  # the run's own time
+        assert re.search(r"<strong>8</strong> matching runs", dom)  # every point, flat
         names = [n for n in re.findall(r">(L\d-d\d+[^<]*-s\d)<", dom)]
         shown = list(dict.fromkeys(names))
-        assert shown == expected_order                                    # sorted by val_loss
+        assert shown == expected_order  # sorted by val_loss
 
         charts = _chromium(browser, url + "&compareRunsMode=CHART", "--dump-dom", budget_ms=40000)
         section = re.search(r"Scaling law</div>(.*?)Model metrics</div>", charts, re.S)
         assert section, "the view's chart section is missing"
         text = re.sub(r"<[^>]+>", " ", section.group(1))
-        assert "(2)" in text and "Step" in text                 # val_loss curves over tokens
+        assert "(2)" in text and "Step" in text  # val_loss curves over tokens
         assert all(f"{name} (val_loss)" in text for name in expected_order)  # every run drawn
-        assert "n_params_active vs. val_loss" in text           # final val_loss vs N
+        assert "n_params_active vs. val_loss" in text  # final val_loss vs N
 
         shot = Path(os.environ.get("SCALELAB_SCREENSHOT") or tmp_path / "view.png").resolve()
         _chromium(browser, url, f"--screenshot={shot}", size="2300,760")

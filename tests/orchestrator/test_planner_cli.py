@@ -22,8 +22,8 @@ grid:
 train: {{batch_size: 8, lr: 1.0e-2}}
 resources: {{num_cpus: 1, num_gpus: 0}}
 """
-GRID_FLOPS_MAX = 4.0e8      # the largest grid run: 3.6e8 FLOPs
-GRID_FLOPS = 1.1e9          # the whole grid: 1.07e9 FLOPs
+GRID_FLOPS_MAX = 4.0e8  # the largest grid run: 3.6e8 FLOPs
+GRID_FLOPS = 1.1e9  # the whole grid: 1.07e9 FLOPs
 
 
 @pytest.fixture
@@ -32,31 +32,38 @@ def study(tmp_path):
         p = tmp_path / f"{name}.yaml"
         p.write_text(STUDY.format(name=name))
         return p
+
     return make
 
 
-@pytest.mark.parametrize("argv, flag", [
-    (["suggest", "{s}", "--target-flops", "1e3"], "--target-flops"),
-    (["suggest", "{s}", "--target-flops", "1e12", "--max-runs", "0"], "--max-runs"),
-    (["suggest", "{s}", "--target-flops", "1e12", "--max-flops", "10"], "--max-flops"),
-    (["run", "{s}", "--adaptive", "--target-flops", "1e12", "--until-ci", "0"], "--until-ci"),
-    (["run", "{s}", "--adaptive", "--target-flops", "1e12", "--until-ci", "-1"], "--until-ci"),
-    (["run", "{s}", "--adaptive", "--target-flops", "1e5", "--until-ci", "0.2"], "--target-flops"),
-    (["run", "{s}", "--adaptive", "--target-flops", "1e12", "--until-ci", "0.2",
-      "--max-flops", "10"], "--max-flops"),
-])
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["suggest", "{s}", "--target-flops", "1e3"], "--target-flops"),
+        (["suggest", "{s}", "--target-flops", "1e12", "--max-runs", "0"], "--max-runs"),
+        (["suggest", "{s}", "--target-flops", "1e12", "--max-flops", "10"], "--max-flops"),
+        (["run", "{s}", "--adaptive", "--target-flops", "1e12", "--until-ci", "0"], "--until-ci"),
+        (["run", "{s}", "--adaptive", "--target-flops", "1e12", "--until-ci", "-1"], "--until-ci"),
+        (["run", "{s}", "--adaptive", "--target-flops", "1e5", "--until-ci", "0.2"], "--target-flops"),
+        (
+            ["run", "{s}", "--adaptive", "--target-flops", "1e12", "--until-ci", "0.2", "--max-flops", "10"],
+            "--max-flops",
+        ),
+    ],
+)
 def test_bad_input_exits_2_naming_the_flag(study, store, capsys, argv, flag):
     path = str(study("bad"))
     assert main([a.format(s=path) for a in argv]) == 2
     assert flag in capsys.readouterr().err
-    assert not Path(store.tracking_uri[len("sqlite:///"):]).exists()    # nothing written
+    assert not Path(store.tracking_uri[len("sqlite:///") :]).exists()  # nothing written
 
 
 def _points(settings, study_name):
     c = MlflowClient(settings.tracking_uri)
     exp = c.get_experiment_by_name(study_name)
-    runs = c.search_runs([exp.experiment_id], filter_string="tags.`scalelab.role` = 'point'",
-                         max_results=1000)
+    runs = c.search_runs(
+        [exp.experiment_id], filter_string="tags.`scalelab.role` = 'point'", max_results=1000
+    )
     return c, exp, runs
 
 
@@ -65,15 +72,29 @@ def test_suggest_proposes_new_runs_within_the_budget(study, store, ray_session, 
     assert main(["suggest", path, "--target-flops", "1e12", "--json"]) == 0
     fresh = json.loads(capsys.readouterr().out)
     assert fresh["current"]["value"] is None and fresh["current"]["n_points"] == 0
-    assert len(fresh["suggestions"]) >= 9            # a seed design: 3 sizes x 3 budgets
+    assert len(fresh["suggestions"]) >= 9  # a seed design: 3 sizes x 3 budgets
 
     assert main(["run", path, "--no-progress"]) == 0
     capsys.readouterr()
     _, _, runs = _points(store, "sugg")
     done = {(int(r.data.params["n_params"]), int(r.data.params["tokens"])) for r in runs}
     budget = 2 * GRID_FLOPS_MAX
-    assert main(["suggest", path, "--target-flops", "1e12", "--max-runs", "3",
-                 "--max-flops", str(budget), "--json"]) == 0
+    assert (
+        main(
+            [
+                "suggest",
+                path,
+                "--target-flops",
+                "1e12",
+                "--max-runs",
+                "3",
+                "--max-flops",
+                str(budget),
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"target_flops", "objective", "current", "suggestions", "flops_requested"}
     assert out["target_flops"] == 1e12 and out["objective"] == "log_n_opt"
@@ -83,7 +104,7 @@ def test_suggest_proposes_new_runs_within_the_budget(study, store, ray_session, 
     for s in out["suggestions"]:
         assert set(s) == {"n_params", "tokens", "flops", "moe", "arch", "expected_ci95", "score"}
         assert (s["n_params"], s["tokens"]) not in done
-    if out["current"]["value"] is not None:          # the fit was usable: greedy picks
+    if out["current"]["value"] is not None:  # the fit was usable: greedy picks
         lo, hi = out["current"]["ci95"]
         assert lo < out["current"]["value"] < hi and len(out["suggestions"]) <= 3
     assert main(["suggest", path, "--target-flops", "1e12", "--objective", "loss"]) == 0
@@ -92,8 +113,20 @@ def test_suggest_proposes_new_runs_within_the_budget(study, store, ray_session, 
 
 def test_adaptive_rounds_are_tagged_and_resume_without_repeating(study, store, ray_session, capsys):
     path = str(study("adapt"))
-    args = ["run", path, "--adaptive", "--target-flops", "1e12", "--until-ci", "0.0001",
-            "--max-runs", "2", "--max-flops", str(GRID_FLOPS + 1e9), "--no-progress"]
+    args = [
+        "run",
+        path,
+        "--adaptive",
+        "--target-flops",
+        "1e12",
+        "--until-ci",
+        "0.0001",
+        "--max-runs",
+        "2",
+        "--max-flops",
+        str(GRID_FLOPS + 1e9),
+        "--no-progress",
+    ]
     assert main(args + ["--max-rounds", "1"]) == 0
     out = capsys.readouterr().out
     assert "1 adaptive round(s)" in out and "--max-rounds 1 reached" in out
@@ -105,7 +138,7 @@ def test_adaptive_rounds_are_tagged_and_resume_without_repeating(study, store, r
     ledger = Ledger(store.ledger_uri)
     attempts = {r.run_key: r.attempts for r in ledger.rows("adapt")}
 
-    assert main(args + ["--max-rounds", "1"]) == 0       # continues: round 2, round 1 not redone
+    assert main(args + ["--max-rounds", "1"]) == 0  # continues: round 2, round 1 not redone
     out = capsys.readouterr().out
     assert "2 adaptive round(s)" in out
     _, _, runs2 = _points(store, "adapt")
@@ -115,9 +148,9 @@ def test_adaptive_rounds_are_tagged_and_resume_without_repeating(study, store, r
     r2 = [r for r in runs2 if r.data.tags.get("scalelab.round") == "2"]
     assert r2 and len(runs2) == len(runs) + len(r2)
     keys = [r.data.params["run_key"] for r in runs2]
-    assert len(keys) == len(set(keys))                    # no point planned twice
+    assert len(keys) == len(set(keys))  # no point planned twice
     after = {r.run_key: r.attempts for r in ledger.rows("adapt")}
-    assert all(after[k] == n for k, n in attempts.items())   # nothing retrained
+    assert all(after[k] == n for k, n in attempts.items())  # nothing retrained
     spent = sum(r.flops for r in ledger.rows("adapt") if r.kind == "point")
     assert spent <= GRID_FLOPS + 1e9
     ledger.dispose()

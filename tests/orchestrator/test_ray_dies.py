@@ -11,6 +11,7 @@ from tests.conftest import TINY_STUDY
 
 def test_ray_death_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
     from ray.exceptions import RaySystemError
+
     path = tmp_path / "s.yaml"
     path.write_text(TINY_STUDY.format(name="ray-dies", schedule="cosine"))
 
@@ -19,6 +20,7 @@ def test_ray_death_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
             raise ConnectionError("GCS has been unreachable for 60 s")
         except ConnectionError as e:
             raise RaySystemError("System error: the raylet died") from e
+
     monkeypatch.setattr(scheduler, "run_study", dies)
     assert main(["run", str(path), "--home", str(tmp_path / "h"), "--no-progress"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -30,7 +32,8 @@ def test_other_errors_are_not_mistaken_for_ray_dying(tmp_path, monkeypatch):
     assert not ray_died(ValueError("a bug"))
     path = tmp_path / "s.yaml"
     path.write_text(TINY_STUDY.format(name="ray-dies", schedule="cosine"))
-    monkeypatch.setattr(scheduler, "run_study",
-                        lambda *a, **k: (_ for _ in ()).throw(ZeroDivisionError("bug")))
+    monkeypatch.setattr(
+        scheduler, "run_study", lambda *a, **k: (_ for _ in ()).throw(ZeroDivisionError("bug"))
+    )
     with pytest.raises(ZeroDivisionError):
         main(["run", str(path), "--home", str(tmp_path / "h"), "--no-progress"])

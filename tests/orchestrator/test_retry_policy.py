@@ -8,8 +8,7 @@ import sys
 from orchestrator import load_study
 from orchestrator.grid import work_items
 from orchestrator.ledger import Ledger
-from orchestrator.scheduler import (_handle_results, _payload, ensure_child_runs, record_plan,
-                                    validate)
+from orchestrator.scheduler import _handle_results, _payload, ensure_child_runs, record_plan, validate
 from orchestrator.worker import execute, is_bug
 from tests.orchestrator.test_shared_points import small
 from trainer import train
@@ -22,7 +21,7 @@ class WidthSpecError(SpecError):
 
 def test_bug_classes_are_matched_by_type():
     assert is_bug(WidthSpecError("model.d_model", "not a multiple of d_head"))
-    assert is_bug(RuntimeError("size mismatch for wte.weight"))       # torch shape errors
+    assert is_bug(RuntimeError("size mismatch for wte.weight"))  # torch shape errors
     assert not is_bug(ConnectionError("store unreachable")) and not is_bug(RuntimeError("OOM"))
     assert not is_bug(None)
 
@@ -33,13 +32,14 @@ def test_a_spec_error_subclass_in_a_run_is_not_retried(tmp_path, store, ray_sess
     ledger = Ledger(store.ledger_uri)
     exp_id, parent = record_plan(cfg, store, planned, ledger)
     (item,) = work_items(planned)
-    ensure_child_runs(cfg, store, item, ledger, exp_id, parent)      # as dispatch does
+    ensure_child_runs(cfg, store, item, ledger, exp_id, parent)  # as dispatch does
     rows = {r.run_key: r for r in ledger.rows("bug")}
 
     def broken(self, sink, trunk_sink):
         raise WidthSpecError("model.d_model", "must be a multiple of d_head")
+
     monkeypatch.setattr(sys.modules[train.__module__]._Run, "execute", broken)
-    (result,) = execute(_payload(item, cfg, store, ledger, rows))     # the real worker, in-process
+    (result,) = execute(_payload(item, cfg, store, ledger, rows))  # the real worker, in-process
     assert result.state == "failed" and result.bug, result.message[-1500:]
     retry, why = _handle_results([result], "bug", ledger, store, {})
     assert not retry and "WidthSpecError" in why

@@ -11,8 +11,20 @@ from orchestrator import Settings, load_study, run_study
 from orchestrator.cli import main
 from orchestrator.ledger import Ledger
 
-POINT_PARAMS = {"run_key", "n_params", "n_params_active", "n_params_nonembedding", "tokens",
-                "flops", "experts", "top_k", "n_layer", "d_model", "seed", "schedule"}
+POINT_PARAMS = {
+    "run_key",
+    "n_params",
+    "n_params_active",
+    "n_params_nonembedding",
+    "tokens",
+    "flops",
+    "experts",
+    "top_k",
+    "n_layer",
+    "d_model",
+    "seed",
+    "schedule",
+}
 
 
 def child_runs(settings: Settings, study: str):
@@ -41,15 +53,16 @@ def test_study_runs_and_produces_the_documented_mlflow_layout(tiny_study, store,
         history = c.get_metric_history(r.info.run_id, "val_loss")
         steps = [m.step for m in history]
         assert steps == sorted(set(steps)), "val_loss steps strictly increasing, no duplicates"
-        assert steps[-1] == int(r.data.params["tokens"])          # the last value is at D
+        assert steps[-1] == int(r.data.params["tokens"])  # the last value is at D
         assert r.data.metrics["val_loss"] == history[-1].value
         # the loss is a real held-out loss: above the source's entropy, below uniform guessing
         assert float(r.data.params["true_entropy"]) - 0.05 < history[-1].value < 2.78
         keys.add(r.data.params["run_key"])
     assert len(keys) == 8
     moe = [r for r in points if r.data.params["experts"] == "4"]
-    assert len(moe) == 4 and all(int(r.data.params["n_params_active"]) < int(r.data.params["n_params"])
-                                 for r in moe)
+    assert len(moe) == 4 and all(
+        int(r.data.params["n_params_active"]) < int(r.data.params["n_params"]) for r in moe
+    )
 
 
 def test_second_run_creates_nothing_and_trains_nothing(tiny_study, store, ray_session):
@@ -71,6 +84,7 @@ def test_second_run_creates_nothing_and_trains_nothing(tiny_study, store, ray_se
 
 def test_wsd_study_gives_one_point_per_cooldown(tmp_path, store, ray_session):
     from tests.conftest import TINY_STUDY
+
     path = tmp_path / "wsd.yaml"
     path.write_text(TINY_STUDY.format(name="wsd", schedule="wsd"))
     cfg = load_study(path)
@@ -78,7 +92,7 @@ def test_wsd_study_gives_one_point_per_cooldown(tmp_path, store, ray_session):
     c, runs = child_runs(store, "wsd")
     points = [r for r in runs if r.data.tags.get("scalelab.role") == "point"]
     trunks = [r for r in runs if r.data.tags.get("scalelab.role") == "trunk"]
-    assert len(points) == 8 and len(trunks) == 4               # 4 (N, MoE) trunks, 2 cooldowns each
+    assert len(points) == 8 and len(trunks) == 4  # 4 (N, MoE) trunks, 2 cooldowns each
     for r in points:
         assert c.get_metric_history(r.info.run_id, "val_loss")[-1].step == int(r.data.params["tokens"])
 
@@ -112,7 +126,7 @@ resources: {num_cpus: 1}
         time.sleep(0.2)
     assert main(["cancel", str(path), "--now"]) == 0
     t.join(timeout=120)
-    assert result["out"].exit_code == 1                        # cancelled: not every run reached a result
+    assert result["out"].exit_code == 1  # cancelled: not every run reached a result
     rows = {r.run_key: r for r in ledger.rows("resume")}
     assert {r.state for r in rows.values()} == {"killed"}
     c, runs = child_runs(store, "resume")
@@ -124,12 +138,12 @@ resources: {num_cpus: 1}
     assert again.exit_code == 0
     c, runs = child_runs(store, "resume")
     points = [r for r in runs if r.data.tags.get("scalelab.role") == "point"]
-    assert {r.info.run_id for r in points} == killed_ids           # the same MLflow runs
+    assert {r.info.run_id for r in points} == killed_ids  # the same MLflow runs
     for r in points:
         assert r.info.status == "FINISHED"
         steps = [m.step for m in c.get_metric_history(r.info.run_id, "val_loss")]
         assert steps == sorted(set(steps)) and steps[-1] == 640_000
         gaps = [b - a for a, b in zip(steps, steps[1:])]
-        assert max(gaps) <= 65536                                   # nothing missing across the kill
+        assert max(gaps) <= 65536  # nothing missing across the kill
     assert all(r.attempts == 2 for r in ledger.rows("resume"))
     ledger.dispose()

@@ -27,14 +27,23 @@ VALUES = {s.value for s in RunState}
 def test_ledger_and_tag_vocabularies_are_the_enum():
     assert set(ledger_mod.STATES) <= VALUES and "fenced" not in ledger_mod.STATES
     assert set(ledger_mod.TERMINAL) == {"finished", "diverged"}
-    assert tracking.MLFLOW_STATUS == {"finished": "FINISHED", "diverged": "FAILED",
-                                      "failed": "FAILED", "killed": "KILLED"}
+    assert tracking.MLFLOW_STATUS == {
+        "finished": "FINISHED",
+        "diverged": "FAILED",
+        "failed": "FAILED",
+        "killed": "KILLED",
+    }
     assert {s.value for s in OUTCOMES} <= set(ledger_mod.STATES)
     # the trainer's words (RunResult.status) map in one place; anything unknown is a failure
-    assert {w: RunState.from_trainer(w).value for w in ("finished", "diverged", "stopped",
-                                                         "failed", "oops")} == {
-        "finished": "finished", "diverged": "diverged", "stopped": "killed", "failed": "failed",
-        "oops": "failed"}
+    assert {
+        w: RunState.from_trainer(w).value for w in ("finished", "diverged", "stopped", "failed", "oops")
+    } == {
+        "finished": "finished",
+        "diverged": "diverged",
+        "stopped": "killed",
+        "failed": "failed",
+        "oops": "failed",
+    }
     assert f"{RunState.KILLED:8}|" == "killed  |" and str(RunState.FENCED) == "fenced"
     assert json.dumps({RunState.FAILED: RunState.KILLED}) == '{"failed": "killed"}'
 
@@ -42,11 +51,23 @@ def test_ledger_and_tag_vocabularies_are_the_enum():
 def test_ledger_stores_plain_values_and_rejects_unknown_states(tmp_path):
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
     try:
-        ledger.ensure("s", [{"run_key": "k", "kind": "point", "trunk_key": None, "tokens": 1,
-                             "flops": 1.0, "spec_json": None, "checkpoint_dir": str(tmp_path)}])
+        ledger.ensure(
+            "s",
+            [
+                {
+                    "run_key": "k",
+                    "kind": "point",
+                    "trunk_key": None,
+                    "tokens": 1,
+                    "flops": 1.0,
+                    "spec_json": None,
+                    "checkpoint_dir": str(tmp_path),
+                }
+            ],
+        )
         ledger.update("s", "k", state=RunState.KILLED)
         row = ledger.get("s", "k")
-        assert row.state == "killed" and type(row.state) is str      # readable without the Enum
+        assert row.state == "killed" and type(row.state) is str  # readable without the Enum
         with pytest.raises(ValueError):
             ledger.update("s", "k", state="exploded")
         assert ledger.get("s", "k").state == "killed"
@@ -84,18 +105,24 @@ def test_status_and_outcome_tags_use_the_enum_values(tiny_study, store, capsys):
 
 
 def test_messages_are_frozen_and_cross_process_boundaries():
-    run = RunAssignment(run_key="k", spec={"seed": 0}, lease="l", mlflow_run_id="r", attempt=1,
-                        checkpoint_dir="/c")
-    item = WorkPayload(study="s", runs=(run,), tracking_uri="sqlite:///m.db",
-                       ledger_uri="sqlite:///l.db", num_cpus=1.0,
-                       trunk=TrunkAssignment(run_key="t", lease="l0", mlflow_run_id="r0"))
+    run = RunAssignment(
+        run_key="k", spec={"seed": 0}, lease="l", mlflow_run_id="r", attempt=1, checkpoint_dir="/c"
+    )
+    item = WorkPayload(
+        study="s",
+        runs=(run,),
+        tracking_uri="sqlite:///m.db",
+        ledger_uri="sqlite:///l.db",
+        num_cpus=1.0,
+        trunk=TrunkAssignment(run_key="t", lease="l0", mlflow_run_id="r0"),
+    )
     report = RunReport(run_key="k", state=RunState.DIVERGED, message="loss is nan")
-    assert pickle.loads(pickle.dumps(item)) == item                  # as Ray ships them
+    assert pickle.loads(pickle.dumps(item)) == item  # as Ray ships them
     back = pickle.loads(pickle.dumps(report))
     assert back == report and back.state is RunState.DIVERGED and back.ok
     assert not RunReport(run_key="k", state=RunState.FENCED).ok
     with pytest.raises(AttributeError):
-        item.study = "other"                                         # type: ignore[misc]
+        item.study = "other"  # type: ignore[misc]
 
 
 class _NoClose:
@@ -122,6 +149,6 @@ def test_every_sink_satisfies_the_protocol(tmp_path):
         for sink in (memory, mlflow_sink, fenced):
             assert isinstance(sink, MetricSink), type(sink).__name__
         assert fenced.run_id is None and fenced.pending == 0 and mlflow_sink.run_id == "run0"
-        assert not isinstance(_NoClose(), MetricSink)                # close() is required
+        assert not isinstance(_NoClose(), MetricSink)  # close() is required
     finally:
         ledger.dispose()

@@ -20,10 +20,15 @@ from trainer.sinks import MlflowSink, MlflowSinkError
 PW = "S3CRETPW"
 
 
-@pytest.mark.parametrize("text", [
-    f"could not connect to postgresql://postgres:{PW}@10.0.0.1:5432/mlflow: refused",
-    f"'mysql+pymysql://u:{PW}@h/db'", f"http://alice:{PW}@mlflow:5000/api",
-    f"(psycopg.OperationalError) postgresql+psycopg://scalelab:{PW}@postgres:5432/scalelab\n"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"could not connect to postgresql://postgres:{PW}@10.0.0.1:5432/mlflow: refused",
+        f"'mysql+pymysql://u:{PW}@h/db'",
+        f"http://alice:{PW}@mlflow:5000/api",
+        f"(psycopg.OperationalError) postgresql+psycopg://scalelab:{PW}@postgres:5432/scalelab\n",
+    ],
+)
 def test_redact_text_masks_every_uri_password(text):
     out = redact_text(text)
     assert PW not in out and ":***@" in out
@@ -51,8 +56,12 @@ def test_ledger_error_and_status_json_mask_the_password(tmp_path, monkeypatch, c
     key = json.loads(capsys.readouterr().out)[0]["run_key"]
     (tmp_path / "store").mkdir()
     ledger = Ledger(f"sqlite:///{tmp_path / 'store' / 'ledger.db'}")
-    ledger.ensure("secrets", [{"run_key": key, "study": "secrets", "kind": "point", "tokens": 1, "flops": 1.0}])
-    ledger.update("secrets", key, state="failed", error=f"MlflowException: postgresql://postgres:{PW}@db/x down")
+    ledger.ensure(
+        "secrets", [{"run_key": key, "study": "secrets", "kind": "point", "tokens": 1, "flops": 1.0}]
+    )
+    ledger.update(
+        "secrets", key, state="failed", error=f"MlflowException: postgresql://postgres:{PW}@db/x down"
+    )
     assert PW not in ledger.get("secrets", key).error
     ledger.dispose()
     assert main(["status", "s.yaml", "--json", "--home", str(tmp_path / "store")]) == 0
@@ -63,10 +72,9 @@ def test_ledger_error_and_status_json_mask_the_password(tmp_path, monkeypatch, c
 class _Health(BaseHTTPRequestHandler):
     seen: list[str | None] = []
 
-    def do_GET(self):                                      # noqa: N802 - http.server's name
+    def do_GET(self):  # noqa: N802 - http.server's name
         self.seen.append(self.headers.get("Authorization"))
-        ok = self.headers.get("Authorization") == "Basic " + base64.b64encode(
-            f"alice:{PW}".encode()).decode()
+        ok = self.headers.get("Authorization") == "Basic " + base64.b64encode(f"alice:{PW}".encode()).decode()
         self.send_response(200 if ok else 401)
         self.end_headers()
         self.wfile.write(b"OK" if ok else b"denied")
@@ -80,7 +88,7 @@ def test_http_precheck_accepts_user_and_password_and_never_prints_it():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]
     try:
-        check_tracking_uri(f"http://alice:{PW}@127.0.0.1:{port}")      # basic auth, as MLflow
+        check_tracking_uri(f"http://alice:{PW}@127.0.0.1:{port}")  # basic auth, as MLflow
         assert _Health.seen[-1] is not None
         with pytest.raises(StudyError) as e:
             check_tracking_uri(f"http://alice:wrong{PW}@127.0.0.1:{port}")

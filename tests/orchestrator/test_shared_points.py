@@ -25,11 +25,20 @@ resources: {{num_cpus: 1, num_gpus: 0}}
 """
 
 
-def small(tmp_path: Path, name: str, *, sizes="[{n_layer: 1, d_model: 8}]", tokens="[4096]",
-          device="cpu", interval=1024, file: str | None = None) -> Path:
-    return write_study(tmp_path / f"{file or name}.yaml",
-                       SMALL.format(name=name, sizes=sizes, tokens=tokens, device=device,
-                                    interval=interval))
+def small(
+    tmp_path: Path,
+    name: str,
+    *,
+    sizes="[{n_layer: 1, d_model: 8}]",
+    tokens="[4096]",
+    device="cpu",
+    interval=1024,
+    file: str | None = None,
+) -> Path:
+    return write_study(
+        tmp_path / f"{file or name}.yaml",
+        SMALL.format(name=name, sizes=sizes, tokens=tokens, device=device, interval=interval),
+    )
 
 
 def points(store, study: str) -> dict:
@@ -53,13 +62,16 @@ def history(store, run) -> list[tuple[int, float]]:
     return [(m.step, m.value) for m in c.get_metric_history(run.info.run_id, "val_loss")]
 
 
-def test_a_point_finished_in_another_study_is_reused_not_retrained(tmp_path, store, ray_session,
-                                                                    capsys):
+def test_a_point_finished_in_another_study_is_reused_not_retrained(tmp_path, store, ray_session, capsys):
     first = small(tmp_path, "first", tokens="[4096, 8192]")
     assert main(["run", str(first), "--no-progress"]) == 0
     # the same points under a new name, plus one new size: only the new size trains
-    second = small(tmp_path, "second", tokens="[4096, 8192]",
-                   sizes="[{n_layer: 1, d_model: 8}, {n_layer: 1, d_model: 16}]")
+    second = small(
+        tmp_path,
+        "second",
+        tokens="[4096, 8192]",
+        sizes="[{n_layer: 1, d_model: 8}, {n_layer: 1, d_model: 16}]",
+    )
     assert main(["run", str(second), "--no-progress"]) == 0
     assert "2 point(s) reused" in capsys.readouterr().out
 
@@ -72,7 +84,7 @@ def test_a_point_finished_in_another_study_is_reused_not_retrained(tmp_path, sto
         assert copy.data.tags["scalelab.reused_from"] == run.info.run_id
         assert copy.info.status == "FINISHED" and copy.data.tags["scalelab.outcome"] == "finished"
         assert copy.data.params == run.data.params
-        assert history(store, copy) == history(store, run)     # every step, every value
+        assert history(store, copy) == history(store, run)  # every step, every value
         assert rows[key].state == "finished" and rows[key].attempts == 0
         assert rows[key].mlflow_run_id == copy.info.run_id
     for key in set(dst) - set(src):
@@ -99,7 +111,7 @@ def test_growing_a_study_grid_trains_only_the_new_points(tmp_path, store, ray_se
     assert len(after) == 2 and set(before) < set(after)
     for key, run in before.items():
         assert after[key].info.run_id == run.info.run_id and rows[key].attempts == 1
-    assert {p: p.stat().st_mtime_ns for p in ckpts} == ckpts         # nothing retrained
+    assert {p: p.stat().st_mtime_ns for p in ckpts} == ckpts  # nothing retrained
 
 
 OLD_SCHEMA = """\
@@ -118,9 +130,13 @@ def _old_ledger(url: str) -> None:
     with engine.begin() as c:
         c.execute(sa.text(OLD_SCHEMA))
         c.execute(sa.text("CREATE INDEX ix_scalelab_runs_study ON scalelab_runs (study)"))
-        c.execute(sa.text("INSERT INTO scalelab_runs (run_key, study, kind, state, attempts, "
-                          "mlflow_run_id, val_loss) VALUES ('k1', 'old', 'point', 'finished', 1, "
-                          "'r1', 2.5), ('k2', 'old', 'point', 'failed', 3, 'r2', NULL)"))
+        c.execute(
+            sa.text(
+                "INSERT INTO scalelab_runs (run_key, study, kind, state, attempts, "
+                "mlflow_run_id, val_loss) VALUES ('k1', 'old', 'point', 'finished', 1, "
+                "'r1', 2.5), ('k2', 'old', 'point', 'failed', 3, 'r2', NULL)"
+            )
+        )
     engine.dispose()
 
 
@@ -128,17 +144,23 @@ def _check_migrated(url: str) -> None:
     ledger = Ledger(url)
     try:
         engine = ledger.engine
-        assert sa.inspect(engine).get_pk_constraint("scalelab_runs")["constrained_columns"] \
-            == ["study", "run_key"]
+        assert sa.inspect(engine).get_pk_constraint("scalelab_runs")["constrained_columns"] == [
+            "study",
+            "run_key",
+        ]
         old = {r.run_key: r for r in ledger.rows("old")}
-        assert old["k1"].state == "finished" and old["k1"].mlflow_run_id == "r1" \
-            and old["k1"].val_loss == 2.5 and old["k2"].attempts == 3       # old rows keep working
+        assert (
+            old["k1"].state == "finished"
+            and old["k1"].mlflow_run_id == "r1"
+            and old["k1"].val_loss == 2.5
+            and old["k2"].attempts == 3
+        )  # old rows keep working
         assert ledger.ensure("new", [{"run_key": "k1", "kind": "point"}]) == ["k1"]
         assert ledger.update("new", "k1", state="running") and ledger.get("old", "k1").state == "finished"
         assert ledger.finished_elsewhere("new", ["k1"])["k1"].study == "old"
     finally:
         ledger.dispose()
-    Ledger(url).dispose()                                    # idempotent: a second open is a no-op
+    Ledger(url).dispose()  # idempotent: a second open is a no-op
 
 
 def test_an_old_sqlite_ledger_is_migrated_keeping_its_rows(tmp_path):

@@ -16,5 +16,5 @@ def test_success_clears_a_stale_error_tag(store):
     clear_stale_error(c, run_id)
     tags = c.get_run(run_id).data.tags
     assert "scalelab.error" not in tags and tags["scalelab.role"] == "point"
-    clear_stale_error(c, run_id)                         # nothing to clear: no error raised
+    clear_stale_error(c, run_id)  # nothing to clear: no error raised
     assert "scalelab.error" not in c.get_run(run_id).data.tags

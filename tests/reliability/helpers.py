@@ -6,8 +6,8 @@ import hashlib
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from mlflow.tracking import MlflowClient
 
@@ -24,12 +24,32 @@ resources: {{num_cpus: {num_cpus}, num_gpus: 0, max_retries: {max_retries}}}
 """
 
 
-def long_study(path: Path, name: str, *, tokens="[98304]", sizes="[{n_layer: 1, d_model: 16}]",
-               seeds="[0]", interval=4096, lr="1.0e-2", num_cpus=1, max_retries=2,
-               extra_train="") -> Path:
-    path.write_text(LONG_STUDY.format(name=name, tokens=tokens, sizes=sizes, seeds=seeds,
-                                      interval=interval, lr=lr, num_cpus=num_cpus,
-                                      max_retries=max_retries, extra_train=extra_train))
+def long_study(
+    path: Path,
+    name: str,
+    *,
+    tokens="[98304]",
+    sizes="[{n_layer: 1, d_model: 16}]",
+    seeds="[0]",
+    interval=4096,
+    lr="1.0e-2",
+    num_cpus=1,
+    max_retries=2,
+    extra_train="",
+) -> Path:
+    path.write_text(
+        LONG_STUDY.format(
+            name=name,
+            tokens=tokens,
+            sizes=sizes,
+            seeds=seeds,
+            interval=interval,
+            lr=lr,
+            num_cpus=num_cpus,
+            max_retries=max_retries,
+            extra_train=extra_train,
+        )
+    )
     return path
 
 
@@ -50,8 +70,9 @@ def in_thread(fn, *args, **kwargs):
     def target():
         try:
             box["result"] = fn(*args, **kwargs)
-        except BaseException as e:   # noqa: BLE001 - surfaced by the test
+        except BaseException as e:  # noqa: BLE001 - surfaced by the test
             box["error"] = e
+
     t = threading.Thread(target=target, daemon=True)
     t.start()
     return t, box
@@ -66,8 +87,10 @@ def point_runs(tracking_uri: str, study: str):
 
 def assert_metric_series(c: MlflowClient, run, *, max_gap: int, key: str = "val_loss") -> list[int]:
     """Steps strictly increasing, no duplicates, gaps <= max_gap, last step = the run's tokens."""
-    steps = [m.step for m in sorted(c.get_metric_history(run.info.run_id, key),
-                                    key=lambda m: (m.step, m.timestamp))]
+    steps = [
+        m.step
+        for m in sorted(c.get_metric_history(run.info.run_id, key), key=lambda m: (m.step, m.timestamp))
+    ]
     assert steps, f"no {key} in run {run.info.run_id}"
     assert len(steps) == len(set(steps)), f"duplicate {key} steps: {steps}"
     assert steps == sorted(steps)
@@ -85,8 +108,11 @@ def free_port() -> int:
 
 def tree_hashes(root: Path) -> dict[str, str]:
     """sha256 of every file under root (the store, ledger and checkpoints)."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _stat(pid: int) -> tuple[str, str, int] | None:
@@ -95,8 +121,8 @@ def _stat(pid: int) -> tuple[str, str, int] | None:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    name = raw[raw.index("(") + 1: raw.rindex(")")]
-    state, ppid = raw[raw.rindex(")") + 2:].split()[:2]
+    name = raw[raw.index("(") + 1 : raw.rindex(")")]
+    state, ppid = raw[raw.rindex(")") + 2 :].split()[:2]
     return name, state, int(ppid)
 
 

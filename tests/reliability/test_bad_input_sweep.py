@@ -10,15 +10,20 @@ from tests.orchestrator.test_bad_input import CASES as STUDY_CASES
 from tests.orchestrator.test_bad_input import study_text
 from tests.reliability.helpers import tree_hashes
 
-GOOD_NAME = "bad-input"          # the study the store already holds (test_bad_input's GOOD)
+GOOD_NAME = "bad-input"  # the study the store already holds (test_bad_input's GOOD)
 
 MORE_STUDY_CASES = [
     ("name collides with a different study", study_text(train="{batch_size: 8, lr: 2.0e-2}"), "study"),
-    ("path traversal to a non-data dir", study_text(
-        data="{source: tokens, vocab_size: 16, seq_len: 16, paths: [../../../../../../../etc]}"),
-     "data.paths[0]"),
-    ("path traversal to a missing file", study_text(
-        data="{source: text, paths: [../../../../../../no/such/../../etc/nothing.txt]}"), "data.paths[0]"),
+    (
+        "path traversal to a non-data dir",
+        study_text(data="{source: tokens, vocab_size: 16, seq_len: 16, paths: [../../../../../../../etc]}"),
+        "data.paths[0]",
+    ),
+    (
+        "path traversal to a missing file",
+        study_text(data="{source: text, paths: [../../../../../../no/such/../../etc/nothing.txt]}"),
+        "data.paths[0]",
+    ),
     ("NaN string lr", study_text(train="{batch_size: 8, lr: 'NaN'}"), "train.lr"),
     ("nan float lr", study_text(train="{batch_size: 8, lr: .nan}"), "train.lr"),
     ("inf batch", study_text(train="{batch_size: .inf, lr: 1.0e-2}"), "train.batch_size"),
@@ -50,14 +55,16 @@ def existing_store(tmp_path_factory, ray_session):
     home = tmp / "store"
     assert main(["run", str(path), "--home", str(home), "--no-progress"]) == 0
     import gc
+
     gc.collect()
     hashes = tree_hashes(home)
     assert {"mlflow.db", "ledger.db"} <= set(hashes) and any(k.endswith("ckpt.pt") for k in hashes)
     return home, hashes
 
 
-ALL = ([(d, "study", t, k) for d, t, k in STUDY_CASES + MORE_STUDY_CASES]
-       + [(d, "csv", t, k) for d, t, k in CSV_CASES])
+ALL = [(d, "study", t, k) for d, t, k in STUDY_CASES + MORE_STUDY_CASES] + [
+    (d, "csv", t, k) for d, t, k in CSV_CASES
+]
 
 
 def test_the_sweep_is_large_enough():
@@ -66,8 +73,9 @@ def test_the_sweep_is_large_enough():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("desc,kind,text,key", ALL, ids=[a[0] for a in ALL])
-def test_bad_input_leaves_an_existing_store_byte_identical(desc, kind, text, key, existing_store,
-                                                           tmp_path, capsys):
+def test_bad_input_leaves_an_existing_store_byte_identical(
+    desc, kind, text, key, existing_store, tmp_path, capsys
+):
     home, hashes = existing_store
     if kind == "study":
         path = tmp_path / "study.yaml"

@@ -18,11 +18,19 @@ pytestmark = pytest.mark.slow
 
 
 def test_diverging_runs_are_marked_diverged_and_not_retried(tmp_path, store, ray_session):
-    cfg = load_study(long_study(tmp_path / "s.yaml", "diverge", tokens="[16384]", seeds="[0, 1]",
-                                lr="10.0", interval=2048,
-                                extra_train=", grad_clip: 0, divergence_loss: 2.0"))
+    cfg = load_study(
+        long_study(
+            tmp_path / "s.yaml",
+            "diverge",
+            tokens="[16384]",
+            seeds="[0, 1]",
+            lr="10.0",
+            interval=2048,
+            extra_train=", grad_clip: 0, divergence_loss: 2.0",
+        )
+    )
     outcome = run_study(cfg, store, show_progress=False)
-    assert outcome.exit_code == 0                       # diverged is a result, not a failure
+    assert outcome.exit_code == 0  # diverged is a result, not a failure
     assert not any("retrying" in m for m in outcome.messages)
     ledger = Ledger(store.ledger_uri)
     rows = ledger.rows("diverge")
@@ -34,9 +42,16 @@ def test_diverging_runs_are_marked_diverged_and_not_retried(tmp_path, store, ray
 
 
 def test_shape_error_fails_fast_with_traceback_and_the_study_continues(tmp_path, store, ray_session):
-    cfg = load_study(long_study(tmp_path / "s.yaml", "bug", tokens="[8192]",
-                                sizes="[{n_layer: 1, d_model: 8}, {n_layer: 1, d_model: 16}]",
-                                seeds="[0, 1]", interval=2048))
+    cfg = load_study(
+        long_study(
+            tmp_path / "s.yaml",
+            "bug",
+            tokens="[8192]",
+            sizes="[{n_layer: 1, d_model: 8}, {n_layer: 1, d_model: 16}]",
+            seeds="[0, 1]",
+            interval=2048,
+        )
+    )
     planned = expand(cfg)
     small = next(p for p in planned if p.spec.model.d_model == 8)
     victim = next(p for p in planned if p.spec.model.d_model == 16)
@@ -46,6 +61,7 @@ def test_shape_error_fails_fast_with_traceback_and_the_study_continues(tmp_path,
     payload = ckpt.load(scratch / "ckpt.pt")
     payload["extra"].update(run_key=victim.key, finished=False)
     import torch
+
     target = Path(store.checkpoint_dir("bug", victim.key))
     target.mkdir(parents=True)
     torch.save(payload, target / "ckpt.pt")
@@ -59,7 +75,7 @@ def test_shape_error_fails_fast_with_traceback_and_the_study_continues(tmp_path,
     bad = rows.pop(victim.key)
     assert bad.state == "failed" and bad.attempts == 1
     assert "Traceback" in bad.error and "size mismatch" in bad.error
-    assert {(r.state, r.attempts) for r in rows.values()} == {("finished", 1)}   # the rest ran
+    assert {(r.state, r.attempts) for r in rows.values()} == {("finished", 1)}  # the rest ran
 
     c, points = point_runs(store.tracking_uri, "bug")
     run = next(r for r in points if r.data.params["run_key"] == victim.key)

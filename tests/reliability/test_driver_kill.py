@@ -16,15 +16,23 @@ from orchestrator import load_study, run_study
 from orchestrator.grid import expand
 from orchestrator.ledger import Ledger
 from orchestrator.worker import execute
-from tests.reliability.helpers import (alive, assert_metric_series, descendants, in_thread,
-                                      long_study, point_runs, proc_name, wait_for)
+from tests.reliability.helpers import (
+    alive,
+    assert_metric_series,
+    descendants,
+    in_thread,
+    long_study,
+    point_runs,
+    proc_name,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 INTERVAL, TOKENS = 8192, 196608
 
 
 def _rows(ledger_uri: str, study: str):
-    if not Path(ledger_uri[len("sqlite:///"):]).exists():
+    if not Path(ledger_uri[len("sqlite:///") :]).exists():
         return {}
     ledger = Ledger(ledger_uri, create=False)
     try:
@@ -36,33 +44,40 @@ def _rows(ledger_uri: str, study: str):
 
 
 def test_killed_driver_rerun_gives_exactly_the_study(tmp_path, store, ray_session):
-    path = long_study(tmp_path / "s.yaml", "driver-kill", tokens=f"[{TOKENS}]", seeds="[0, 1, 2]",
-                      interval=INTERVAL)
+    path = long_study(
+        tmp_path / "s.yaml", "driver-kill", tokens=f"[{TOKENS}]", seeds="[0, 1, 2]", interval=INTERVAL
+    )
     scalelab = str(Path(sys.executable).with_name("scalelab"))
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
-    proc = subprocess.Popen([scalelab, "run", str(path), "--home", str(store.home), "--no-progress",
-                             "--max-concurrent", "1"], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [scalelab, "run", str(path), "--home", str(store.home), "--no-progress", "--max-concurrent", "1"],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     family: dict[int, str] = {}
     try:
+
         def mid_study():
             family.update({p: proc_name(p) for p in descendants(proc.pid)})  # its embedded Ray
             rows = _rows(store.ledger_uri, "driver-kill").values()
             done = [r for r in rows if r.state == "finished"]
             running = [r for r in rows if r.state == "running" and (r.tokens_done or 0) > TOKENS // 4]
             return (done, running) if done and running else None
+
         done, running = wait_for(mid_study, 90, "one run finished and one a quarter done")
     finally:
         family.update({p: proc_name(p) for p in descendants(proc.pid)})
-        os.killpg(proc.pid, signal.SIGKILL)                 # the driver and its process group
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its process group
         proc.wait(10)
-        for pid in family:                                  # and every process of its Ray
+        for pid in family:  # and every process of its Ray
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         wait_for(lambda: not any(alive(p) for p in family), 15, "the killed driver's Ray to exit")
-    assert any("raylet" in n for n in family.values()), family     # it had its own Ray
+    assert any("raylet" in n for n in family.values()), family  # it had its own Ray
     assert not [p for p in family if alive(p)]
 
     before = _rows(store.ledger_uri, "driver-kill")
@@ -71,16 +86,16 @@ def test_killed_driver_rerun_gives_exactly_the_study(tmp_path, store, ray_sessio
     mtime = ckpt.stat().st_mtime_ns
 
     cfg = load_study(path)
-    outcome = run_study(cfg, store, show_progress=False)      # `scalelab run` again
+    outcome = run_study(cfg, store, show_progress=False)  # `scalelab run` again
     assert outcome.exit_code == 0, outcome.messages
     after = _rows(store.ledger_uri, "driver-kill")
     assert {r.state for r in after.values()} == {"finished"}
-    assert after[finished_key].attempts == before[finished_key].attempts == 1   # not retrained
+    assert after[finished_key].attempts == before[finished_key].attempts == 1  # not retrained
     assert ckpt.stat().st_mtime_ns == mtime
     assert after[interrupted_key].attempts == 2
 
     c, points = point_runs(store.tracking_uri, "driver-kill")
-    assert len(points) == len(expand(cfg)) == 3               # total MLflow runs = planned points
+    assert len(points) == len(expand(cfg)) == 3  # total MLflow runs = planned points
     assert sorted(r.data.params["run_key"] for r in points) == sorted(after)
     for r in points:
         assert r.info.status == "FINISHED" and r.data.tags["scalelab.outcome"] == "finished"
@@ -88,18 +103,19 @@ def test_killed_driver_rerun_gives_exactly_the_study(tmp_path, store, ray_sessio
         assert steps == list(range(INTERVAL, TOKENS + 1, INTERVAL))
     resumed = next(r for r in points if r.data.params["run_key"] == interrupted_key)
     assert int(resumed.data.tags["scalelab.resumed_from_tokens"]) > 0
-    print(f"killed driver with {len(family)} Ray processes; finished={finished_key} "
-          f"interrupted={interrupted_key} at {running[0].tokens_done} tokens; "
-          f"attempts after rerun: { {k: r.attempts for k, r in after.items()} }")
+    print(
+        f"killed driver with {len(family)} Ray processes; finished={finished_key} "
+        f"interrupted={interrupted_key} at {running[0].tokens_done} tokens; "
+        f"attempts after rerun: { {k: r.attempts for k, r in after.items()} }"
+    )
 
 
-def test_an_orphaned_attempt_is_fenced_when_a_newer_attempt_takes_the_run(tmp_path, store,
-                                                                          ray_session):
+def test_an_orphaned_attempt_is_fenced_when_a_newer_attempt_takes_the_run(tmp_path, store, ray_session):
     """The task of a killed driver keeps running (e.g. on a remote node): once a new driver
     acquires the run, the orphan stops at its next write and never writes to the ledger row or
     the MLflow run again."""
-    from orchestrator.scheduler import _payload, ensure_child_runs, record_plan, validate
     from orchestrator.grid import work_items
+    from orchestrator.scheduler import _payload, ensure_child_runs, record_plan, validate
 
     path = long_study(tmp_path / "s.yaml", "orphan", tokens=f"[{TOKENS}]", interval=INTERVAL)
     cfg = load_study(path)
@@ -107,14 +123,14 @@ def test_an_orphaned_attempt_is_fenced_when_a_newer_attempt_takes_the_run(tmp_pa
     ledger = Ledger(store.ledger_uri)
     exp_id, parent = record_plan(cfg, store, planned, ledger)
     (item,) = work_items(planned)
-    ensure_child_runs(cfg, store, item, ledger, exp_id, parent)   # as the driver dispatches it
+    ensure_child_runs(cfg, store, item, ledger, exp_id, parent)  # as the driver dispatches it
     rows = {r.run_key: r for r in ledger.rows("orphan")}
-    orphan_payload = _payload(item, cfg, store, ledger, rows)      # the killed driver's attempt
+    orphan_payload = _payload(item, cfg, store, ledger, rows)  # the killed driver's attempt
     key = planned[0].key
     thread, box = in_thread(execute, orphan_payload)
     wait_for(lambda: (ledger.get("orphan", key).tokens_done or 0) > TOKENS // 4, 60, "the orphan to train")
 
-    new_lease = ledger.acquire("orphan", key)                                # a new driver takes the run
+    new_lease = ledger.acquire("orphan", key)  # a new driver takes the run
     thread.join(30)
     assert not thread.is_alive(), "the orphan did not stop"
     assert box["result"][0].state == "fenced", box

@@ -15,9 +15,18 @@ pytestmark = pytest.mark.slow
 
 def test_32_concurrent_runs_on_one_store(tmp_path, store, ray_session):
     seeds = list(range(32))
-    cfg = load_study(long_study(tmp_path / "s.yaml", "load", tokens="[4096]", seeds=str(seeds),
-                                sizes="[{n_layer: 1, d_model: 8}]", interval=1024,
-                                num_cpus=0.0625, max_retries=0))
+    cfg = load_study(
+        long_study(
+            tmp_path / "s.yaml",
+            "load",
+            tokens="[4096]",
+            seeds=str(seeds),
+            sizes="[{n_layer: 1, d_model: 8}]",
+            interval=1024,
+            num_cpus=0.0625,
+            max_retries=0,
+        )
+    )
     outcome = run_study(cfg, store, show_progress=False)
     assert outcome.exit_code == 0, outcome.messages
     assert not any("locked" in m for m in outcome.messages)
@@ -37,5 +46,5 @@ def test_32_concurrent_runs_on_one_store(tmp_path, store, ray_session):
         assert r.info.status == "FINISHED"
         assert assert_metric_series(c, r, max_gap=1024) == [1024, 2048, 3072, 4096]
     for db in (store.tracking_uri, store.ledger_uri):
-        with sqlite3.connect(db[len("sqlite:///"):]) as con:
+        with sqlite3.connect(db[len("sqlite:///") :]) as con:
             assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)

@@ -13,8 +13,11 @@ from orchestrator import load_study, run_study
 from orchestrator.cli import main, redact
 from tests.reliability.helpers import long_study, point_runs
 
-SRC = [p for pkg in ("orchestrator", "trainer", "analysis")
-       for p in (Path(__file__).parents[2] / pkg).rglob("*.py")]
+SRC = [
+    p
+    for pkg in ("orchestrator", "trainer", "analysis")
+    for p in (Path(__file__).parents[2] / pkg).rglob("*.py")
+]
 
 
 def _calls(name_test):
@@ -26,10 +29,16 @@ def _calls(name_test):
 
 def test_no_unsafe_deserialisation():
     loads = list(_calls(lambda f: f.endswith("torch.load")))
-    assert loads and all(any(k.arg == "weights_only" and ast.unparse(k.value) == "True"
-                             for k in n.keywords) for _, n in loads)
-    assert not list(_calls(lambda f: f in ("pickle.load", "pickle.loads", "yaml.load",
-                                           "yaml.unsafe_load", "cloudpickle.loads")))
+    assert loads and all(
+        any(k.arg == "weights_only" and ast.unparse(k.value) == "True" for k in n.keywords) for _, n in loads
+    )
+    assert not list(
+        _calls(
+            lambda f: (
+                f in ("pickle.load", "pickle.loads", "yaml.load", "yaml.unsafe_load", "cloudpickle.loads")
+            )
+        )
+    )
     for _, n in _calls(lambda f: f.endswith("np.load")):
         assert not any(k.arg == "allow_pickle" and ast.unparse(k.value) == "True" for k in n.keywords)
 
@@ -44,7 +53,7 @@ def test_no_shell_strings_for_subprocesses():
 def test_ui_binds_loopback_and_execs_an_argument_list(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.setattr("os.execve", lambda exe, argv, env: seen.update(argv=argv, env=env))
-    (tmp_path / "mlflow.db").touch()                  # ui serves an existing store only
+    (tmp_path / "mlflow.db").touch()  # ui serves an existing store only
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -63,8 +72,7 @@ def test_passwords_in_uris_are_masked_when_printed():
 @pytest.mark.slow
 def test_secrets_in_the_environment_never_reach_mlflow(tmp_path, store, monkeypatch, ray_session):
     secret = "s3cr3t-9f1c2e"
-    for var in ("RAY_AUTH_TOKEN", "MLFLOW_TRACKING_PASSWORD", "AWS_SECRET_ACCESS_KEY",
-                "PGPASSWORD"):
+    for var in ("RAY_AUTH_TOKEN", "MLFLOW_TRACKING_PASSWORD", "AWS_SECRET_ACCESS_KEY", "PGPASSWORD"):
         monkeypatch.setenv(var, secret)
     cfg = load_study(long_study(tmp_path / "s.yaml", "secrets", tokens="[4096]", interval=2048))
     assert run_study(cfg, store, show_progress=False).exit_code == 0
@@ -73,9 +81,8 @@ def test_secrets_in_the_environment_never_reach_mlflow(tmp_path, store, monkeypa
     everything = [exp.tags]
     for r in c.search_runs([exp.experiment_id]):
         everything += [r.data.params, r.data.tags]
-    assert points and not [d for d in everything
-                           if any(secret in str(k) + str(v) for k, v in d.items())]
-    assert secret.encode() not in Path(store.tracking_uri[len("sqlite:///"):]).read_bytes()
+    assert points and not [d for d in everything if any(secret in str(k) + str(v) for k, v in d.items())]
+    assert secret.encode() not in Path(store.tracking_uri[len("sqlite:///") :]).read_bytes()
 
 
 def test_embedded_ray_listens_on_loopback_only():
@@ -84,6 +91,7 @@ def test_embedded_ray_listens_on_loopback_only():
     import shutil
     import subprocess
     import sys
+
     if shutil.which("ss") is None:
         pytest.skip("needs `ss` (iproute2) to list listening sockets")
     probe = r"""
@@ -104,10 +112,9 @@ for line in subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True).std
 ray.shutdown()
 """
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     addresses = out.stdout.split()
-    assert len(addresses) >= 3, out.stdout                  # gcs, raylet, worker at least
+    assert len(addresses) >= 3, out.stdout  # gcs, raylet, worker at least
     bad = [a for a in addresses if not a.rsplit(":", 1)[0].strip("[]").endswith("127.0.0.1")]
     assert not bad, f"listening beyond loopback: {bad}"

@@ -20,7 +20,7 @@ INTERVAL, TOKENS = 8192, 196608
 
 
 def _rows(ledger_uri: str, study: str):
-    if not Path(ledger_uri[len("sqlite:///"):]).exists():
+    if not Path(ledger_uri[len("sqlite:///") :]).exists():
         return {}
     ledger = Ledger(ledger_uri, create=False)
     try:
@@ -33,16 +33,34 @@ def _rows(ledger_uri: str, study: str):
 
 def test_sigterm_is_a_clean_stop_and_the_rerun_resumes(tmp_path, store, ray_session):
     path = long_study(tmp_path / "s.yaml", "sigterm", tokens=f"[{TOKENS}]", interval=INTERVAL)
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0",
-               PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(path), "--home",
-                             str(store.home), "--no-progress"], env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "run",
+            str(path),
+            "--home",
+            str(store.home),
+            "--no-progress",
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
-        wait_for(lambda: any(r.state == "running" and (r.tokens_done or 0) >= 2 * INTERVAL
-                             for r in _rows(store.ledger_uri, "sigterm").values()),
-                 120, "a run two checkpoints in")
-        proc.send_signal(signal.SIGTERM)                    # the driver only, as `kill PID`
+        wait_for(
+            lambda: any(
+                r.state == "running" and (r.tokens_done or 0) >= 2 * INTERVAL
+                for r in _rows(store.ledger_uri, "sigterm").values()
+            ),
+            120,
+            "a run two checkpoints in",
+        )
+        proc.send_signal(signal.SIGTERM)  # the driver only, as `kill PID`
         _, err = proc.communicate(timeout=90)
     finally:
         if proc.poll() is None:
@@ -57,7 +75,7 @@ def test_sigterm_is_a_clean_stop_and_the_rerun_resumes(tmp_path, store, ray_sess
     assert row.state == "killed" and (row.tokens_done or 0) >= 2 * INTERVAL
     assert (Path(row.checkpoint_dir) / "ckpt.pt").exists()
 
-    outcome = run_study(load_study(path), store, show_progress=False)   # `scalelab run` again
+    outcome = run_study(load_study(path), store, show_progress=False)  # `scalelab run` again
     assert outcome.exit_code == 0, outcome.messages
     (after,) = _rows(store.ledger_uri, "sigterm").values()
     assert after.state == "finished" and after.attempts == 2

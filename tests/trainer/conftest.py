@@ -9,14 +9,36 @@ from trainer.sinks import InMemorySink
 from trainer.spec import DataSpec, ModelSpec, RecipeSpec, RunSpec
 
 
-def tiny_spec(tokens: int = 8192, *, vocab: int = 16, seq_len: int = 16, batch: int = 8,
-              n_layer: int = 1, d_model: int = 16, n_head: int = 2, order: int = 1,
-              val_tokens: int = 1024, seed: int = 0, warmup_tokens: int = 0,
-              model: dict | None = None, data: dict | None = None, **recipe) -> RunSpec:
-    m = ModelSpec(n_layer=n_layer, d_model=d_model, n_head=n_head, vocab_size=vocab,
-                  seq_len=seq_len, **(model or {}))
-    d = DataSpec(**{"source": "markov", "vocab_size": vocab, "seq_len": seq_len, "order": order,
-                    "val_tokens": val_tokens, **(data or {})})
+def tiny_spec(
+    tokens: int = 8192,
+    *,
+    vocab: int = 16,
+    seq_len: int = 16,
+    batch: int = 8,
+    n_layer: int = 1,
+    d_model: int = 16,
+    n_head: int = 2,
+    order: int = 1,
+    val_tokens: int = 1024,
+    seed: int = 0,
+    warmup_tokens: int = 0,
+    model: dict | None = None,
+    data: dict | None = None,
+    **recipe,
+) -> RunSpec:
+    m = ModelSpec(
+        n_layer=n_layer, d_model=d_model, n_head=n_head, vocab_size=vocab, seq_len=seq_len, **(model or {})
+    )
+    d = DataSpec(
+        **{
+            "source": "markov",
+            "vocab_size": vocab,
+            "seq_len": seq_len,
+            "order": order,
+            "val_tokens": val_tokens,
+            **(data or {}),
+        }
+    )
     r = RecipeSpec(**{"batch_size": batch, "lr": 1e-2, **recipe})
     return RunSpec(model=m, data=d, recipe=r, tokens=tokens, seed=seed, warmup_tokens=warmup_tokens)
 

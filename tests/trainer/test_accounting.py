@@ -5,8 +5,13 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from trainer.accounting import (count_params, flops_per_token, forward_matmul_flops_per_token,
-                                shape_for_params, training_flops)
+from trainer.accounting import (
+    count_params,
+    flops_per_token,
+    forward_matmul_flops_per_token,
+    shape_for_params,
+    training_flops,
+)
 from trainer.model import GPT
 from trainer.spec import ModelSpec, SpecError
 
@@ -16,10 +21,19 @@ SHAPES = [
     dict(n_layer=2, d_model=32, n_head=4, vocab_size=256, seq_len=16, tied_head=False),
     dict(n_layer=3, d_model=48, n_head=3, vocab_size=50, seq_len=12, d_ff=100),
     dict(n_layer=2, d_model=32, n_head=2, vocab_size=64, seq_len=16, experts=4, top_k=1),
-    dict(n_layer=2, d_model=32, n_head=2, vocab_size=64, seq_len=16, experts=8, top_k=2,
-         d_expert=32),
-    dict(n_layer=3, d_model=24, n_head=3, vocab_size=40, seq_len=8, experts=4, top_k=2,
-         d_expert=24, shared_experts=2, tied_head=False),
+    dict(n_layer=2, d_model=32, n_head=2, vocab_size=64, seq_len=16, experts=8, top_k=2, d_expert=32),
+    dict(
+        n_layer=3,
+        d_model=24,
+        n_head=3,
+        vocab_size=40,
+        seq_len=8,
+        experts=4,
+        top_k=2,
+        d_expert=24,
+        shared_experts=2,
+        tied_head=False,
+    ),
     dict(n_layer=1, d_model=16, n_head=2, vocab_size=16, seq_len=8, experts=3, top_k=3),
 ]
 
@@ -81,8 +95,7 @@ def test_flop_conventions():
     assert flops_per_token(m, "chinchilla") == 3 * forward_matmul_flops_per_token(m)
     assert training_flops(m, 1000) == 1000 * flops_per_token(m, "chinchilla")
     assert training_flops(m, 1000, "6n") == 6000 * c.total
-    moe = ModelSpec(n_layer=2, d_model=32, n_head=2, vocab_size=64, seq_len=16, experts=8,
-                    top_k=2)
+    moe = ModelSpec(n_layer=2, d_model=32, n_head=2, vocab_size=64, seq_len=16, experts=8, top_k=2)
     assert flops_per_token(moe, "6n") == 6 * count_params(moe).active
     with pytest.raises(ValueError, match="unknown FLOP convention"):
         flops_per_token(m, "8n")
@@ -95,7 +108,7 @@ def test_shape_for_params_rule_and_nearest(target):
     assert m.d_head == 16 and m.d_model % 16 == 0 and m.d_ff == 4 * m.d_model
     assert m.d_model == max(16, round(16 * m.n_layer / 16) * 16)
     n = count_params(m).total
-    for other in (m.n_layer - 1, m.n_layer + 1):   # neighbours are no closer in log space
+    for other in (m.n_layer - 1, m.n_layer + 1):  # neighbours are no closer in log space
         if other >= 1:
             d = max(16, round(16 * other / 16) * 16)
             o = count_params(ModelSpec(other, d, d // 16, 64, 64)).total
@@ -104,8 +117,7 @@ def test_shape_for_params_rule_and_nearest(target):
 
 def test_shape_for_params_moe_keeps_dense_base_and_rejects_tiny():
     dense = shape_for_params(1e5, d_head=16, aspect_ratio=16, vocab_size=64, seq_len=64)
-    moe = shape_for_params(1e5, d_head=16, aspect_ratio=16, vocab_size=64, seq_len=64,
-                           experts=4, top_k=1)
+    moe = shape_for_params(1e5, d_head=16, aspect_ratio=16, vocab_size=64, seq_len=64, experts=4, top_k=1)
     assert (moe.n_layer, moe.d_model) == (dense.n_layer, dense.d_model) and moe.experts == 4
     with pytest.raises(SpecError) as e:
         shape_for_params(100, d_head=16, aspect_ratio=16, vocab_size=256, seq_len=64)
@@ -115,22 +127,39 @@ def test_shape_for_params_moe_keeps_dense_base_and_rejects_tiny():
 def test_accounting_does_not_import_torch():
     import subprocess
     import sys
-    code = ("import sys, trainer, trainer.accounting, trainer.spec; "
-            "trainer.count_params; print('torch' in sys.modules)")
+
+    code = (
+        "import sys, trainer, trainer.accounting, trainer.spec; "
+        "trainer.count_params; print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
 # --------------------------------------------------------------------------- architecture options
 
-ARCH_COMBOS = [dict(pos=p, activation=a, norm=n, objective=o)
-               for p in ("learned", "sinusoidal", "rope", "none")
-               for a in ("gelu", "relu", "swiglu") for n in ("pre", "post") for o in ("clm", "mlm")
-               if not (p == "none" and o == "mlm")]
+ARCH_COMBOS = [
+    dict(pos=p, activation=a, norm=n, objective=o)
+    for p in ("learned", "sinusoidal", "rope", "none")
+    for a in ("gelu", "relu", "swiglu")
+    for n in ("pre", "post")
+    for o in ("clm", "mlm")
+    if not (p == "none" and o == "mlm")
+]
 ARCH_SHAPES = [
     dict(n_layer=2, d_model=24, n_head=2, vocab_size=20, seq_len=8, d_ff=50),
-    dict(n_layer=1, d_model=16, n_head=2, vocab_size=12, seq_len=6, experts=4, top_k=2,
-         d_expert=20, shared_experts=1, tied_head=False),
+    dict(
+        n_layer=1,
+        d_model=16,
+        n_head=2,
+        vocab_size=12,
+        seq_len=6,
+        experts=4,
+        top_k=2,
+        d_expert=20,
+        shared_experts=1,
+        tied_head=False,
+    ),
 ]
 
 
@@ -153,7 +182,7 @@ def test_every_architecture_is_counted_exactly(arch, shape):
     idx = torch.randint(0, m.vocab_size, (2, m.seq_len))
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         logits, _, _ = model(idx)
-    assert logits.shape == (2, m.seq_len, m.vocab_size)      # the mask token is never a logit
+    assert logits.shape == (2, m.seq_len, m.vocab_size)  # the mask token is never a logit
     assert counter.get_total_flops() == forward_matmul_flops_per_token(m) * 2 * m.seq_len
 
 
@@ -165,7 +194,7 @@ def test_swiglu_keeps_the_ungated_parameter_count():
         swiglu = count_params(ModelSpec(**base, d_ff=d_ff, activation="swiglu")).total
         if d_ff % 3 == 0:
             assert swiglu == gelu
-        assert abs(swiglu - gelu) <= 2 * 3 * 24      # at most half a hidden unit per layer
+        assert abs(swiglu - gelu) <= 2 * 3 * 24  # at most half a hidden unit per layer
 
 
 def test_architecture_spec_errors_name_the_key():

@@ -13,8 +13,14 @@ from .conftest import BufferedSink, SimulatedKill, tiny_spec
 
 
 def _spec():
-    return tiny_spec(tokens=64 * 32, batch=4, seq_len=8, checkpoint_interval_tokens=32 * 8,
-                     eval_interval_tokens=32 * 16, val_tokens=256)
+    return tiny_spec(
+        tokens=64 * 32,
+        batch=4,
+        seq_len=8,
+        checkpoint_interval_tokens=32 * 8,
+        eval_interval_tokens=32 * 16,
+        val_tokens=256,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +36,7 @@ def _interrupted(path):
 
 def _garble(f):
     data = bytearray(f.read_bytes())
-    f.write_bytes(bytes(data[: len(data) // 2]))          # a torn copy
+    f.write_bytes(bytes(data[: len(data) // 2]))  # a torn copy
 
 
 def test_corrupt_newest_checkpoint_resumes_from_the_previous_one(tmp_path, reference, caplog):
@@ -47,7 +53,7 @@ def test_corrupt_newest_checkpoint_resumes_from_the_previous_one(tmp_path, refer
     assert str(tmp_path / "ckpt.pt") in note and "set aside as" in note
     assert "resumed from an earlier checkpoint at 1024 tokens" in note
     assert str(tmp_path / "ckpt.pt") in caplog.text
-    assert not res.message                               # a finished run carries no error
+    assert not res.message  # a finished run carries no error
 
 
 def test_no_good_checkpoint_restarts_the_run(tmp_path, reference):
@@ -69,7 +75,7 @@ def test_load_names_the_file_and_leaves_os_errors_alone(tmp_path):
     with pytest.raises(ckpt.CorruptCheckpoint) as e:
         ckpt.load(bad)
     assert str(bad) in str(e.value)
-    torch.save({"model": {}}, bad)                        # loadable, but not a checkpoint
+    torch.save({"model": {}}, bad)  # loadable, but not a checkpoint
     with pytest.raises(ckpt.CorruptCheckpoint, match="missing optimizer"):
         ckpt.load(bad)
     with pytest.raises(FileNotFoundError):

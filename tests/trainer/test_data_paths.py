@@ -49,13 +49,13 @@ def _finishes(fn, fifo, timeout=20.0):
 def _call(fn):
     try:
         return fn()
-    except Exception as e:      # noqa: BLE001 - the test inspects it
+    except Exception as e:  # noqa: BLE001 - the test inspects it
         return e
 
 
 def test_fifo_in_a_text_directory_never_hangs(tmp_path):
     d = _text_dir(tmp_path)
-    for name in ("a_pipe.txt", "z_pipe.txt", "f00a.txt", "f09z.txt"):   # both splits, any order
+    for name in ("a_pipe.txt", "z_pipe.txt", "f00a.txt", "f09z.txt"):  # both splits, any order
         os.mkfifo(d / name)
     done, out = _finishes(lambda: make_source(_text(d), 0), d / "a_pipe.txt")
     assert done, "reading a text corpus with a FIFO in it hung"
@@ -66,8 +66,9 @@ def test_fifo_in_a_text_directory_never_hangs(tmp_path):
 def test_named_fifo_is_an_error_naming_the_path(tmp_path):
     d = _text_dir(tmp_path)
     os.mkfifo(tmp_path / "pipe")
-    spec = DataSpec(source="text", vocab_size=256, paths=(str(d), str(tmp_path / "pipe")),
-                    seq_len=16, val_tokens=64)
+    spec = DataSpec(
+        source="text", vocab_size=256, paths=(str(d), str(tmp_path / "pipe")), seq_len=16, val_tokens=64
+    )
     done, out = _finishes(lambda: make_source(spec, 0), tmp_path / "pipe")
     assert done and isinstance(out, SpecError)
     assert out.field == "data.paths" and "not a regular file" in str(out) and "pipe" in str(out)
@@ -77,8 +78,8 @@ def test_symlink_to_dev_zero_is_refused(tmp_path):
     d = _text_dir(tmp_path)
     os.symlink("/dev/zero", d / "zeros.txt")
     src = make_source(_text(d), 0)
-    assert src.unique_train_tokens < 30 * 400               # only the 30 regular files were read
-    assert 0 not in np.unique(src.batch(0, 50))              # no NUL byte from /dev/zero
+    assert src.unique_train_tokens < 30 * 400  # only the 30 regular files were read
+    assert 0 not in np.unique(src.batch(0, 50))  # no NUL byte from /dev/zero
 
 
 def test_text_bytes_read_are_bounded(tmp_path, monkeypatch):
@@ -91,18 +92,17 @@ def test_text_bytes_read_are_bounded(tmp_path, monkeypatch):
 def _tokens_dir(tmp_path, train, val):
     write_tokens(tmp_path / "train.bin", train)
     write_tokens(tmp_path / "val.bin", val)
-    return DataSpec(source="tokens", vocab_size=100, paths=(str(tmp_path),), seq_len=10,
-                    val_tokens=50)
+    return DataSpec(source="tokens", vocab_size=100, paths=(str(tmp_path),), seq_len=10, val_tokens=50)
 
 
 def test_tokens_read_only_the_validation_windows_used(tmp_path):
     rng = np.random.default_rng(0)
     val = rng.integers(0, 100, 5000)
-    val[4000] = 60000            # beyond the 5 windows (51 tokens) used: never read
+    val[4000] = 60000  # beyond the 5 windows (51 tokens) used: never read
     src = make_source(_tokens_dir(tmp_path, rng.integers(0, 100, 3000), val), 0)
     np.testing.assert_array_equal(src.val[0], val[:11])
     assert isinstance(src.train, np.memmap)
-    val[3] = 60000               # inside a used window: refused, naming the key
+    val[3] = 60000  # inside a used window: refused, naming the key
     with pytest.raises(SpecError) as e:
         make_source(_tokens_dir(tmp_path, rng.integers(0, 100, 3000), val), 0)
     assert e.value.field == "data.vocab_size"

@@ -35,7 +35,7 @@ def test_batches_buffer_and_resume_dedup(store):
     sink.set_tags({"scalelab.device": "cpu"})
     for step in range(0, 3000, 100):
         sink.log_metrics({"loss": step / 1000, "lr": 0.1}, step=step)
-    assert sink.pending == 60 and not _history(client, run_id, "loss")   # buffered until flush
+    assert sink.pending == 60 and not _history(client, run_id, "loss")  # buffered until flush
     sink.flush()
     assert sink.pending == 0
     run = client.get_run(run_id)
@@ -48,7 +48,7 @@ def test_batches_buffer_and_resume_dedup(store):
         again.log_metrics({"loss": step / 1000}, step=step)
     again.flush()
     steps = [s for s, _ in _history(client, run_id, "loss")]
-    assert steps == list(range(0, 4000, 100))                            # no duplicates, no gaps
+    assert steps == list(range(0, 4000, 100))  # no duplicates, no gaps
     assert again.points_dropped == 15
 
 
@@ -66,8 +66,8 @@ def test_unreachable_store_keeps_points_and_retries(store, monkeypatch):
     monkeypatch.setattr(sink.client, "log_batch", down)
     for step in range(10):
         sink.log_metrics({"loss": 1.0}, step=step)
-    sink.flush()                      # fails quietly, keeps the points
-    sink.flush()                      # within the backoff: no new attempt
+    sink.flush()  # fails quietly, keeps the points
+    sink.flush()  # within the backoff: no new attempt
     assert sink.pending == 10 and len(calls) == 1
     monkeypatch.setattr(sink.client, "log_batch", real)
     sink.close(timeout_s=5)
@@ -93,10 +93,15 @@ def test_train_logs_to_mlflow_and_resumes_same_run(store, tmp_path):
     run_id = _run(store)
     spec = tiny_spec(tokens=4096, checkpoint_interval_tokens=1024)
     n = [0]
-    res = train(spec, MlflowSink(uri, run_id), checkpoint_dir=tmp_path,
-                should_stop=lambda: n.__setitem__(0, n[0] + 1) or n[0] >= 2)
+    res = train(
+        spec,
+        MlflowSink(uri, run_id),
+        checkpoint_dir=tmp_path,
+        should_stop=lambda: n.__setitem__(0, n[0] + 1) or n[0] >= 2,
+    )
     assert res.status == "stopped"
     from trainer import checkpoint_info
+
     info = checkpoint_info(tmp_path)
     assert info["run_id"] == run_id and info["tokens"] == res.tokens
     res = train(spec, MlflowSink(uri, info["run_id"], resume=True), checkpoint_dir=tmp_path)
@@ -125,10 +130,10 @@ def test_a_batch_committed_but_unacknowledged_is_not_duplicated(store):
     sink.client.log_batch = commit_then_time_out
     for step in range(10):
         sink.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
-    sink.flush()                          # committed, but reported as failed: kept buffered
+    sink.flush()  # committed, but reported as failed: kept buffered
     assert sink.pending == 10
     for step in range(10, 15):
         sink.log_metrics({"loss": 0.05}, step=step)
     sink.close(timeout_s=10)
     steps = [s for s, _ in _history(client, run_id, "loss")]
-    assert steps == list(range(15))       # every point once
+    assert steps == list(range(15))  # every point once

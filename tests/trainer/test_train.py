@@ -18,15 +18,16 @@ def _strictly_increasing(xs):
 
 
 def test_loss_falls_and_stays_above_true_entropy(tmp_path):
-    spec = tiny_spec(tokens=48 * 1024, batch=16, seq_len=32, val_tokens=4096, lr=1e-2,
-                     eval_interval_tokens=8 * 1024)
+    spec = tiny_spec(
+        tokens=48 * 1024, batch=16, seq_len=32, val_tokens=4096, lr=1e-2, eval_interval_tokens=8 * 1024
+    )
     sink = InMemorySink()
     res = train(spec, sink, checkpoint_dir=tmp_path)
     assert res.status == "finished", res.message
     h = true_entropy(spec.data)
     val = [v for _, v in sink.history("val_loss")]
     assert val[-1] < val[0] - 0.3 and val[-1] < math.log(16) - 0.5
-    assert min(val) > h - 0.05                          # finite val set noise
+    assert min(val) > h - 0.05  # finite val set noise
     assert res.val_loss == val[-1] and res.tokens == spec.tokens and res.steps == 96
     assert sink.params["true_entropy"] == pytest.approx(h)
     assert _steps(sink, "val_loss")[-1] == spec.tokens
@@ -48,14 +49,21 @@ def test_finished_run_is_not_retrained(tmp_path):
 def test_kill_and_resume_equals_uninterrupted(tmp_path):
     # 200 steps: train metrics every 2 steps, checkpoints every 7 (mid log interval: the
     # loss and expert-load accumulators must survive the resume too)
-    spec = tiny_spec(tokens=200 * 32, batch=4, seq_len=8, checkpoint_interval_tokens=32 * 7,
-                     eval_interval_tokens=32 * 40, val_tokens=256, model={"experts": 4, "top_k": 2})
+    spec = tiny_spec(
+        tokens=200 * 32,
+        batch=4,
+        seq_len=8,
+        checkpoint_interval_tokens=32 * 7,
+        eval_interval_tokens=32 * 40,
+        val_tokens=256,
+        model={"experts": 4, "top_k": 2},
+    )
     ref_sink = InMemorySink()
     ref = train(spec, ref_sink, checkpoint_dir=tmp_path / "ref")
     assert ref.status == "finished", ref.message
 
     store = InMemorySink()
-    with pytest.raises(SimulatedKill):   # dies between checkpoints: unflushed metrics are lost
+    with pytest.raises(SimulatedKill):  # dies between checkpoints: unflushed metrics are lost
         train(spec, BufferedSink(store, crash_at_step=32 * 104), checkpoint_dir=tmp_path / "run")
     assert store.metrics and max(s for _, _, s in store.metrics) == 32 * 98
     res = train(spec, BufferedSink(store), checkpoint_dir=tmp_path / "run")
@@ -64,8 +72,8 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     assert res.val_loss == pytest.approx(ref.val_loss, abs=1e-5)
     for key in ("train_loss", "val_loss", "lr", "tokens", "expert_load_max_over_mean"):
         steps = _steps(store, key)
-        assert _strictly_increasing(steps), key                     # no duplicates
-        assert steps == _steps(ref_sink, key), key                  # no gaps
+        assert _strictly_increasing(steps), key  # no duplicates
+        assert steps == _steps(ref_sink, key), key  # no gaps
     for key in ("val_loss", "train_loss", "expert_load_max_over_mean", "moe_aux_loss"):
         for (_, a), (_, b) in zip(store.history(key), ref_sink.history(key)):
             assert a == pytest.approx(b, abs=1e-5), key
@@ -76,8 +84,9 @@ def test_should_stop_checkpoints_and_resume_continues(tmp_path):
     ref = train(spec, InMemorySink(), checkpoint_dir=tmp_path / "ref")
     sink = InMemorySink()
     polls = []
-    stopped = train(spec, sink, checkpoint_dir=tmp_path / "run",
-                    should_stop=lambda: polls.append(1) or len(polls) >= 3)
+    stopped = train(
+        spec, sink, checkpoint_dir=tmp_path / "run", should_stop=lambda: polls.append(1) or len(polls) >= 3
+    )
     assert stopped.status == "stopped" and 0 < stopped.tokens < spec.tokens
     resumed = train(spec, sink, checkpoint_dir=tmp_path / "run")
     assert resumed.status == "finished" and resumed.resumed_from_tokens == stopped.tokens
@@ -85,10 +94,13 @@ def test_should_stop_checkpoints_and_resume_continues(tmp_path):
     assert _strictly_increasing(_steps(sink, "train_loss"))
 
 
-@pytest.mark.parametrize("recipe,words", [
-    ({"lr": 10.0}, ""),                      # huge lr explodes (NaN/inf or above the bound)
-    ({"divergence_loss": 0.5}, "above the bound"),
-])
+@pytest.mark.parametrize(
+    "recipe,words",
+    [
+        ({"lr": 10.0}, ""),  # huge lr explodes (NaN/inf or above the bound)
+        ({"divergence_loss": 0.5}, "above the bound"),
+    ],
+)
 def test_divergence_status(tmp_path, recipe, words):
     spec = tiny_spec(tokens=8192, **recipe)
     res = train(spec, InMemorySink(), checkpoint_dir=tmp_path)
@@ -104,8 +116,9 @@ def test_wsd_branches_share_the_trunk(tmp_path):
     for d in budgets:
         spec = tiny_spec(tokens=d, **common)
         sink = InMemorySink()
-        res = train(spec, sink, checkpoint_dir=tmp_path / f"b{d}", trunk_dir=tmp_path / "trunk",
-                    trunk_sink=trunk_sink)
+        res = train(
+            spec, sink, checkpoint_dir=tmp_path / f"b{d}", trunk_dir=tmp_path / "trunk", trunk_sink=trunk_sink
+        )
         assert res.status == "finished", res.message
         results.append((spec, res))
         sinks.append(sink)
@@ -123,14 +136,14 @@ def test_wsd_branches_share_the_trunk(tmp_path):
     kept = sorted(p.name for p in (tmp_path / "trunk").iterdir())
     assert [f"branch_{s:015d}.pt" for s in starts] == [k for k in kept if k.startswith("branch")]
     # the shared trunk is exact: a branch trained alone from 0 gets the same loss
-    alone = train(results[1][0], InMemorySink(), checkpoint_dir=tmp_path / "alone",
-                  trunk_dir=tmp_path / "alone_trunk")
+    alone = train(
+        results[1][0], InMemorySink(), checkpoint_dir=tmp_path / "alone", trunk_dir=tmp_path / "alone_trunk"
+    )
     assert alone.val_loss == pytest.approx(results[1][1].val_loss, abs=1e-5)
 
 
 def test_moe_run_logs_expert_load(tmp_path):
-    spec = tiny_spec(tokens=4096, model={"experts": 4, "top_k": 2, "shared_experts": 1,
-                                         "d_expert": 16})
+    spec = tiny_spec(tokens=4096, model={"experts": 4, "top_k": 2, "shared_experts": 1, "d_expert": 16})
     sink = InMemorySink()
     res = train(spec, sink, checkpoint_dir=tmp_path)
     assert res.status == "finished", res.message
@@ -143,8 +156,7 @@ def test_tokens_source_tracks_epochs(tmp_path):
     rng = np.random.default_rng(0)
     write_tokens(tmp_path / "train.bin", rng.integers(0, 16, 1601))
     write_tokens(tmp_path / "val.bin", rng.integers(0, 16, 600))
-    spec = tiny_spec(tokens=4096, data={"source": "tokens", "paths": (str(tmp_path),),
-                                        "val_tokens": 256})
+    spec = tiny_spec(tokens=4096, data={"source": "tokens", "paths": (str(tmp_path),), "val_tokens": 256})
     sink = InMemorySink()
     res = train(spec, sink, checkpoint_dir=tmp_path / "ck")
     assert res.status == "finished", res.message
@@ -154,7 +166,7 @@ def test_tokens_source_tracks_epochs(tmp_path):
 
 def test_failure_returns_status_with_traceback(tmp_path):
     assert train(tiny_spec(tokens=2048, seed=1), InMemorySink(), checkpoint_dir=tmp_path).status == "finished"
-    spec = tiny_spec(tokens=4096)          # another run's checkpoint in this run's directory
+    spec = tiny_spec(tokens=4096)  # another run's checkpoint in this run's directory
     res = train(spec, InMemorySink(), checkpoint_dir=tmp_path)
     assert res.status == "failed" and "Traceback" in res.message and "belongs to" in res.message
     assert res.extra["error_type"]
@@ -168,11 +180,12 @@ def test_sink_error_fails_the_run_without_a_checkpoint(tmp_path):
     spec = tiny_spec(tokens=4096, checkpoint_interval_tokens=1024)
     res = train(spec, Broken(), checkpoint_dir=tmp_path)
     assert res.status == "failed" and res.extra["error_type"] == "RuntimeError"
-    assert not (tmp_path / "ckpt.pt").exists()      # flush comes before the checkpoint
+    assert not (tmp_path / "ckpt.pt").exists()  # flush comes before the checkpoint
 
 
 def test_default_text_corpus_trains_and_restores_threads(tmp_path):
     import torch
+
     spec = tiny_spec(tokens=2048, vocab=256, data={"source": "text"})
     before = torch.get_num_threads()
     sink = InMemorySink()
@@ -184,16 +197,18 @@ def test_default_text_corpus_trains_and_restores_threads(tmp_path):
 
 
 def test_zipf_language_is_learned_towards_its_true_loss(tmp_path):
-    zipf = {"source": "zipf", "lexicon_size": 256, "zipf_exponent": 1.5, "min_word_len": 3,
-            "max_word_len": 3}
+    zipf = {"source": "zipf", "lexicon_size": 256, "zipf_exponent": 1.5, "min_word_len": 3, "max_word_len": 3}
     losses = {}
     for tokens in (2048, 16384):
         sink = InMemorySink()
-        res = train(tiny_spec(tokens=tokens, vocab=16, seq_len=12, data=zipf, lr=2e-2,
-                              val_tokens=3072), sink, checkpoint_dir=tmp_path / str(tokens))
+        res = train(
+            tiny_spec(tokens=tokens, vocab=16, seq_len=12, data=zipf, lr=2e-2, val_tokens=3072),
+            sink,
+            checkpoint_dir=tmp_path / str(tokens),
+        )
         assert res.status == "finished", res.message
         losses[tokens] = res.val_loss
     floor = float(sink.params["val_true_loss"])
     assert float(sink.params["true_loss_floor"]) == pytest.approx(float(sink.params["true_entropy"]))
-    assert losses[16384] < losses[2048] - 0.1                 # more data, lower loss
-    assert losses[16384] > floor - 0.01                      # never below the true model's loss
+    assert losses[16384] < losses[2048] - 0.1  # more data, lower loss
+    assert losses[16384] > floor - 0.01  # never below the true model's loss

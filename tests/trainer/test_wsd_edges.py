@@ -12,8 +12,13 @@ from trainer.spec import SpecError
 
 from .conftest import BufferedSink, tiny_spec
 
-WSD = dict(schedule="wsd", cooldown_frac=0.25, warmup_tokens=256, eval_interval_tokens=1024,
-           checkpoint_interval_tokens=512)
+WSD = dict(
+    schedule="wsd",
+    cooldown_frac=0.25,
+    warmup_tokens=256,
+    eval_interval_tokens=1024,
+    checkpoint_interval_tokens=512,
+)
 
 
 class OutageSink(BufferedSink):
@@ -41,23 +46,25 @@ def _branch_ckpts(path):
 def test_trunk_sink_is_closed_before_the_branch_checkpoint(tmp_path):
     spec = tiny_spec(tokens=4096, **WSD)
     trunk = OutageSink(recovers=True)
-    res = train(spec, InMemorySink(), checkpoint_dir=tmp_path / "b", trunk_dir=tmp_path / "trunk",
-                trunk_sink=trunk)
+    res = train(
+        spec, InMemorySink(), checkpoint_dir=tmp_path / "b", trunk_dir=tmp_path / "trunk", trunk_sink=trunk
+    )
     assert res.status == "finished", res.message
     assert trunk.closed >= 1 and not trunk.pending
     steps = [s for k, _, s in trunk.store.metrics if k == "train_loss"]
-    assert max(steps) == spec.cooldown_start_tokens            # every trunk step delivered
+    assert max(steps) == spec.cooldown_start_tokens  # every trunk step delivered
     assert _branch_ckpts(tmp_path / "trunk") == [f"branch_{spec.cooldown_start_tokens:015d}.pt"]
 
 
 def test_no_checkpoint_covers_undelivered_trunk_metrics(tmp_path):
     spec = tiny_spec(tokens=4096, **WSD)
     trunk = OutageSink(recovers=False)
-    res = train(spec, InMemorySink(), checkpoint_dir=tmp_path / "b", trunk_dir=tmp_path / "trunk",
-                trunk_sink=trunk)
+    res = train(
+        spec, InMemorySink(), checkpoint_dir=tmp_path / "b", trunk_dir=tmp_path / "trunk", trunk_sink=trunk
+    )
     assert res.status == "failed" and "trunk metrics undelivered" in res.message
     assert trunk.pending and not trunk.store.metrics
-    assert _branch_ckpts(tmp_path / "trunk") == []             # a resume retrains those steps
+    assert _branch_ckpts(tmp_path / "trunk") == []  # a resume retrains those steps
     assert not list((tmp_path / "trunk").glob("stable_*.pt"))
     assert not (tmp_path / "b" / "ckpt.pt").exists()
 
@@ -70,12 +77,14 @@ def test_cooldown_checkpoints_wait_for_the_trunk_sink(tmp_path, monkeypatch):
 
     saved = []
     real_save = ckpt.save
-    monkeypatch.setattr(ckpt, "save", lambda path, **kw: (saved.append((path.name, kw["extra"])),
-                                                          real_save(path, **kw)))
+    monkeypatch.setattr(
+        ckpt, "save", lambda path, **kw: (saved.append((path.name, kw["extra"])), real_save(path, **kw))
+    )
     spec = tiny_spec(tokens=8192, **WSD)
     trunk = NoClose()
-    res = train(spec, InMemorySink(), checkpoint_dir=tmp_path / "b", trunk_dir=tmp_path / "trunk",
-                trunk_sink=trunk)
+    res = train(
+        spec, InMemorySink(), checkpoint_dir=tmp_path / "b", trunk_dir=tmp_path / "trunk", trunk_sink=trunk
+    )
     assert res.status == "finished" and trunk.pending
     assert [(name, extra.get("finished")) for name, extra in saved] == [("ckpt.pt", True)]
 
@@ -84,5 +93,5 @@ def test_warmup_outlasting_the_stable_phase_is_refused():
     with pytest.raises(SpecError) as e:
         tiny_spec(tokens=2048, schedule="wsd", cooldown_frac=0.5, warmup_tokens=1500)
     assert e.value.field == "train.warmup_frac" and "warmup_frac + cooldown_frac <= 1" in str(e.value)
-    tiny_spec(tokens=2048, schedule="wsd", cooldown_frac=0.5, warmup_tokens=1024)   # at the edge
+    tiny_spec(tokens=2048, schedule="wsd", cooldown_frac=0.5, warmup_tokens=1024)  # at the edge
     tiny_spec(tokens=2048, schedule="cosine", cooldown_frac=0.5, warmup_tokens=1500)
