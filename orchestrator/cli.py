@@ -641,22 +641,8 @@ def _command(argv: Sequence[str] | None) -> str | None:
     return next((a for a in rest if not a.startswith("-")), "")
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """`command`: the subcommand about to be parsed (None: all); only its heavy options load."""
-    ap = argparse.ArgumentParser(prog="scalelab", description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("plan", help="list every run of a study with its accounting")
-    p.add_argument("study")
-    p.add_argument("--json", action="store_true")
-    p.add_argument(
-        "--max-concurrent",
-        type=int,
-        help="at most K runs at once (as for `run`); the wall time estimate uses it",
-    )
-    _store_args(p)
-    p.set_defaults(func=cmd_plan)
-
+def _add_run_parser(sub: argparse._SubParsersAction) -> None:
+    """`scalelab run` and its options (grid, reuse, adaptive rounds)."""
     p = sub.add_parser("run", help="execute a study on Ray and block until it ends")
     p.add_argument("study")
     p.add_argument(
@@ -691,6 +677,25 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _planner_args(p, required=False)
     _store_args(p)
     p.set_defaults(func=cmd_run)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """`command`: the subcommand about to be parsed (None: all); only its heavy options load."""
+    ap = argparse.ArgumentParser(prog="scalelab", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("plan", help="list every run of a study with its accounting")
+    p.add_argument("study")
+    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--max-concurrent",
+        type=int,
+        help="at most K runs at once (as for `run`); the wall time estimate uses it",
+    )
+    _store_args(p)
+    p.set_defaults(func=cmd_plan)
+
+    _add_run_parser(sub)
 
     p = sub.add_parser(
         "suggest", help="propose the next runs that most narrow the compute-optimal answer per FLOP"

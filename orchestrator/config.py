@@ -338,6 +338,43 @@ def _arch(value: Any, key: str, model: ShapeRule) -> ArchSetting:
     return ArchSetting(**resolved)
 
 
+def _isoflop(value: Any, key: str) -> IsoFlop:
+    """grid.isoflop: budgets (FLOPs), points per budget, span (decades), tokens_per_param."""
+    m = _mapping(value, key)
+    if "budgets" not in m:
+        raise StudyError(f"{key}.budgets", "missing; list FLOP budgets, e.g. [1e12, 1e13]")
+    conv = {
+        "budgets": lambda v, k: tuple(
+            _number(x, f"{k}[{i}]", maximum=MAX_FLOPS) for i, x in enumerate(_list(v, k))
+        ),
+        "points": lambda v, k: _integer(v, k, 2),
+        "span": lambda v, k: _number(v, k, maximum=3),
+        "tokens_per_param": lambda v, k: _number(v, k, maximum=1e6),
+    }
+    return _build(IsoFlop, m, key, conv)
+
+
+def _explicit_runs(g: Mapping[str, Any], key: str) -> tuple[ExplicitRun, ...]:
+    """grid.runs: explicit (size, tokens, moe, seed) points, added to the grid."""
+    runs = []
+    for i, r in enumerate(_list(g.get("runs", []), f"{key}.runs", allow_empty="runs" not in g)):
+        rk = f"{key}.runs[{i}]"
+        r = _mapping(r, rk)
+        _check_keys(r, {"size", "tokens", "moe", "seed"}, rk)
+        for k in ("size", "tokens"):
+            if k not in r:
+                raise StudyError(f"{rk}.{k}", "missing; each explicit run needs size and tokens")
+        runs.append(
+            ExplicitRun(
+                size=_size(r["size"], f"{rk}.size"),
+                tokens=_number(r["tokens"], f"{rk}.tokens", maximum=MAX_TOKENS),
+                moe=_moe(r.get("moe", {}), f"{rk}.moe"),
+                seed=_integer(r.get("seed", 0), f"{rk}.seed", 0),
+            )
+        )
+    return tuple(runs)
+
+
 def _grid(value: Any, key: str, model: ShapeRule = ShapeRule()) -> Grid:
     g = _mapping(value, key)
     _check_keys(g, {f.name for f in fields(Grid)}, key)
@@ -371,40 +408,12 @@ def _grid(value: Any, key: str, model: ShapeRule = ShapeRule()) -> Grid:
         if "tokens_per_param" in g
         else ()
     )
-    iso = None
-    if "isoflop" in g:
-        m = _mapping(g["isoflop"], f"{key}.isoflop")
-        if "budgets" not in m:
-            raise StudyError(f"{key}.isoflop.budgets", "missing; list FLOP budgets, e.g. [1e12, 1e13]")
-        conv = {
-            "budgets": lambda v, k: tuple(
-                _number(x, f"{k}[{i}]", maximum=MAX_FLOPS) for i, x in enumerate(_list(v, k))
-            ),
-            "points": lambda v, k: _integer(v, k, 2),
-            "span": lambda v, k: _number(v, k, maximum=3),
-            "tokens_per_param": lambda v, k: _number(v, k, maximum=1e6),
-        }
-        iso = _build(IsoFlop, m, f"{key}.isoflop", conv)
+    iso = _isoflop(g["isoflop"], f"{key}.isoflop") if "isoflop" in g else None
     moe = tuple(_moe(v, f"{key}.moe[{i}]") for i, v in enumerate(_list(g.get("moe", [{}]), f"{key}.moe")))
     seeds = tuple(
         _integer(v, f"{key}.seeds[{i}]", 0) for i, v in enumerate(_list(g.get("seeds", [0]), f"{key}.seeds"))
     )
-    runs = []
-    for i, r in enumerate(_list(g.get("runs", []), f"{key}.runs", allow_empty="runs" not in g)):
-        rk = f"{key}.runs[{i}]"
-        r = _mapping(r, rk)
-        _check_keys(r, {"size", "tokens", "moe", "seed"}, rk)
-        for k in ("size", "tokens"):
-            if k not in r:
-                raise StudyError(f"{rk}.{k}", "missing; each explicit run needs size and tokens")
-        runs.append(
-            ExplicitRun(
-                size=_size(r["size"], f"{rk}.size"),
-                tokens=_number(r["tokens"], f"{rk}.tokens", maximum=MAX_TOKENS),
-                moe=_moe(r.get("moe", {}), f"{rk}.moe"),
-                seed=_integer(r.get("seed", 0), f"{rk}.seed", 0),
-            )
-        )
+    runs = _explicit_runs(g, key)
     if len(set(seeds)) != len(seeds):
         raise StudyError(f"{key}.seeds", "has duplicates; list each seed once")
     arch = tuple(
@@ -420,7 +429,7 @@ def _grid(value: Any, key: str, model: ShapeRule = ShapeRule()) -> Grid:
         tokens=tokens,
         tokens_per_param=tpp,
         isoflop=iso,
-        runs=tuple(runs),
+        runs=runs,
         moe=moe,
         seeds=seeds,
         arch=arch,
@@ -486,6 +495,49 @@ def _check_run_count(g: Grid) -> None:
         )
 
 
+def _train(value: Any) -> RecipeSpec:
+    """The `train:` recipe (eval_lengths as a tuple of whole multiples of seq_len)."""
+    train_raw = dict(_mapping(value, "train"))
+    if "eval_lengths" in train_raw:
+        train_raw["eval_lengths"] = tuple(
+            _integer(v, f"train.eval_lengths[{i}]")
+            for i, v in enumerate(_list(train_raw["eval_lengths"], "train.eval_lengths"))
+        )
+    return _build(
+        RecipeSpec,
+        train_raw,
+        "train",
+        {
+            k: (lambda v, kk: _number(v, kk, positive=False))
+            for k in (
+                "lr",
+                "warmup_frac",
+                "min_lr_ratio",
+                "cooldown_frac",
+                "weight_decay",
+                "grad_clip",
+                "divergence_loss",
+                "beta1",
+                "beta2",
+            )
+        },
+    )
+
+
+def _resources(value: Any) -> Resources:
+    """The `resources:` of each run, as Ray resources."""
+    return _build(
+        Resources,
+        _mapping(value, "resources"),
+        "resources",
+        {
+            "num_cpus": lambda v, k: _number(v, k, maximum=1024),
+            "num_gpus": lambda v, k: _number(v, k, positive=False, maximum=64),
+            "max_retries": lambda v, k: _integer(v, k, 0),
+        },
+    )
+
+
 def parse_study(raw: Any, source_path: str = "") -> StudyConfig:
     """Validate a parsed YAML document into a StudyConfig (raises StudyError)."""
     top = _mapping(raw, "")
@@ -514,41 +566,8 @@ def parse_study(raw: Any, source_path: str = "") -> StudyConfig:
     if not isinstance(model.tied_head, bool):
         raise StudyError("model.tied_head", "must be true or false")
     _arch({}, "model", model)  # the defaults themselves must be valid
-    train_raw = dict(_mapping(top.get("train"), "train"))
-    if "eval_lengths" in train_raw:
-        train_raw["eval_lengths"] = tuple(
-            _integer(v, f"train.eval_lengths[{i}]")
-            for i, v in enumerate(_list(train_raw["eval_lengths"], "train.eval_lengths"))
-        )
-    train = _build(
-        RecipeSpec,
-        train_raw,
-        "train",
-        {
-            k: (lambda v, kk: _number(v, kk, positive=False))
-            for k in (
-                "lr",
-                "warmup_frac",
-                "min_lr_ratio",
-                "cooldown_frac",
-                "weight_decay",
-                "grad_clip",
-                "divergence_loss",
-                "beta1",
-                "beta2",
-            )
-        },
-    )
-    resources = _build(
-        Resources,
-        _mapping(top.get("resources"), "resources"),
-        "resources",
-        {
-            "num_cpus": lambda v, k: _number(v, k, maximum=1024),
-            "num_gpus": lambda v, k: _number(v, k, positive=False, maximum=64),
-            "max_retries": lambda v, k: _integer(v, k, 0),
-        },
-    )
+    train = _train(top.get("train"))
+    resources = _resources(top.get("resources"))
     if resources.num_gpus < 0:
         raise StudyError("resources.num_gpus", "must be >= 0")
     _check_recipe(train, data)

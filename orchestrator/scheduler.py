@@ -536,7 +536,6 @@ def _dispatch(
     rows = {r.run_key: r for r in ledger.rows(cfg.study)}
     queue = [w for w in work_items(planned) if not all(rows[p.key].done for p in w.runs)]
     retries: dict[str, int] = {}  # per work item (its first run key), this invocation
-    failed_final: dict[str, str] = {}
     in_flight: dict[Any, WorkItem] = {}
     messages: list[str] = []
     cancelled = False
@@ -561,7 +560,7 @@ def _dispatch(
                 item_id = item.runs[0].key
                 try:
                     results = ray.get(ref)
-                    retry, why = _handle_results(results, cfg.study, ledger, settings, failed_final)
+                    retry, why = _handle_results(results, cfg.study, ledger, settings)
                     if any(r.storage for r in results) and not cancelled:
                         cancelled = True  # every later run would fail the same way
                         messages.append(
@@ -581,12 +580,25 @@ def _dispatch(
                         continue
                     for p in item.runs:
                         if not rows_done(ledger, cfg.study, p.key):
-                            failed_final[p.key] = why
                             _mark_failed(ledger, settings, cfg.study, p.key, why)
             progress.update({r.run_key: r for r in ledger.rows(cfg.study)})
         final_rows = {r.run_key: r for r in ledger.rows(cfg.study)}
         progress.update(final_rows)
 
+    return _outcome(cfg, settings, planned, ledger, final_rows, cancelled, messages)
+
+
+def _outcome(
+    cfg: StudyConfig,
+    settings: tracking.Settings,
+    planned: list[PlannedRun],
+    ledger: Ledger,
+    final_rows: dict[str, LedgerRow],
+    cancelled: bool,
+    messages: list[str],
+) -> StudyOutcome:
+    """The study's end: runs stopped by `cancel --now` marked killed, what did not finish
+    reported, and the exit code."""
     if cancelled and ledger.cancel_requested(cfg.study) == "now":
         _mark_killed(ledger, settings, cfg.study, planned, final_rows)
         final_rows = {r.run_key: r for r in ledger.rows(cfg.study)}
@@ -615,13 +627,11 @@ def _handle_results(
     study: str,
     ledger: Ledger,
     settings: tracking.Settings,
-    failed_final: dict[str, str],
 ) -> tuple[bool, str]:
     """Returns (retry?, reason). Bug-class failures and divergence are never retried."""
     for r in results:
         if r.state is RunState.FAILED:
             if r.bug or r.storage:
-                failed_final[r.run_key] = r.message
                 _finish_mlflow(ledger, settings, study, r.run_key, RunState.FAILED)
                 return False, r.message
             return True, r.message or "failed"

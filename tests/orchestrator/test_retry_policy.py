@@ -41,7 +41,7 @@ def test_a_spec_error_subclass_in_a_run_is_not_retried(tmp_path, store, ray_sess
     monkeypatch.setattr(sys.modules[train.__module__]._Run, "execute", broken)
     (result,) = execute(_payload(item, cfg, store, ledger, rows))  # the real worker, in-process
     assert result.state == "failed" and result.bug, result.message[-1500:]
-    retry, why = _handle_results([result], "bug", ledger, store, {})
+    retry, why = _handle_results([result], "bug", ledger, store)
     assert not retry and "WidthSpecError" in why
     assert ledger.get("bug", planned[0].key).state == "failed"
     ledger.dispose()
