@@ -441,13 +441,17 @@ def _experiment_id(client, experiment: str) -> str:
     return exp.experiment_id
 
 
-def search_all_runs(client, experiment_id: str, filter_string: str = ""):
+def search_all_runs(client, experiment_id: str, filter_string: str = "", order_by=None):
     """Every run matching the filter, in pages of 50,000 (MLflow's maximum), with params, tags
-    and latest metrics."""
+    and latest metrics; `order_by` as for search_runs."""
     runs, token = [], None
     while True:
         page = client.search_runs(
-            [experiment_id], filter_string=filter_string, max_results=50000, page_token=token
+            [experiment_id],
+            filter_string=filter_string,
+            max_results=50000,
+            page_token=token,
+            order_by=order_by,
         )
         runs.extend(page)
         token = page.token

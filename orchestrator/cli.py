@@ -619,15 +619,14 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def _budgets(text: str) -> list[float]:
+    """--budgets as FLOP counts (analysis.cli's parser), bad input as a StudyError."""
+    from analysis.cli import parse_budgets
+    from analysis.data import InputError
+
     try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise StudyError(
-            "--budgets", f"{text!r} is not a comma-separated list of FLOP counts, e.g. 1e21,1e24"
-        ) from None
-    if not values or any(not (v > 0) for v in values):
-        raise StudyError("--budgets", "budgets must be positive FLOP counts, e.g. 1e21,1e24")
-    return values
+        return list(parse_budgets(text))
+    except InputError as e:
+        raise StudyError("--budgets", str(e).removeprefix(f"--budgets {text!r}: ")) from None
 
 
 # --------------------------------------------------------------------------- entry point

@@ -358,20 +358,11 @@ def ensure_parent_run(c, experiment_id: str, study: str, description: str = "") 
 
 def child_runs(c, experiment_id: str) -> list:
     """Every live (not deleted) child run of the experiment, oldest first (paged)."""
-    out: list = []
-    token = None
-    while True:
-        page = c.search_runs(
-            [experiment_id],
-            filter_string=f"tags.`{ROLE}` != 'parent'",
-            max_results=1000,
-            page_token=token,
-            order_by=["attributes.start_time ASC"],
-        )
-        out.extend(page)
-        token = page.token
-        if not token:
-            return out
+    from analysis.data import search_all_runs
+
+    return search_all_runs(
+        c, experiment_id, f"tags.`{ROLE}` != 'parent'", order_by=["attributes.start_time ASC"]
+    )
 
 
 def children_by_key(runs: list) -> dict:

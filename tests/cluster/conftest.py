@@ -24,15 +24,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.reliability.helpers import free_port
+
 VENV_BIN = Path(sys.executable).parent
 RAY = str(VENV_BIN / "ray")
 SCALELAB = str(VENV_BIN / "scalelab")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import pytest
 
 from orchestrator import load_study, run_study
 from orchestrator.mlflow_view import COLUMNS
+from tests.reliability.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
@@ -34,12 +34,6 @@ def _browser() -> str:
     pytest.skip(
         "no headless browser (chromium) installed: `apt-get install -y chromium` to run the MLflow view check"
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _chromium(browser: str, url: str, *extra: str, size: str = "3000,1100", budget_ms: int = 25000) -> str:
@@ -83,7 +77,7 @@ def test_the_printed_url_opens_the_scaling_law_view(tiny_study, store, ray_sessi
     )
     expected_order = [r.info.run_name for r in points]
 
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator.cli", "ui", "--home", str(store.home), "--port", str(port)],
         cwd=ROOT,
