@@ -149,3 +149,19 @@ def alive(pid: int) -> bool:
 def proc_name(pid: int) -> str:
     st = _stat(pid)
     return st[0] if st else ""
+
+
+def ledger_rows(ledger_uri: str, study: str) -> dict:
+    """run_key -> ledger row of a study, read while a driver may still be creating the ledger
+    ({} until its file and tables exist)."""
+    from orchestrator.ledger import Ledger
+
+    if not Path(ledger_uri[len("sqlite:///") :]).exists():
+        return {}
+    ledger = Ledger(ledger_uri, create=False)
+    try:
+        return {r.run_key: r for r in ledger.rows(study)}
+    except Exception:  # tables not created yet
+        return {}
+    finally:
+        ledger.dispose()

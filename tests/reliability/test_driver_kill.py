@@ -21,6 +21,7 @@ from tests.reliability.helpers import (
     assert_metric_series,
     descendants,
     in_thread,
+    ledger_rows,
     long_study,
     point_runs,
     proc_name,
@@ -29,18 +30,6 @@ from tests.reliability.helpers import (
 
 pytestmark = pytest.mark.slow
 INTERVAL, TOKENS = 8192, 196608
-
-
-def _rows(ledger_uri: str, study: str):
-    if not Path(ledger_uri[len("sqlite:///") :]).exists():
-        return {}
-    ledger = Ledger(ledger_uri, create=False)
-    try:
-        return {r.run_key: r for r in ledger.rows(study)}
-    except Exception:
-        return {}
-    finally:
-        ledger.dispose()
 
 
 def test_killed_driver_rerun_gives_exactly_the_study(tmp_path, store, ray_session):
@@ -61,7 +50,7 @@ def test_killed_driver_rerun_gives_exactly_the_study(tmp_path, store, ray_sessio
 
         def mid_study():
             family.update({p: proc_name(p) for p in descendants(proc.pid)})  # its embedded Ray
-            rows = _rows(store.ledger_uri, "driver-kill").values()
+            rows = ledger_rows(store.ledger_uri, "driver-kill").values()
             done = [r for r in rows if r.state == "finished"]
             running = [r for r in rows if r.state == "running" and (r.tokens_done or 0) > TOKENS // 4]
             return (done, running) if done and running else None
@@ -80,7 +69,7 @@ def test_killed_driver_rerun_gives_exactly_the_study(tmp_path, store, ray_sessio
     assert any("raylet" in n for n in family.values()), family  # it had its own Ray
     assert not [p for p in family if alive(p)]
 
-    before = _rows(store.ledger_uri, "driver-kill")
+    before = ledger_rows(store.ledger_uri, "driver-kill")
     finished_key, interrupted_key = done[0].run_key, running[0].run_key
     ckpt = Path(before[finished_key].checkpoint_dir) / "ckpt.pt"
     mtime = ckpt.stat().st_mtime_ns
@@ -88,7 +77,7 @@ def test_killed_driver_rerun_gives_exactly_the_study(tmp_path, store, ray_sessio
     cfg = load_study(path)
     outcome = run_study(cfg, store, show_progress=False)  # `scalelab run` again
     assert outcome.exit_code == 0, outcome.messages
-    after = _rows(store.ledger_uri, "driver-kill")
+    after = ledger_rows(store.ledger_uri, "driver-kill")
     assert {r.state for r in after.values()} == {"finished"}
     assert after[finished_key].attempts == before[finished_key].attempts == 1  # not retrained
     assert ckpt.stat().st_mtime_ns == mtime

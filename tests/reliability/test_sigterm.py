@@ -12,23 +12,10 @@ from pathlib import Path
 import pytest
 
 from orchestrator import load_study, run_study
-from orchestrator.ledger import Ledger
-from tests.reliability.helpers import long_study, wait_for
+from tests.reliability.helpers import ledger_rows, long_study, wait_for
 
 pytestmark = pytest.mark.slow
 INTERVAL, TOKENS = 8192, 196608
-
-
-def _rows(ledger_uri: str, study: str):
-    if not Path(ledger_uri[len("sqlite:///") :]).exists():
-        return {}
-    ledger = Ledger(ledger_uri, create=False)
-    try:
-        return {r.run_key: r for r in ledger.rows(study)}
-    except Exception:
-        return {}
-    finally:
-        ledger.dispose()
 
 
 def test_sigterm_is_a_clean_stop_and_the_rerun_resumes(tmp_path, store, ray_session):
@@ -55,7 +42,7 @@ def test_sigterm_is_a_clean_stop_and_the_rerun_resumes(tmp_path, store, ray_sess
         wait_for(
             lambda: any(
                 r.state == "running" and (r.tokens_done or 0) >= 2 * INTERVAL
-                for r in _rows(store.ledger_uri, "sigterm").values()
+                for r in ledger_rows(store.ledger_uri, "sigterm").values()
             ),
             120,
             "a run two checkpoints in",
@@ -70,12 +57,12 @@ def test_sigterm_is_a_clean_stop_and_the_rerun_resumes(tmp_path, store, ray_sess
     assert "interrupted: run `scalelab run` again to resume" in err
     for crash in ("core dumped", "Aborted", "terminate called", "Fatal Python error"):
         assert crash not in err, err[-2000:]
-    rows = _rows(store.ledger_uri, "sigterm")
+    rows = ledger_rows(store.ledger_uri, "sigterm")
     (row,) = rows.values()
     assert row.state == "killed" and (row.tokens_done or 0) >= 2 * INTERVAL
     assert (Path(row.checkpoint_dir) / "ckpt.pt").exists()
 
     outcome = run_study(load_study(path), store, show_progress=False)  # `scalelab run` again
     assert outcome.exit_code == 0, outcome.messages
-    (after,) = _rows(store.ledger_uri, "sigterm").values()
+    (after,) = ledger_rows(store.ledger_uri, "sigterm").values()
     assert after.state == "finished" and after.attempts == 2
