@@ -119,7 +119,12 @@ def write_documents(out: Path, title: str, sections: list[dict]) -> tuple[Path, 
     for sec in sections:
         md = f"## {esc(sec['title'])}\n\n{sec.get('markdown', '')}"
         for name, fig in (sec.get("figures") or {}).items():
-            data = png(fig)
+            try:
+                data = png(fig)
+            except Exception as exc:  # noqa: BLE001 - a figure that cannot be drawn is named, not fatal
+                plt.close(fig)
+                md += "\n\n" + esc(f"Figure {name} could not be drawn: {type(exc).__name__}: {exc}")
+                continue
             (out / name).write_bytes(data)
             images[name] = base64.b64encode(data).decode()
             paths[Path(name).stem] = out / name

@@ -388,9 +388,21 @@ def moe_section(ctx):
         if c in eff
     ]
     laws = eff[eff["source"] != "run"]
+    runs = eff[eff["source"] == "run"]
+    beyond = int((~np.isfinite(runs["n_eff"].astype(float))).sum()) if len(runs) else 0
     parts += [
         esc("Effective dense parameter count (dense N reaching the same loss at the same D):"),
         md_table((laws if len(laws) else eff)[cols]),
+    ]
+    if beyond:
+        parts.append(
+            esc(
+                f"{beyond} of {len(runs)} MoE run(s) reach a loss below the dense law's floor at their D "
+                "(E + B/D^β): no dense model of any size matches them there, so their multiplier is "
+                "unbounded (— in tables, left out of the plot)."
+            )
+        )
+    parts += [
         fig_ref("moe.png", "MoE comparison"),
     ]
     return section(title, parts, {"moe.png": plots.moe_multiplier(eff[eff["source"] == "run"])})

@@ -151,7 +151,7 @@ class StudyConfig:
         train = {
             k: v for k, v in asdict(self.train).items() if k not in RUNTIME_FIELDS and k != "eval_lengths"
         }
-        return {"data": self._data_fingerprint(), "model": model, "train": train}
+        return {"data": self._data_fingerprint(), "model": model, "train": _unset_lr_width(train)}
 
     def _data_fingerprint(self) -> dict[str, Any]:
         """data as fingerprinted: the zipf keys only for the zipf source (studies of other
@@ -174,7 +174,15 @@ class StudyConfig:
         train = replace(self.train, **runtime) if runtime else self.train
         model = {k: v for k, v in asdict(self.model).items() if ARCH_DEFAULTS.get(k, object()) != v}
         train_d = {k: v for k, v in asdict(train).items() if k != "eval_lengths"}
-        return {"data": self._data_fingerprint(), "model": model, "train": train_d}
+        return {"data": self._data_fingerprint(), "model": model, "train": _unset_lr_width(train_d)}
+
+
+def _unset_lr_width(train: dict[str, Any]) -> dict[str, Any]:
+    """train.lr_base_width off (0) is left out: studies written before it existed keep their
+    fingerprint."""
+    if train.get("lr_base_width") == 0:
+        train.pop("lr_base_width")
+    return train
 
 
 # --------------------------------------------------------------------------- validation helpers

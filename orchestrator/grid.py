@@ -82,6 +82,12 @@ class PlannedRun:
             "data_source": self.spec.data.source,
             "trunk_key": self.trunk_key or "",
             **({"budget": f"{self.budget:.6e}"} if self.budget is not None else {}),
+            # width-scaled lr: the base width and this size's own peak lr
+            **(
+                {"lr_base_width": r.lr_base_width, "lr_peak": f"{r.peak_lr(m.d_model):.6g}"}
+                if r.lr_base_width
+                else {}
+            ),
             "pos": m.pos,
             "activation": m.activation,
             "norm": m.norm,

@@ -279,7 +279,10 @@ class RecipeSpec:
     """The training recipe, fixed across a study. Token counts are in tokens."""
 
     batch_size: int = 16  # sequences per optimizer step
-    lr: float = 3e-3  # peak learning rate
+    lr: float = 3e-3  # peak learning rate (at d_model = lr_base_width when that is set)
+    # 0: every size uses `lr`. W > 0: width scaling as in muP for Adam, peak lr = lr·W/d_model,
+    # since the best Adam lr falls about as 1/width: one recipe then suits every size of a study
+    lr_base_width: int = 0
     schedule: str = "cosine"
     warmup_frac: float = (
         0.05  # warmup as a fraction of the run's tokens (wsd: of the trunk's shortest branch)
@@ -309,6 +312,7 @@ class RecipeSpec:
         )
         _positive_int(self.batch_size, "train.batch_size")
         _finite(self.lr, "train.lr", lo=0, lo_open=True, hi=10.0)
+        _positive_int(self.lr_base_width, "train.lr_base_width", minimum=0)
         _require(
             self.schedule in SCHEDULES,
             "train.schedule",
@@ -330,6 +334,10 @@ class RecipeSpec:
             f"unknown device {self.device!r}; use one of {', '.join(DEVICES)}",
         )
         _require(isinstance(self.compile, bool), "train.compile", "must be true or false")
+
+    def peak_lr(self, d_model: int) -> float:
+        """The peak learning rate of a model of this width (lr_base_width: lr·W/d_model)."""
+        return self.lr * self.lr_base_width / d_model if self.lr_base_width else self.lr
 
 
 @dataclass(frozen=True)
@@ -406,6 +414,8 @@ class RunSpec:
                 del d["model"][k]
         if tuple(d["recipe"].get("eval_lengths", ())) == (1,):
             del d["recipe"]["eval_lengths"]
+        if d["recipe"].get("lr_base_width") == 0:  # off: keys as before the field existed
+            del d["recipe"]["lr_base_width"]
         if self.data.source != "zipf":  # zipf keys appear only for the zipf source
             for k in ZIPF_KEYS:
                 d["data"].pop(k)

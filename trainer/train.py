@@ -208,7 +208,10 @@ class _Run:
         r = spec.recipe
         # fused AdamW: one kernel per step on CUDA, and the fastest path on CPU too
         self.optimizer = torch.optim.AdamW(
-            param_groups(self.model, r.weight_decay), lr=r.lr, betas=(r.beta1, r.beta2), fused=True
+            param_groups(self.model, r.weight_decay),
+            lr=r.peak_lr(self.spec.model.d_model),
+            betas=(r.beta1, r.beta2),
+            fused=True,
         )
         self.params = list(self.model.parameters())
         self.forward: Callable[..., Any] = self.model
@@ -280,7 +283,7 @@ class _Run:
             schedule=r.schedule,
             total=p.total_steps * p.tokens_per_step,
             warmup=p.warmup_tokens,
-            peak=r.lr,
+            peak=r.peak_lr(self.spec.model.d_model),
             min_ratio=r.min_lr_ratio,
             cooldown_start=p.cooldown_start_step * p.tokens_per_step,
         )

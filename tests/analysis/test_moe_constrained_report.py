@@ -123,6 +123,25 @@ def test_report_dense_only(tmp_path, rng):
     assert "| alpha |" in md and "No MoE runs" in md
 
 
+def test_report_when_moe_runs_beat_every_dense_model(tmp_path, rng):
+    # small-D MoE runs below the dense law's floor E + B/D^beta: the effective dense N is
+    # unbounded (inf); the report says so instead of failing to draw the multiplier plot
+    df = _synthetic_study(rng)
+    dense = df[df.experts == 1]
+    moe = df[(df.experts == 8) & (df.granularity == 1)].copy()
+    moe["loss"] = (DENSE["E"] + DENSE["B"] / moe["tokens"] ** DENSE["beta"]) * 0.97
+    paths = write_report(
+        Points(pd.concat([dense, moe]), source="s"),
+        tmp_path / "m",
+        budgets=[1e20],
+        n_bootstrap=0,
+        grid="coarse",
+    )
+    md = paths.markdown.read_text()
+    assert "Effective dense parameter count" in md and "multiplier is unbounded" in md
+    assert (tmp_path / "m" / "moe.png").stat().st_size > 0
+
+
 @pytest.mark.slow  # ~10 s alone, 25 s on a loaded 2-core machine (MoE fits)
 def test_report_from_synthetic_study(tmp_path, rng):
     df = _synthetic_study(rng)

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from analysis import ChinchillaFit, load_mlflow
+from analysis import ChinchillaFit, extrapolation_test, load_mlflow
 from orchestrator import load_study
 from orchestrator.cli import main
 from trainer import true_entropy
@@ -23,14 +24,19 @@ def test_quickstart_source_is_zipf_with_a_known_entropy():
 
 @pytest.mark.slow
 def test_quickstart_fits_realistic_exponents_and_its_true_entropy(store, ray_session):
-    # measured (2 CPU cores, ~150 s): dense alpha 0.710, beta 0.708, E 0.8450 vs 0.8327 (+1.5%)
+    # measured (2 CPU cores, ~4 min): dense alpha 0.722, beta 0.588, E 0.8756 vs 0.8807 (-0.6%);
+    # the report's extrapolation check (fit on the cheaper 60%, predict the rest) 1.31% mean.
+    # Seed 1 of the same study: alpha 0.774, beta 0.604, E +0.35%, extrapolation 0.66%.
     assert main(["run", str(QUICKSTART), "--no-progress"]) == 0
     cfg = load_study(str(QUICKSTART))
     points = load_mlflow(cfg.study, store.tracking_uri)
     dense = points.frame[points.frame["experts"].astype(int) == 1]
-    fit = ChinchillaFit().fit(dense["n_params"], dense["tokens"], dense["loss"])
+    N, D, L, C = (dense[k].to_numpy(float) for k in ("n_params", "tokens", "loss", "flops"))
+    fit = ChinchillaFit().fit(N, D, L)
     assert fit.success_, fit.message_
     assert 0.15 <= fit.alpha_ <= 0.8 and 0.15 <= fit.beta_ <= 0.8, fit.params_
     truth = true_entropy(cfg.data)
     assert points.true_entropy == pytest.approx(truth)
-    assert abs(fit.E_ - truth) / truth <= 0.02, (fit.E_, truth)
+    assert abs(fit.E_ - truth) / truth <= 0.01, (fit.E_, truth)
+    ex = extrapolation_test(N, D, L, C, threshold=float(np.quantile(C, 0.6)))
+    assert ex.success and ex.mean_rel_error <= 0.02, ex.table
