@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +59,27 @@ def check_address(address: str | None) -> None:
 LOCAL_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
+def _server_init_failed(e: BaseException) -> bool:
+    """Ray Client's proxier failed to start this driver's dedicated server (e.g. a psutil
+    ZombieProcess race in proxier.start_specific_server): transient, a new connection works."""
+    return isinstance(e, ConnectionAbortedError) and "Initialization failure from server" in str(e)
+
+
+def _init_with_retry(ray: Any, address: str, env: dict, attempts: int = 3) -> None:
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address=address, runtime_env=env, log_to_driver=False, logging_level=logging.ERROR)
+            return
+        except ConnectionAbortedError as e:
+            if attempt == attempts or not address.startswith("ray://") or not _server_init_failed(e):
+                raise
+            log.warning(
+                "Ray Client server failed to start (attempt %d of %d); reconnecting", attempt, attempts
+            )
+            ray.shutdown()
+            time.sleep(2.0 * attempt)
+
+
 def connect_ray(address: str | None) -> bool:
     """Attach to a cluster, or start an embedded local Ray. Returns True if we connected.
 
@@ -81,7 +103,7 @@ def connect_ray(address: str | None) -> bool:
         if os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_MODE"):
             os.environ["RAY_AUTH_MODE"] = "token"  # Ray reads auth only from the environment
         try:
-            ray.init(address=address, runtime_env=env, log_to_driver=False, logging_level=logging.ERROR)
+            _init_with_retry(ray, address, env)
         except Exception as e:
             cause: BaseException | None = e
             while cause is not None and "auth" not in f"{type(cause).__name__} {cause}".lower():
