@@ -239,28 +239,20 @@ def validation_panels(frame, fit, ex, thr):
 def moe_multiplier(runs):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     # n_eff is inf where a MoE run beats every dense model at its D (the dense law's floor there)
-    finite = runs[np.isfinite(runs["n_eff_over_active"].astype(float))] if len(runs) else runs
-    experts = sorted(finite["experts"].unique()) if len(finite) else []
+    finite = runs[np.isfinite(runs["n_eff_over_active"].astype(float))]
+    experts = sorted(finite["experts"].unique())
     for e_, col in zip(experts, cmap(experts) if experts else []):
         sub = finite[finite["experts"] == e_]
         ax.scatter(sub["n_params_active"], sub["n_eff_over_active"], color=col, s=14, label=f"{e_:g} experts")
     ax.axhline(1, color="k", lw=0.8)
     if len(finite) < len(runs):
-        ax.text(
-            0.02,
-            0.96,
-            f"{len(runs) - len(finite)} run(s) beat every dense model at their D (unbounded multiplier)",
-            transform=ax.transAxes,
-            va="top",
-            fontsize=8,
-        )
-    if not len(finite):
-        ax.set_xlabel("active parameters")
-        ax.set_title("MoE vs dense: effective parameter multiplier")
-        return fig
-    ax.set_xscale("log")
+        note = f"{len(runs) - len(finite)} run(s) beat every dense model at their D (unbounded multiplier)"
+        ax.text(0.02, 0.96, note, transform=ax.transAxes, va="top", fontsize=8)
+    if len(finite):  # a log axis needs data on it
+        ax.set_xscale("log")
     ax.set_xlabel("active parameters")
     ax.set_ylabel("effective dense N / active N")
     ax.set_title("MoE vs dense: effective parameter multiplier")
-    ax.legend(fontsize=8)
+    if experts:
+        ax.legend(fontsize=8)
     return fig

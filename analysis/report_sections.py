@@ -387,13 +387,12 @@ def moe_section(ctx):
         )
         if c in eff
     ]
-    laws = eff[eff["source"] != "run"]
-    runs = eff[eff["source"] == "run"]
-    beyond = int((~np.isfinite(runs["n_eff"].astype(float))).sum()) if len(runs) else 0
+    laws, runs = eff[eff["source"] != "run"], eff[eff["source"] == "run"]
     parts += [
         esc("Effective dense parameter count (dense N reaching the same loss at the same D):"),
         md_table((laws if len(laws) else eff)[cols]),
     ]
+    beyond = int((~np.isfinite(runs["n_eff"].astype(float))).sum())
     if beyond:
         parts.append(
             esc(
@@ -402,10 +401,8 @@ def moe_section(ctx):
                 "unbounded (— in tables, left out of the plot)."
             )
         )
-    parts += [
-        fig_ref("moe.png", "MoE comparison"),
-    ]
-    return section(title, parts, {"moe.png": plots.moe_multiplier(eff[eff["source"] == "run"])})
+    parts.append(fig_ref("moe.png", "MoE comparison"))
+    return section(title, parts, {"moe.png": plots.moe_multiplier(runs)})
 
 
 # --------------------------------------------------------------- sections of other modules

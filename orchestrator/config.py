@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from trainer.spec import ARCH_CHOICES, ARCH_DEFAULTS, DataSpec, RecipeSpec, SpecError
+from trainer.spec import ARCH_CHOICES, ARCH_DEFAULTS, RECIPE_OMITTED_AT, DataSpec, RecipeSpec, SpecError
 
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 MAX_TOKENS = 1e15  # a guard against typos such as 2e51; far beyond any single run
@@ -151,7 +151,7 @@ class StudyConfig:
         train = {
             k: v for k, v in asdict(self.train).items() if k not in RUNTIME_FIELDS and k != "eval_lengths"
         }
-        return {"data": self._data_fingerprint(), "model": model, "train": _unset_lr_width(train)}
+        return {"data": self._data_fingerprint(), "model": model, "train": _recipe_fingerprint(train)}
 
     def _data_fingerprint(self) -> dict[str, Any]:
         """data as fingerprinted: the zipf keys only for the zipf source (studies of other
@@ -174,15 +174,12 @@ class StudyConfig:
         train = replace(self.train, **runtime) if runtime else self.train
         model = {k: v for k, v in asdict(self.model).items() if ARCH_DEFAULTS.get(k, object()) != v}
         train_d = {k: v for k, v in asdict(train).items() if k != "eval_lengths"}
-        return {"data": self._data_fingerprint(), "model": model, "train": _unset_lr_width(train_d)}
+        return {"data": self._data_fingerprint(), "model": model, "train": _recipe_fingerprint(train_d)}
 
 
-def _unset_lr_width(train: dict[str, Any]) -> dict[str, Any]:
-    """train.lr_base_width off (0) is left out: studies written before it existed keep their
-    fingerprint."""
-    if train.get("lr_base_width") == 0:
-        train.pop("lr_base_width")
-    return train
+def _recipe_fingerprint(train: dict[str, Any]) -> dict[str, Any]:
+    """Later recipe fields at their off values are left out (trainer.spec.RECIPE_OMITTED_AT)."""
+    return {k: v for k, v in train.items() if RECIPE_OMITTED_AT.get(k, object()) != v}
 
 
 # --------------------------------------------------------------------------- validation helpers

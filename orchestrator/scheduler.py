@@ -59,19 +59,17 @@ def check_address(address: str | None) -> None:
 LOCAL_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
-def _server_init_failed(e: BaseException) -> bool:
-    """Ray Client's proxier failed to start this driver's dedicated server (e.g. a psutil
-    ZombieProcess race in proxier.start_specific_server): transient, a new connection works."""
-    return isinstance(e, ConnectionAbortedError) and "Initialization failure from server" in str(e)
-
-
 def _init_with_retry(ray: Any, address: str, env: dict, attempts: int = 3) -> None:
+    """ray.init, retrying (Ray Client only) the one transient failure seen: the proxier failing
+    to start this driver's dedicated server (a psutil ZombieProcess race in
+    proxier.start_specific_server), after which a new connection works."""
     for attempt in range(1, attempts + 1):
         try:
             ray.init(address=address, runtime_env=env, log_to_driver=False, logging_level=logging.ERROR)
             return
         except ConnectionAbortedError as e:
-            if attempt == attempts or not address.startswith("ray://") or not _server_init_failed(e):
+            transient = address.startswith("ray://") and "Initialization failure from server" in str(e)
+            if attempt == attempts or not transient:
                 raise
             log.warning(
                 "Ray Client server failed to start (attempt %d of %d); reconnecting", attempt, attempts

@@ -28,6 +28,9 @@ OBJECTIVES = ("clm", "mlm")
 # hashes exactly as before they existed: `to_dict` leaves default-valued ones out.
 ARCH_DEFAULTS = {"pos": "learned", "activation": "gelu", "norm": "pre", "objective": "clm"}
 ARCH_CHOICES = {"pos": POSITIONS, "activation": ACTIVATIONS, "norm": NORMS, "objective": OBJECTIVES}
+# Recipe fields added later, left out of run keys and study fingerprints at these (off) values,
+# so studies written before they existed keep their keys.
+RECIPE_OMITTED_AT = {"lr_base_width": 0}
 ZIPF_KEYS = ("lexicon_size", "zipf_exponent", "min_word_len", "max_word_len")
 
 
@@ -414,8 +417,9 @@ class RunSpec:
                 del d["model"][k]
         if tuple(d["recipe"].get("eval_lengths", ())) == (1,):
             del d["recipe"]["eval_lengths"]
-        if d["recipe"].get("lr_base_width") == 0:  # off: keys as before the field existed
-            del d["recipe"]["lr_base_width"]
+        for k, off in RECIPE_OMITTED_AT.items():
+            if d["recipe"].get(k) == off:
+                del d["recipe"][k]
         if self.data.source != "zipf":  # zipf keys appear only for the zipf source
             for k in ZIPF_KEYS:
                 d["data"].pop(k)
