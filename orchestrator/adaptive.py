@@ -1,13 +1,17 @@
 """`scalelab run --adaptive`: run the grid (the seed design), then fit, suggest, run, until the
 target's 95% interval is narrow enough or the FLOPs budget is spent.
 
-Each round's runs are explicit runs appended to the study (grid.runs), so they are ordinary
-points for the ledger, MLflow and the fits; their MLflow runs are tagged
-`scalelab.origin=adaptive` and `scalelab.round=<n>`. A round is persisted on the study's parent
-MLflow run (tag `scalelab.adaptive.round.<n>`: the round's explicit runs as JSON) BEFORE it is
-run, so killing the driver and running the same command again replays the persisted rounds
-(finishing what was interrupted) and continues with the next: no round is planned twice. The
-planner is deterministic given the finished points, so a rerun plans the same runs.
+One driver session for all rounds (scheduler.driver_session): the study's lock is held and Ray
+kept up from the grid to the last round, so no other driver can slip in between rounds. Each
+round's runs are explicit runs appended to the study (grid.runs), so they are ordinary points
+for the ledger, MLflow and the fits; their MLflow runs are tagged `scalelab.origin=adaptive`
+and `scalelab.round=<n>`. A round is recorded in the ledger (table scalelab_rounds: the round's
+explicit runs as JSON), and mirrored on the study's parent MLflow run (tag
+`scalelab.adaptive.round.<n>`), BEFORE it is run, so killing the driver and running the same
+command again replays the recorded rounds (finishing what was interrupted) and continues with
+the next: no round is planned twice. Rounds that studies recorded only as parent-run tags (before
+the ledger kept them) are read from there and copied into the ledger. The planner is
+deterministic given the finished points, so a rerun plans the same runs.
 """
 
 from __future__ import annotations
@@ -16,14 +20,17 @@ import json
 import math
 from dataclasses import dataclass, field
 
+from trainer import mlflow_contract as mc
+
 from . import tracking
 from .config import ExplicitRun, StudyConfig, StudyError
 from .grid import expand
-from .scheduler import EXIT_OK, StudyOutcome, run_study
+from .ledger import Ledger, StudyLedger
+from .scheduler import EXIT_OK, DriverSession, StudyOutcome, driver_session, validate
 from .states import RunState
 from .suggest import build_candidates, check_inputs, run_from_dict, run_to_dict, suggest, with_runs
 
-ROUND_TAG = "scalelab.adaptive.round."
+ROUND_TAG = mc.ADAPTIVE_ROUND_PREFIX
 
 
 @dataclass
@@ -48,23 +55,61 @@ def _parent(settings: tracking.Settings, study: str) -> str | None:
     exp = c.get_experiment_by_name(study)
     if exp is None:
         return None
-    found = c.search_runs([exp.experiment_id], filter_string="tags.`scalelab.role` = 'parent'", max_results=1)
+    found = c.search_runs([exp.experiment_id], filter_string=mc.PARENT_FILTER, max_results=1)
     return found[0].info.run_id if found else None
 
 
-def load_rounds(settings: tracking.Settings, study: str) -> list[list[ExplicitRun]]:
-    """The persisted rounds, in order (round 1 first)."""
+def _tag_rounds(settings: tracking.Settings, study: str) -> dict[int, str]:
+    """Rounds as parent-run tags (every study's mirror; the only record of older studies)."""
     parent = _parent(settings, study)
     if parent is None:
-        return []
+        return {}
     tags = tracking.client(settings.tracking_uri).get_run(parent).data.tags
-    rounds = {int(k[len(ROUND_TAG) :]): v for k, v in tags.items() if k.startswith(ROUND_TAG)}
+    return {int(k[len(ROUND_TAG) :]): v for k, v in tags.items() if k.startswith(ROUND_TAG)}
+
+
+def _parse(rounds: dict[int, str]) -> list[list[ExplicitRun]]:
     return [[run_from_dict(d) for d in json.loads(rounds[n])] for n in sorted(rounds)]
 
 
-def save_round(settings: tracking.Settings, parent: str, n: int, runs: list[ExplicitRun]) -> None:
+def load_rounds(settings: tracking.Settings, study: str) -> list[list[ExplicitRun]]:
+    """The recorded rounds, in order (round 1 first); read-only."""
+    import sqlalchemy as sa
+
+    rounds = _tag_rounds(settings, study)
+    if tracking.store_exists(settings.ledger_uri):
+        try:
+            ledger = Ledger(settings.ledger_uri, create=False)
+        except ImportError:  # no driver for this URI: the tags only
+            return _parse(rounds)
+        try:
+            rounds.update(ledger.for_study(study).rounds())
+        except sa.exc.SQLAlchemyError:  # no ledger tables yet
+            pass
+        finally:
+            ledger.dispose()
+    return _parse(rounds)
+
+
+def session_rounds(settings: tracking.Settings, study: StudyLedger) -> list[list[ExplicitRun]]:
+    """The recorded rounds, read under the driver lock; rounds only the parent run held (older
+    studies) are copied into the ledger, where the rest of the study's truth is."""
+    rounds = _tag_rounds(settings, study.study)
+    kept = study.rounds()
+    for n, text in rounds.items():
+        if n not in kept:
+            study.record_round(n, text)
+    rounds.update(kept)
+    return _parse(rounds)
+
+
+def save_round(
+    settings: tracking.Settings, study: StudyLedger, parent: str, n: int, runs: list[ExplicitRun]
+) -> None:
+    """Record round n before it runs: in the ledger, then on the parent run (the mirror)."""
     text = json.dumps([run_to_dict(r) for r in runs], separators=(",", ":"))
-    tracking.client(settings.tracking_uri).set_tag(parent, f"{ROUND_TAG}{n}", text)
+    study.record_round(n, text)
+    tracking.client(settings.tracking_uri).set_tag(parent, mc.adaptive_round_tag(n), text)
 
 
 def round_keys(cfg: StudyConfig, rounds: list[list[ExplicitRun]]) -> dict[str, int]:
@@ -78,37 +123,22 @@ def round_keys(cfg: StudyConfig, rounds: list[list[ExplicitRun]]) -> dict[str, i
     return out
 
 
-def tag_rounds(cfg: StudyConfig, settings: tracking.Settings, keys: dict[str, int]) -> None:
+def tag_rounds(settings: tracking.Settings, study: StudyLedger, keys: dict[str, int]) -> None:
     """Tag the adaptive points' MLflow runs (idempotent; redone on every resume)."""
-    from .ledger import Ledger
-
-    ledger = Ledger(settings.ledger_uri)
-    try:
-        ids = {r.run_key: r.mlflow_run_id for r in ledger.rows(cfg.study)}
-    finally:
-        ledger.dispose()
+    ids = {k: r.mlflow_run_id for k, r in study.snapshot().rows.items()}
     c = tracking.client(settings.tracking_uri)
     for key, n in keys.items():
         if ids.get(key):
-            c.set_tag(ids[key], "scalelab.origin", "adaptive")
-            c.set_tag(ids[key], "scalelab.round", str(n))
+            c.set_tag(ids[key], mc.ORIGIN, mc.ORIGIN_ADAPTIVE)
+            c.set_tag(ids[key], mc.ROUND, str(n))
 
 
-def flops_spent(settings: tracking.Settings, study: str) -> float:
+def flops_spent(study: StudyLedger) -> float:
     """Training FLOPs of every point run that ran to an end (finished, diverged or failed)."""
-    from .ledger import Ledger
-
-    ledger = Ledger(settings.ledger_uri)
-    try:
-        return float(
-            sum(
-                r.flops or 0.0
-                for r in ledger.rows(study)
-                if r.kind == "point" and r.state in (RunState.FINISHED, RunState.DIVERGED, RunState.FAILED)
-            )
-        )
-    finally:
-        ledger.dispose()
+    ended = (RunState.FINISHED, RunState.DIVERGED, RunState.FAILED)
+    return float(
+        sum(r.flops or 0.0 for r in study.snapshot().rows.values() if r.kind == "point" and r.state in ended)
+    )
 
 
 # --------------------------------------------------------------------------- the loop
@@ -153,40 +183,60 @@ def run_adaptive(
     max_concurrent: int | None = None,
     show_progress: bool = True,
 ) -> AdaptiveOutcome:
-    """Replay the persisted rounds (finishing what was interrupted), then plan and run new
-    rounds until the interval is narrow enough, the budget is spent or max_rounds is reached."""
+    """Replay the recorded rounds (finishing what was interrupted), then plan and run new
+    rounds until the interval is narrow enough, the budget is spent or max_rounds is reached;
+    all in one driver session (one lock, one Ray)."""
     check_adaptive(cfg, a)
-    rounds = load_rounds(settings, cfg.study)
-    res = AdaptiveOutcome(_run(cfg, settings, rounds, address, max_concurrent, show_progress), rounds)
-    new = 0
-    while res.outcome.exit_code == EXIT_OK:
-        runs = _next_round(cfg, settings, a, res, new)
-        if not runs:
-            break
-        new += 1
-        parent = res.outcome.parent_run_id
-        if parent is None:  # run_study records it before any run
-            raise RuntimeError(f"study {cfg.study}: no parent MLflow run to store round {new}")
-        save_round(settings, parent, len(rounds) + 1, runs)
-        rounds.append(runs)
-        res.outcome = _run(cfg, settings, rounds, address, max_concurrent, show_progress)
-    res.flops_spent = flops_spent(settings, cfg.study)
+    full = with_runs(cfg, [r for runs in load_rounds(settings, cfg.study) for r in runs])
+    planned = validate(full, settings, address)
+    with driver_session(full, settings, address, planned) as session:
+        study = session.ledger.for_study(cfg.study)
+        rounds = session_rounds(settings, study)  # under the lock: the truth
+        run = _RoundRunner(cfg, settings, session, study, max_concurrent, show_progress)
+        res = AdaptiveOutcome(run(rounds), rounds)
+        new = 0
+        while res.outcome.exit_code == EXIT_OK:
+            runs = _next_round(cfg, settings, a, res, new, study)
+            if not runs:
+                break
+            new += 1
+            parent = res.outcome.parent_run_id
+            if parent is None:  # the session records it before any run
+                raise RuntimeError(f"study {cfg.study}: no parent MLflow run to store round {new}")
+            save_round(settings, study, parent, len(rounds) + 1, runs)
+            rounds.append(runs)
+            res.outcome = run(rounds)
+        res.flops_spent = flops_spent(study)
     return res
 
 
-def _run(cfg, settings, rounds, address, max_concurrent, show_progress) -> StudyOutcome:
-    full = with_runs(cfg, [r for runs in rounds for r in runs])
-    out = run_study(
-        full, settings, address=address, max_concurrent=max_concurrent, show_progress=show_progress
-    )
-    if rounds:
-        tag_rounds(full, settings, round_keys(cfg, rounds))
-    return out
+@dataclass
+class _RoundRunner:
+    """Runs the study grown by the rounds so far through the session, then tags the rounds."""
+
+    cfg: StudyConfig
+    settings: tracking.Settings
+    session: DriverSession
+    study: StudyLedger
+    max_concurrent: int | None
+    show_progress: bool
+
+    def __call__(self, rounds: list[list[ExplicitRun]]) -> StudyOutcome:
+        full = with_runs(self.cfg, [r for runs in rounds for r in runs])
+        out = self.session.run(
+            full,
+            self.session.check(full),
+            max_concurrent=self.max_concurrent,
+            show_progress=self.show_progress,
+        )
+        if rounds:
+            tag_rounds(self.settings, self.study, round_keys(self.cfg, rounds))
+        return out
 
 
-def _next_round(cfg, settings, a: AdaptiveArgs, res: AdaptiveOutcome, new: int):
+def _next_round(cfg, settings, a: AdaptiveArgs, res: AdaptiveOutcome, new: int, study: StudyLedger):
     """The next round's runs, or [] with res.reason saying why the loop stops."""
-    spent = flops_spent(settings, cfg.study)
+    spent = flops_spent(study)
     full = with_runs(cfg, [r for runs in res.rounds for r in runs])
     left = math.inf if a.max_flops is None else a.max_flops - spent
     cheapest = min(

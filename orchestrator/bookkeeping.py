@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, replace
 from typing import Any
 
+from trainer import mlflow_contract as mc
 from trainer.spec import RunSpec
 
 from . import tracking
 from .config import StudyConfig
 from .grid import PlannedRun
-from .ledger import TERMINAL, Ledger, LedgerRow
+from .ledger import Ledger, LedgerRow
 from .states import RunState
 
 log = logging.getLogger(__name__)
@@ -67,8 +67,8 @@ def _retag(c, run_id: str | None, old: str, new: str) -> None:
     if c is None or not run_id:
         return
     try:
-        c.set_tag(run_id, tracking.RUN_KEY, new)
-        c.set_tag(run_id, "scalelab.legacy_run_key", old)
+        c.set_tag(run_id, mc.RUN_KEY, new)
+        c.set_tag(run_id, mc.LEGACY_RUN_KEY, old)
     except Exception as e:  # noqa: BLE001 - a lost run is found and handled by forget_lost_runs
         log.warning("could not retag MLflow run %s with its new run key: %s", run_id, e)
 
@@ -103,13 +103,14 @@ def forget_lost_runs(ledger: Ledger, study: str, live_ids: set[str]) -> list[str
     """Rows whose MLflow run no longer exists (store lost or recreated, run or experiment
     deleted) lose that link; their results are re-logged from the checkpoint or retrained.
     Returns the keys affected."""
+    sl = ledger.for_study(study)
     lost = []
-    for row in ledger.rows(study):
+    for row in sl.snapshot().rows.values():
         if row.mlflow_run_id and row.mlflow_run_id not in live_ids:
-            values: dict[str, Any] = {"mlflow_run_id": None}
-            if row.state != RunState.RUNNING:
-                values.update(state=RunState.PENDING, error=None)
-            ledger.update(study, row.run_key, **values)
+            if row.state is RunState.RUNNING:  # its attempt may still be alive
+                sl.forget_mlflow_run(row.run_key)
+            else:
+                sl.reset(row.run_key)
             lost.append(row.run_key)
     return lost
 
@@ -118,19 +119,21 @@ def adopt_children(ledger: Ledger, study: str, children: dict[str, Any]) -> list
     """Link rows without an MLflow run to the run already in the experiment (made by a driver
     that crashed, or before the ledger was lost); a run that holds a complete result (FINISHED
     with its loss, or diverged) is that row's result. Returns the keys adopted as results."""
+    sl = ledger.for_study(study)
     results = []
-    for row in ledger.rows(study):
+    for row in sl.snapshot().rows.values():
         run = children.get(row.run_key)
         if row.mlflow_run_id or run is None:
             continue
-        values: dict[str, Any] = {"mlflow_run_id": run.info.run_id}
         outcome = tracking.recorded_outcome(run) if row.kind == "point" else None
         if outcome and not row.done:
-            values.update(
-                state=outcome, error=None, val_loss=run.data.metrics.get("val_loss"), tokens_done=row.tokens
+            val_loss = run.data.metrics.get(mc.VAL_LOSS)
+            sl.adopt_result(
+                row.run_key, run.info.run_id, RunState(outcome), val_loss=val_loss, tokens=row.tokens
             )
             results.append(row.run_key)
-        ledger.update(study, row.run_key, **values)
+        else:
+            sl.record_mlflow_run(row.run_key, run.info.run_id)
     return results
 
 
@@ -139,11 +142,12 @@ def reuse_finished(
 ) -> list[str]:
     """Points of this study not yet started that another study of the store finished: copy
     that result in as this study's own point run instead of training it again."""
-    rows = {r.run_key: r for r in ledger.rows(study)}
+    sl = ledger.for_study(study)
+    rows = sl.snapshot().rows
     todo = [
         p
         for p in planned
-        if rows[p.key].state == RunState.PENDING
+        if rows[p.key].state is RunState.PENDING
         and not rows[p.key].attempts
         and not rows[p.key].mlflow_run_id
     ]
@@ -153,22 +157,8 @@ def reuse_finished(
         src = sources.get(p.key)
         if src is None or not src.mlflow_run_id or not _finished_in_mlflow(c, src.mlflow_run_id):
             continue
-        run_id = tracking.copy_point_run(
-            c, src.mlflow_run_id, exp_id, parent, study, p.key, point_run_name(p)
-        )
-        ledger.update(
-            study,
-            p.key,
-            state=RunState.FINISHED,
-            mlflow_run_id=run_id,
-            error=None,
-            val_loss=src.val_loss,
-            tokens_done=src.tokens_done,
-            wall_time_s=0.0,
-            flops_per_s=src.flops_per_s,
-            device=src.device,
-            checkpoint_dir=src.checkpoint_dir,
-        )
+        run_id = tracking.copy_point_run(c, src.mlflow_run_id, exp_id, parent, study, p.key, p.run_name)
+        sl.reuse(p.key, src, run_id)
         reused.append(p.key)
     return reused
 
@@ -180,68 +170,3 @@ def _finished_in_mlflow(c, run_id: str | None) -> bool:
         log.debug("MLflow run %s not readable (%s); not reused", run_id, e)
         return False
     return run.info.lifecycle_stage == "active" and tracking.recorded_outcome(run) == RunState.FINISHED
-
-
-def point_run_name(p: PlannedRun) -> str:
-    return f"{p.label}-D{p.tokens:.2g}-s{p.spec.seed}"
-
-
-def needs_run(rows: dict[str, LedgerRow], key: str, planned: list[PlannedRun]) -> bool:
-    """A row needs an MLflow run unless it is a result already (a trunk: unless every branch is)."""
-    row = rows[key]
-    if row.kind == "trunk":
-        return any(p.trunk_key == key and not rows[p.key].done for p in planned)
-    return row.state not in TERMINAL
-
-
-# --------------------------------------------------------------------------- read-only views
-
-
-@dataclass(frozen=True)
-class StudyView:
-    rows: dict[str, LedgerRow]
-    warning: str = ""
-
-
-def inspect_study(ledger_uri: str, cfg: StudyConfig, rows: dict[str, LedgerRow]) -> StudyView:
-    """For `plan`/`status` (writes nothing): runs left `running` by a driver that is gone show as
-    `interrupted`; a warning when the file's recipe is not the one the study ran with."""
-    import sqlalchemy as sa
-
-    from .driverlock import driver_alive
-
-    if not rows or not tracking.store_exists(ledger_uri):
-        return StudyView(rows)
-    ledger = Ledger(ledger_uri, create=False)
-    try:
-        study = ledger.study(cfg.study)
-        legacy = legacy_fingerprints(cfg, ledger)
-        rows = _current_keys(rows, ledger.specs(cfg.study))
-    except sa.exc.SQLAlchemyError:
-        return StudyView(rows)
-    finally:
-        ledger.dispose()
-    if not driver_alive(study):
-        rows = {
-            k: replace(r, state=RunState.INTERRUPTED.value) if r.state == RunState.RUNNING else r
-            for k, r in rows.items()
-        }
-    ran = (study or {}).get("fingerprint")
-    if ran and ran != tracking.fingerprint_hash(cfg.fingerprint()) and ran not in legacy:
-        return StudyView(
-            rows,
-            f"the data, model or train settings in {cfg.source_path or 'the file'}"
-            f" differ from those study {cfg.study!r} ran with: `scalelab run` "
-            "will refuse; restore them, or give the changed recipe a new study name",
-        )
-    return StudyView(rows)
-
-
-def _current_keys(rows: dict[str, LedgerRow], specs: dict[tuple[str, str], str]) -> dict[str, LedgerRow]:
-    """Rows of a store not yet migrated, under today's run keys (what `run` will rekey)."""
-    out = {}
-    for key, row in rows.items():
-        spec = _spec_of(row, specs)
-        new = spec.key() if spec is not None and key == spec.legacy_key() else key
-        out[new] = replace(row, run_key=new)
-    return out

@@ -10,17 +10,19 @@ import argparse
 import json
 import logging
 import os
-import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from trainer.redact import redact_text
 
+from .cli_planner import cmd_run_adaptive, cmd_suggest, planner_args
 from .config import StudyConfig, StudyError, load_study
+from .logs import configure_logging, quiet_logs
+from .ray_session import Terminated, ray_died
 from .states import RunState
 from .tracking import Settings
+from .views import LedgerUnreadable, redact
 
 log = logging.getLogger(__name__)
 
@@ -57,95 +59,10 @@ def _settings(a: argparse.Namespace) -> Settings:
     )
 
 
-def redact(uri: str) -> str:
-    """A URI fit to print: a password in it (postgresql://user:PASSWORD@host/db) is masked."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    u = urlsplit(uri)
-    if u.password:
-        netloc = u.netloc.replace(f":{u.password}@", ":***@", 1)
-        return urlunsplit(u._replace(netloc=netloc))
-    return uri
-
-
-def _read_ledger(settings: Settings, study: str):
-    """Ledger rows by key, without creating anything (plan and status only read)."""
-    if (
-        settings.ledger_uri.startswith("sqlite:///")
-        and not Path(settings.ledger_uri[len("sqlite:///") :]).exists()
-    ):
-        return {}, None
-    from .ledger import Ledger  # SQLAlchemy: only when there is a ledger to read
-
-    ledger = None
-    try:
-        ledger = Ledger(settings.ledger_uri, create=False)
-        import sqlalchemy as sa
-
-        if not sa.inspect(ledger.engine).has_table("scalelab_runs"):  # not created yet
-            return {}, None
-        rows = {r.run_key: r for r in ledger.rows(study)}
-        measured = [r.flops_per_s for r in ledger.rows() if r.state == RunState.FINISHED and r.flops_per_s]
-        return rows, (statistics.median(measured) if measured else None)
-    except Exception as e:  # noqa: BLE001 - unreadable: say so, never show every run as pending
-        reason = redact_text(str(e).splitlines()[0] if str(e) else "")[:300]
-        raise LedgerUnreadable(
-            f"cannot read the ledger {redact(settings.ledger_uri)}: "
-            f"{type(e).__name__}: {reason}; fix its permissions or restore "
-            "it (--ledger-uri / SCALELAB_LEDGER_URI)"
-        ) from None
-    finally:
-        if ledger is not None:
-            ledger.dispose()
-
-
-class LedgerUnreadable(Exception):
-    """The ledger exists but cannot be read: exit 1 with the reason."""
-
-
-def _study_view(settings: Settings, cfg: StudyConfig, rows: dict) -> dict:
-    """Rows as a reader should see them (runs of a dead driver: `interrupted`), after a warning
-    on stderr when the study file's recipe differs from the one the study ran with."""
-    from .bookkeeping import inspect_study
-
-    view = inspect_study(settings.ledger_uri, cfg, rows)
-    if view.warning:
-        print(f"warning: {view.warning}", file=sys.stderr)
-    return view.rows
-
-
-# --------------------------------------------------------------------------- plan / status
-
-
-def _plan_rate(cfg: StudyConfig, rows: dict) -> tuple[float, str]:
-    """FLOP/s per run: measured on this study's finished runs of its device kind, else assumed."""
-    from .estimate import ASSUMED_CPU_FLOPS, assumed_rate, device_kind, measured_rate
-
-    kind = device_kind(cfg.resources.num_gpus, cfg.train.device)
-    rate, n = measured_rate(rows.values(), kind)
-    if rate:
-        return rate, f"measured on {n} finished {kind} run(s) of this study"
-    rate = assumed_rate(kind, cfg.resources.num_cpus, cfg.resources.num_gpus)
-    how = "assumed MFU 35%" if kind == "cuda" else f"assumed {ASSUMED_CPU_FLOPS:.0e} FLOP/s per core"
-    return rate, f"{how}; nothing of this study measured on {kind} yet"
-
-
-def _plan_slots(cfg: StudyConfig, max_concurrent: int | None) -> tuple[int, str]:
-    """Runs at once on the embedded local Ray (a cluster may hold more: pass --max-concurrent)."""
-    if cfg.resources.num_gpus:
-        local, why = 1, "1 local GPU assumed"
-    else:
-        cpus = os.cpu_count() or 1
-        local = max(1, int(cpus // cfg.resources.num_cpus))
-        why = f"{cpus} local CPUs / resources.num_cpus {cfg.resources.num_cpus:g}"
-    if max_concurrent:
-        return min(local, max_concurrent), f"--max-concurrent {max_concurrent}, {why}"
-    return local, why
-
-
 def cmd_plan(a: argparse.Namespace) -> int:
     from .estimate import study_wall_time, trained_flops
     from .grid import expand, work_items
+    from .views import PLAN_HEADER, fmt_duration, plan_line, plan_rate, plan_row, plan_slots
 
     cfg = load_study(a.study)
     if a.max_concurrent is not None and a.max_concurrent < 1:
@@ -156,27 +73,18 @@ def cmd_plan(a: argparse.Namespace) -> int:
     from .memory import check_memory
 
     check_memory(cfg, planned, None if os.environ.get("RAY_ADDRESS") else available_memory_bytes())
-    settings = _settings(a)
-    rows, _ = _read_ledger(settings, cfg.study)
-    rows = _study_view(settings, cfg, rows)
-    rate, how = _plan_rate(cfg, rows)
-    slots, slots_why = _plan_slots(cfg, a.max_concurrent)
+    rows = _read_study(_settings(a), cfg).rows
+    rate, how = plan_rate(cfg, rows)
+    slots, slots_why = plan_slots(cfg, a.max_concurrent)
     trained = trained_flops(items)
-    out = [_plan_row(p, rows.get(p.key), trained[p.key], rate) for p in planned]
+    out = [plan_row(p, rows.get(p.key), trained[p.key], rate) for p in planned]
     if a.json:
         print(json.dumps(out, indent=1))
         return 0
     print(f"study {cfg.study}: {len(out)} runs; rate {rate:.3g} FLOP/s per run ({how})")
-    print(
-        f"{'run_key':16} {'shape':18} {'N total':>9} {'N non-emb':>9} {'N active':>9} "
-        f"{'tokens':>9} {'D/N':>7} {'FLOPs':>9} {'trained':>9} {'est time':>9}  status"
-    )
+    print(PLAN_HEADER)
     for r in out:
-        print(
-            f"{r['run_key']:16} {r['label']:18} {r['n_params']:9.3g} {r['n_params_nonembedding']:9.3g} "
-            f"{r['n_params_active']:9.3g} {r['tokens']:9.3g} {r['tokens_per_param']:7.1f} "
-            f"{r['flops']:9.3g} {r['flops_trained']:9.3g} {r['est_wall_time_s']:8.0f}s  {r['status']}"
-        )
+        print(plan_line(r))
     done = {r["run_key"] for r in out if RunState(r["status"]).is_result}
     total, spent = sum(r["flops"] for r in out), sum(r["flops_trained"] for r in out)
     wall = study_wall_time(planned, items, rate, slots, done)
@@ -184,74 +92,34 @@ def cmd_plan(a: argparse.Namespace) -> int:
     print(
         f"total: {total:.3g} FLOPs of the points, {spent:.3g} FLOPs trained{shared} "
         f"({spent / 8.64e19:.3g} PF-days); {sum(r['est_wall_time_s'] for r in out):.0f} s of "
-        f"run time; wall time ~{_fmt_duration(wall)} left at {slots} run(s) at once "
+        f"run time; wall time ~{fmt_duration(wall)} left at {slots} run(s) at once "
         f"({slots_why}); {len(done)}/{len(out)} done"
     )
     return 0
 
 
-def _plan_row(p, row, flops_trained: float, rate: float) -> dict:
-    from .memory import run_memory
+def _read_study(settings: Settings, cfg: StudyConfig):
+    """The study's rows as a reader should see them, after a warning on stderr when the study
+    file's recipe differs from the one the study ran with."""
+    from .views import read_study
 
-    m = p.spec.model
-    return {
-        "run_key": p.key,
-        "label": p.label,
-        "n_layer": m.n_layer,
-        "d_model": m.d_model,
-        "n_head": m.n_head,
-        "n_params": p.n_params,
-        "n_params_active": p.n_params_active,
-        "n_params_nonembedding": p.n_params_nonembedding,
-        "tokens": p.tokens,
-        "tokens_per_param": p.tokens / p.n_params_active,
-        "flops": p.flops,
-        "flops_trained": flops_trained,
-        "flops_6n": p.flops_6n,
-        "experts": m.experts,
-        "top_k": m.top_k,
-        "seed": p.spec.seed,
-        "trunk_key": p.trunk_key,
-        "budget": p.budget,
-        "est_wall_time_s": flops_trained / rate,
-        "est_memory_bytes": sum(run_memory(p).values()),
-        "status": RunState.of(row.state if row else None).value,
-    }
-
-
-def _fmt_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
+    view = read_study(settings, cfg)
+    if view.warning:
+        print(f"warning: {view.warning}", file=sys.stderr)
+    return view
 
 
 def cmd_status(a: argparse.Namespace) -> int:
     from .grid import expand
     from .progress import summarize
+    from .views import status_line, status_row
 
     cfg = load_study(a.study)
     planned = expand(cfg)
     settings = _settings(a)
-    rows, _ = _read_ledger(settings, cfg.study)
-    rows = _study_view(settings, cfg, rows)
-    summary = summarize(planned, rows, 0.0, 0.0)
-    runs: list[dict[str, Any]] = []
-    for p in planned:
-        r = rows.get(p.key)
-        runs.append(
-            {
-                "run_key": p.key,
-                "label": p.label,
-                "n_params": p.n_params,
-                "tokens": p.tokens,
-                "state": RunState.of(r.state if r else None).value,
-                "attempts": r.attempts if r else 0,
-                "tokens_done": (r.tokens_done or 0) if r else 0,
-                "val_loss": r.val_loss if r else None,
-                "mlflow_run_id": r.mlflow_run_id if r else None,
-                "error": redact_text(r.error or "").strip().splitlines()[-1:] if r and r.error else None,
-            }
-        )
+    view = _read_study(settings, cfg)
+    summary = summarize(planned, view.rows, 0.0, 0.0)
+    runs = [status_row(p, view.rows.get(p.key)) for p in planned]
     if a.json:
         print(
             json.dumps(
@@ -268,18 +136,16 @@ def cmd_status(a: argparse.Namespace) -> int:
         return 0
     states = " ".join(f"{k}={v}" for k, v in sorted(summary["states"].items()))
     print(f"study {cfg.study}: {states}; FLOPs {summary['flops_done']:.3g}/{summary['flops_total']:.3g}")
-    exp_id = _experiment_id(settings, cfg.study)
-    if exp_id:
+    if view.experiment_id:
         from .mlflow_view import view_hint
 
-        print(view_hint(settings.tracking_uri, exp_id, _ui_command(a, redact(settings.tracking_uri))))
-    for r in runs:
-        vl = f"{r['val_loss']:.4f}" if r["val_loss"] is not None else ""
-        err = f"  {r['error'][0][:100]}" if r["error"] else ""
         print(
-            f"{r['run_key']:16} {r['label']:18} {r['tokens']:9.3g} {r['state']:9} "
-            f"attempts={r['attempts']} {vl}{err}"
+            view_hint(
+                settings.tracking_uri, view.experiment_id, _ui_command(a, redact(settings.tracking_uri))
+            )
         )
+    for r in runs:
+        print(status_line(r))
     return 0
 
 
@@ -322,33 +188,10 @@ def cmd_run(a: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    for m in outcome.messages:
-        print(redact_text(m))
-    counts: dict[str, int] = {}
-    for s in outcome.states.values():
-        counts[s] = counts.get(s, 0) + 1
-    print(f"study {cfg.study}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
-    uri = redact(settings.tracking_uri)
-    print(
-        f"MLflow store: {uri} (experiment {cfg.study!r}, id "
-        f"{outcome.experiment_id}); browse with: scalelab ui --tracking-uri {uri}"
-    )
-    print(f"ledger: {redact(settings.ledger_uri)}; checkpoints: {settings.checkpoint_root}")
-    if outcome.experiment_id:
-        from .mlflow_view import view_hint
+    from .views import run_summary
 
-        print(view_hint(settings.tracking_uri, outcome.experiment_id, _ui_command(a, uri)))
+    print("\n".join(run_summary(cfg, settings, outcome, _ui_command(a, redact(settings.tracking_uri)))))
     return outcome.exit_code
-
-
-def ray_died(error: BaseException) -> bool:
-    """An error raised because the Ray cluster (GCS, raylet, the embedded Ray) went away."""
-    e: BaseException | None = error
-    while e is not None:
-        if type(e).__module__.startswith("ray") or "raylet" in str(e) or "GCS" in str(e):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
 
 
 def _ui_command(a: argparse.Namespace, shown_uri: str) -> str:
@@ -359,126 +202,13 @@ def _ui_command(a: argparse.Namespace, shown_uri: str) -> str:
     )
 
 
-def _experiment_id(settings: Settings, study: str) -> str | None:
-    """The study's MLflow experiment id as the ledger recorded it (None before any run)."""
-    if (
-        settings.ledger_uri.startswith("sqlite:///")
-        and not Path(settings.ledger_uri[len("sqlite:///") :]).exists()
-    ):
-        return None
-    from .ledger import Ledger
-
-    ledger = Ledger(settings.ledger_uri, create=False)
-    try:
-        return (ledger.study(study) or {}).get("experiment_id")
-    except Exception as e:  # noqa: BLE001 - no tables yet: no experiment to show
-        log.debug("no experiment id for %s in the ledger: %s", study, e)
-        return None
-    finally:
-        ledger.dispose()
-
-
-def quiet_logs() -> None:
-    """The terminal shows scalelab's lines, not Ray's or MLflow's INFO logs (warnings stay).
-    MLflow sets its own logger's level from MLFLOW_LOGGING_LEVEL when it is imported (later,
-    possibly in a worker): the environment is the only way in; setdefault keeps a user's choice."""
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    for name in LIBRARY_LOGGERS:
-        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
-
-
-def cmd_run_adaptive(a: argparse.Namespace, cfg: StudyConfig, settings: Settings, address: str | None) -> int:
-    from .adaptive import AdaptiveArgs, run_adaptive
-
-    if a.target_flops is None or a.until_ci is None:
-        raise StudyError(
-            "--target-flops" if a.target_flops is None else "--until-ci",
-            "required with --adaptive, e.g. --target-flops 1e15 --until-ci 0.25",
-        )
-    args = AdaptiveArgs(
-        target_flops=a.target_flops,
-        until_ci=a.until_ci,
-        max_flops=a.max_flops,
-        objective=a.objective,
-        max_runs=a.max_runs,
-        gamma=a.gamma,
-        max_rounds=a.max_rounds,
-    )
-    res = run_adaptive(
-        cfg, settings, args, address=address, max_concurrent=a.max_concurrent, show_progress=not a.no_progress
-    )
-    for m in res.outcome.messages:
-        print(redact_text(m))
-    what = "N_opt" if a.objective == "log_n_opt" else "loss"
-    if res.ci95:
-        print(
-            f"{what} at C = {a.target_flops:.3g}: {res.value:.4g}, 95% interval "
-            f"[{res.ci95[0]:.4g}, {res.ci95[1]:.4g}] (±{res.relative_halfwidth:.1%})"
-        )
-    print(
-        f"study {cfg.study}: {len(res.rounds)} adaptive round(s), {res.flops_spent:.3g} FLOPs "
-        f"spent; {res.reason or 'stopped: a run did not finish'}"
-    )
-    return res.outcome.exit_code
-
-
-def cmd_suggest(a: argparse.Namespace) -> int:
-    from .adaptive import load_rounds, round_keys
-    from .suggest import print_suggestion, suggest, with_runs
-
-    cfg = load_study(a.study)
-    settings = _settings(a)
-    rounds = load_rounds(settings, cfg.study)
-    full = with_runs(cfg, [r for runs in rounds for r in runs])
-    s = suggest(
-        full,
-        settings.tracking_uri,
-        target_flops=a.target_flops,
-        objective=a.objective,
-        max_runs=a.max_runs,
-        max_flops=a.max_flops,
-        gamma=a.gamma,
-        planned_keys=round_keys(cfg, rounds),
-        span_of=cfg,
-    )
-    print_suggestion(s, a.json)
-    return 0
-
-
-def _planner_args(p: argparse.ArgumentParser, *, required: bool) -> None:
-    p.add_argument(
-        "--target-flops",
-        type=float,
-        required=required,
-        help="the budget C the answer is for (above the study's largest run)",
-    )
-    p.add_argument(
-        "--max-flops",
-        type=float,
-        help="FLOPs budget F (suggest: for the proposed runs; --adaptive: for the whole study)",
-    )
-    p.add_argument("--max-runs", type=int, default=4, help="runs proposed (per round), default 4")
-    p.add_argument(
-        "--objective",
-        choices=("log_n_opt", "loss"),
-        default="log_n_opt",
-        help="the target: log N_opt at C (default) or the predicted loss at C",
-    )
-    p.add_argument(
-        "--gamma",
-        type=float,
-        default=0.4,
-        help="cost discount: score = variance reduction / FLOPs^gamma (default 0.4)",
-    )
-
-
 def cmd_cancel(a: argparse.Namespace) -> int:
     from .ledger import Ledger
+    from .views import read_rows
 
     cfg = load_study(a.study)
     settings = _settings(a)
-    rows, _ = _read_ledger(settings, cfg.study)
-    if not rows:
+    if not read_rows(settings, cfg.study):
         print(f"study {cfg.study} has no runs in {settings.ledger_uri}; nothing to cancel")
         return 0
     ledger = Ledger(settings.ledger_uri)
@@ -673,7 +403,7 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
         help="--adaptive: stop when the 95%% interval's half-width is below this fraction (0.25: ±25%%)",
     )
     p.add_argument("--max-rounds", type=int, help="--adaptive: at most this many new rounds")
-    _planner_args(p, required=False)
+    planner_args(p, required=False)
     _store_args(p)
     p.set_defaults(func=cmd_run)
 
@@ -701,7 +431,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("study")
     p.add_argument("--json", action="store_true")
-    _planner_args(p, required=True)
+    planner_args(p, required=True)
     _store_args(p)
     p.set_defaults(func=cmd_suggest)
 
@@ -792,28 +522,6 @@ def load_dotenv_file(path: str = ".env") -> None:
         )
 
 
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-OWN_LOGGERS = ("orchestrator", "trainer", "analysis")
-LIBRARY_LOGGERS = ("mlflow", "alembic", "ray", "urllib3", "matplotlib")
-
-
-def configure_logging(level: str | None) -> None:
-    """The one logging set-up: diagnostics go to stderr as `LEVEL logger: message`; scalelab's
-    own loggers at `level` (--log-level, else $SCALELAB_LOG_LEVEL, else INFO), libraries at
-    WARNING (or `level` when that is stricter). User-facing output (tables, fit text, progress)
-    is printed, not logged."""
-    flag = "--log-level" if level else "SCALELAB_LOG_LEVEL"
-    name = (level or os.environ.get("SCALELAB_LOG_LEVEL") or "INFO").upper()
-    if name not in LOG_LEVELS:
-        raise StudyError(flag, f"{name!r} is not a log level; use one of {', '.join(LOG_LEVELS)}")
-    value = getattr(logging, name)
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for library in ("", *LIBRARY_LOGGERS):  # the root, and those that set their own level
-        logging.getLogger(library).setLevel(max(value, logging.WARNING))
-    for own in OWN_LOGGERS:
-        logging.getLogger(own).setLevel(value)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     load_dotenv_file()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -827,11 +535,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LedgerUnreadable as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM during `run` (same clean path)
+    except Terminated:  # SIGTERM during `run`: the same clean path as Ctrl-C
         print("interrupted: run `scalelab run` again to resume", file=sys.stderr)
-        sched = sys.modules.get(f"{__package__}.scheduler")
-        terminated = type(e).__name__ == "Terminated" or bool(getattr(sched, "TERMINATED", None))
-        return 143 if terminated else 130
+        return 143
+    except KeyboardInterrupt:  # Ctrl-C
+        print("interrupted: run `scalelab run` again to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -50,6 +50,11 @@ class PlannedRun:
         arch = "" if m.arch_label == "learned-gelu-pre-clm" else f"-{m.arch_label}"
         return f"L{m.n_layer}-d{m.d_model}{moe}{arch}"
 
+    @property
+    def run_name(self) -> str:
+        """The point's MLflow run name, e.g. L2-d64-D1.6e+07-s0."""
+        return f"{self.label}-D{self.tokens:.2g}-s{self.spec.seed}"
+
     def mlflow_params(self) -> dict[str, Any]:
         """The documented per-point params (docs/CONTRACTS.md): users' scripts read these."""
         m, r = self.spec.model, self.spec.recipe

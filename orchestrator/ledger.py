@@ -1,11 +1,21 @@
 """The run ledger: the source of truth for every (study, run key) (state, attempts, MLflow run
-id, checkpoint, error). SQL via SQLAlchemy Core: a SQLite file beside the MLflow store by default,
-PostgreSQL when configured. The same point (run key) may appear in several studies of one store,
-one row each; a finished row of one study lets another reuse its result.
+id, checkpoint, error), and for each study's driver and adaptive rounds. The same point (run
+key) may appear in several studies of one store, one row each; a finished row of one study lets
+another reuse its result.
 
-Fencing: each dispatch of a run gets a fresh `lease` token. A worker may write (progress, final
-state, metrics through its sink) only while the ledger still holds its lease, so a task orphaned
-by a killed driver cannot overwrite the attempt that replaced it.
+`Ledger` is the store: the tables of every study (see ledger_schema). `Ledger.for_study(name)`
+gives a `StudyLedger`: one study's snapshot and the named transitions that move its runs
+between states. Every state a run takes is written here and nowhere else:
+
+    PENDING --start_attempt--> RUNNING --finish/diverge--> FINISHED | DIVERGED   (results)
+                                       --fail-----------> FAILED  (retried by a later attempt)
+                                       --kill-----------> KILLED  (cancel --now, Ctrl-C)
+    any non-result --reset--> PENDING (its MLflow run was lost)
+    PENDING --adopt_result / reuse--> FINISHED | DIVERGED (a result MLflow or another study holds)
+
+Fencing: each attempt gets a fresh `lease` token. A worker may write (progress, final state,
+metrics through its sink) only while the ledger still holds its lease, so a task orphaned by a
+killed driver cannot overwrite the attempt that replaced it.
 """
 
 from __future__ import annotations
@@ -14,69 +24,27 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
 
 from trainer.redact import redact_text
 
-from .states import LEDGER_STATES, RunState
+from .ledger_schema import create_schema, make_engine, rounds_table, runs_table, studies_table
+from .states import LEDGER_STATES, TERMINAL, RunState
 
-TERMINAL = tuple(s.value for s in (RunState.FINISHED, RunState.DIVERGED))  # results: never rerun
+__all__ = ["Ledger", "LedgerRow", "StudyLedger", "Snapshot", "AttemptEnd", "TERMINAL", "make_engine"]
 STATES = tuple(s.value for s in LEDGER_STATES)  # the stored values (see states.RunState)
-
-metadata = sa.MetaData()
-runs_table = sa.Table(
-    "scalelab_runs",
-    metadata,
-    sa.Column("study", sa.String(200), primary_key=True),
-    sa.Column("run_key", sa.String(64), primary_key=True),
-    sa.Column("kind", sa.String(16), nullable=False, default="point"),  # point | trunk
-    sa.Column("trunk_key", sa.String(64)),
-    sa.Column("state", sa.String(16), nullable=False, default=RunState.PENDING.value),
-    sa.Column("attempts", sa.Integer, nullable=False, default=0),
-    sa.Column("lease", sa.String(64)),
-    sa.Column("mlflow_run_id", sa.String(64)),
-    sa.Column("checkpoint_dir", sa.Text),
-    sa.Column("error", sa.Text),
-    sa.Column("tokens", sa.BigInteger),
-    sa.Column("flops", sa.Float),
-    sa.Column("tokens_done", sa.BigInteger, default=0),
-    sa.Column("last_loss", sa.Float),
-    sa.Column("val_loss", sa.Float),
-    sa.Column("flops_per_s", sa.Float),
-    sa.Column("wall_time_s", sa.Float),
-    sa.Column("node_id", sa.String(64)),
-    sa.Column("pid", sa.Integer),  # OS process of the current attempt
-    sa.Column("device", sa.String(32)),
-    sa.Column("spec_json", sa.Text),
-    sa.Column("updated_at", sa.Float),
-)
-studies_table = sa.Table(
-    "scalelab_studies",
-    metadata,
-    sa.Column("study", sa.String(200), primary_key=True),
-    sa.Column("fingerprint", sa.String(64)),
-    sa.Column("experiment_id", sa.String(64)),
-    sa.Column("parent_run_id", sa.String(64)),
-    sa.Column("cancel", sa.String(16)),  # None | graceful | now
-    sa.Column("driver", sa.String(64)),  # token of the driver holding the study
-    sa.Column("driver_host", sa.String(255)),
-    sa.Column("driver_pid", sa.Integer),
-    sa.Column("driver_heartbeat", sa.Float),  # time.time() of its last heartbeat
-    sa.Column("updated_at", sa.Float),
-)
 
 
 @dataclass(frozen=True)
 class LedgerRow:
     run_key: str
     study: str
-    kind: str
+    kind: str  # point | trunk
     trunk_key: str | None
-    state: str
+    state: RunState
     attempts: int
     lease: str | None
     mlflow_run_id: str | None
@@ -95,45 +63,57 @@ class LedgerRow:
 
     @property
     def done(self) -> bool:
-        return self.state in TERMINAL
+        """A result (finished or diverged): never run again."""
+        return self.state.is_result
+
+    def as_seen_without_driver(self) -> LedgerRow:
+        """The row as `plan`/`status` show it when no live driver holds the study: a run left
+        RUNNING by a driver that is gone is INTERRUPTED (a view; nothing is written)."""
+        return replace(self, state=RunState.INTERRUPTED) if self.state is RunState.RUNNING else self
 
 
-def make_engine(url: str) -> sa.Engine:
-    if url.startswith("sqlite"):
-        if url.startswith("sqlite:///"):
-            Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 60})
+@dataclass(frozen=True)
+class Snapshot:
+    """One read of a study: its rows by run key, and the cancel request (None | graceful | now)."""
 
-        @sa.event.listens_for(engine, "connect")
-        def _pragmas(conn, _record):  # many worker processes write at once
-            cur = conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=60000")
-            cur.close()
+    rows: dict[str, LedgerRow]
+    cancel: str | None = None
 
-        return engine
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    return sa.create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+
+@dataclass(frozen=True)
+class AttemptEnd:
+    """What an attempt measured, written with the state it ended in."""
+
+    error: str | None = None
+    val_loss: float | None = None
+    wall_time_s: float | None = None
+    flops_per_s: float | None = None
+    device: str | None = None
+    tokens_done: int | None = None
+
+    def values(self) -> dict[str, Any]:
+        return {
+            "error": self.error,
+            "val_loss": self.val_loss,
+            "wall_time_s": self.wall_time_s,
+            "flops_per_s": self.flops_per_s,
+            "device": self.device,
+            "tokens_done": self.tokens_done,
+        }
 
 
 class Ledger:
-    """Small facade over the two tables. Every method is one short transaction."""
+    """The store: small facade over the tables, every method one short transaction. Runs move
+    between states through `for_study(name)`; `update` is the raw write beneath it."""
 
     def __init__(self, url: str, *, create: bool = True):
         self.url = url
         self.engine = make_engine(url)
         if create:
-            for attempt in range(len(metadata.tables) + 2):
-                try:
-                    metadata.create_all(self.engine)
-                    break
-                except sa.exc.DatabaseError:  # another process created a table in between
-                    if attempt == len(metadata.tables) + 1:
-                        raise
-                    time.sleep(0.05)
-            _add_missing_columns(self.engine)
-            _migrate_primary_key(self.engine)
+            create_schema(self.engine)
+
+    def for_study(self, study: str) -> StudyLedger:
+        return StudyLedger(self, study)
 
     # ---------------------------------------------------------------- studies
     def study(self, study: str) -> dict[str, Any] | None:
@@ -212,8 +192,8 @@ class Ledger:
 
     # ---------------------------------------------------------------- runs
     def ensure(self, study: str, rows: Iterable[dict[str, Any]]) -> list[str]:
-        """Insert the planned runs of `study` that it does not have yet (never touches existing
-        rows, nor other studies' rows of the same key). Returns the keys inserted."""
+        """Insert the planned runs of `study` that it does not have yet, PENDING (never touches
+        existing rows, nor other studies' rows of the same key). Returns the keys inserted."""
         rows = [dict(r, study=study) for r in rows]
         with self.engine.begin() as c:
             known = {
@@ -234,13 +214,8 @@ class Ledger:
         return _row(row) if row else None
 
     def rows(self, study: str | None = None, keys: Iterable[str] | None = None) -> list[LedgerRow]:
-        q = sa.select(runs_table)
-        if study is not None:
-            q = q.where(runs_table.c.study == study)
-        if keys is not None:
-            q = q.where(runs_table.c.run_key.in_(list(keys)))
         with self.engine.connect() as c:
-            return [_row(r) for r in c.execute(q)]
+            return _select_rows(c, study, keys)
 
     def specs(self, study: str | None = None) -> dict[tuple[str, str], str]:
         """(study, run_key) -> the run's spec JSON, for the rows that have one."""
@@ -264,7 +239,8 @@ class Ledger:
             return {r.run_key: r for r in map(_row, c.execute(q.order_by(runs_table.c.updated_at)))}
 
     def update(self, study: str, run_key: str, *, lease: str | None = None, **values: Any) -> bool:
-        """Update a run; with `lease`, only if that lease is still the current one."""
+        """Write a run's columns; with `lease`, only if that lease is still the current one.
+        The raw write: product code moves runs through StudyLedger's named transitions."""
         values["updated_at"] = time.time()
         if "state" in values:  # stored as the plain value; an unknown one raises
             values["state"] = RunState(values["state"]).value
@@ -311,80 +287,184 @@ class Ledger:
         self.engine.dispose()
 
 
+class StudyLedger:
+    """One study's runs: a snapshot to read, and the named transitions that move a run between
+    states (the only writers of a run's state). A transition given a `lease` writes only while
+    that attempt still holds it and returns whether it did."""
+
+    def __init__(self, ledger: Ledger, study: str):
+        self.ledger, self.study = ledger, study
+
+    # ---------------------------------------------------------------- reads
+    def snapshot(self) -> Snapshot:
+        """Every row of the study and its cancel request, in one read."""
+        with self.ledger.engine.connect() as c:
+            rows = {r.run_key: r for r in _select_rows(c, self.study, None)}
+            cancel = c.execute(
+                sa.select(studies_table.c.cancel).where(studies_table.c.study == self.study)
+            ).scalar()
+        return Snapshot(rows, cancel)
+
+    def rows_of(self, keys: Iterable[str]) -> dict[str, LedgerRow]:
+        """Some rows of the study (a work item's), by run key."""
+        with self.ledger.engine.connect() as c:
+            return {r.run_key: r for r in _select_rows(c, self.study, keys)}
+
+    def row(self, key: str) -> LedgerRow | None:
+        return self.ledger.get(self.study, key)
+
+    def info(self) -> dict[str, Any] | None:
+        """The study's own row (fingerprint, MLflow ids, cancel request, driver)."""
+        return self.ledger.study(self.study)
+
+    def holds(self, key: str, lease: str) -> bool:
+        return self.ledger.holds(self.study, key, lease)
+
+    def cancel_requested(self) -> str | None:
+        return self.ledger.cancel_requested(self.study)
+
+    # ---------------------------------------------------------------- the study
+    def record_study(self, **values: Any) -> None:
+        """fingerprint, experiment_id, parent_run_id as record_plan made them."""
+        self.ledger.upsert_study(self.study, **values)
+
+    def request_cancel(self, mode: str | None) -> None:
+        """graceful (no new runs), now (running ones checkpoint and stop), None (clear)."""
+        self.ledger.request_cancel(self.study, mode)
+
+    def plan(self, rows: Iterable[dict[str, Any]]) -> list[str]:
+        """Insert the planned runs not in the ledger yet, PENDING; returns their keys."""
+        return self.ledger.ensure(self.study, rows)
+
+    # ---------------------------------------------------------------- transitions
+    def start_attempt(self, key: str) -> str:
+        """RUNNING under a fresh lease (attempts + 1, the last error cleared); returns it."""
+        return self.ledger.acquire(self.study, key)
+
+    def record_mlflow_run(self, key: str, run_id: str) -> None:
+        self.ledger.update(self.study, key, mlflow_run_id=run_id)
+
+    def record_worker(self, key: str, lease: str, *, node_id: str, pid: int) -> bool:
+        """Where the attempt runs (Ray node, OS process)."""
+        return self.ledger.update(self.study, key, lease=lease, node_id=node_id, pid=pid)
+
+    def progress(self, key: str, lease: str, *, tokens_done: int, last_loss: float | None) -> bool:
+        return self.ledger.update(self.study, key, lease=lease, tokens_done=tokens_done, last_loss=last_loss)
+
+    def finish(self, key: str, *, lease: str | None = None, end: AttemptEnd | None = None) -> bool:
+        return self._move(key, RunState.FINISHED, lease, end.values() if end else {})
+
+    def diverge(self, key: str, *, lease: str | None = None, end: AttemptEnd | None = None) -> bool:
+        return self._move(key, RunState.DIVERGED, lease, end.values() if end else {})
+
+    def fail(
+        self, key: str, error: str | None, *, lease: str | None = None, end: AttemptEnd | None = None
+    ) -> bool:
+        """FAILED with its error (a traceback); a later attempt may retry it."""
+        return self._move(key, RunState.FAILED, lease, {**(end.values() if end else {}), "error": error})
+
+    def kill(self, key: str, *, lease: str | None = None, end: AttemptEnd | None = None) -> bool:
+        return self._move(key, RunState.KILLED, lease, end.values() if end else {})
+
+    def end_attempt(self, key: str, state: RunState, lease: str, end: AttemptEnd) -> bool:
+        """The worker's final write: the transition named by the state the attempt ended in."""
+        if state is RunState.FAILED:
+            return self.fail(key, end.error, lease=lease, end=end)
+        move = {RunState.FINISHED: self.finish, RunState.DIVERGED: self.diverge, RunState.KILLED: self.kill}
+        return move[state](key, lease=lease, end=end)
+
+    def reset(self, key: str) -> None:
+        """PENDING again, its MLflow run forgotten (lost or deleted): re-logged from the
+        checkpoint, else retrained."""
+        self.ledger.update(self.study, key, state=RunState.PENDING, error=None, mlflow_run_id=None)
+
+    def forget_mlflow_run(self, key: str) -> None:
+        """Drop a lost MLflow run of a row still RUNNING (its attempt may be alive)."""
+        self.ledger.update(self.study, key, mlflow_run_id=None)
+
+    def adopt_result(
+        self, key: str, run_id: str, state: RunState, *, val_loss: float | None, tokens: int | None
+    ) -> None:
+        """A result the MLflow run `run_id` holds (made by a driver that crashed, or before the
+        ledger was lost) becomes the row's: linked, and FINISHED or DIVERGED."""
+        if not state.is_result:
+            raise ValueError(f"adopt_result: {state} is not a result")
+        self.ledger.update(
+            self.study,
+            key,
+            state=state,
+            mlflow_run_id=run_id,
+            error=None,
+            val_loss=val_loss,
+            tokens_done=tokens,
+        )
+
+    def reuse(self, key: str, source: LedgerRow, run_id: str) -> None:
+        """FINISHED with another study's result (copied into this study's MLflow run `run_id`)."""
+        self.ledger.update(
+            self.study,
+            key,
+            state=RunState.FINISHED,
+            mlflow_run_id=run_id,
+            error=None,
+            val_loss=source.val_loss,
+            tokens_done=source.tokens_done,
+            wall_time_s=0.0,
+            flops_per_s=source.flops_per_s,
+            device=source.device,
+            checkpoint_dir=source.checkpoint_dir,
+        )
+
+    def _move(self, key: str, state: RunState, lease: str | None, values: dict[str, Any]) -> bool:
+        return self.ledger.update(self.study, key, lease=lease, state=state, **values)
+
+    # ---------------------------------------------------------------- adaptive rounds
+    def rounds(self) -> dict[int, str]:
+        """Round number (1-based) -> that round's explicit runs as JSON; {} in a ledger made
+        before rounds were kept here (see adaptive.load_rounds)."""
+        q = sa.select(rounds_table.c.round, rounds_table.c.runs_json).where(
+            rounds_table.c.study == self.study
+        )
+        try:
+            with self.ledger.engine.connect() as c:
+                return {int(n): text for n, text in c.execute(q)}
+        except sa.exc.SQLAlchemyError:  # no rounds table yet (a reader of an older ledger)
+            return {}
+
+    def record_round(self, n: int, runs_json: str) -> None:
+        """Keep round `n` (idempotent: the same round written again keeps the first)."""
+        with self.ledger.engine.begin() as c:
+            have = c.execute(
+                sa.select(rounds_table.c.round).where(
+                    rounds_table.c.study == self.study, rounds_table.c.round == n
+                )
+            ).first()
+            if have is None:
+                c.execute(
+                    rounds_table.insert().values(
+                        study=self.study, round=n, runs_json=runs_json, created_at=time.time()
+                    )
+                )
+
+
 def _pk(study: str, run_key: str) -> tuple[Any, Any]:
     return runs_table.c.study == study, runs_table.c.run_key == run_key
 
 
-def _add_missing_columns(engine: sa.Engine) -> None:
-    """Columns added after a ledger was created (e.g. `pid`): ALTER TABLE ADD COLUMN, once."""
-    inspector = sa.inspect(engine)
-    for table in (runs_table, studies_table):
-        have = {c["name"] for c in inspector.get_columns(table.name)}
-        for col in table.columns:
-            if col.name not in have:
-                with engine.begin() as c:
-                    c.execute(
-                        sa.text(
-                            f"ALTER TABLE {table.name} ADD COLUMN {col.name} "
-                            f"{col.type.compile(engine.dialect)}"
-                        )
-                    )
-
-
-def _migrate_primary_key(engine: sa.Engine) -> None:
-    """Ledgers made before studies could share points are keyed by run_key alone: rekey the
-    runs table by (study, run_key), keeping every row; atomic, and a no-op once done."""
-    if sa.inspect(engine).get_pk_constraint(runs_table.name)["constrained_columns"] != ["run_key"]:
-        return
-    if engine.dialect.name == "sqlite":
-        _migrate_sqlite(engine)
-        return
-    with engine.begin() as c:
-        c.execute(sa.text(f"LOCK TABLE {runs_table.name} IN ACCESS EXCLUSIVE MODE"))
-        pk = sa.inspect(c).get_pk_constraint(runs_table.name)
-        if pk["constrained_columns"] == ["run_key"]:  # not migrated by a concurrent driver
-            c.execute(
-                sa.text(
-                    f'ALTER TABLE {runs_table.name} DROP CONSTRAINT "{pk["name"]}", '
-                    "ADD PRIMARY KEY (study, run_key)"
-                )
-            )
-
-
-def _migrate_sqlite(engine: sa.Engine) -> None:
-    """SQLite cannot change a primary key: copy into a new table in one IMMEDIATE transaction."""
-    cols = ", ".join(c.name for c in runs_table.columns)
-    ddl = str(sa.schema.CreateTable(runs_table).compile(engine))
-    raw = engine.raw_connection()
-    con: Any = raw.driver_connection  # sqlite3.Connection
-    level, con.isolation_level = con.isolation_level, None  # explicit BEGIN/COMMIT
-    try:
-        cur = con.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        pk = [r[1] for r in cur.execute("PRAGMA table_info(scalelab_runs)") if r[5]]
-        if pk == ["run_key"]:
-            cur.execute("ALTER TABLE scalelab_runs RENAME TO scalelab_runs_old")
-            for (name,) in cur.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'index' AND "
-                "tbl_name = 'scalelab_runs_old' AND sql IS NOT NULL"
-            ).fetchall():
-                cur.execute(f'DROP INDEX "{name}"')
-            cur.execute(ddl)
-            cur.execute(f"INSERT INTO scalelab_runs ({cols}) SELECT {cols} FROM scalelab_runs_old")
-            cur.execute("DROP TABLE scalelab_runs_old")
-        cur.execute("COMMIT")
-    except BaseException:
-        con.rollback()
-        raise
-    finally:
-        con.isolation_level = level
-        raw.close()
+def _select_rows(c: sa.Connection, study: str | None, keys: Iterable[str] | None) -> list[LedgerRow]:
+    q = sa.select(runs_table)
+    if study is not None:
+        q = q.where(runs_table.c.study == study)
+    if keys is not None:
+        q = q.where(runs_table.c.run_key.in_(list(keys)))
+    return [_row(r) for r in c.execute(q)]
 
 
 def _row(r: Any) -> LedgerRow:
     m = dict(r._mapping)
     m.pop("spec_json", None)
     m.pop("updated_at", None)
+    m["state"] = RunState(m["state"])
     return LedgerRow(**m)
 
 

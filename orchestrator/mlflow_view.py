@@ -15,6 +15,8 @@ import json
 import time
 import zlib
 
+from trainer import mlflow_contract as mc
+
 VIEW_KEY = "scalelab-scaling-law"
 VIEW_NAME = "Scaling law"
 TAG_PREFIX = "mlflow.sharedViewState."
@@ -29,9 +31,9 @@ COLUMNS = (
     ("experts", "params.`experts`"),
     ("top_k", "params.`top_k`"),
     ("val_loss", "metrics.`val_loss`"),
-    ("outcome", "tags.`scalelab.outcome`"),
+    ("outcome", f"tags.`{mc.OUTCOME}`"),
 )
-POINT_FILTER = "tags.`scalelab.role` = 'point'"
+POINT_FILTER = mc.POINT_FILTER
 SECTION_ID = "scalelab-scaling-law-section"
 MAX_RUNS_DRAWN = 1000
 

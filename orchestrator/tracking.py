@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import unquote, urlparse
 
+from trainer import mlflow_contract as mc
+from trainer.mlflow_contract import FINGERPRINT, OUTCOME, ROLE, RUN_KEY, STUDY
 from trainer.redact import redact_text
 
 from .config import StudyError
@@ -26,14 +28,6 @@ from .states import OUTCOMES, RunState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-ROLE, STUDY, RUN_KEY, OUTCOME, FINGERPRINT = (
-    "scalelab.role",
-    "scalelab.study",
-    "scalelab.run_key",
-    "scalelab.outcome",
-    "scalelab.fingerprint",
-)
 # `scalelab.outcome` tag value -> the MLflow run status it ends with (states.OUTCOMES).
 MLFLOW_STATUS = {state.value: status for state, status in OUTCOMES.items()}
 
@@ -102,16 +96,14 @@ def tcp_reachable(host: str, port: int, timeout: float = 3.0) -> bool:
 def check_tracking_uri(uri: str, flag: str = "--tracking-uri") -> None:
     """Fail fast (StudyError) when the store cannot be reached; writes nothing."""
     u = urlparse(uri)
-    if u.scheme == "sqlite" and (
-        not uri.startswith("sqlite:///") or uri[len("sqlite:///") :] in ("", ":memory:")
-    ):
+    path = sqlite_path(uri)
+    if u.scheme == "sqlite" and path is None:
         raise StudyError(
             flag,
             f"{uri} is an in-memory SQLite database: every process would see "
             "its own empty store; give a file, sqlite:///PATH/mlflow.db",
         )
-    if u.scheme == "sqlite":
-        path = Path(uri[len("sqlite:///") :])
+    if path is not None:
         parent = path.parent
         while not parent.exists():
             parent = parent.parent
@@ -268,19 +260,28 @@ def bounded_http_retries():
                 os.environ[k] = v
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///PATH` URI; None for any other URI and for an
+    in-memory SQLite database (`sqlite://`, `sqlite:///:memory:`)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///") :]
+    return Path(path) if path not in ("", ":memory:") else None
+
+
 def store_exists(uri: str) -> bool:
     """False for a SQLite file that does not exist yet (reading it would create it)."""
-    if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///") :]).exists()
-    return True
+    path = sqlite_path(uri)
+    return path is None or path.exists()
 
 
 def client(uri: str):
     """An MlflowClient; on a SQL store its first use creates and migrates the schema."""
     from mlflow.tracking import MlflowClient
 
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    path = sqlite_path(uri)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=uri)
 
 
@@ -334,7 +335,7 @@ def ensure_experiment(c, study: str, fingerprint: str, artifact_root: str) -> st
         return c.create_experiment(
             study,
             artifact_location=f"{artifact_root.rstrip('/')}/{study}",
-            tags={FINGERPRINT: fingerprint, "scalelab.study": study},
+            tags={FINGERPRINT: fingerprint, STUDY: study},
         )
     except Exception as e:  # noqa: BLE001 - created by a concurrent driver in between?
         log.debug("creating experiment %s failed (%s); looking it up", study, e)
@@ -345,13 +346,13 @@ def ensure_experiment(c, study: str, fingerprint: str, artifact_root: str) -> st
 
 
 def ensure_parent_run(c, experiment_id: str, study: str, description: str = "") -> str:
-    found = c.search_runs([experiment_id], filter_string=f"tags.`{ROLE}` = 'parent'", max_results=1)
+    found = c.search_runs([experiment_id], filter_string=mc.PARENT_FILTER, max_results=1)
     if found:
         return found[0].info.run_id
     run = c.create_run(
         experiment_id,
         run_name=study,
-        tags={ROLE: "parent", STUDY: study, "mlflow.note.content": description or f"scalelab study {study}"},
+        tags={ROLE: mc.ROLE_PARENT, STUDY: study, mc.NOTE: description or f"scalelab study {study}"},
     )
     return run.info.run_id
 
@@ -360,9 +361,7 @@ def child_runs(c, experiment_id: str) -> list:
     """Every live (not deleted) child run of the experiment, oldest first (paged)."""
     from analysis.data import search_all_runs
 
-    return search_all_runs(
-        c, experiment_id, f"tags.`{ROLE}` != 'parent'", order_by=["attributes.start_time ASC"]
-    )
+    return search_all_runs(c, experiment_id, mc.CHILD_FILTER, order_by=["attributes.start_time ASC"])
 
 
 def children_by_key(runs: list) -> dict:
@@ -398,12 +397,10 @@ def copy_point_run(
     from mlflow.entities import Param
 
     src = c.get_run(source_id)
-    own = {ROLE, STUDY, RUN_KEY, OUTCOME, "scalelab.error"}
+    own = {ROLE, STUDY, RUN_KEY, OUTCOME, mc.ERROR}
     tags = {k: v for k, v in src.data.tags.items() if not k.startswith("mlflow.") and k not in own}
-    tags.update(
-        {"scalelab.reused_from": source_id, "scalelab.reused_from_study": src.data.tags.get(STUDY, "")}
-    )
-    run_id = create_child_run(c, experiment_id, parent_id, study, run_key, run_name, "point", {}, tags)
+    tags.update({mc.REUSED_FROM: source_id, mc.REUSED_FROM_STUDY: src.data.tags.get(STUDY, "")})
+    run_id = create_child_run(c, experiment_id, parent_id, study, run_key, run_name, mc.ROLE_POINT, {}, tags)
     params = [Param(k, v) for k, v in src.data.params.items()]
     for i in range(0, len(params), 100):
         c.log_batch(run_id, params=params[i : i + 100])
@@ -413,11 +410,6 @@ def copy_point_run(
             c.log_batch(run_id, metrics=history[i : i + 1000])
     finish_run(c, run_id, RunState.FINISHED)
     return run_id
-
-
-# The point's accounting, also as single-step metrics (step 0): params are strings, metrics
-# sort, filter (`metrics.n_params > 1e5`) and serve as chart axes in the MLflow UI.
-POINT_METRICS = ("n_params", "n_params_active", "tokens", "flops")
 
 
 def create_child_run(
@@ -438,7 +430,7 @@ def create_child_run(
 
     from mlflow.entities import Metric, Param
 
-    tags = {"mlflow.parentRunId": parent_id, ROLE: role, STUDY: study, RUN_KEY: run_key, **(extra_tags or {})}
+    tags = {mc.PARENT_RUN_ID: parent_id, ROLE: role, STUDY: study, RUN_KEY: run_key, **(extra_tags or {})}
     run = c.create_run(experiment_id, run_name=run_name, tags=tags)
     now_ms = int(time.time() * 1000)
     if params or metrics:

@@ -14,16 +14,17 @@ import re
 import time
 import traceback
 from collections.abc import Mapping
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Any
 
-from trainer import RunResult, RunSpec, train
+from trainer import RunError, RunResult, RunSpec, train
+from trainer import mlflow_contract as mc
 from trainer.redact import redact_text
 from trainer.sinks import MetricSink, MlflowSink
 from trainer.spec import ALREADY_FINISHED
 
 from . import tracking
-from .ledger import Ledger
+from .ledger import AttemptEnd, Ledger
 from .messages import RunAssignment, RunReport, WorkPayload
 from .states import RunState
 
@@ -76,18 +77,16 @@ def _relog_final(client, run_id: str, result: RunResult, timeout_s: float) -> No
     lost): log the final losses at step = tokens, so the point is complete again."""
     from mlflow.entities import Metric
 
-    if "val_loss" in tracking.retry_store(lambda: client.get_run(run_id), timeout_s).data.metrics:
+    if mc.VAL_LOSS in tracking.retry_store(lambda: client.get_run(run_id), timeout_s).data.metrics:
         return
     now = int(time.time() * 1000)
     metrics = [
         Metric(k, float(v), now, int(result.tokens))
-        for k, v in (("val_loss", result.val_loss), ("train_loss", result.train_loss))
+        for k, v in ((mc.VAL_LOSS, result.val_loss), (mc.TRAIN_LOSS, result.train_loss))
         if v is not None
     ]
     tracking.retry_store(lambda: client.log_batch(run_id, metrics=metrics), timeout_s)
-    tracking.retry_store(
-        lambda: client.set_tag(run_id, "scalelab.relogged_from_checkpoint", "true"), timeout_s
-    )
+    tracking.retry_store(lambda: client.set_tag(run_id, mc.RELOGGED_FROM_CHECKPOINT, "true"), timeout_s)
 
 
 class Fenced(RuntimeError):
@@ -106,8 +105,8 @@ class FencedSink:
         lease: str,
         close_timeout_s: float = TRACKING_TIMEOUT_S,
     ) -> None:
-        self.inner, self.ledger, self.run_key, self.lease = inner, ledger, run_key, lease
-        self.study = study
+        self.inner, self.run_key, self.lease = inner, run_key, lease
+        self.ledger = ledger.for_study(study)
         self.close_timeout_s = close_timeout_s
         self._tokens = 0
         self._loss: float | None = None
@@ -157,13 +156,11 @@ class FencedSink:
         self.inner.close(timeout_s=self.close_timeout_s if timeout_s is None else timeout_s)
 
     def _progress(self) -> None:
-        if not self.ledger.update(
-            self.study, self.run_key, lease=self.lease, tokens_done=self._tokens, last_loss=self._loss
-        ):
+        if not self.ledger.progress(self.run_key, self.lease, tokens_done=self._tokens, last_loss=self._loss):
             raise Fenced(f"run {self.run_key}: lease lost (a newer attempt owns this run)")
 
     def _check(self) -> None:
-        if not self.ledger.holds(self.study, self.run_key, self.lease):
+        if not self.ledger.holds(self.run_key, self.lease):
             raise Fenced(f"run {self.run_key}: lease lost (a newer attempt owns this run)")
 
 
@@ -233,13 +230,13 @@ def execute(item: WorkPayload) -> list[RunReport]:
         for run in item.runs:
             row = ledger.get(study, run.run_key)
             if row is not None and row.done:  # a wsd branch finished in an earlier attempt
-                out.append(RunReport(run.run_key, RunState(row.state), "already done"))
+                out.append(RunReport(run.run_key, row.state, "already done"))
                 continue
             out.append(_run_one(run, item, ledger, client, node, num_threads, trunk_sink))
             if not out[-1].ok:
                 break  # later branches need this one's trunk
         if trunk and all(o.ok for o in out):
-            ledger.update(study, trunk.run_key, lease=trunk.lease, state=RunState.FINISHED)
+            ledger.for_study(study).finish(trunk.run_key, lease=trunk.lease)
             tracking.retry_store(
                 lambda: tracking.finish_run(client, trunk.mlflow_run_id, RunState.FINISHED),
                 item.tracking_timeout_s,
@@ -251,8 +248,8 @@ def execute(item: WorkPayload) -> list[RunReport]:
 
 def clear_stale_error(client: Any, run_id: str) -> None:
     """A run that succeeded after a failed attempt keeps no `scalelab.error` tag."""
-    if "scalelab.error" in client.get_run(run_id).data.tags:
-        client.delete_tag(run_id, "scalelab.error")
+    if mc.ERROR in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, mc.ERROR)
 
 
 def _run_one(
@@ -266,12 +263,12 @@ def _run_one(
 ) -> RunReport:
     """Train one run under its lease, then record its final state (ledger first, then MLflow)."""
     key, lease, study = run.run_key, run.lease, item.study
+    sl = ledger.for_study(study)
     spec = RunSpec.from_dict(run.spec)
-    ledger.update(study, key, lease=lease, node_id=node, pid=os.getpid())
-    timeout_s = item.tracking_timeout_s
+    sl.record_worker(key, lease, node_id=node, pid=os.getpid())
 
     def should_stop() -> bool:
-        return ledger.cancel_requested(study) == "now" or not ledger.holds(study, key, lease)
+        return sl.cancel_requested() == "now" or not sl.holds(key, lease)
 
     sink = FencedSink(
         MlflowSink(item.tracking_uri, run.mlflow_run_id, resume=True),
@@ -279,11 +276,10 @@ def _run_one(
         study,
         key,
         lease,
-        close_timeout_s=timeout_s,
+        close_timeout_s=item.tracking_timeout_s,
     )
-    sink.set_tags({"scalelab.node_id": node, "scalelab.attempt": str(run.attempt)})
+    sink.set_tags({mc.NODE_ID: node, mc.ATTEMPT: str(run.attempt)})
     t0 = time.time()
-    error: BaseException | None
     try:
         result: RunResult = train(
             spec,
@@ -294,59 +290,57 @@ def _run_one(
             num_threads=num_threads,
             should_stop=should_stop,
         )
-        error = result.extra.pop("exception", None)
-        error_errno = result.extra.get("error_errno")
-        if isinstance(error, Fenced):
+        if result.error is not None and isinstance(result.error.exception, Fenced):
             return RunReport(key, RunState.FENCED, result.message)
         sink.close()
     except Fenced as e:
         return RunReport(key, RunState.FENCED, str(e))
     except Exception as e:  # noqa: BLE001 - recorded, never lost
         result = RunResult(status="failed", message=traceback.format_exc(), wall_time_s=time.time() - t0)
-        error, error_errno = e, getattr(e, "errno", None)
-    return _record(run, item, ledger, client, node, result, error, error_errno)
+        result.error = RunError.of(e)
+    return _record(run, item, ledger, client, node, result)
+
+
+def _classify(result: RunResult, checkpoint_dir: str) -> tuple[RunState, bool, bool]:
+    """(state, bug?, storage?) of a trained run; a storage failure's message says so."""
+    state = RunState.from_trainer(result.status)
+    error = result.error
+    bug = state is RunState.FAILED and is_bug(error.exception if error else None, result.message or "")
+    errno_ = error.errno if error else None
+    storage = state is RunState.FAILED and errno_ in STORAGE_ERRNOS
+    if storage:
+        assert errno_ is not None
+        result.message = (
+            f"checkpoint storage unusable ({errno.errorcode.get(errno_, '')}: "
+            f"{os.strerror(errno_)}) under {checkpoint_dir}\n"
+            f"{result.message}"
+        )
+    return state, bug, storage
 
 
 def _record(
-    run: RunAssignment,
-    item: WorkPayload,
-    ledger: Ledger,
-    client: Any,
-    node: str,
-    result: RunResult,
-    error: BaseException | None,
-    error_errno: int | None,
+    run: RunAssignment, item: WorkPayload, ledger: Ledger, client: Any, node: str, result: RunResult
 ) -> RunReport:
     """A trained (or failed) run's final state: classified, written to the ledger under the
     lease, then to MLflow (best effort: the ledger holds the truth)."""
-    key, lease, study, run_id = run.run_key, run.lease, item.study, run.mlflow_run_id
-    state = RunState.from_trainer(result.status)
-    bug = state is RunState.FAILED and is_bug(error, result.message or "")
+    key, lease, run_id = run.run_key, run.lease, run.mlflow_run_id
+    sl = ledger.for_study(item.study)
+    state, bug, storage = _classify(result, run.checkpoint_dir)
     if state is RunState.FINISHED and result.message == ALREADY_FINISHED:
         result.message = ""  # a result, not an error; re-log if lost
         _relog_final(client, run_id, result, item.tracking_timeout_s)
-    storage = state is RunState.FAILED and error_errno in STORAGE_ERRNOS
-    if storage:
-        assert error_errno is not None
-        result.message = (
-            f"checkpoint storage unusable ({errno.errorcode.get(error_errno, '')}: "
-            f"{os.strerror(error_errno)}) under {run.checkpoint_dir}\n"
-            f"{result.message}"
-        )
     result.message = redact_text(result.message or "")  # driver errors may carry store URIs
-    if state is RunState.KILLED and not ledger.holds(study, key, lease):
+    if state is RunState.KILLED and not sl.holds(key, lease):
         return RunReport(key, RunState.FENCED, "lease lost")
-    flops_per_s = result.flops / result.wall_time_s if result.wall_time_s > 0 else None
-    values = dict(
-        state=state,
+    end = AttemptEnd(
         error=result.message or None,
         val_loss=result.val_loss,
         wall_time_s=result.wall_time_s,
-        flops_per_s=flops_per_s,
+        flops_per_s=result.flops / result.wall_time_s if result.wall_time_s > 0 else None,
         device=result.device,
         tokens_done=result.tokens,
     )
-    if not ledger.update(study, key, lease=lease, **values):
+    if not sl.end_attempt(key, state, lease, end):
         return RunReport(key, RunState.FENCED, "lease lost before the final write")
     _record_mlflow(client, run_id, state, result.message, item.tracking_timeout_s)
     return RunReport(
@@ -359,7 +353,7 @@ def _record(
         device=result.device,
         node_id=node,
         pid=os.getpid(),
-        result=asdict(result),
+        result=result.to_dict(),
     )
 
 
@@ -368,7 +362,7 @@ def _record_mlflow(client: Any, run_id: str, state: RunState, message: str, time
     ends it). Best effort: the ledger holds the truth and a rerun catches MLflow up."""
     try:
         if state is RunState.FAILED:
-            tracking.retry_store(lambda: client.set_tag(run_id, "scalelab.error", message[-4000:]), timeout_s)
+            tracking.retry_store(lambda: client.set_tag(run_id, mc.ERROR, message[-4000:]), timeout_s)
             tracking.retry_store(lambda: client.log_text(run_id, message, "error/traceback.txt"), timeout_s)
         else:
             tracking.retry_store(lambda: tracking.finish_run(client, run_id, state), timeout_s)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from .accounting import ParamCounts, count_params, flops_per_token, shape_for_params, training_flops
 from .sinks import InMemorySink, MetricSink, MlflowSink, MlflowSinkError
-from .spec import DataSpec, ModelSpec, RecipeSpec, RunResult, RunSpec, SpecError
+from .spec import DataSpec, ModelSpec, RecipeSpec, RunError, RunResult, RunSpec, RunStatus, SpecError
 
 if TYPE_CHECKING:  # for type checkers only: at run time these load lazily (torch)
     from .data import true_entropy
@@ -23,6 +23,8 @@ __all__ = [
     "RecipeSpec",
     "RunSpec",
     "RunResult",
+    "RunError",
+    "RunStatus",
     "SpecError",
     "train",
     "MetricSink",

@@ -40,6 +40,14 @@ class MetricSink(Protocol):
     def flush(self) -> None: ...
 
 
+def deliver(sink: MetricSink) -> None:
+    """Flush, then close when something is still buffered: close waits (bounded) for the store
+    and raises, so a run is never marked finished over undelivered metrics."""
+    sink.flush()
+    if sink.pending:
+        sink.close()
+
+
 class InMemorySink:
     """Keeps everything in lists: for tests and for the bare benchmark loop."""
 

@@ -15,7 +15,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 DATA_SOURCES = ("markov", "zipf", "text", "tokens")
 SCHEDULES = ("cosine", "wsd")
@@ -473,13 +473,31 @@ def spec_hash(d: Mapping[str, Any]) -> str:
 
 
 ALREADY_FINISHED = "already finished (from checkpoint)"  # RunResult.message of such a run
+# How a run ended, in the trainer's words (the orchestrator maps them to its RunState).
+RunStatus = Literal["finished", "diverged", "failed", "stopped"]
+
+
+@dataclass(frozen=True)
+class RunError:
+    """Why a run failed: its type name, for an OSError its errno (a full or read-only disk),
+    and the exception itself (for the caller to classify by type; left out of `to_dict`)."""
+
+    type: str
+    errno: int | None = None
+    exception: BaseException | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, e: BaseException) -> RunError:
+        errno = e.errno if isinstance(e, OSError) and e.errno is not None else None
+        return cls(type=type(e).__name__, errno=errno, exception=e)
 
 
 @dataclass
 class RunResult:
-    """What one training run returns. `status`: finished | diverged | failed | stopped."""
+    """What one training run returns. `status`: finished | diverged | failed | stopped; a failed
+    run carries its `error` (and `message`, the traceback)."""
 
-    status: str
+    status: RunStatus
     message: str = ""
     val_loss: float | None = None  # final held-out loss, nats/token
     train_loss: float | None = None  # last smoothed training loss, nats/token
@@ -491,3 +509,19 @@ class RunResult:
     epochs: float = 0.0  # passes over the unique training tokens
     resumed_from_tokens: int = 0  # 0 when trained from scratch
     extra: dict[str, Any] = field(default_factory=dict)
+    error: RunError | None = None
+
+    def failed_with(self, e: BaseException) -> RunResult:
+        """This result as the failure `e` (extra keeps `error_type` and `error_errno` for
+        readers of older results)."""
+        self.status, self.error = "failed", RunError.of(e)
+        self.extra["error_type"] = self.error.type
+        if self.error.errno is not None:
+            self.extra["error_errno"] = self.error.errno
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (the error as its type and errno)."""
+        d = dataclasses.asdict(dataclasses.replace(self, error=None))
+        d["error"] = None if self.error is None else {"type": self.error.type, "errno": self.error.errno}
+        return d

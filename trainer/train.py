@@ -7,20 +7,15 @@ one. Metric step = tokens seen. Every ~1% of the run the trainer logs the mean t
 interval and at the end it logs the held-out loss. Before every checkpoint it flushes the sink,
 so whatever a checkpoint covers is durable and whatever came after is recomputed on resume.
 
-wsd: the stable phase (up to the branch's cooldown start S) is shared by all branches of one
-trunk. Its checkpoints live in `trunk_dir`: `stable_<tokens>.pt` (periodic, only the newest
-kept) and `branch_<tokens>.pt` (the state at each cooldown start, kept). A branch continues
-from the newest trunk checkpoint at or before its S, logs the stable steps to `trunk_sink`,
-saves `branch_<S>.pt`, then cools down to its budget in `checkpoint_dir`, logging to `sink`.
+The rooms around the loop: evaluation.py (held-out losses), recovery.py (which checkpoint to
+resume, corrupt ones set aside), trunk.py (wsd: the stable phase shared by a trunk's branches).
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import random
-import re
 import time
 import traceback
 from collections.abc import Callable
@@ -35,18 +30,21 @@ import torch
 from . import checkpoint as ckpt
 from .accounting import count_params, flops_per_token
 from .data import make_source
+from .evaluation import Evaluator
+from .meter import Meter
+from .mlflow_contract import DEVICE, RESUMED_FROM_TOKENS
 from .model import GPT, param_groups
-from .objectives import eval_span, long_segments, mlm_corrupt, mlm_train_rng, mlm_val_rng, windows_at
+from .objectives import mlm_corrupt, mlm_train_rng
+from .recovery import CKPT_NAME, Recovery, checkpoint_info
 from .schedule import lr_at
-from .sinks import MetricSink
-from .spec import ALREADY_FINISHED, RunResult, RunSpec, SpecError
+from .sinks import MetricSink, deliver
+from .spec import ALREADY_FINISHED, RunResult, RunSpec, RunStatus, SpecError
+from .trunk import Trunk
 
-_log = logging.getLogger("scalelab.trainer")
-CKPT_NAME = "ckpt.pt"
+__all__ = ["train", "checkpoint_info", "peak_flops", "CKPT_NAME"]
 LOG_POINTS = 100  # train metrics about every 1% of the run
 DEFAULT_EVALS = 10  # eval_interval_tokens = 0: about 10 evaluations per run
 MIN_AUTO_CHECKPOINT_S = 30.0  # checkpoint_interval_tokens = 0: at evals, at most this often
-EVAL_BATCH_TOKENS = 1 << 15  # tokens per evaluation forward pass
 
 # Dense bf16 peak FLOP/s by device name (first match wins), for MFU.
 PEAK_FLOPS = (
@@ -70,25 +68,6 @@ def peak_flops(device: torch.device) -> float | None:
         return None
     name = torch.cuda.get_device_name(device)
     return next((v for k, v in PEAK_FLOPS if k in name), None)
-
-
-def checkpoint_info(checkpoint_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """(step, tokens, run_id, run_key, finished) of the run checkpoint in a directory, or None:
-    lets a caller find the MLflow run id to resume before it builds the sink."""
-    path = Path(checkpoint_dir) / CKPT_NAME
-    if not path.exists():
-        return None
-    p = ckpt.load(path)
-    extra = p["extra"]
-    return {
-        "step": p["step"],
-        "tokens": p["tokens"],
-        "run_id": extra.get("run_id"),
-        "run_key": extra.get("run_key"),
-        "finished": bool(extra.get("finished")),
-        "val_loss": extra.get("val_loss"),
-        "train_loss": extra.get("train_loss"),
-    }
 
 
 # --------------------------------------------------------------------------- plan of a run
@@ -136,6 +115,10 @@ class _Plan:
             divergence_loss=r.divergence_loss or 2.0 * math.log(spec.model.vocab_size) + 1.0,
         )
 
+    def evaluates_at(self, step: int) -> bool:
+        """The steps that evaluate the held-out loss: every eval_every steps, and the last."""
+        return step % self.eval_every == 0 or step == self.total_steps
+
 
 @dataclass
 class _Progress:
@@ -168,20 +151,14 @@ class _Stopped(Exception):
     pass
 
 
-@dataclass
-class _Phase:
-    """A stretch of steps logged to one sink and checkpointed by one function."""
-
-    sink: MetricSink
-    end_step: int
-    save: Callable[[], None]
-    guard: tuple[MetricSink, ...] = ()  # other sinks whose undelivered metrics also block a checkpoint
-
-
 # --------------------------------------------------------------------------- the run
 
 
 class _Run:
+    """One training run: the model and optimizer on their device, the step loop, its metrics
+    and checkpoints. Held-out evaluation, checkpoint recovery and the wsd trunk are collaborators
+    (evaluation.Evaluator, recovery.Recovery, trunk.Trunk)."""
+
     def __init__(
         self,
         spec: RunSpec,
@@ -190,14 +167,12 @@ class _Run:
         should_stop: Callable[[], bool] | None,
     ):
         self.spec = spec
-        self.plan = _Plan.of(spec)
+        self.plan = plan = _Plan.of(spec)
         self.checkpoint_dir = checkpoint_dir
-        self.trunk_dir = trunk_dir
         self.should_stop = should_stop
         self.device = _pick_device(spec.recipe.device)
         self.progress = _Progress()
         self.resumed_from_tokens = 0
-        self.recovery: list[str] = []  # corrupt checkpoints set aside, for the log and tags
         self.started = time.perf_counter()
         self.fpt = flops_per_token(spec.model, "chinchilla")
         self.peak = peak_flops(self.device)
@@ -214,63 +189,23 @@ class _Run:
             fused=True,
         )
         self.params = list(self.model.parameters())
-        self.forward: Callable[..., Any] = self.model
-        if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-            if r.compile:
-                self.forward = torch.compile(self.model)
-        self.autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
-        )
+        self.forward, self.autocast = _accelerate(self.model, self.device, r.compile)
         self.source = make_source(spec.data, spec.seed)
-        self.val = torch.from_numpy(self.source.val).to(self.device)
         self.mlm = spec.model.objective == "mlm"
-        if self.mlm:  # one fixed mask per held-out sequence, the same at every evaluation
-            inputs, targets = mlm_corrupt(
-                self.source.val[:, :-1], spec.model.vocab_size, mlm_val_rng(spec.data)
-            )
-            self.val_mlm = (
-                torch.from_numpy(inputs).to(self.device),
-                torch.from_numpy(targets).to(self.device),
-            )
-        self.lengths = self._eval_lengths()
-        self.segments = (
-            long_segments(self.source, spec.data, eval_span(tuple(self.lengths))) if self.lengths else None
+        self.evaluator = Evaluator(spec, self.source, self.device)
+        self.recovery = Recovery(spec, checkpoint_dir)
+        self.trunk = Trunk(
+            self,
+            self.recovery,
+            trunk_dir,
+            wsd=r.schedule == "wsd",
+            cooldown_start_step=plan.cooldown_start_step,
+            total_steps=plan.total_steps,
+            tokens_per_step=plan.tokens_per_step,
         )
-        self._loss_acc = torch.zeros((), device=self.device)
-        self._count_acc: torch.Tensor | None = None
-        self._aux_acc = torch.zeros((), device=self.device)
-        self._interval_start = time.perf_counter()
-        self._interval_tokens = 0
-        self._interval_excluded = 0.0
+        self.meter = Meter(self.device)
 
     # ---------------------------------------------------------------- helpers
-
-    def _eval_lengths(self) -> list[int]:
-        """The train.eval_lengths this run can measure: causal runs only, and learned positions
-        only at k = 1 (they cannot address positions past seq_len). Empty: none beyond val_loss."""
-        ks = self.spec.recipe.eval_lengths
-        if self.mlm or ks == (1,):
-            return []
-        if self.spec.model.pos == "learned":
-            return [1]
-        return sorted(ks)
-
-    def length_params(self) -> dict[str, str]:
-        """`eval_len<k>x`: measured, or n/a (with why in `eval_len_na_reason`)."""
-        out = {
-            f"eval_len{k}x": ("measured" if k in self.lengths else "n/a")
-            for k in self.spec.recipe.eval_lengths
-            if k > 1
-        }
-        if any(v == "n/a" for v in out.values()):
-            out["eval_len_na_reason"] = (
-                "objective mlm: length extrapolation is measured for causal runs"
-                if self.mlm
-                else "pos learned: no embedding for positions past seq_len"
-            )
-        return out
 
     @property
     def tokens(self) -> int:
@@ -298,30 +233,28 @@ class _Run:
             "tokens_per_step": self.plan.tokens_per_step,
             "total_steps": self.plan.total_steps,
             "warmup_tokens_used": self.plan.warmup_tokens,
-            "val_tokens_used": int(self.val.shape[0] * (self.val.shape[1] - 1)),
-            **self.length_params(),
+            "val_tokens_used": self.evaluator.val_tokens,
+            **self.evaluator.length_params(),
         }
         out.update(self.source.params())
         return out
 
     # ---------------------------------------------------------------- checkpoints
 
-    def _extra(self, sink: MetricSink, **more: Any) -> dict[str, Any]:
-        run_id = sink.run_id
-        self.progress.loss_sum = float(self._loss_acc)
-        counts = None if self._count_acc is None else self._count_acc.cpu().tolist()
-        return {
+    def save(self, path: Path, sink: MetricSink, **more: Any) -> None:
+        """A checkpoint of the run's state (the own one keeps the one it replaces)."""
+        m = self.meter
+        self.progress.loss_sum = float(m.loss_sum)
+        extra = {
             "run_key": self.spec.key(),
             "trunk_key": self.spec.trunk_key(),
-            "run_id": run_id,
+            "run_id": sink.run_id,
             **self.progress.as_extra(),
-            "moe_counts": counts,
-            "moe_aux_sum": float(self._aux_acc),
+            "moe_counts": None if m.moe_counts is None else m.moe_counts.cpu().tolist(),
+            "moe_aux_sum": float(m.moe_aux),
             "wall_s": self.progress.wall_s + time.perf_counter() - self.started,
             **more,
         }
-
-    def _save(self, path: Path, sink: MetricSink, **more: Any) -> None:
         ckpt.save(
             path,
             model=self.model,
@@ -329,87 +262,36 @@ class _Run:
             step=self.progress.step,
             tokens=self.tokens,
             position=self.progress.step * self.spec.recipe.batch_size,
-            extra=self._extra(sink, **more),
-            keep_previous=path == self._own_ckpt(),
+            extra=extra,
+            keep_previous=path == self.recovery.own,
         )
 
-    def _set_aside(self, e: ckpt.CorruptCheckpoint) -> None:
-        moved = ckpt.set_aside(e.path)
-        self.recovery.append(f"checkpoint {e.path} is corrupt ({e.reason}); set aside as {moved}")
-
-    def _resume_own(self) -> dict[str, Any] | None:
-        """Restore the run's newest loadable checkpoint (ckpt.pt, else the previous one kept
-        beside it); a corrupt one is set aside, never fatal. None: nothing to resume."""
-        for path in (self._own_ckpt(), ckpt.previous_path(self._own_ckpt())):
-            if path.exists():
-                try:
-                    return self._restore(path, own=True)
-                except ckpt.CorruptCheckpoint as e:
-                    self._set_aside(e)
-        return None
-
-    def _report_recovery(self, resumed: bool) -> dict[str, str]:
-        """Say what happened to corrupt checkpoints: a log line and an MLflow tag."""
-        if not self.recovery:
-            return {}
-        how = (
-            f"resumed from an earlier checkpoint at {self.tokens} tokens"
-            if resumed
-            else f"restarted the branch from its trunk at {self.tokens} tokens"
-            if self.tokens
-            else "restarted the run from scratch"
-        )
-        note = "; ".join(self.recovery) + f"; {how}"
-        _log.warning("%s", note)
-        return {"scalelab.checkpoint_recovery": note[-4000:]}
-
-    def _restore(self, path: Path, *, own: bool) -> dict[str, Any]:
-        payload = ckpt.load(path)  # on CPU: RNG states must stay CPU tensors
-        extra = payload["extra"]
-        key = "run_key" if own else "trunk_key"
-        expected = self.spec.key() if own else self.spec.trunk_key()
-        legacy = self.spec.legacy_key() if own else self.spec.legacy_trunk_key()
-        if extra.get(key) not in (expected, legacy):  # legacy: keys of older stores
-            raise RuntimeError(
-                f"{path} belongs to {key} {extra.get(key)}, not {expected}; "
-                "use a fresh checkpoint_dir for a changed spec"
-            )
+    def restore(self, payload: dict[str, Any], *, own: bool) -> None:
+        """Continue from a checkpoint: the run's own (with its accumulators), or its trunk's
+        (whose accumulators belong to the trunk's log interval: a fresh one starts)."""
         ckpt.restore(payload, model=self.model, optimizer=self.optimizer)
         self.progress.step = payload["step"]
+        extra = payload["extra"]
         if own:
-            self.progress.loss_sum = extra["loss_sum"]
-            self.progress.loss_n = extra["loss_n"]
-            self.progress.train_loss = extra["train_loss"]
-            self.progress.val_loss = extra["val_loss"]
-            self.progress.wall_s = extra["wall_s"]
+            p = self.progress
+            p.loss_sum, p.loss_n = extra["loss_sum"], extra["loss_n"]
+            p.train_loss, p.val_loss, p.wall_s = extra["train_loss"], extra["val_loss"], extra["wall_s"]
             if extra.get("moe_counts") is not None:
-                self._count_acc = torch.tensor(extra["moe_counts"], device=self.device)
-                self._aux_acc = torch.tensor(extra["moe_aux_sum"], device=self.device)
-        self._loss_acc = torch.tensor(self.progress.loss_sum, device=self.device)
+                self.meter.moe_counts = torch.tensor(extra["moe_counts"], device=self.device)
+                self.meter.moe_aux = torch.tensor(extra["moe_aux_sum"], device=self.device)
+        self.meter.loss_sum = torch.tensor(self.progress.loss_sum, device=self.device)
         self.resumed_from_tokens = self.tokens
-        return extra
+        if not own:
+            self.progress.loss_n = 0
+            self.meter.loss_sum.zero_()
 
-    def _own_ckpt(self) -> Path:
-        return self.checkpoint_dir / CKPT_NAME
+    def checkpointed(self) -> None:
+        self._last_ckpt_time = time.monotonic()
 
-    def _trunk_ckpts(self) -> list[tuple[int, Path]]:
-        if self.trunk_dir is None or not self.trunk_dir.exists():
-            return []
-        out = []
-        for f in self.trunk_dir.iterdir():
-            m = re.fullmatch(r"(stable|branch)_(\d+)\.pt", f.name)
-            if m:
-                out.append((int(m.group(2)), f))
-        return sorted(out)
-
-    def _save_trunk(self, sink: MetricSink, kind: str) -> None:
-        assert self.trunk_dir is not None
-        path = self.trunk_dir / f"{kind}_{self.tokens:015d}.pt"
-        self._save(path, sink)
-        if kind == "stable":  # keep only the newest periodic trunk checkpoint
-            for _, f in self._trunk_ckpts():
-                if f.name.startswith("stable_") and f != path:
-                    f.unlink(missing_ok=True)
+    def _checkpoint_due(self, step: int, evaluated: bool) -> bool:
+        if self.plan.ckpt_every:
+            return step % self.plan.ckpt_every == 0
+        return evaluated and time.monotonic() - self._last_ckpt_time >= MIN_AUTO_CHECKPOINT_S
 
     # ---------------------------------------------------------------- the step loop
 
@@ -427,14 +309,9 @@ class _Run:
         if self.spec.recipe.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.spec.recipe.grad_clip, foreach=True)
         self.optimizer.step()
-        self._loss_acc += loss.detach()
+        self.meter.add(loss, aux, self.plan.tokens_per_step)
         p.loss_n += 1
-        if aux:
-            counts = aux["counts"]
-            self._count_acc = counts if self._count_acc is None else self._count_acc + counts
-            self._aux_acc += aux["aux"].detach()
         p.step += 1
-        self._interval_tokens += self.plan.tokens_per_step
 
     def _batch(self, step: int, B: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets) of one step: next tokens (clm) or the masked positions (mlm)."""
@@ -451,246 +328,128 @@ class _Run:
     def _train_metrics(self) -> dict[str, float]:
         """Mean train loss of the interval (one host sync), rates; raises _Diverged."""
         p = self.progress
-        loss_sum = float(self._loss_acc)  # the one sync per log interval
-        loss = loss_sum / max(p.loss_n, 1)
+        loss = float(self.meter.loss_sum) / max(p.loss_n, 1)  # the one sync per log interval
         if not math.isfinite(loss) or loss > self.plan.divergence_loss:
             raise _Diverged(
                 f"train loss {loss:.4g} at step {p.step} (tokens {self.tokens}) is "
                 f"{'not finite' if not math.isfinite(loss) else 'above the bound'} "
                 f"{self.plan.divergence_loss:.4g}"
             )
-        now = time.perf_counter()
-        elapsed = now - self._interval_start - self._interval_excluded
         metrics = {
             "train_loss": loss,
             "lr": self.lr(p.step - 1),
             "tokens": float(self.tokens),
             "epochs": self.source.epochs(p.step * self.spec.recipe.batch_size),
         }
-        if elapsed > 0 and self._interval_tokens:
-            tps = self._interval_tokens / elapsed
-            metrics["tokens_per_s"] = tps
-            metrics["flops_per_s"] = tps * self.fpt
-            if self.peak:
-                metrics["mfu"] = tps * self.fpt / self.peak
-            p.train_s += elapsed
-            p.tokens_trained += self._interval_tokens
-        if self._count_acc is not None:
-            c = self._count_acc.float()  # (L_moe, E)
-            metrics["expert_load_max_over_mean"] = float((c.max(1).values / c.mean(1)).max())
-            metrics["moe_aux_loss"] = float(self._aux_acc) / max(p.loss_n, 1)
-            self._count_acc = None
-            self._aux_acc.zero_()
+        metrics.update(self.meter.close(p, self.fpt, self.peak))
         p.train_loss = loss
-        self._loss_acc.zero_()
-        p.loss_sum, p.loss_n = 0.0, 0
-        self._interval_start, self._interval_tokens, self._interval_excluded = now, 0, 0.0
         return metrics
 
-    @torch.no_grad()
-    def evaluate(self) -> float:
-        """Mean held-out loss in nats/token over the fixed validation windows."""
-        self.model.eval()
-        n = self.val.shape[0]
-        # bound the logits of one pass (tokens·vocab) for large vocabularies
-        tokens = max(self.spec.data.seq_len, min(EVAL_BATCH_TOKENS, (1 << 26) // self.spec.model.vocab_size))
-        per = max(1, tokens // self.spec.data.seq_len)
-        total = torch.zeros((), device=self.device, dtype=torch.float64)
-        count = torch.zeros((), device=self.device, dtype=torch.float64)
-        for i in range(0, n, per):
-            if self.mlm:  # nats per predicted (selected) token
-                x, y = self.val_mlm[0][i : i + per], self.val_mlm[1][i : i + per]
-                weight = (y != -100).sum().double()
-            else:
-                w = self.val[i : i + per]
-                x, y = w[:, :-1], w[:, 1:]
-                weight = torch.tensor(float(w.shape[0]), device=self.device, dtype=torch.float64)
-            with self.autocast:
-                _, loss, _ = self.model(x, y)
-            total += loss.double() * weight
-            count += weight
-        self.model.train()
-        return float(total / count)
+    def _eval_metrics(self, final: bool) -> dict[str, float]:
+        """val_loss (and, at the end, the losses at longer lengths); not counted as train time."""
+        with self.meter.excluded_time():
+            self.progress.val_loss = self.evaluator.loss(self.model, self.autocast)
+            metrics = {"val_loss": self.progress.val_loss}
+            if final and self.evaluator.lengths:
+                metrics.update(self.evaluator.length_losses(self.model, self.autocast))
+        return metrics
 
-    @torch.no_grad()
-    def evaluate_lengths(self) -> dict[str, float]:
-        """Held-out loss at each measurable length on the same tokens: `val_loss_len<k>x` (mean
-        over all positions of non-overlapping windows of k·seq_len) and `..._tail` (the last
-        quarter of positions of each window, where extrapolation shows)."""
-        self.model.eval()
-        T, out = self.spec.data.seq_len, {}
-        budget = max(T, min(EVAL_BATCH_TOKENS, (1 << 26) // self.spec.model.vocab_size))
-        assert self.segments is not None, "eval_lengths set without long segments"
-        for k in self.lengths:
-            windows = torch.from_numpy(windows_at(self.segments, k, T)).to(self.device)
-            L = k * T
-            tail = L - max(1, L // 4)
-            total = torch.zeros((), device=self.device, dtype=torch.float64)
-            tail_total = torch.zeros_like(total)
-            for i in range(0, windows.shape[0], max(1, budget // L)):
-                w = windows[i : i + max(1, budget // L)]
-                with self.autocast:
-                    logits, _, _ = self.model(w[:, :-1])
-                nll = torch.nn.functional.cross_entropy(
-                    logits.float().transpose(1, 2), w[:, 1:], reduction="none"
-                ).double()  # (B, L)
-                total += nll.sum()
-                tail_total += nll[:, tail:].sum()
-            out[f"val_loss_len{k}x"] = float(total / windows[:, 1:].numel())
-            out[f"val_loss_len{k}x_tail"] = float(tail_total / (windows.shape[0] * (L - tail)))
-        self.model.train()
-        return out
-
-    def run_phase(self, phase: _Phase) -> None:
-        """Steps up to phase.end_step: log, evaluate, checkpoint; raises _Diverged/_Stopped."""
+    def run_phase(
+        self, sink: MetricSink, end_step: int, save: Callable[[], None], guard: tuple[MetricSink, ...] = ()
+    ) -> None:
+        """Steps up to end_step, logged to `sink` and checkpointed by `save` (never while `sink`
+        or a `guard` sink holds undelivered metrics): raises _Diverged/_Stopped."""
         plan = self.plan
-        while self.progress.step < phase.end_step:
+        while self.progress.step < end_step:
             self._train_step()
             step = self.progress.step
             final = step == plan.total_steps
             metrics: dict[str, float] = {}
-            if step % plan.log_every == 0 or step == phase.end_step:
+            if step % plan.log_every == 0 or step == end_step:
                 metrics.update(self._train_metrics())
-            if step % plan.eval_every == 0 or final:
-                t = time.perf_counter()
-                self.progress.val_loss = self.evaluate()
-                metrics["val_loss"] = self.progress.val_loss
-                if final and self.lengths:
-                    metrics.update(self.evaluate_lengths())
-                self._interval_excluded += time.perf_counter() - t
+            if plan.evaluates_at(step):
+                metrics.update(self._eval_metrics(final))
             if metrics:
-                phase.sink.log_metrics(metrics, step=self.tokens)
+                sink.log_metrics(metrics, step=self.tokens)
             if final:
                 break
             stop = bool(metrics) and self.should_stop is not None and self.should_stop()
             if stop or self._checkpoint_due(step, evaluated="val_loss" in metrics):
-                t = time.perf_counter()
-                phase.sink.flush()
-                # a checkpoint must never cover metrics the store has not received (a resume
-                # would skip them): while the store is unreachable, keep the older checkpoint
-                if not any(x.pending for x in (phase.sink, *phase.guard)):
-                    phase.save()
-                    self._last_ckpt_time = time.monotonic()
-                self._interval_excluded += time.perf_counter() - t
+                with self.meter.excluded_time():
+                    sink.flush()
+                    # a checkpoint must never cover metrics the store has not received (a resume
+                    # would skip them): while the store is unreachable, keep the older checkpoint
+                    if not any(x.pending for x in (sink, *guard)):
+                        save()
+                        self.checkpointed()
             if stop:
                 raise _Stopped(f"stopped on request at step {step} (tokens {self.tokens})")
-
-    def _checkpoint_due(self, step: int, evaluated: bool) -> bool:
-        if self.plan.ckpt_every:
-            return step % self.plan.ckpt_every == 0
-        return evaluated and time.monotonic() - self._last_ckpt_time >= MIN_AUTO_CHECKPOINT_S
 
     # ---------------------------------------------------------------- orchestration
 
     def execute(self, sink: MetricSink, trunk_sink: MetricSink | None) -> RunResult:
-        own = self._own_ckpt()
-        extra = self._resume_own()
-        fresh_branch = extra is None
-        if extra is not None and extra.get("finished"):
-            return self._result("finished", ALREADY_FINISHED, extra)
-        if fresh_branch and self._shares_trunk:
-            self._enter_trunk(trunk_sink or sink)
+        own = self.recovery.own
+        payload = self.recovery.load_own()
+        if payload is not None:
+            self.restore(payload, own=True)
+        fresh_branch = payload is None
+        if payload is not None and payload["extra"].get("finished"):
+            return self._result("finished", ALREADY_FINISHED)
+        if fresh_branch and self.trunk.shared:
+            self.trunk.enter(trunk_sink or sink, self.checkpoint_dir)
         if fresh_branch:
             sink.log_params(self.run_params())
         sink.set_tags(
             {
-                "scalelab.device": self._device_name(),
-                "scalelab.resumed_from_tokens": str(self.resumed_from_tokens),
-                **self._report_recovery(not fresh_branch),
+                DEVICE: _device_name(self.device),
+                RESUMED_FROM_TOKENS: str(self.resumed_from_tokens),
+                **self.recovery.report(not fresh_branch, self.tokens),
             }
         )
 
-        status, message = "finished", ""
+        status: RunStatus = "finished"
+        message = ""
         trunk = trunk_sink if trunk_sink is not None and trunk_sink is not sink else None
         try:
-            if self._shares_trunk and self.progress.step < self.plan.cooldown_start_step:
-                self._stable_phase(trunk or sink)
+            if self.trunk.shared and self.progress.step < self.plan.cooldown_start_step:
+                self.trunk.stable_phase(trunk or sink)
             guard = (trunk,) if trunk is not None else ()
-            self.run_phase(_Phase(sink, self.plan.total_steps, lambda: self._save(own, sink), guard))
+            self.run_phase(sink, self.plan.total_steps, lambda: self.save(own, sink), guard)
         except _Diverged as e:
             status, message = "diverged", str(e)
         except _Stopped as e:
             return self._result("stopped", str(e))
         for s in (trunk, sink):
             if s is not None:
-                _deliver(s)
+                deliver(s)
         if status == "finished":
-            self._save(own, sink, finished=True)
+            self.save(own, sink, finished=True)
         return self._result(status, message)
 
-    def _stable_phase(self, tsink: MetricSink) -> None:
-        """wsd: train the shared trunk up to this branch's cooldown start, deliver its metrics
-        (closing the trunk's sink: bounded wait, raises while the store is down), then save
-        the branch checkpoint, never over metrics the store has not received."""
-        self.run_phase(
-            _Phase(tsink, self.plan.cooldown_start_step, lambda: self._save_trunk(tsink, "stable"))
-        )
-        _deliver(tsink)
-        if not tsink.pending:
-            self._save_trunk(tsink, "branch")
-            self._last_ckpt_time = time.monotonic()
-
-    @property
-    def _shares_trunk(self) -> bool:
-        """wsd with a cooldown of at least one step (a tiny run may round it away)."""
-        return self.spec.recipe.schedule == "wsd" and self.plan.cooldown_start_step < self.plan.total_steps
-
-    def _enter_trunk(self, trunk_sink: MetricSink) -> None:
-        """wsd without a branch checkpoint: continue the newest trunk state at or before S."""
-        if self.trunk_dir is None:
-            self.trunk_dir = self.checkpoint_dir / "trunk"
-        start = self.plan.cooldown_start_step * self.plan.tokens_per_step
-        for _, f in reversed([(t, f) for t, f in self._trunk_ckpts() if t <= start]):
-            try:
-                self._restore(f, own=False)
-            except ckpt.CorruptCheckpoint as e:
-                self._set_aside(e)
-                continue
-            # trunk accumulators belong to the trunk's log interval: start a fresh one
-            self.progress.loss_n = 0
-            self._loss_acc.zero_()
-            return
-        trunk_sink.log_params(self.run_params())
-
-    def _device_name(self) -> str:
-        if self.device.type == "cuda":
-            return f"cuda:{torch.cuda.get_device_name(self.device)}"
-        return f"cpu:{torch.get_num_threads()}threads"
-
-    def _result(self, status: str, message: str, extra: dict | None = None) -> RunResult:
+    def _result(self, status: RunStatus, message: str) -> RunResult:
         p = self.progress
-        wall = p.wall_s + (time.perf_counter() - self.started)
         info: dict[str, Any] = {
             "tokens_requested": self.spec.tokens,
             "tokens_per_step": self.plan.tokens_per_step,
         }
-        if self.recovery:
-            info["checkpoint_recovery"] = "; ".join(self.recovery)
+        if self.recovery.notes:
+            info["checkpoint_recovery"] = "; ".join(self.recovery.notes)
         if p.train_s > 0:
             info["tokens_per_s"] = p.tokens_trained / p.train_s
-        done = self.tokens
         return RunResult(
             status=status,
             message=message,
             val_loss=p.val_loss,
             train_loss=p.train_loss,
-            tokens=done,
-            flops=self.fpt * done,
+            tokens=self.tokens,
+            flops=self.fpt * self.tokens,
             steps=p.step,
-            wall_time_s=wall,
-            device=self._device_name(),
+            wall_time_s=p.wall_s + (time.perf_counter() - self.started),
+            device=_device_name(self.device),
             epochs=self.source.epochs(p.step * self.spec.recipe.batch_size),
             resumed_from_tokens=self.resumed_from_tokens,
             extra=info,
         )
-
-
-def _deliver(sink: MetricSink) -> None:
-    """Flush, then close when something is still buffered: close waits (bounded) for the store
-    and raises, so a run is never marked finished over undelivered metrics."""
-    sink.flush()
-    if sink.pending:
-        sink.close()
 
 
 # --------------------------------------------------------------------------- entry point
@@ -702,6 +461,25 @@ def _pick_device(requested: str) -> torch.device:
             raise SpecError("train.device", "cuda requested but no CUDA device is available")
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu:{torch.get_num_threads()}threads"
+
+
+def _accelerate(
+    model: torch.nn.Module, device: torch.device, compile: bool
+) -> tuple[Callable[..., Any], Any]:
+    """(forward, autocast) on the device: on CUDA, TF32 matmuls, bf16 autocast and, when the
+    recipe asks, torch.compile; on the CPU, the plain model in fp32."""
+    if device.type != "cuda":
+        return model, nullcontext()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    forward: Callable[..., Any] = torch.compile(model) if compile else model
+    return forward, torch.autocast("cuda", dtype=torch.bfloat16)
 
 
 def _seed_everything(seed: int) -> None:
@@ -723,7 +501,7 @@ def train(
     """Train one run to `spec.tokens` (whole steps), resuming from `checkpoint_dir/ckpt.pt`.
 
     num_threads: torch CPU threads for this run (its CPU share; oversubscribing is 4-70× slower).
-    Never raises for a run's own failure: returns status failed with the traceback.
+    Never raises for a run's own failure: returns status failed with the traceback and `error`.
     """
     started = time.perf_counter()
     previous_threads = torch.get_num_threads()
@@ -739,10 +517,6 @@ def train(
             result = run._result("failed", message)
         else:
             result = RunResult(status="failed", message=message, wall_time_s=time.perf_counter() - started)
-        result.extra["error_type"] = type(e).__name__
-        result.extra["exception"] = e  # the caller classifies by type; not serialised
-        if isinstance(e, OSError) and e.errno is not None:
-            result.extra["error_errno"] = e.errno
-        return result
+        return result.failed_with(e)
     finally:
         torch.set_num_threads(previous_threads)

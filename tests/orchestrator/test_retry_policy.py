@@ -6,9 +6,10 @@ from __future__ import annotations
 import sys
 
 from orchestrator import load_study
+from orchestrator.dispatcher import _handle_results, _payload, ensure_child_runs
 from orchestrator.grid import work_items
 from orchestrator.ledger import Ledger
-from orchestrator.scheduler import _handle_results, _payload, ensure_child_runs, record_plan, validate
+from orchestrator.scheduler import record_plan, validate
 from orchestrator.worker import execute, is_bug
 from tests.orchestrator.test_shared_points import small
 from trainer import train

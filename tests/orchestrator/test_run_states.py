@@ -8,6 +8,7 @@ import json
 import pickle
 
 import pytest
+import sqlalchemy as sa
 
 from orchestrator import ledger as ledger_mod
 from orchestrator import tracking
@@ -67,7 +68,10 @@ def test_ledger_stores_plain_values_and_rejects_unknown_states(tmp_path):
         )
         ledger.update("s", "k", state=RunState.KILLED)
         row = ledger.get("s", "k")
-        assert row.state == "killed" and type(row.state) is str  # readable without the Enum
+        assert row.state == "killed" and row.state is RunState.KILLED  # LedgerRow.state: RunState
+        with ledger.engine.connect() as c:  # stored as the plain value: readable without the Enum
+            stored = c.execute(sa.text("SELECT state FROM scalelab_runs WHERE run_key = 'k'")).scalar()
+        assert stored == "killed" and type(stored) is str
         with pytest.raises(ValueError):
             ledger.update("s", "k", state="exploded")
         assert ledger.get("s", "k").state == "killed"

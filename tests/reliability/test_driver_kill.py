@@ -103,8 +103,9 @@ def test_an_orphaned_attempt_is_fenced_when_a_newer_attempt_takes_the_run(tmp_pa
     """The task of a killed driver keeps running (e.g. on a remote node): once a new driver
     acquires the run, the orphan stops at its next write and never writes to the ledger row or
     the MLflow run again."""
+    from orchestrator.dispatcher import _payload, ensure_child_runs
     from orchestrator.grid import work_items
-    from orchestrator.scheduler import _payload, ensure_child_runs, record_plan, validate
+    from orchestrator.scheduler import record_plan, validate
 
     path = long_study(tmp_path / "s.yaml", "orphan", tokens=f"[{TOKENS}]", interval=INTERVAL)
     cfg = load_study(path)
