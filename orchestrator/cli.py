@@ -19,7 +19,7 @@ from trainer.redact import redact_text
 from .cli_planner import cmd_run_adaptive, cmd_suggest, planner_args
 from .config import StudyConfig, StudyError, load_study
 from .logs import configure_logging, quiet_logs
-from .ray_session import Terminated, ray_died
+from .ray_connection import Terminated, ray_died
 from .states import RunState
 from .tracking import Settings
 from .views import LedgerUnreadable, redact

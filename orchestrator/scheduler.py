@@ -27,7 +27,7 @@ from .driverlock import StudyBusy, busy_message, driver_alive, hold_study
 from .grid import PlannedRun, expand
 from .ledger import Ledger, spec_json
 from .progress import Progress
-from .ray_session import check_address, check_resources, ray_session
+from .ray_connection import check_address, check_resources, ray_session
 from .states import RunState
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_OK", "StudyOutcome", "run_study", "driver_session"]

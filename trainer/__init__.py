@@ -15,7 +15,8 @@ from .spec import DataSpec, ModelSpec, RecipeSpec, RunError, RunResult, RunSpec,
 if TYPE_CHECKING:  # for type checkers only: at run time these load lazily (torch)
     from .data import true_entropy
     from .model import GPT
-    from .train import checkpoint_info, train
+    from .recovery import checkpoint_info
+    from .train import train
 
 __all__ = [
     "ModelSpec",
@@ -43,7 +44,7 @@ __all__ = [
 
 _LAZY = {
     "train": ("train", "train"),
-    "checkpoint_info": ("train", "checkpoint_info"),
+    "checkpoint_info": ("recovery", "checkpoint_info"),
     "true_entropy": ("data", "true_entropy"),
     "GPT": ("model", "GPT"),
 }

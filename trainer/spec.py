@@ -409,20 +409,14 @@ class RunSpec:
         return start * self.tokens_per_step
 
     def to_dict(self) -> dict[str, Any]:
-        """Canonical dict; architecture fields and eval_lengths at their defaults are left out,
-        so specs written before those fields existed keep their run keys."""
+        """Canonical dict: every field, less those RUN_IDENTITY omits (fields at their off
+        value, zipf keys of other sources), so specs written before a field existed keep their
+        run keys. Run-time fields stay (see `identity`)."""
         d = dataclasses.asdict(self)
-        for k, v in ARCH_DEFAULTS.items():
-            if d["model"].get(k) == v:
-                del d["model"][k]
-        if tuple(d["recipe"].get("eval_lengths", ())) == (1,):
-            del d["recipe"]["eval_lengths"]
-        for k, off in RECIPE_OMITTED_AT.items():
-            if d["recipe"].get(k) == off:
-                del d["recipe"][k]
-        if self.data.source != "zipf":  # zipf keys appear only for the zipf source
-            for k in ZIPF_KEYS:
-                d["data"].pop(k)
+        for section in ("model", "data", "recipe"):
+            for name, rule in RUN_IDENTITY[section].items():
+                if name in d[section] and _omitted(rule, d[section][name], self.data.source):
+                    del d[section][name]
         return d
 
     @classmethod
@@ -441,10 +435,10 @@ class RunSpec:
         )
 
     def identity(self) -> dict[str, Any]:
-        """What changes the result (model, data, recipe, tokens, seed), without the run-time
-        settings (RUNTIME_FIELDS: where and how fast it runs)."""
+        """What changes the result (model, data, recipe, tokens, seed): `to_dict` without the
+        run-time fields (RUNTIME in RUN_IDENTITY: where and how fast the run goes)."""
         d = self.to_dict()
-        d["recipe"] = {k: v for k, v in d["recipe"].items() if k not in RUNTIME_FIELDS}
+        d["recipe"] = {k: v for k, v in d["recipe"].items() if RUN_IDENTITY["recipe"].get(k) is not RUNTIME}
         return d
 
     def key(self) -> str:
@@ -470,6 +464,54 @@ class RunSpec:
 def spec_hash(d: Mapping[str, Any]) -> str:
     canonical = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- run identity
+# What a run key hashes, field by field: every field of ModelSpec, DataSpec and RecipeSpec is
+# listed once (tests/trainer/test_spec_errors.py checks it), with how it enters the key. A new
+# field that changes results needs an off value (the value at which it does what the code did
+# before it existed): at that value it is left out, so every stored run keeps its key.
+ALWAYS = "always"  # hashed as it is
+RUNTIME = "runtime"  # never hashed: where and how fast a run goes, not what it computes
+ZIPF_ONLY = "zipf only"  # hashed for data.source zipf only (added with that source)
+
+
+@dataclass(frozen=True)
+class Off:
+    """Hashed unless equal to `value` (the field's off value)."""
+
+    value: Any
+
+
+RUN_IDENTITY: dict[str, dict[str, Any]] = {
+    "model": {
+        **dict.fromkeys(("n_layer", "d_model", "n_head", "vocab_size", "seq_len", "d_ff"), ALWAYS),
+        **dict.fromkeys(("experts", "top_k", "d_expert", "shared_experts", "tied_head"), ALWAYS),
+        **dict.fromkeys(("aux_loss_coef", "z_loss_coef"), ALWAYS),
+        **{name: Off(default) for name, default in ARCH_DEFAULTS.items()},  # pos, activation, norm, objective
+    },
+    "data": {
+        **dict.fromkeys(("source", "vocab_size", "seq_len", "seed", "order", "concentration"), ALWAYS),
+        **dict.fromkeys(("paths", "val_tokens"), ALWAYS),
+        **dict.fromkeys(ZIPF_KEYS, ZIPF_ONLY),
+    },
+    "recipe": {
+        **dict.fromkeys(("batch_size", "lr", "schedule", "warmup_frac", "min_lr_ratio"), ALWAYS),
+        **dict.fromkeys(("cooldown_frac", "beta1", "beta2", "weight_decay", "grad_clip"), ALWAYS),
+        "divergence_loss": ALWAYS,
+        "eval_lengths": Off((1,)),  # what is measured beyond val_loss
+        **{name: Off(off) for name, off in RECIPE_OMITTED_AT.items()},  # lr_base_width: 0
+        **dict.fromkeys(RUNTIME_FIELDS, RUNTIME),  # device, compile, eval/checkpoint cadence
+    },
+    # RunSpec itself: tokens, seed and warmup_tokens are always hashed
+}
+
+
+def _omitted(rule: Any, value: Any, source: str) -> bool:
+    """Whether a field's value is left out of the canonical dict (and so of the run key)."""
+    if isinstance(rule, Off):
+        return value == rule.value
+    return rule == ZIPF_ONLY and source != "zipf"
 
 
 ALREADY_FINISHED = "already finished (from checkpoint)"  # RunResult.message of such a run

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator import ray_session
+from orchestrator import ray_connection
 
 
 class FakeRay:
@@ -27,19 +27,19 @@ SERVER = "Initialization failure from server:\npsutil.ZombieProcess: PID still e
 
 @pytest.fixture(autouse=True)
 def no_sleep(monkeypatch):
-    monkeypatch.setattr(ray_session.time, "sleep", lambda s: None)
+    monkeypatch.setattr(ray_connection.time, "sleep", lambda s: None)
 
 
 def test_server_start_race_is_retried_then_connects():
     ray = FakeRay([ConnectionAbortedError(SERVER)])
-    ray_session._init_with_retry(ray, "ray://127.0.0.1:10001", {})
+    ray_connection._init_with_retry(ray, "ray://127.0.0.1:10001", {})
     assert (ray.inits, ray.shutdowns) == (2, 1)
 
 
 def test_gives_up_after_the_attempts():
     ray = FakeRay([ConnectionAbortedError(SERVER) for _ in range(3)])
     with pytest.raises(ConnectionAbortedError):
-        ray_session._init_with_retry(ray, "ray://127.0.0.1:10001", {}, attempts=3)
+        ray_connection._init_with_retry(ray, "ray://127.0.0.1:10001", {}, attempts=3)
     assert ray.inits == 3
 
 
@@ -54,5 +54,5 @@ def test_gives_up_after_the_attempts():
 def test_other_errors_are_not_retried(address, error):
     ray = FakeRay([error])
     with pytest.raises(type(error)):
-        ray_session._init_with_retry(ray, address, {})
+        ray_connection._init_with_retry(ray, address, {})
     assert ray.inits == 1
