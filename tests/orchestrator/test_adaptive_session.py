@@ -4,15 +4,11 @@ refused; each round is recorded in the ledger (and mirrored on the parent run) b
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator import adaptive, load_study, ray_connection, run_study
+from orchestrator.cli import main
 from orchestrator.config import ExplicitRun, ExplicitShape
 from orchestrator.driverlock import StudyBusy
 from orchestrator.ledger import Ledger
@@ -32,19 +28,7 @@ resources: {{num_cpus: 1, num_gpus: 0}}
 ROUNDS = [[ExplicitRun(size=ExplicitShape(n_layer=1, d_model=16), tokens=2048.0)]]
 
 
-def _second_driver(path: Path, home: Path) -> subprocess.CompletedProcess:
-    """`scalelab run` of the same study from another process, as a user would start it."""
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "run", str(path), "--home", str(home), "--no-progress"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def test_a_second_driver_between_rounds_is_refused(tmp_path, store, ray_session, monkeypatch):
+def test_a_second_driver_between_rounds_is_refused(tmp_path, store, ray_session, monkeypatch, capsys):
     path = write_study(tmp_path / "s.yaml", STUDY.format(name="one-session"))
     cfg = load_study(path)
     connects: list[str | None] = []
@@ -54,11 +38,11 @@ def test_a_second_driver_between_rounds_is_refused(tmp_path, store, ray_session,
 
     def next_round(cfg, settings, a, res, new, study):
         seen.append(study.info()["driver"])
-        if new == 0:  # between the grid and round 1: `scalelab run` from another process
-            busy = _second_driver(path, store.home)
-            assert busy.returncode == 2, busy.stderr[-2000:]
-            assert "already being run by another `scalelab run`" in busy.stderr
-        else:  # between round 1 and the next: a second driver in this process
+        if new == 0:  # between the grid and round 1: `scalelab run` of the same study
+            capsys.readouterr()
+            assert main(["run", str(path), "--home", str(store.home), "--no-progress"]) == 2
+            assert "already being run by another `scalelab run`" in capsys.readouterr().err
+        else:  # between round 1 and the next
             with pytest.raises(StudyBusy):
                 run_study(load_study(path), store, show_progress=False)
         if new < len(ROUNDS):
@@ -92,7 +76,7 @@ def test_a_second_driver_between_rounds_is_refused(tmp_path, store, ray_session,
 
 def test_rounds_only_on_the_parent_run_are_read_and_copied_into_the_ledger(tmp_path, store):
     """Studies that ran before the ledger kept rounds: their parent-run tags still count."""
-    from orchestrator import tracking
+    from orchestrator.store import tracking
 
     c = tracking.client(store.tracking_uri)
     exp_id = c.create_experiment("old-rounds")
