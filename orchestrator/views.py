@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainer.redact import redact_text
 
 from . import tracking
-from .bookkeeping import _spec_of, legacy_fingerprints
 from .config import StudyConfig
-from .grid import PlannedRun
-from .ledger import Ledger, LedgerRow
 from .states import RunState
+
+if TYPE_CHECKING:  # SQLAlchemy (the ledger) loads only when a command reads it
+    from .grid import PlannedRun
+    from .ledger import Ledger, LedgerRow
 
 
 class LedgerUnreadable(Exception):
@@ -52,6 +53,8 @@ def _open(settings: tracking.Settings) -> Ledger | None:
     read (never show every run as pending)."""
     if not tracking.store_exists(settings.ledger_uri):
         return None
+    from .ledger import Ledger
+
     ledger = None
     try:
         ledger = Ledger(settings.ledger_uri, create=False)
@@ -107,6 +110,7 @@ def read_study(settings: tracking.Settings, cfg: StudyConfig) -> StudyView:
 def _inspect(ledger: Ledger, cfg: StudyConfig, rows: dict[str, LedgerRow]) -> StudyView:
     import sqlalchemy as sa
 
+    from .bookkeeping import legacy_fingerprints
     from .driverlock import driver_alive
 
     try:
@@ -131,6 +135,8 @@ def _inspect(ledger: Ledger, cfg: StudyConfig, rows: dict[str, LedgerRow]) -> St
 
 def _current_keys(rows: dict[str, LedgerRow], specs: dict[tuple[str, str], str]) -> dict[str, LedgerRow]:
     """Rows of a store not yet migrated, under today's run keys (what `run` will rekey)."""
+    from .bookkeeping import _spec_of
+
     out = {}
     for key, row in rows.items():
         spec = _spec_of(row, specs)
