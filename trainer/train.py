@@ -7,8 +7,9 @@ one. Metric step = tokens seen. Every ~1% of the run the trainer logs the mean t
 interval and at the end it logs the held-out loss. Before every checkpoint it flushes the sink,
 so whatever a checkpoint covers is durable and whatever came after is recomputed on resume.
 
-The rooms around the loop: evaluation.py (held-out losses), recovery.py (which checkpoint to
-resume, corrupt ones set aside), trunk.py (wsd: the stable phase shared by a trunk's branches).
+The rooms around the loop: evaluation.py (held-out losses), meter.py (the train-metric interval),
+recovery.py (which checkpoint to resume, corrupt ones set aside), trunk.py (wsd: the stable phase
+shared by a trunk's branches).
 """
 
 from __future__ import annotations
