@@ -1,4 +1,4 @@
-"""Plan-time memory estimate (orchestrator.memory.run_memory) vs the measured peak of real
+"""Plan-time memory estimate (orchestrator.study.memory.run_memory) vs the measured peak of real
 training steps: the estimate must be a floor (ratio measured/estimate >= 1), so that refusing a
 run whose estimate exceeds the node's memory never refuses one that would have fit.
 
@@ -26,9 +26,9 @@ def measure(B: int, T: int, L: int, d: int, V: int) -> None:
 
     import torch
 
-    from orchestrator.config import parse_study
-    from orchestrator.grid import expand
-    from orchestrator.memory import run_memory
+    from orchestrator.study.config import parse_study
+    from orchestrator.study.grid import expand
+    from orchestrator.study.memory import run_memory
     from trainer.model import GPT
 
     cfg = parse_study(

@@ -43,7 +43,7 @@ LAWS = {
 Z = 1.959963984540054
 
 
-SPAN = (0.5, 4.0)  # the candidate range of orchestrator/suggest.py, relative to the grid
+SPAN = (0.5, 4.0)  # the candidate range of orchestrator/study/suggest.py, relative to the grid
 MAX_SPEND = 3.0  # a method that has not reached the width by 3x the grid's FLOPs stops
 
 

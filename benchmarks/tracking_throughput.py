@@ -79,7 +79,7 @@ def free_port() -> int:
 
 
 def pg_reachable() -> bool:
-    from orchestrator.tracking import tcp_reachable
+    from orchestrator.store.tracking import tcp_reachable
 
     u = urlparse(PG_URL)
     return tcp_reachable(u.hostname, u.port or 5432, timeout=2)

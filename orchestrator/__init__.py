@@ -12,10 +12,15 @@ The grid, the scheduler (SQLAlchemy, rich, Ray) load on first use, so `scalelab 
 
 from typing import Any
 
-from .config import StudyConfig, StudyError, load_study, parse_study
-from .tracking import Settings
+from .store.tracking import Settings
+from .study.config import StudyConfig, StudyError, load_study, parse_study
 
-_LAZY = {"PlannedRun": "grid", "expand": "grid", "StudyOutcome": "scheduler", "run_study": "scheduler"}
+_LAZY = {
+    "PlannedRun": "study.grid",
+    "expand": "study.grid",
+    "StudyOutcome": "run.scheduler",
+    "run_study": "run.scheduler",
+}
 
 
 def __getattr__(name: str) -> Any:

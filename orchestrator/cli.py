@@ -17,11 +17,11 @@ from pathlib import Path
 from trainer.redact import redact_text
 
 from .cli_planner import cmd_run_adaptive, cmd_suggest, planner_args
-from .config import StudyConfig, StudyError, load_study
 from .logs import configure_logging, quiet_logs
-from .ray_connection import Terminated, ray_died
-from .states import RunState
-from .tracking import Settings
+from .run.ray_connection import Terminated, ray_died
+from .store.states import RunState
+from .store.tracking import Settings
+from .study.config import StudyConfig, StudyError, load_study
 from .views import LedgerUnreadable, redact
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,8 @@ def _settings(a: argparse.Namespace) -> Settings:
 
 
 def cmd_plan(a: argparse.Namespace) -> int:
-    from .estimate import study_wall_time, trained_flops
-    from .grid import expand, work_items
+    from .study.estimate import study_wall_time, trained_flops
+    from .study.grid import expand, work_items
     from .views import PLAN_HEADER, fmt_duration, plan_line, plan_rate, plan_row, plan_slots
 
     cfg = load_study(a.study)
@@ -69,8 +69,8 @@ def cmd_plan(a: argparse.Namespace) -> int:
         raise StudyError("--max-concurrent", "must be >= 1")
     planned = expand(cfg)
     items = work_items(planned)
-    from .hostinfo import available_memory_bytes
-    from .memory import check_memory
+    from .run.hostinfo import available_memory_bytes
+    from .study.memory import check_memory
 
     check_memory(cfg, planned, None if os.environ.get("RAY_ADDRESS") else available_memory_bytes())
     rows = _read_study(_settings(a), cfg).rows
@@ -110,8 +110,8 @@ def _read_study(settings: Settings, cfg: StudyConfig):
 
 
 def cmd_status(a: argparse.Namespace) -> int:
-    from .grid import expand
-    from .progress import summarize
+    from .run.progress import summarize
+    from .study.grid import expand
     from .views import status_line, status_row
 
     cfg = load_study(a.study)
@@ -137,7 +137,7 @@ def cmd_status(a: argparse.Namespace) -> int:
     states = " ".join(f"{k}={v}" for k, v in sorted(summary["states"].items()))
     print(f"study {cfg.study}: {states}; FLOPs {summary['flops_done']:.3g}/{summary['flops_total']:.3g}")
     if view.experiment_id:
-        from .mlflow_view import view_hint
+        from .store.mlflow_view import view_hint
 
         print(
             view_hint(
@@ -153,7 +153,7 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from .scheduler import run_study
+    from .run.scheduler import run_study
 
     cfg = load_study(a.study)
     settings = _settings(a)
@@ -203,7 +203,7 @@ def _ui_command(a: argparse.Namespace, shown_uri: str) -> str:
 
 
 def cmd_cancel(a: argparse.Namespace) -> int:
-    from .ledger import Ledger
+    from .store.ledger import Ledger
     from .views import read_rows
 
     cfg = load_study(a.study)
@@ -232,7 +232,7 @@ def cmd_ui(a: argparse.Namespace) -> int:
     uri = settings.tracking_uri
     if uri.startswith("http"):
         raise StudyError("--tracking-uri", f"{uri} is already a server; open it in a browser")
-    from .tracking import store_exists
+    from .store.tracking import store_exists
 
     if not store_exists(uri):
         raise StudyError(
@@ -262,7 +262,7 @@ def cmd_ui(a: argparse.Namespace) -> int:
     base = f"http://{a.host}:{a.port}"
     print(f"MLflow UI on {base} for {redact(uri)} (Ctrl-C to stop)", flush=True)
     for name, exp_id in _scalelab_experiments(uri):
-        from .mlflow_view import view_url
+        from .store.mlflow_view import view_url
 
         print(f"  {name}: {view_url(base, exp_id)}", flush=True)
     os.execve(sys.executable, cmd, env)  # argument list, no shell: nothing is interpolated
@@ -289,7 +289,7 @@ def _check_port_free(host: str, port: int) -> None:
 
 def _scalelab_experiments(uri: str) -> list[tuple[str, str]]:
     """(name, id) of the store's experiments that carry the scaling-law view; [] if unreadable."""
-    from .mlflow_view import TAG_PREFIX, VIEW_KEY
+    from .store.mlflow_view import TAG_PREFIX, VIEW_KEY
 
     try:
         from mlflow.tracking import MlflowClient
@@ -307,7 +307,7 @@ def _scalelab_experiments(uri: str) -> list[tuple[str, str]]:
 def cmd_fit(a: argparse.Namespace) -> int:
     from analysis.cli import run_fit
 
-    from .tracking import bounded_http_retries, check_store_readable
+    from .store.tracking import bounded_http_retries, check_store_readable
 
     if a.experiment and not a.tracking_uri:
         a.tracking_uri = _settings(a).tracking_uri
@@ -334,7 +334,7 @@ def cmd_report(a: argparse.Namespace) -> int:
     else:
         raise StudyError("report", "give a study file or --experiment NAME")
     budgets = _budgets(a.budgets) if a.budgets else None
-    from .tracking import bounded_http_retries, check_store_readable
+    from .store.tracking import bounded_http_retries, check_store_readable
 
     check_store_readable(settings.tracking_uri)
     with bounded_http_retries():

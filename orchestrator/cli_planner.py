@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import argparse
 
-from .config import StudyConfig, StudyError, load_study
-from .tracking import Settings
+from .store.tracking import Settings
+from .study.config import StudyConfig, StudyError, load_study
 
 
 def cmd_run_adaptive(a: argparse.Namespace, cfg: StudyConfig, settings: Settings, address: str | None) -> int:
-    from .adaptive import AdaptiveArgs, run_adaptive
+    from .run.adaptive import AdaptiveArgs, run_adaptive
 
     if a.target_flops is None or a.until_ci is None:
         raise StudyError(
@@ -36,8 +36,8 @@ def cmd_run_adaptive(a: argparse.Namespace, cfg: StudyConfig, settings: Settings
 
 
 def cmd_suggest(a: argparse.Namespace) -> int:
-    from .adaptive import load_rounds, round_keys
-    from .suggest import print_suggestion, suggest, with_runs
+    from .run.adaptive import load_rounds, round_keys
+    from .study.suggest import print_suggestion, suggest, with_runs
 
     cfg = load_study(a.study)
     settings = Settings.resolve(tracking_uri=a.tracking_uri, ledger_uri=a.ledger_uri, home=a.home)

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from .config import StudyError
+from .study.config import StudyError
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 OWN_LOGGERS = ("orchestrator", "trainer", "analysis")

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from trainer.redact import redact_text
 
-from . import tracking
-from .config import StudyConfig
-from .states import RunState
+from .store import tracking
+from .store.states import RunState
+from .study.config import StudyConfig
 
 if TYPE_CHECKING:  # SQLAlchemy (the ledger) loads only when a command reads it
-    from .grid import PlannedRun
-    from .ledger import Ledger, LedgerRow
+    from .store.ledger import Ledger, LedgerRow
+    from .study.grid import PlannedRun
 
 
 class LedgerUnreadable(Exception):
@@ -53,7 +53,7 @@ def _open(settings: tracking.Settings) -> Ledger | None:
     read (never show every run as pending)."""
     if not tracking.store_exists(settings.ledger_uri):
         return None
-    from .ledger import Ledger
+    from .store.ledger import Ledger
 
     ledger = None
     try:
@@ -110,8 +110,8 @@ def read_study(settings: tracking.Settings, cfg: StudyConfig) -> StudyView:
 def _inspect(ledger: Ledger, cfg: StudyConfig, rows: dict[str, LedgerRow]) -> StudyView:
     import sqlalchemy as sa
 
-    from .bookkeeping import legacy_fingerprints
-    from .driverlock import driver_alive
+    from .run.driverlock import driver_alive
+    from .store.bookkeeping import legacy_fingerprints
 
     try:
         study = ledger.study(cfg.study)
@@ -135,7 +135,7 @@ def _inspect(ledger: Ledger, cfg: StudyConfig, rows: dict[str, LedgerRow]) -> St
 
 def _current_keys(rows: dict[str, LedgerRow], specs: dict[tuple[str, str], str]) -> dict[str, LedgerRow]:
     """Rows of a store not yet migrated, under today's run keys (what `run` will rekey)."""
-    from .bookkeeping import _spec_of
+    from .store.bookkeeping import _spec_of
 
     out = {}
     for key, row in rows.items():
@@ -150,7 +150,7 @@ def _current_keys(rows: dict[str, LedgerRow], specs: dict[tuple[str, str], str])
 
 def plan_rate(cfg: StudyConfig, rows: dict[str, LedgerRow]) -> tuple[float, str]:
     """FLOP/s per run: measured on this study's finished runs of its device kind, else assumed."""
-    from .estimate import ASSUMED_CPU_FLOPS, assumed_rate, device_kind, measured_rate
+    from .study.estimate import ASSUMED_CPU_FLOPS, assumed_rate, device_kind, measured_rate
 
     kind = device_kind(cfg.resources.num_gpus, cfg.train.device)
     rate, n = measured_rate(rows.values(), kind)
@@ -176,7 +176,7 @@ def plan_slots(cfg: StudyConfig, max_concurrent: int | None) -> tuple[int, str]:
 
 def plan_row(p: PlannedRun, row: LedgerRow | None, flops_trained: float, rate: float) -> dict[str, Any]:
     """A run as `plan --json` prints it."""
-    from .memory import run_memory
+    from .study.memory import run_memory
 
     m = p.spec.model
     return {
@@ -269,7 +269,7 @@ def run_summary(cfg: StudyConfig, settings: tracking.Settings, outcome: Any, ui_
     )
     lines.append(f"ledger: {redact(settings.ledger_uri)}; checkpoints: {settings.checkpoint_root}")
     if outcome.experiment_id:
-        from .mlflow_view import view_hint
+        from .store.mlflow_view import view_hint
 
         lines.append(view_hint(settings.tracking_uri, outcome.experiment_id, ui_command))
     return lines

@@ -14,7 +14,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests choose their own stores
 os.environ.pop("RAY_ADDRESS", None)
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # the session Ray: loopback only,
-# as orchestrator.scheduler.connect_ray
+# as orchestrator.run.ray_connection.connect_ray
 
 PG_URL = os.environ.get("SCALELAB_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -37,7 +37,7 @@ def store(tmp_path, monkeypatch):
     """A fresh embedded store (SQLite MLflow + SQLite ledger + checkpoints) under tmp_path."""
     home = tmp_path / "store"
     monkeypatch.setenv("SCALELAB_HOME", str(home))
-    from orchestrator.tracking import Settings
+    from orchestrator.store.tracking import Settings
 
     return Settings.resolve(home=str(home))
 
@@ -73,7 +73,7 @@ def tiny_study(tmp_path):
 def pg_available() -> bool:
     from urllib.parse import urlparse
 
-    from orchestrator.tracking import tcp_reachable
+    from orchestrator.store.tracking import tcp_reachable
 
     u = urlparse(PG_URL)
     return tcp_reachable(u.hostname, u.port or 5432, timeout=2)

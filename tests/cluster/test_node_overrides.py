@@ -6,9 +6,9 @@ from pathlib import Path
 
 import yaml
 
-from orchestrator.messages import RunAssignment, TrunkAssignment, WorkPayload
-from orchestrator.tracking import Settings
-from orchestrator.worker import node_local
+from orchestrator.run.messages import RunAssignment, TrunkAssignment, WorkPayload
+from orchestrator.run.worker import node_local
+from orchestrator.store.tracking import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from analysis.data import load_mlflow
 from orchestrator import Settings, load_study, run_study
-from orchestrator.ledger import Ledger
+from orchestrator.store.ledger import Ledger
 from tests.conftest import TINY_STUDY
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]

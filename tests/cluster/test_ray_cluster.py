@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.ledger import Ledger
-from orchestrator.tracking import Settings
+from orchestrator.store.ledger import Ledger
+from orchestrator.store.tracking import Settings
 from tests.conftest import TINY_STUDY
 
 from .conftest import SCALELAB

@@ -7,11 +7,12 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator import adaptive, load_study, ray_connection, run_study
+from orchestrator import load_study, run_study
 from orchestrator.cli import main
-from orchestrator.config import ExplicitRun, ExplicitShape
-from orchestrator.driverlock import StudyBusy
-from orchestrator.ledger import Ledger
+from orchestrator.run import adaptive, ray_connection
+from orchestrator.run.driverlock import StudyBusy
+from orchestrator.store.ledger import Ledger
+from orchestrator.study.config import ExplicitRun, ExplicitShape
 from tests.conftest import write_study
 from trainer import mlflow_contract as mc
 

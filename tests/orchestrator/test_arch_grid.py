@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from orchestrator import tracking
 from orchestrator.cli import main
-from orchestrator.config import StudyError, parse_study
-from orchestrator.grid import expand
+from orchestrator.store import tracking
+from orchestrator.study.config import StudyError, parse_study
+from orchestrator.study.grid import expand
 
 BASE = """\
 study: keys-before

@@ -12,9 +12,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from orchestrator import estimate, load_study
+from orchestrator import load_study
 from orchestrator.cli import main
-from orchestrator.grid import expand
+from orchestrator.study import estimate
+from orchestrator.study.grid import expand
 from tests.conftest import write_study
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,7 +95,7 @@ def test_plan_rate_comes_from_this_study_on_the_same_device_kind():
 
 
 def test_eta_uses_the_rate_after_warm_up(tmp_path, monkeypatch):
-    from orchestrator import progress
+    from orchestrator.run import progress
 
     planned = expand(load_study(study(tmp_path, "eta")))
     total = sum(p.flops for p in planned)

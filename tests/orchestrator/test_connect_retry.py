@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator import ray_connection
+from orchestrator.run import ray_connection
 
 
 class FakeRay:

@@ -25,7 +25,7 @@ def test_dotenv_is_read_and_environment_wins(tmp_path, monkeypatch, capsys):
 def test_dotenv_sets_only_documented_secrets(tmp_path, monkeypatch, capsys):
     """PYTHONPATH (a planted sitecustomize.py) and SCALELAB_CHECKPOINT_DIR in an untrusted .env
     have no effect; one warning names them."""
-    from orchestrator.tracking import Settings
+    from orchestrator.store.tracking import Settings
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "s.yaml").write_text(TINY_STUDY.format(name="dotenv", schedule="cosine"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from orchestrator.hostinfo import available_cpus, available_memory_bytes, cgroup_dirs, parse_cpu_max
+from orchestrator.run.hostinfo import available_cpus, available_memory_bytes, cgroup_dirs, parse_cpu_max
 
 
 def fake_cgroup(tmp_path, cpu_max=None, mem_max=None, mem_current=None):

@@ -7,8 +7,8 @@ import time
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.config import load_study
-from orchestrator.grid import expand
+from orchestrator.study.config import load_study
+from orchestrator.study.grid import expand
 
 BASE = """\
 study: {name}

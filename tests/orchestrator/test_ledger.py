@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from orchestrator.ledger import Ledger
+from orchestrator.store.ledger import Ledger
 
 
 def test_concurrent_creation_of_a_fresh_ledger_never_fails(tmp_path):
@@ -35,7 +35,7 @@ def test_two_drivers_claiming_a_study_at_once_one_wins(tmp_path):
     import os
     import socket
 
-    from orchestrator.driverlock import driver_alive
+    from orchestrator.run.driverlock import driver_alive
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     Ledger(url).dispose()

@@ -22,7 +22,7 @@ def levels():
 def test_default_and_explicit_levels(monkeypatch, levels):
     monkeypatch.delenv("SCALELAB_LOG_LEVEL", raising=False)
     configure_logging(None)
-    assert logging.getLogger("orchestrator.scheduler").getEffectiveLevel() == logging.INFO
+    assert logging.getLogger("orchestrator.run.scheduler").getEffectiveLevel() == logging.INFO
     assert logging.getLogger("mlflow.store").getEffectiveLevel() == logging.WARNING
     monkeypatch.setenv("SCALELAB_LOG_LEVEL", "debug")
     configure_logging(None)

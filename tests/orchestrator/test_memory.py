@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.config import StudyError, load_study
-from orchestrator.grid import expand
-from orchestrator.memory import GIB, check_memory, run_memory
+from orchestrator.study.config import StudyError, load_study
+from orchestrator.study.grid import expand
+from orchestrator.study.memory import GIB, check_memory, run_memory
 
 BASE = """\
 study: memory

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import load_study, run_study
-from orchestrator.mlflow_view import COLUMNS
+from orchestrator.store.mlflow_view import COLUMNS
 from tests.reliability.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

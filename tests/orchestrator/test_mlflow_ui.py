@@ -10,8 +10,8 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator import load_study, run_study
 from orchestrator.cli import main
-from orchestrator.ledger import Ledger
-from orchestrator.mlflow_view import (
+from orchestrator.store.ledger import Ledger
+from orchestrator.store.mlflow_view import (
     COLUMNS,
     TAG_PREFIX,
     VIEW_KEY,
@@ -29,7 +29,7 @@ def _experiment(settings, study):
 
 def test_view_state_round_trips_through_mlflow_compression():
     state = view_state()
-    from orchestrator.mlflow_view import encode_state
+    from orchestrator.store.mlflow_view import encode_state
 
     assert decode_state(encode_state(state)) == state
     assert state["orderByKey"] == "metrics.`val_loss`" and state["orderByAsc"] is True

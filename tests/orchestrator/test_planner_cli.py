@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
-from orchestrator.ledger import Ledger
+from orchestrator.store.ledger import Ledger
 
 STUDY = """\
 study: {name}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator import scheduler
 from orchestrator.cli import main, ray_died
+from orchestrator.run import scheduler
 from tests.conftest import TINY_STUDY
 
 

@@ -11,10 +11,11 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from orchestrator import Settings, load_study, run_study, tracking
+from orchestrator import Settings, load_study, run_study
 from orchestrator.cli import main
-from orchestrator.driverlock import driver_alive
-from orchestrator.ledger import Ledger
+from orchestrator.run.driverlock import driver_alive
+from orchestrator.store import tracking
+from orchestrator.store.ledger import Ledger
 from tests.orchestrator.test_shared_points import history, ledger_rows, points, small
 from trainer.spec import RunSpec
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import sys
 
 from orchestrator import load_study
-from orchestrator.dispatcher import _handle_results, _payload, ensure_child_runs
-from orchestrator.grid import work_items
-from orchestrator.ledger import Ledger
-from orchestrator.scheduler import record_plan, validate
-from orchestrator.worker import execute, is_bug
+from orchestrator.run.dispatcher import _handle_results, _payload, ensure_child_runs
+from orchestrator.run.scheduler import record_plan, validate
+from orchestrator.run.worker import execute, is_bug
+from orchestrator.store.ledger import Ledger
+from orchestrator.study.grid import work_items
 from tests.orchestrator.test_shared_points import small
 from trainer import train
 from trainer.spec import SpecError

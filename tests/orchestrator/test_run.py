@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator import Settings, load_study, run_study
 from orchestrator.cli import main
-from orchestrator.ledger import Ledger
+from orchestrator.store.ledger import Ledger
 
 POINT_PARAMS = {
     "run_key",

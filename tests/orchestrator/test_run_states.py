@@ -1,4 +1,4 @@
-"""One run-state vocabulary (orchestrator.states.RunState) behind the ledger, `scalelab status`,
+"""One run-state vocabulary (orchestrator.store.states.RunState) behind the ledger, `scalelab status`,
 the MLflow `scalelab.outcome` tag and the worker's reading of trainer statuses; and the typed
 messages and sink Protocol of the driver/worker boundary."""
 
@@ -10,16 +10,16 @@ import pickle
 import pytest
 import sqlalchemy as sa
 
-from orchestrator import ledger as ledger_mod
-from orchestrator import tracking
 from orchestrator.cli import main
-from orchestrator.config import load_study
-from orchestrator.grid import expand
-from orchestrator.ledger import Ledger
-from orchestrator.messages import RunAssignment, RunReport, TrunkAssignment, WorkPayload
-from orchestrator.scheduler import record_plan
-from orchestrator.states import OUTCOMES, RunState
-from orchestrator.worker import FencedSink
+from orchestrator.run.messages import RunAssignment, RunReport, TrunkAssignment, WorkPayload
+from orchestrator.run.scheduler import record_plan
+from orchestrator.run.worker import FencedSink
+from orchestrator.store import ledger as ledger_mod
+from orchestrator.store import tracking
+from orchestrator.store.ledger import Ledger
+from orchestrator.store.states import OUTCOMES, RunState
+from orchestrator.study.config import load_study
+from orchestrator.study.grid import expand
 from trainer.sinks import InMemorySink, MetricSink, MlflowSink
 
 VALUES = {s.value for s in RunState}

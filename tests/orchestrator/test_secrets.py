@@ -10,9 +10,9 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.config import StudyError
-from orchestrator.ledger import Ledger
-from orchestrator.tracking import check_tracking_uri
+from orchestrator.store.ledger import Ledger
+from orchestrator.store.tracking import check_tracking_uri
+from orchestrator.study.config import StudyError
 from tests.conftest import TINY_STUDY
 from trainer.redact import redact_text
 from trainer.sinks import MlflowSink, MlflowSinkError

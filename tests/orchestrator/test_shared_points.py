@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator import load_study, run_study
 from orchestrator.cli import main
-from orchestrator.ledger import Ledger, make_engine
+from orchestrator.store.ledger import Ledger, make_engine
 from tests.conftest import write_study
 
 SMALL = """\

@@ -3,8 +3,8 @@ stale `scalelab.error` tag in MLflow."""
 
 from __future__ import annotations
 
-from orchestrator import tracking
-from orchestrator.worker import clear_stale_error
+from orchestrator.run.worker import clear_stale_error
+from orchestrator.store import tracking
 
 
 def test_success_clears_a_stale_error_tag(store):

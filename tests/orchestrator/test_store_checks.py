@@ -8,7 +8,7 @@ import time
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.tracking import READ_HTTP_ENV, bounded_http_retries
+from orchestrator.store.tracking import READ_HTTP_ENV, bounded_http_retries
 from tests.conftest import PG_URL, TINY_STUDY, pg_available
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.ledger import AttemptEnd, Ledger
-from orchestrator.states import TERMINAL, RunState
+from orchestrator.store.ledger import AttemptEnd, Ledger
+from orchestrator.store.states import TERMINAL, RunState
 
 
 @pytest.fixture

@@ -154,7 +154,7 @@ def proc_name(pid: int) -> str:
 def ledger_rows(ledger_uri: str, study: str) -> dict:
     """run_key -> ledger row of a study, read while a driver may still be creating the ledger
     ({} until its file and tables exist)."""
-    from orchestrator.ledger import Ledger
+    from orchestrator.store.ledger import Ledger
 
     if not Path(ledger_uri[len("sqlite:///") :]).exists():
         return {}

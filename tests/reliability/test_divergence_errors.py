@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator import load_study, run_study
-from orchestrator.grid import expand
-from orchestrator.ledger import Ledger
+from orchestrator.store.ledger import Ledger
+from orchestrator.study.grid import expand
 from tests.reliability.helpers import long_study, point_runs
 from trainer import checkpoint as ckpt
 from trainer import train

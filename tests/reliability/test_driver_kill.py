@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator import load_study, run_study
-from orchestrator.grid import expand
-from orchestrator.ledger import Ledger
-from orchestrator.worker import execute
+from orchestrator.run.worker import execute
+from orchestrator.store.ledger import Ledger
+from orchestrator.study.grid import expand
 from tests.reliability.helpers import (
     alive,
     assert_metric_series,
@@ -103,9 +103,9 @@ def test_an_orphaned_attempt_is_fenced_when_a_newer_attempt_takes_the_run(tmp_pa
     """The task of a killed driver keeps running (e.g. on a remote node): once a new driver
     acquires the run, the orphan stops at its next write and never writes to the ledger row or
     the MLflow run again."""
-    from orchestrator.dispatcher import _payload, ensure_child_runs
-    from orchestrator.grid import work_items
-    from orchestrator.scheduler import record_plan, validate
+    from orchestrator.run.dispatcher import _payload, ensure_child_runs
+    from orchestrator.run.scheduler import record_plan, validate
+    from orchestrator.study.grid import work_items
 
     path = long_study(tmp_path / "s.yaml", "orphan", tokens=f"[{TOKENS}]", interval=INTERVAL)
     cfg = load_study(path)

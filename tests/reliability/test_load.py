@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from orchestrator import load_study, run_study
-from orchestrator.ledger import Ledger
+from orchestrator.store.ledger import Ledger
 from tests.reliability.helpers import assert_metric_series, long_study, point_runs
 
 pytestmark = pytest.mark.slow

@@ -97,7 +97,7 @@ def test_embedded_ray_listens_on_loopback_only():
     probe = r"""
 import os, subprocess
 os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
-from orchestrator.ray_connection import connect_ray
+from orchestrator.run.ray_connection import connect_ray
 connect_ray(None)                                        # imports ray: nothing may before it
 import ray
 ray.get(ray.remote(lambda: 1).remote())                  # a worker process is up too

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator import load_study, run_study
-from orchestrator.ledger import Ledger
-from orchestrator.tracking import Settings
+from orchestrator.store.ledger import Ledger
+from orchestrator.store.tracking import Settings
 from tests.reliability.helpers import (
     assert_metric_series,
     free_port,

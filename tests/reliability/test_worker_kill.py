@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from orchestrator import load_study, run_study
-from orchestrator.ledger import Ledger
+from orchestrator.store.ledger import Ledger
 from tests.reliability.helpers import assert_metric_series, in_thread, long_study, point_runs, wait_for
 
 pytestmark = pytest.mark.slow

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from orchestrator import tracking
-from orchestrator.config import StudyError, parse_study
-from orchestrator.grid import expand
+from orchestrator.store import tracking
+from orchestrator.study.config import StudyError, parse_study
+from orchestrator.study.grid import expand
 from trainer import InMemorySink, train
 
 from .conftest import tiny_spec

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.config import StudyError, parse_study
+from orchestrator.study.config import StudyError, parse_study
 
 
 def _study(**data):

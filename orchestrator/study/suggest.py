@@ -151,7 +151,7 @@ def finished_points(cfg: StudyConfig, tracking_uri: str):
     """The study's finished points of its first MoE setting: (frame, N column name)."""
     from analysis.data import InputError, load_mlflow
 
-    from .tracking import store_exists
+    from ..store.tracking import store_exists
 
     moe = cfg.grid.moe[0]
     active = moe.experts > 1

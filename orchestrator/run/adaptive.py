@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 
 from trainer import mlflow_contract as mc
 
-from . import tracking
-from .config import ExplicitRun, StudyConfig, StudyError
-from .grid import expand
-from .ledger import Ledger, StudyLedger
+from ..store import tracking
+from ..store.ledger import Ledger, StudyLedger
+from ..store.states import RunState
+from ..study.config import ExplicitRun, StudyConfig, StudyError
+from ..study.grid import expand
+from ..study.suggest import build_candidates, check_inputs, run_from_dict, run_to_dict, suggest, with_runs
 from .scheduler import EXIT_OK, DriverSession, StudyOutcome, driver_session, validate
-from .states import RunState
-from .suggest import build_candidates, check_inputs, run_from_dict, run_to_dict, suggest, with_runs
 
 ROUND_TAG = mc.ADAPTIVE_ROUND_PREFIX
 
@@ -114,7 +114,7 @@ def save_round(
 
 def round_keys(cfg: StudyConfig, rounds: list[list[ExplicitRun]]) -> dict[str, int]:
     """run key -> round number (1-based) of every adaptive point."""
-    from .suggest import _only_runs
+    from ..study.suggest import _only_runs
 
     out: dict[str, int] = {}
     for n, runs in enumerate(rounds, 1):

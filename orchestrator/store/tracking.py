@@ -23,7 +23,7 @@ from trainer import mlflow_contract as mc
 from trainer.mlflow_contract import FINGERPRINT, OUTCOME, ROLE, RUN_KEY, STUDY
 from trainer.redact import redact_text
 
-from .config import StudyError
+from ..study.config import StudyError
 from .states import OUTCOMES, RunState
 
 log = logging.getLogger(__name__)

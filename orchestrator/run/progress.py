@@ -16,9 +16,9 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from .grid import PlannedRun
-from .ledger import LedgerRow
-from .states import RunState
+from ..store.ledger import LedgerRow
+from ..store.states import RunState
+from ..study.grid import PlannedRun
 
 
 def _fmt_s(seconds: float | None) -> str:

@@ -23,10 +23,10 @@ from trainer.redact import redact_text
 from trainer.sinks import MetricSink, MlflowSink
 from trainer.spec import ALREADY_FINISHED
 
-from . import tracking
-from .ledger import AttemptEnd, Ledger
+from ..store import tracking
+from ..store.ledger import AttemptEnd, Ledger
+from ..store.states import RunState
 from .messages import RunAssignment, RunReport, WorkPayload
-from .states import RunState
 
 log = logging.getLogger(__name__)
 

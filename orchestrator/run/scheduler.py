@@ -20,15 +20,15 @@ from typing import Any
 
 from trainer import mlflow_contract as mc
 
-from . import bookkeeping, mlflow_view, tracking
-from .config import StudyConfig
+from ..store import bookkeeping, mlflow_view, tracking
+from ..store.ledger import Ledger, spec_json
+from ..store.states import RunState
+from ..study.config import StudyConfig
+from ..study.grid import PlannedRun, expand
 from .dispatcher import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, Dispatcher, StudyOutcome
 from .driverlock import StudyBusy, busy_message, driver_alive, hold_study
-from .grid import PlannedRun, expand
-from .ledger import Ledger, spec_json
 from .progress import Progress
 from .ray_connection import check_address, check_resources, ray_session
-from .states import RunState
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_OK", "StudyOutcome", "run_study", "driver_session"]
 log = logging.getLogger(__name__)
@@ -40,8 +40,8 @@ log = logging.getLogger(__name__)
 def validate(cfg: StudyConfig, settings: tracking.Settings, address: str | None) -> list[PlannedRun]:
     """Everything that can be checked without writing anything. Raises StudyError."""
     planned = expand(cfg)
+    from ..study.memory import check_memory
     from .hostinfo import available_memory_bytes
-    from .memory import check_memory
 
     check_memory(cfg, planned, None if address else available_memory_bytes())
     tracking.check_tracking_uri(settings.tracking_uri)
@@ -251,8 +251,8 @@ class DriverSession:
     def check(self, cfg: StudyConfig) -> list[PlannedRun]:
         """The points of `cfg` (a grown study: the next adaptive round), memory-checked against
         the machine or the cluster."""
+        from ..study.memory import check_memory, cluster_memory_bytes
         from .hostinfo import available_memory_bytes
-        from .memory import check_memory, cluster_memory_bytes
 
         planned = expand(cfg)
         check_memory(cfg, planned, cluster_memory_bytes() if self.address else available_memory_bytes())
@@ -305,7 +305,7 @@ def driver_session(
     with ray_session(address):
         slots = check_resources(cfg)
         if address:  # the cluster's nodes, not this machine's RAM
-            from .memory import check_memory, cluster_memory_bytes
+            from ..study.memory import check_memory, cluster_memory_bytes
 
             check_memory(cfg, planned, cluster_memory_bytes())
         ledger = Ledger(settings.ledger_uri)

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .config import StudyConfig, StudyError
-from .tracking import tcp_reachable
+from ..store.tracking import tcp_reachable
+from ..study.config import StudyConfig, StudyError
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from typing import Any
 from trainer import mlflow_contract as mc
 from trainer.spec import RunSpec
 
+from ..study.config import StudyConfig
+from ..study.grid import PlannedRun
 from . import tracking
-from .config import StudyConfig
-from .grid import PlannedRun
 from .ledger import Ledger, LedgerRow
 from .states import RunState
 

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .config import StudyError
-from .ledger import Ledger
+from ..store.ledger import Ledger
+from ..study.config import StudyError
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 5.0  # how often the holder renews its lease

@@ -14,14 +14,14 @@ from typing import Any
 
 from trainer import mlflow_contract as mc
 
-from . import tracking
-from .bookkeeping import adopt_children
-from .config import StudyConfig
-from .grid import PlannedRun, WorkItem, work_items
-from .ledger import Ledger, LedgerRow, Snapshot, StudyLedger
+from ..store import tracking
+from ..store.bookkeeping import adopt_children
+from ..store.ledger import Ledger, LedgerRow, Snapshot, StudyLedger
+from ..store.states import RunState
+from ..study.config import StudyConfig
+from ..study.grid import PlannedRun, WorkItem, work_items
 from .messages import RunAssignment, RunReport, TrunkAssignment, WorkPayload
 from .progress import Progress
-from .states import RunState
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 log = logging.getLogger(__name__)

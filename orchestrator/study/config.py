@@ -18,7 +18,7 @@ import yaml
 
 from trainer.spec import ARCH_CHOICES, ARCH_DEFAULTS, RECIPE_OMITTED_AT, DataSpec, RecipeSpec
 
-from .study_values import (
+from .values import (
     StudyError,
     _build,
     _check_keys,

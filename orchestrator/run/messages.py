@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .states import RunState
+from ..store.states import RunState
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ import statistics
 from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
 
+from ..store.states import RunState
 from .grid import PlannedRun, WorkItem
-from .states import RunState
 
 ASSUMED_CPU_FLOPS = 1.0e10  # FLOP/s per CPU core for tiny models (measured 1-2e10 here)
 ASSUMED_GPU_PEAK, ASSUMED_MFU = 989e12, 0.35  # H100 bf16 dense peak, a typical achieved MFU
