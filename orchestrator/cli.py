@@ -7,7 +7,6 @@ after its retries (or the study was cancelled), 2 bad input (nothing scheduled, 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import statistics
@@ -18,6 +17,7 @@ from typing import Any
 
 from trainer.redact import redact_text
 
+from . import jsonout
 from .config import StudyConfig, StudyError, load_study
 from .states import RunState
 from .tracking import Settings
@@ -164,7 +164,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
     trained = trained_flops(items)
     out = [_plan_row(p, rows.get(p.key), trained[p.key], rate) for p in planned]
     if a.json:
-        print(json.dumps(out, indent=1))
+        print(jsonout.dumps(out, indent=1))
         return 0
     print(f"study {cfg.study}: {len(out)} runs; rate {rate:.3g} FLOP/s per run ({how})")
     print(
@@ -254,7 +254,7 @@ def cmd_status(a: argparse.Namespace) -> int:
         )
     if a.json:
         print(
-            json.dumps(
+            jsonout.dumps(
                 {
                     "study": cfg.study,
                     "states": summary["states"],

@@ -200,12 +200,20 @@ def check_sql_database(uri: str, flag: str) -> None:
 def check_ledger_uri(uri: str, flag: str = "--ledger-uri") -> None:
     """The ledger is a SQL database (SQLite file or a server every node can reach)."""
     if not uri.startswith(("sqlite", "postgresql", "mysql")):
+        scheme = uri.split("://", 1)[0] if "://" in uri else ""
+        why = (
+            "an MLflow server does not hold it"
+            if scheme in ("http", "https")
+            else f"{scheme}:// is not supported for it"
+            if scheme
+            else "it is not a database URI"
+        )
         raise StudyError(
             flag,
-            f"{redact_text(uri)} cannot hold the ledger: it must be a SQL "
-            "database (sqlite:///PATH/ledger.db or postgresql://...); an http:// "
-            "MLflow server does not hold it; omit --ledger-uri to keep it beside "
-            "the store under --home",
+            f"{redact_text(uri)} cannot hold the ledger ({why}): it must be a SQL database, "
+            "sqlite:///PATH/ledger.db, "
+            "postgresql://... or mysql+pymysql://..., or omit it to keep the ledger beside the "
+            "store under --home",
         )
     check_tracking_uri(uri, flag)
 
