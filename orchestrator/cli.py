@@ -19,6 +19,7 @@ from trainer.redact import redact_text
 
 from . import jsonout
 from .config import StudyConfig, StudyError, load_study
+from .envfile import STORE_KEYS, load_dotenv_file
 from .states import RunState
 from .tracking import Settings
 
@@ -740,9 +741,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _store_args(p)
     p.set_defaults(func=cmd_report)
     _log_level_arg(ap, default=None)
+    ap.add_argument("--trust-env", action="store_true", help=TRUST_ENV_HELP)
     for p in sub.choices.values():  # also after the subcommand, not overriding one before it
         _log_level_arg(p, default=argparse.SUPPRESS)
+        p.add_argument("--trust-env", action="store_true", default=argparse.SUPPRESS, help=TRUST_ENV_HELP)
     return ap
+
+
+TRUST_ENV_HELP = "use a store (MLFLOW_TRACKING_URI, SCALELAB_LEDGER_URI) that ./.env selects"
 
 
 def _log_level_arg(p: argparse.ArgumentParser, default: str | None) -> None:
@@ -753,43 +759,6 @@ def _log_level_arg(p: argparse.ArgumentParser, default: str | None) -> None:
         help="diagnostics shown on stderr: DEBUG, INFO (default), WARNING or ERROR "
         "(default: $SCALELAB_LOG_LEVEL)",
     )
-
-
-# What `.env` may set: the secrets README and .env.example document (tokens, passwords, and the
-# store URIs that embed passwords). Anything else (PYTHONPATH, SCALELAB_CHECKPOINT_DIR, ...) in an
-# untrusted checkout's .env could redirect data or run code, so it is ignored.
-DOTENV_KEYS = (
-    "RAY_AUTH_TOKEN",
-    "RAY_AUTH_MODE",
-    "POSTGRES_PASSWORD",
-    "PGPASSWORD",
-    "MLFLOW_TRACKING_URI",
-    "SCALELAB_LEDGER_URI",
-    "MLFLOW_TRACKING_USERNAME",
-    "MLFLOW_TRACKING_PASSWORD",
-    "MLFLOW_TRACKING_TOKEN",
-)
-
-
-def load_dotenv_file(path: str = ".env") -> None:
-    """Secrets (DOTENV_KEYS) come from the environment or from a `.env` file in the working
-    directory; variables already set win; other keys are ignored with one warning."""
-    if not Path(path).is_file():
-        return
-    from dotenv import dotenv_values
-
-    values = dotenv_values(path)
-    ignored = sorted(k for k in values if k not in DOTENV_KEYS)
-    for k in DOTENV_KEYS:  # environment: MLflow, Ray and psycopg read these from there
-        value = values.get(k)
-        if value is not None and k not in os.environ:
-            os.environ[k] = value
-    if ignored:
-        print(
-            f"warning: {path}: ignored {', '.join(ignored)[:300]} (a .env may set only "
-            f"{', '.join(DOTENV_KEYS)}; export other settings or pass flags)",
-            file=sys.stderr,
-        )
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -815,10 +784,11 @@ def configure_logging(level: str | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    load_dotenv_file()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(_command(argv)).parse_args(argv)
     try:
+        flags = {k for k, a in zip(STORE_KEYS, ("tracking_uri", "ledger_uri")) if getattr(args, a, None)}
+        load_dotenv_file(trust=getattr(args, "trust_env", False), flags=flags)
         configure_logging(getattr(args, "log_level", None))
         return args.func(args)
     except StudyError as e:
