@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from trainer.datapaths import check_paths
 from trainer.spec import ARCH_CHOICES, ARCH_DEFAULTS, RECIPE_OMITTED_AT, DataSpec, RecipeSpec, SpecError
 
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -461,6 +462,10 @@ def _data(value: Any, key: str) -> DataSpec:
                 f"{p} does not exist; give an existing file or "
                 "directory (paths are relative to where you run scalelab)",
             )
+    try:  # what the run would reject (a device, too few files, ...), now: before anything is created
+        check_paths(spec)
+    except SpecError as e:
+        raise StudyError(e.field, e.message) from None
     return spec
 
 
