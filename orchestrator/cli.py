@@ -22,18 +22,11 @@ from .config import StudyConfig, StudyError, load_study
 from .envfile import STORE_KEYS, load_dotenv_file
 from .states import RunState
 from .tracking import Settings
+from .ui_server import SERVER_ENV  # noqa: F401 - re-exported (benchmarks/tracking_throughput.py)
 
 log = logging.getLogger(__name__)
 
 EXIT_BAD_INPUT = 2
-# The MLflow server's settings wherever scalelab starts one: no job runner (idle CPU, memory),
-# and a DB pool that 32+ concurrent runs do not exhaust (MLflow's default 5 + 10 overflow lost
-# points at K=32 in benchmarks/tracking_throughput.py).
-SERVER_ENV = {
-    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-    "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "20",
-    "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "20",
-}
 
 
 def _store_args(p: argparse.ArgumentParser) -> None:
@@ -513,31 +506,9 @@ def cmd_ui(a: argparse.Namespace) -> int:
             "at an existing store)",
         )
     _check_port_free(a.host, a.port)
-    env = dict(os.environ, **SERVER_ENV)
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        a.host,
-        "--port",
-        str(a.port),
-        "--workers",
-        "1",
-        "--default-artifact-root",
-        settings.artifact_root,
-    ]
-    base = f"http://{a.host}:{a.port}"
-    print(f"MLflow UI on {base} for {redact(uri)} (Ctrl-C to stop)", flush=True)
-    for name, exp_id in _scalelab_experiments(uri):
-        from .mlflow_view import view_url
+    from .ui_server import serve
 
-        print(f"  {name}: {view_url(base, exp_id)}", flush=True)
-    os.execve(sys.executable, cmd, env)  # argument list, no shell: nothing is interpolated
-    return 0
+    return serve(uri, settings.artifact_root, a.host, a.port)
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -556,20 +527,6 @@ def _check_port_free(host: str, port: int) -> None:
                 f"`scalelab ui` or server?); stop it or choose another "
                 f"port, e.g. --port {port + 1}",
             ) from None
-
-
-def _scalelab_experiments(uri: str) -> list[tuple[str, str]]:
-    """(name, id) of the store's experiments that carry the scaling-law view; [] if unreadable."""
-    from .mlflow_view import TAG_PREFIX, VIEW_KEY
-
-    try:
-        from mlflow.tracking import MlflowClient
-
-        exps = MlflowClient(uri).search_experiments(max_results=1000)
-    except Exception as e:  # noqa: BLE001 - the server reports a broken store itself
-        log.debug("could not list the experiments of %s: %s", redact(uri), e)
-        return []
-    return [(e.name, e.experiment_id) for e in exps if TAG_PREFIX + VIEW_KEY in e.tags]
 
 
 # --------------------------------------------------------------------------- fit / report

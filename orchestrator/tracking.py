@@ -411,6 +411,10 @@ def copy_point_run(
     tags.update(
         {"scalelab.reused_from": source_id, "scalelab.reused_from_study": src.data.tags.get(STUDY, "")}
     )
+    if "n_params_active" in src.data.metrics:  # mlflow.* tags are not copied: this one is ours
+        from .mlflow_view import RUN_COLOR_TAG, run_color
+
+        tags[RUN_COLOR_TAG] = run_color(src.data.metrics["n_params_active"])
     run_id = create_child_run(c, experiment_id, parent_id, study, run_key, run_name, "point", {}, tags)
     params = [Param(k, v) for k, v in src.data.params.items()]
     for i in range(0, len(params), 100):
@@ -446,7 +450,12 @@ def create_child_run(
 
     from mlflow.entities import Metric, Param
 
+    from .mlflow_view import RUN_COLOR_TAG, log10_metrics, run_color
+
     tags = {"mlflow.parentRunId": parent_id, ROLE: role, STUDY: study, RUN_KEY: run_key, **(extra_tags or {})}
+    metrics = {**(metrics or {}), **log10_metrics(metrics or {})}  # for the view's log-log scatters
+    if role == "point" and "n_params_active" in metrics:
+        tags.setdefault(RUN_COLOR_TAG, run_color(metrics["n_params_active"]))
     run = c.create_run(experiment_id, run_name=run_name, tags=tags)
     now_ms = int(time.time() * 1000)
     if params or metrics:
