@@ -7,34 +7,27 @@ after its retries (or the study was cancelled), 2 bad input (nothing scheduled, 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from trainer.redact import redact_text
 
+from . import jsonout
 from .cli_planner import cmd_run_adaptive, cmd_suggest, planner_args
+from .envfile import STORE_KEYS, load_dotenv_file
 from .logs import configure_logging, quiet_logs
 from .run.ray_connection import Terminated, ray_died
 from .store.states import RunState
 from .store.tracking import Settings
 from .study.config import StudyConfig, StudyError, load_study
+from .ui_server import SERVER_ENV  # noqa: F401 - re-exported (benchmarks/tracking_throughput.py)
 from .views import LedgerUnreadable, redact
 
 log = logging.getLogger(__name__)
 
 EXIT_BAD_INPUT = 2
-# The MLflow server's settings wherever scalelab starts one: no job runner (idle CPU, memory),
-# and a DB pool that 32+ concurrent runs do not exhaust (MLflow's default 5 + 10 overflow lost
-# points at K=32 in benchmarks/tracking_throughput.py).
-SERVER_ENV = {
-    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-    "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "20",
-    "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "20",
-}
 
 
 def _store_args(p: argparse.ArgumentParser) -> None:
@@ -79,7 +72,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
     trained = trained_flops(items)
     out = [plan_row(p, rows.get(p.key), trained[p.key], rate) for p in planned]
     if a.json:
-        print(json.dumps(out, indent=1))
+        print(jsonout.dumps(out, indent=1))
         return 0
     print(f"study {cfg.study}: {len(out)} runs; rate {rate:.3g} FLOP/s per run ({how})")
     print(PLAN_HEADER)
@@ -122,7 +115,7 @@ def cmd_status(a: argparse.Namespace) -> int:
     runs = [status_row(p, view.rows.get(p.key)) for p in planned]
     if a.json:
         print(
-            json.dumps(
+            jsonout.dumps(
                 {
                     "study": cfg.study,
                     "states": summary["states"],
@@ -242,31 +235,9 @@ def cmd_ui(a: argparse.Namespace) -> int:
             "at an existing store)",
         )
     _check_port_free(a.host, a.port)
-    env = dict(os.environ, **SERVER_ENV)
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        a.host,
-        "--port",
-        str(a.port),
-        "--workers",
-        "1",
-        "--default-artifact-root",
-        settings.artifact_root,
-    ]
-    base = f"http://{a.host}:{a.port}"
-    print(f"MLflow UI on {base} for {redact(uri)} (Ctrl-C to stop)", flush=True)
-    for name, exp_id in _scalelab_experiments(uri):
-        from .store.mlflow_view import view_url
+    from .ui_server import serve
 
-        print(f"  {name}: {view_url(base, exp_id)}", flush=True)
-    os.execve(sys.executable, cmd, env)  # argument list, no shell: nothing is interpolated
-    return 0
+    return serve(uri, settings.artifact_root, a.host, a.port)
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -285,20 +256,6 @@ def _check_port_free(host: str, port: int) -> None:
                 f"`scalelab ui` or server?); stop it or choose another "
                 f"port, e.g. --port {port + 1}",
             ) from None
-
-
-def _scalelab_experiments(uri: str) -> list[tuple[str, str]]:
-    """(name, id) of the store's experiments that carry the scaling-law view; [] if unreadable."""
-    from .store.mlflow_view import TAG_PREFIX, VIEW_KEY
-
-    try:
-        from mlflow.tracking import MlflowClient
-
-        exps = MlflowClient(uri).search_experiments(max_results=1000)
-    except Exception as e:  # noqa: BLE001 - the server reports a broken store itself
-        log.debug("could not list the experiments of %s: %s", redact(uri), e)
-        return []
-    return [(e.name, e.experiment_id) for e in exps if TAG_PREFIX + VIEW_KEY in e.tags]
 
 
 # --------------------------------------------------------------------------- fit / report
@@ -470,9 +427,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _store_args(p)
     p.set_defaults(func=cmd_report)
     _log_level_arg(ap, default=None)
+    ap.add_argument("--trust-env", action="store_true", help=TRUST_ENV_HELP)
     for p in sub.choices.values():  # also after the subcommand, not overriding one before it
         _log_level_arg(p, default=argparse.SUPPRESS)
+        p.add_argument("--trust-env", action="store_true", default=argparse.SUPPRESS, help=TRUST_ENV_HELP)
     return ap
+
+
+TRUST_ENV_HELP = "use a store (MLFLOW_TRACKING_URI, SCALELAB_LEDGER_URI) that ./.env selects"
 
 
 def _log_level_arg(p: argparse.ArgumentParser, default: str | None) -> None:
@@ -485,48 +447,12 @@ def _log_level_arg(p: argparse.ArgumentParser, default: str | None) -> None:
     )
 
 
-# What `.env` may set: the secrets README and .env.example document (tokens, passwords, and the
-# store URIs that embed passwords). Anything else (PYTHONPATH, SCALELAB_CHECKPOINT_DIR, ...) in an
-# untrusted checkout's .env could redirect data or run code, so it is ignored.
-DOTENV_KEYS = (
-    "RAY_AUTH_TOKEN",
-    "RAY_AUTH_MODE",
-    "POSTGRES_PASSWORD",
-    "PGPASSWORD",
-    "MLFLOW_TRACKING_URI",
-    "SCALELAB_LEDGER_URI",
-    "MLFLOW_TRACKING_USERNAME",
-    "MLFLOW_TRACKING_PASSWORD",
-    "MLFLOW_TRACKING_TOKEN",
-)
-
-
-def load_dotenv_file(path: str = ".env") -> None:
-    """Secrets (DOTENV_KEYS) come from the environment or from a `.env` file in the working
-    directory; variables already set win; other keys are ignored with one warning."""
-    if not Path(path).is_file():
-        return
-    from dotenv import dotenv_values
-
-    values = dotenv_values(path)
-    ignored = sorted(k for k in values if k not in DOTENV_KEYS)
-    for k in DOTENV_KEYS:  # environment: MLflow, Ray and psycopg read these from there
-        value = values.get(k)
-        if value is not None and k not in os.environ:
-            os.environ[k] = value
-    if ignored:
-        print(
-            f"warning: {path}: ignored {', '.join(ignored)[:300]} (a .env may set only "
-            f"{', '.join(DOTENV_KEYS)}; export other settings or pass flags)",
-            file=sys.stderr,
-        )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    load_dotenv_file()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(_command(argv)).parse_args(argv)
     try:
+        flags = {k for k, a in zip(STORE_KEYS, ("tracking_uri", "ledger_uri")) if getattr(args, a, None)}
+        load_dotenv_file(trust=getattr(args, "trust_env", False), flags=flags)
         configure_logging(getattr(args, "log_level", None))
         return args.func(args)
     except StudyError as e:

@@ -6,6 +6,8 @@ position (windows consumed), step, tokens, and an `extra` dict of plain values t
 directory and moved into place with os.replace, so a kill never leaves a torn checkpoint.
 A file damaged afterwards (disk, copy, hand edit) loads as `CorruptCheckpoint`; the trainer
 sets it aside with `set_aside` and resumes from the previous one (`keep_previous`) or restarts.
+`torch.load` checks no CRC, so flipped bits in a tensor would load as wrong weights: `load` first
+checks the CRC-32 of every member of the checkpoint's zip archive (torch writes them at save).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import random
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -137,10 +140,28 @@ def save(
         raise
 
 
+def verify(path: str | os.PathLike) -> None:
+    """Raise CorruptCheckpoint unless every member of the checkpoint's zip archive matches its
+    stored CRC-32 (bit rot, a damaged copy); reads the whole file once. Errors of the machine
+    (missing file, permissions, I/O) propagate as in `load`."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()  # reads every member, comparing its CRC-32
+    except OSError as e:
+        if e.errno in _ENVIRONMENT_ERRNOS or not os.path.isfile(path):
+            raise
+        raise CorruptCheckpoint(path, f"{type(e).__name__}: {str(e)[:200]}") from e
+    except Exception as e:  # noqa: BLE001 - zipfile reports damage as BadZipFile, EOFError, ...
+        raise CorruptCheckpoint(path, f"not a readable archive ({type(e).__name__}: {str(e)[:200]})") from e
+    if bad is not None:
+        raise CorruptCheckpoint(path, f"CRC-32 check failed for {bad} (bit rot or a damaged copy)")
+
+
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The payload; raises CorruptCheckpoint when the file is not a loadable checkpoint. A
-    missing file or an error of the machine (permissions, I/O, memory) is not corruption and
-    propagates; torch reports a torn zip as OSError(EINVAL), which is."""
+    """The payload, after `verify`; raises CorruptCheckpoint when the file is not a loadable,
+    intact checkpoint. A missing file or an error of the machine (permissions, I/O, memory) is
+    not corruption and propagates; torch reports a torn zip as OSError(EINVAL), which is."""
+    verify(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except OSError as e:

@@ -25,6 +25,7 @@ from trainer.spec import ALREADY_FINISHED
 
 from ..store import tracking
 from ..store.ledger import AttemptEnd, Ledger
+from ..store.mlflow_view import log10_metrics
 from ..store.states import RunState
 from .messages import RunAssignment, RunReport, WorkPayload
 
@@ -80,11 +81,11 @@ def _relog_final(client, run_id: str, result: RunResult, timeout_s: float) -> No
     if mc.VAL_LOSS in tracking.retry_store(lambda: client.get_run(run_id), timeout_s).data.metrics:
         return
     now = int(time.time() * 1000)
-    metrics = [
-        Metric(k, float(v), now, int(result.tokens))
-        for k, v in ((mc.VAL_LOSS, result.val_loss), (mc.TRAIN_LOSS, result.train_loss))
-        if v is not None
-    ]
+    final = {
+        k: v for k, v in ((mc.VAL_LOSS, result.val_loss), (mc.TRAIN_LOSS, result.train_loss)) if v is not None
+    }
+    final.update(log10_metrics(final))
+    metrics = [Metric(k, float(v), now, int(result.tokens)) for k, v in final.items()]
     tracking.retry_store(lambda: client.log_batch(run_id, metrics=metrics), timeout_s)
     tracking.retry_store(lambda: client.set_tag(run_id, mc.RELOGGED_FROM_CHECKPOINT, "true"), timeout_s)
 
@@ -119,6 +120,8 @@ class FencedSink:
         self.inner.set_tags(tags)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        if "val_loss" in metrics:  # the view's log-log scatters plot log10_val_loss
+            metrics = {**metrics, **log10_metrics({"val_loss": metrics["val_loss"]})}
         self.inner.log_metrics(metrics, step)
         self._tokens = max(self._tokens, int(step))
         loss = metrics.get("val_loss", metrics.get("train_loss"))

@@ -192,12 +192,20 @@ def check_sql_database(uri: str, flag: str) -> None:
 def check_ledger_uri(uri: str, flag: str = "--ledger-uri") -> None:
     """The ledger is a SQL database (SQLite file or a server every node can reach)."""
     if not uri.startswith(("sqlite", "postgresql", "mysql")):
+        scheme = uri.split("://", 1)[0] if "://" in uri else ""
+        why = (
+            "an MLflow server does not hold it"
+            if scheme in ("http", "https")
+            else f"{scheme}:// is not supported for it"
+            if scheme
+            else "it is not a database URI"
+        )
         raise StudyError(
             flag,
-            f"{redact_text(uri)} cannot hold the ledger: it must be a SQL "
-            "database (sqlite:///PATH/ledger.db or postgresql://...); an http:// "
-            "MLflow server does not hold it; omit --ledger-uri to keep it beside "
-            "the store under --home",
+            f"{redact_text(uri)} cannot hold the ledger ({why}): it must be a SQL database, "
+            "sqlite:///PATH/ledger.db, "
+            "postgresql://... or mysql+pymysql://..., or omit it to keep the ledger beside the "
+            "store under --home",
         )
     check_tracking_uri(uri, flag)
 
@@ -400,6 +408,10 @@ def copy_point_run(
     own = {ROLE, STUDY, RUN_KEY, OUTCOME, mc.ERROR}
     tags = {k: v for k, v in src.data.tags.items() if not k.startswith("mlflow.") and k not in own}
     tags.update({mc.REUSED_FROM: source_id, mc.REUSED_FROM_STUDY: src.data.tags.get(STUDY, "")})
+    if "n_params_active" in src.data.metrics:  # mlflow.* tags are not copied: this one is ours
+        from .mlflow_view import RUN_COLOR_TAG, run_color
+
+        tags[RUN_COLOR_TAG] = run_color(src.data.metrics["n_params_active"])
     run_id = create_child_run(c, experiment_id, parent_id, study, run_key, run_name, mc.ROLE_POINT, {}, tags)
     params = [Param(k, v) for k, v in src.data.params.items()]
     for i in range(0, len(params), 100):
@@ -430,7 +442,12 @@ def create_child_run(
 
     from mlflow.entities import Metric, Param
 
+    from .mlflow_view import RUN_COLOR_TAG, log10_metrics, run_color
+
     tags = {mc.PARENT_RUN_ID: parent_id, ROLE: role, STUDY: study, RUN_KEY: run_key, **(extra_tags or {})}
+    metrics = {**(metrics or {}), **log10_metrics(metrics or {})}  # for the view's log-log scatters
+    if role == mc.ROLE_POINT and "n_params_active" in metrics:
+        tags.setdefault(RUN_COLOR_TAG, run_color(metrics["n_params_active"]))
     run = c.create_run(experiment_id, run_name=run_name, tags=tags)
     now_ms = int(time.time() * 1000)
     if params or metrics:

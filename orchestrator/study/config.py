@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from trainer.spec import ARCH_CHOICES, ARCH_DEFAULTS, RECIPE_OMITTED_AT, DataSpec, RecipeSpec
+from trainer.datapaths import check_paths
+from trainer.spec import ARCH_CHOICES, ARCH_DEFAULTS, RECIPE_OMITTED_AT, DataSpec, RecipeSpec, SpecError
 
 from .values import (
     StudyError,
@@ -363,6 +364,10 @@ def _data(value: Any, key: str) -> DataSpec:
                 f"{p} does not exist; give an existing file or "
                 "directory (paths are relative to where you run scalelab)",
             )
+    try:  # what the run would reject (a device, too few files, ...), now: before anything is created
+        check_paths(spec)
+    except SpecError as e:
+        raise StudyError(e.field, e.message) from None
     return spec
 
 

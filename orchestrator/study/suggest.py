@@ -9,7 +9,6 @@ finished). The maths (fit, Laplace variance, greedy) lives in analysis/planner.p
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -18,6 +17,7 @@ import numpy as np
 
 from trainer.spec import SpecError
 
+from .. import jsonout
 from .config import ExplicitRun, ExplicitShape, StudyConfig, StudyError
 from .grid import PlannedRun, base_shape, expand
 
@@ -181,6 +181,8 @@ def check_inputs(
 ) -> None:
     """Bad flags exit 2, naming the flag, before anything is written."""
     largest = max([p.flops for p in expand(cfg)] + list(done_flops))
+    if not math.isfinite(target_flops):
+        raise StudyError("--target-flops", f"must be a finite number of FLOPs, got {target_flops}; e.g. 1e18")
     if not (target_flops > largest):
         raise StudyError(
             "--target-flops",
@@ -190,7 +192,7 @@ def check_inputs(
         )
     if max_runs < 1:
         raise StudyError("--max-runs", f"must be >= 1, got {max_runs}")
-    if not (gamma >= 0):
+    if not (0 <= gamma < math.inf):
         raise StudyError("--gamma", f"must be >= 0 (0.4 is the published cost discount), got {gamma}")
     if not cands.planned:
         raise StudyError(
@@ -198,6 +200,8 @@ def check_inputs(
             "the shape rule builds no candidate run outside the study; widen grid.sizes or grid.tokens",
         )
     cheapest = min(p.flops for p in cands.planned)
+    if max_flops is not None and math.isnan(max_flops):
+        raise StudyError("--max-flops", "must be a number of FLOPs (inf: no limit), got nan")
     if max_flops is not None and not (max_flops >= cheapest):
         raise StudyError(
             "--max-flops",
@@ -298,7 +302,7 @@ def print_suggestion(s: Suggestion, as_json: bool) -> None:
     import sys
 
     if as_json:
-        print(json.dumps(s.to_json(), indent=1))
+        print(jsonout.dumps(s.to_json(), indent=1))
         if s.plan.seed:
             print(s.plan.message, file=sys.stderr)
         return

@@ -4,6 +4,7 @@ SQLite MLflow store, with tiny models; resume without repeating a round; bad inp
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,10 @@ def study(tmp_path):
     [
         (["suggest", "{s}", "--target-flops", "1e3"], "--target-flops"),
         (["suggest", "{s}", "--target-flops", "1e12", "--max-runs", "0"], "--max-runs"),
+        (["suggest", "{s}", "--target-flops", "inf", "--json"], "--target-flops"),
+        (["suggest", "{s}", "--target-flops", "nan"], "--target-flops"),
+        (["suggest", "{s}", "--target-flops", "1e12", "--max-flops", "nan"], "--max-flops"),
+        (["suggest", "{s}", "--target-flops", "1e12", "--gamma", "inf"], "--gamma"),
         (["suggest", "{s}", "--target-flops", "1e12", "--max-flops", "10"], "--max-flops"),
         (["run", "{s}", "--adaptive", "--target-flops", "1e12", "--until-ci", "0"], "--until-ci"),
         (["run", "{s}", "--adaptive", "--target-flops", "1e12", "--until-ci", "-1"], "--until-ci"),
@@ -56,6 +61,26 @@ def test_bad_input_exits_2_naming_the_flag(study, store, capsys, argv, flag):
     assert main([a.format(s=path) for a in argv]) == 2
     assert flag in capsys.readouterr().err
     assert not Path(store.tracking_uri[len("sqlite:///") :]).exists()  # nothing written
+
+
+def test_json_output_is_strict_json(capsys):
+    """Python's json writes Infinity/NaN, which jq and JavaScript reject: scripts get null."""
+    from types import SimpleNamespace
+
+    from orchestrator.study.suggest import print_suggestion
+
+    out = {
+        "target_flops": float("inf"),
+        "current": {"value": float("nan")},
+        "suggestions": [{"score": -math.inf}],
+    }
+    print_suggestion(SimpleNamespace(to_json=lambda: out, plan=SimpleNamespace(seed=False)), as_json=True)
+
+    def reject(token):
+        raise AssertionError(f"{token} in --json output")
+
+    parsed = json.loads(capsys.readouterr().out, parse_constant=reject)
+    assert parsed == {"target_flops": None, "current": {"value": None}, "suggestions": [{"score": None}]}
 
 
 def _points(settings, study_name):

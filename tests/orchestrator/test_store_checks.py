@@ -50,6 +50,14 @@ def test_http_ledger_is_rejected(study, tmp_path, capsys):
     assert rc == 2 and "--ledger-uri" in err and "SQL database" in err
 
 
+def test_unsupported_ledger_database_is_named_without_mentioning_http(study, tmp_path, capsys):
+    uri = "mssql+pyodbc://u:secret@127.0.0.1:1433/ledger"
+    argv = ["run", str(study), "--home", str(tmp_path / "h"), "--ledger-uri", uri, "--no-progress"]
+    rc, err, _ = run(argv, capsys)
+    assert rc == 2 and "--ledger-uri" in err and "mssql+pyodbc:// is not supported" in err
+    assert "http" not in err and "secret" not in err and "sqlite:///" in err
+
+
 def test_mysql_without_a_driver_names_the_package(study, tmp_path, capsys):
     pytest.importorskip("sqlalchemy")
     try:

@@ -50,18 +50,26 @@ def test_no_shell_strings_for_subprocesses():
         assert not (n.args and isinstance(n.args[0], (ast.JoinedStr, ast.BinOp))), path
 
 
-def test_ui_binds_loopback_and_execs_an_argument_list(monkeypatch, tmp_path):
+def test_ui_binds_loopback_with_one_worker_and_no_job_runner(monkeypatch, tmp_path):
+    import uvicorn
+
+    from orchestrator import ui_server
+
     seen = {}
-    monkeypatch.setattr("os.execve", lambda exe, argv, env: seen.update(argv=argv, env=env))
+    monkeypatch.setattr(ui_server, "_open_store", lambda uri, root: seen.update(uri=uri))
+    monkeypatch.setattr(ui_server, "scalelab_experiments", lambda store: [])
+    monkeypatch.setattr(ui_server, "_mlflow_app", lambda: "app")
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: seen.update(config=self.config))
     (tmp_path / "mlflow.db").touch()  # ui serves an existing store only
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     assert main(["ui", "--home", str(tmp_path), "--port", str(port)]) == 0
-    argv = seen["argv"]
-    assert isinstance(argv, list) and argv[argv.index("--host") + 1] == "127.0.0.1"
-    assert argv[argv.index("--workers") + 1] == "1"
-    assert seen["env"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    config = seen["config"]
+    assert config.host == "127.0.0.1" and config.port == port and config.workers == 1
+    env = ui_server.server_environment(seen["uri"], "file:///x")
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    assert env["_MLFLOW_SERVER_FILE_STORE"] == seen["uri"] == f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
 def test_passwords_in_uris_are_masked_when_printed():

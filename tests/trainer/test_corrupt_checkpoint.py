@@ -83,3 +83,45 @@ def test_load_names_the_file_and_leaves_os_errors_alone(tmp_path):
     assert ckpt.set_aside(bad).name == "ckpt.pt.corrupt"
     bad.write_bytes(b"again")
     assert ckpt.set_aside(bad).name == "ckpt.pt.corrupt.1"
+
+
+def _rot_bits(f, n=64):
+    """Flip n bytes inside the largest tensor stored in checkpoint f (its zip member's data, not
+    a header): torch.load still loads it, with wrong numbers."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(f) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    data = bytearray(f.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len + info.file_size // 2 - n // 2
+    for k in range(n):
+        data[start + k] ^= 0xFF
+    f.write_bytes(bytes(data))
+    return info.filename
+
+
+def test_bit_rot_is_detected_before_the_weights_load(tmp_path):
+    """torch.load checks no CRC: 64 flipped bytes load silently as other weights."""
+    model = torch.nn.Linear(64, 64)
+    path = tmp_path / "ckpt.pt"
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ckpt.save(path, model=model, optimizer=opt, step=1, tokens=8, position=1)
+    member = _rot_bits(path)
+    rotten = torch.load(path, weights_only=True)["model"]  # no error from torch itself
+    assert not torch.equal(rotten["weight"], model.state_dict()["weight"])
+    with pytest.raises(ckpt.CorruptCheckpoint, match="CRC-32 check failed") as e:
+        ckpt.load(path)
+    assert member in str(e.value) and str(path) in str(e.value)
+
+
+def test_bit_rot_in_the_newest_checkpoint_resumes_from_the_previous_one(tmp_path, reference):
+    _interrupted(tmp_path)
+    _rot_bits(tmp_path / "ckpt.pt")
+    sink = InMemorySink()
+    res = train(_spec(), sink, checkpoint_dir=tmp_path)
+    assert res.status == "finished", res.message
+    assert res.resumed_from_tokens == 32 * 32 and res.val_loss == pytest.approx(reference.val_loss, abs=1e-6)
+    assert (tmp_path / "ckpt.pt.corrupt").exists()
+    assert "CRC-32 check failed" in sink.tags["scalelab.checkpoint_recovery"]
