@@ -23,11 +23,33 @@ DEVICES = ("auto", "cpu", "cuda")
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
 ACTIVATIONS = ("gelu", "relu", "swiglu")
 NORMS = ("pre", "post")
-OBJECTIVES = ("clm", "mlm")
+OBJECTIVES = ("clm", "mlm", "prefix", "span")
+FAMILIES = ("decoder", "encdec")
+# Which objectives each family trains with: the decoder stack is causal (clm), bidirectional
+# (mlm, BERT) or a prefix LM (bidirectional over a prefix, causal after it); the T5-style
+# encoder-decoder trains with span corruption.
+FAMILY_OBJECTIVES = {"decoder": ("clm", "mlm", "prefix"), "encdec": ("span",)}
+SPAN_DEFAULTS = {"span_noise_density": 0.15, "span_mean_length": 3.0}  # T5's
 # Architecture fields and their defaults (today's model). A spec whose fields all equal these
 # hashes exactly as before they existed: `to_dict` leaves default-valued ones out.
-ARCH_DEFAULTS = {"pos": "learned", "activation": "gelu", "norm": "pre", "objective": "clm"}
-ARCH_CHOICES = {"pos": POSITIONS, "activation": ACTIVATIONS, "norm": NORMS, "objective": OBJECTIVES}
+ARCH_DEFAULTS: dict[str, Any] = {
+    "pos": "learned",
+    "activation": "gelu",
+    "norm": "pre",
+    "objective": "clm",
+    "family": "decoder",
+    **SPAN_DEFAULTS,
+}
+ARCH_CHOICES = {
+    "pos": POSITIONS,
+    "activation": ACTIVATIONS,
+    "norm": NORMS,
+    "objective": OBJECTIVES,
+    "family": FAMILIES,
+}
+LABEL_KEYS = ("pos", "activation", "norm", "objective")  # the `arch` label (family prefixed)
+# Model fields left out of run keys at these values (decoders have no per-stack depths)
+MODEL_OMITTED_AT: dict[str, Any] = {**ARCH_DEFAULTS, "n_layer_enc": 0, "n_layer_dec": 0}
 # Recipe fields added later, left out of run keys and study fingerprints at these (off) values,
 # so studies written before they existed keep their keys.
 RECIPE_OMITTED_AT = {"lr_base_width": 0}
@@ -72,10 +94,15 @@ def _finite(
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Shape of a decoder-only GPT whose FFN is dense (experts=1) or a Mixture of Experts.
+    """Shape of a Transformer whose FFN is dense (experts=1) or a Mixture of Experts.
 
     d_ff defaults to 4·d_model; d_expert (width of one routed expert) defaults to d_ff, so
     granularity G = d_ff / d_expert is 1 unless set. Experts=1 means dense.
+
+    family decoder: one stack of n_layer blocks (GPT for clm, BERT for mlm, a prefix LM).
+    family encdec (T5): an encoder of n_layer_enc and a decoder of n_layer_dec blocks (0: both
+    n_layer; resolved here), cross-attention in every decoder block, trained on span
+    corruption whose layout (`span_layout`) fixes the encoder and decoder lengths.
     """
 
     n_layer: int
@@ -95,6 +122,11 @@ class ModelSpec:
     activation: str = "gelu"
     norm: str = "pre"
     objective: str = "clm"
+    family: str = "decoder"
+    n_layer_enc: int = 0  # encdec: encoder blocks (0: n_layer)
+    n_layer_dec: int = 0  # encdec: decoder blocks (0: n_layer)
+    span_noise_density: float = 0.15  # span: fraction of tokens corrupted (T5: 0.15)
+    span_mean_length: float = 3.0  # span: mean corrupted span length in tokens (T5: 3)
 
     def __post_init__(self) -> None:
         for name, allowed in ARCH_CHOICES.items():
@@ -102,15 +134,9 @@ class ModelSpec:
             _require(
                 value in allowed, f"model.{name}", f"unknown value {value!r}; use one of {', '.join(allowed)}"
             )
-        _require(
-            not (self.pos == "none" and self.objective == "mlm"),
-            "model.pos",
-            "a masked LM (objective: mlm) cannot be position-free: its attention is "
-            "bidirectional, so without positions it sees a bag of tokens; use pos: learned, "
-            "sinusoidal or rope",
-        )
         for name in ("n_layer", "d_model", "n_head", "vocab_size", "seq_len", "experts", "top_k"):
             _positive_int(getattr(self, name), f"model.{name}")
+        self._check_family()
         _require(
             self.d_model % self.n_head == 0,
             "model.n_head",
@@ -138,6 +164,61 @@ class ModelSpec:
         _finite(self.aux_loss_coef, "model.aux_loss_coef", lo=0)
         _finite(self.z_loss_coef, "model.z_loss_coef", lo=0)
 
+    def _check_family(self) -> None:
+        """family x objective, positions, per-stack depths and the span settings."""
+        check_family_objective(self.family, self.objective, "model.family", "model.objective")
+        _require(
+            not (self.pos == "none" and self.objective != "clm"),
+            "model.pos",
+            f"objective {self.objective} cannot be position-free: its attention is "
+            "bidirectional (over the prefix, or the encoder's input), so without positions it "
+            "sees a bag of tokens; use pos: learned, sinusoidal or rope",
+        )
+        for name in ("n_layer_enc", "n_layer_dec"):
+            _positive_int(getattr(self, name), f"model.{name}", minimum=0)
+            if self.family == "encdec":
+                object.__setattr__(self, name, getattr(self, name) or self.n_layer)
+            else:
+                _require(
+                    getattr(self, name) == 0,
+                    f"model.{name}",
+                    "sets the depth of an encoder-decoder stack; family decoder has one stack "
+                    "of n_layer blocks: remove it or set family: encdec",
+                )
+        check_span_settings(
+            self.objective, self.span_noise_density, self.span_mean_length, self.seq_len, "model.seq_len"
+        )
+        for name in SPAN_DEFAULTS:  # 3 and 3.0 are one setting (and one run key)
+            object.__setattr__(self, name, float(getattr(self, name)))
+
+    @property
+    def span_layout(self) -> tuple[int, int]:
+        """span: (noise tokens, noise spans) per sequence of seq_len tokens (T5's rule)."""
+        return span_layout(self.seq_len, self.span_noise_density, self.span_mean_length)
+
+    @property
+    def enc_len(self) -> int:
+        """encdec: encoder input length (kept tokens plus one sentinel per span); else seq_len."""
+        if self.family != "encdec":
+            return self.seq_len
+        noise, spans = self.span_layout
+        return self.seq_len - noise + spans
+
+    @property
+    def dec_len(self) -> int:
+        """encdec: decoder positions = predicted target tokens. The target is one sentinel then
+        the span's tokens, per span (noise + spans tokens); the decoder reads it from its first
+        sentinel and predicts the rest, so noise + spans - 1. Decoder: seq_len."""
+        if self.family != "encdec":
+            return self.seq_len
+        noise, spans = self.span_layout
+        return noise + spans - 1
+
+    @property
+    def logit_rows(self) -> int:
+        """Output classes: the vocabulary, plus the sentinels an encdec target holds."""
+        return self.embedding_rows if self.family == "encdec" else self.vocab_size
+
     @property
     def is_moe(self) -> bool:
         return self.experts > 1
@@ -152,13 +233,108 @@ class ModelSpec:
 
     @property
     def embedding_rows(self) -> int:
-        """Token embedding rows: the vocabulary, plus the mask token for mlm."""
+        """Token embedding rows: the vocabulary, plus the mask token for mlm, plus one sentinel
+        per noise span for span corruption."""
+        if self.objective == "span":
+            return self.vocab_size + self.span_layout[1]
         return self.vocab_size + (1 if self.objective == "mlm" else 0)
 
     @property
     def arch_label(self) -> str:
-        """Short label of the non-size choices, e.g. `learned-gelu-pre-clm`."""
-        return "-".join(str(getattr(self, k)) for k in ARCH_DEFAULTS)
+        """Short label of the non-size choices, e.g. `learned-gelu-pre-clm`; an encoder-decoder
+        is prefixed `encdec-`, and span settings off T5's defaults are appended."""
+        return arch_label(**{k: getattr(self, k) for k in ("family", *LABEL_KEYS, *SPAN_DEFAULTS)})
+
+
+def arch_label(
+    *,
+    family: str,
+    pos: str,
+    activation: str,
+    norm: str,
+    objective: str,
+    span_noise_density: float,
+    span_mean_length: float,
+) -> str:
+    """`<pos>-<activation>-<norm>-<objective>`, `encdec-` first for an encoder-decoder, and
+    `-rho<density>-mu<mean span>` when the span settings are not T5's defaults."""
+    label = f"{pos}-{activation}-{norm}-{objective}"
+    if family != "decoder":
+        label = f"{family}-{label}"
+    if (span_noise_density, span_mean_length) != tuple(SPAN_DEFAULTS.values()):
+        label += f"-rho{span_noise_density:g}-mu{span_mean_length:g}"
+    return label
+
+
+def check_family_objective(family: str, objective: str, family_key: str, objective_key: str) -> None:
+    """The objective must be one the family trains with (FAMILY_OBJECTIVES)."""
+    if objective in FAMILY_OBJECTIVES.get(family, (objective,)):
+        return
+    if family == "encdec":
+        raise SpecError(
+            objective_key,
+            f"family encdec (encoder-decoder) does not train with objective {objective}; it "
+            f"trains with objective: span (T5 span corruption); {objective} is a decoder "
+            f"objective: set objective: span, or {family_key}: decoder",
+        )
+    raise SpecError(
+        objective_key,
+        f"objective {objective} needs an encoder-decoder: set {family_key}: encdec, or use a "
+        f"decoder objective ({', '.join(FAMILY_OBJECTIVES['decoder'])})",
+    )
+
+
+def span_layout(seq_len: int, density: float, mean_length: float) -> tuple[int, int]:
+    """(noise tokens, noise spans) of T5's `random_spans_noise_mask`: round(seq_len·density)
+    noise tokens in round(noise / mean_length) spans (round half to even, as tf.round)."""
+    noise = int(round(seq_len * density))
+    return noise, int(round(noise / mean_length))
+
+
+def check_span_settings(
+    objective: str, density: Any, mean_length: Any, seq_len: int, seq_len_key: str, prefix: str = "model"
+) -> None:
+    """Span settings in range, only for objective span, and a sequence long enough for them:
+    at least one noise token and one span, and a kept token before every span."""
+    for name, value in (("span_noise_density", density), ("span_mean_length", mean_length)):
+        _finite(value, f"{prefix}.{name}")
+        if objective != "span":
+            _require(
+                value == SPAN_DEFAULTS[name],
+                f"{prefix}.{name}",
+                f"applies to objective: span (family: encdec) only, not {objective}; remove it",
+            )
+    _require(
+        0 < density < 1,
+        f"{prefix}.span_noise_density",
+        f"must be in (0, 1) (the fraction of tokens corrupted; T5: 0.15), got {density}",
+    )
+    _require(
+        mean_length >= 1,
+        f"{prefix}.span_mean_length",
+        f"must be >= 1 token (T5: 3), got {mean_length}",
+    )
+    if objective != "span":
+        return
+    noise, spans = span_layout(seq_len, density, mean_length)
+    _require(
+        noise >= 1 and spans >= 1 and seq_len - noise >= spans,
+        seq_len_key,
+        f"{seq_len} tokens are too short for span corruption at {prefix}.span_noise_density="
+        f"{density:g} and {prefix}.span_mean_length={mean_length:g}: round({seq_len}·{density:g}) = "
+        f"{noise} noise tokens in {spans} spans (each span needs a noise token and a kept token "
+        f"before it); raise {seq_len_key} to at least {_min_span_seq_len(density, mean_length)}, "
+        "raise span_noise_density or lower span_mean_length",
+    )
+
+
+def _min_span_seq_len(density: float, mean_length: float) -> int:
+    """The shortest sequence whose span layout is valid (for the error message)."""
+    for n in range(2, 1 << 16):
+        noise, spans = span_layout(n, density, mean_length)
+        if noise >= 1 and spans >= 1 and n - noise >= spans:
+            return n
+    return 1 << 16
 
 
 def ffn_hidden(width: int, activation: str) -> int:
@@ -412,7 +588,7 @@ class RunSpec:
         """Canonical dict; architecture fields and eval_lengths at their defaults are left out,
         so specs written before those fields existed keep their run keys."""
         d = dataclasses.asdict(self)
-        for k, v in ARCH_DEFAULTS.items():
+        for k, v in MODEL_OMITTED_AT.items():
             if d["model"].get(k) == v:
                 del d["model"][k]
         if tuple(d["recipe"].get("eval_lengths", ())) == (1,):

@@ -35,11 +35,12 @@ import torch
 from . import checkpoint as ckpt
 from .accounting import count_params, flops_per_token
 from .data import make_source
-from .model import GPT, param_groups
+from .model import build_model, param_groups
 from .objectives import eval_span, long_segments, mlm_corrupt, mlm_train_rng, mlm_val_rng, windows_at
 from .schedule import lr_at
 from .sinks import MetricSink
 from .spec import ALREADY_FINISHED, RunResult, RunSpec, SpecError
+from .tasks import make_task
 
 _log = logging.getLogger("scalelab.trainer")
 CKPT_NAME = "ckpt.pt"
@@ -204,7 +205,7 @@ class _Run:
         self._last_ckpt_time = time.monotonic()
 
         _seed_everything(spec.seed)
-        self.model = GPT(spec.model).to(self.device)
+        self.model = build_model(spec.model).to(self.device)
         r = spec.recipe
         # fused AdamW: one kernel per step on CUDA, and the fastest path on CPU too
         self.optimizer = torch.optim.AdamW(
@@ -226,6 +227,7 @@ class _Run:
         self.source = make_source(spec.data, spec.seed)
         self.val = torch.from_numpy(self.source.val).to(self.device)
         self.mlm = spec.model.objective == "mlm"
+        self.task = make_task(spec, self.source, self.device)  # prefix, span: their own batches
         if self.mlm:  # one fixed mask per held-out sequence, the same at every evaluation
             inputs, targets = mlm_corrupt(
                 self.source.val[:, :-1], spec.model.vocab_size, mlm_val_rng(spec.data)
@@ -251,7 +253,7 @@ class _Run:
         """The train.eval_lengths this run can measure: causal runs only, and learned positions
         only at k = 1 (they cannot address positions past seq_len). Empty: none beyond val_loss."""
         ks = self.spec.recipe.eval_lengths
-        if self.mlm or ks == (1,):
+        if self.spec.model.objective != "clm" or ks == (1,):
             return []
         if self.spec.model.pos == "learned":
             return [1]
@@ -266,8 +268,8 @@ class _Run:
         }
         if any(v == "n/a" for v in out.values()):
             out["eval_len_na_reason"] = (
-                "objective mlm: length extrapolation is measured for causal runs"
-                if self.mlm
+                f"objective {self.spec.model.objective}: length extrapolation is measured for causal runs"
+                if self.spec.model.objective != "clm"
                 else "pos learned: no embedding for positions past seq_len"
             )
         return out
@@ -418,9 +420,9 @@ class _Run:
         lr = self.lr(p.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        x, y = self._batch(p.step, B)  # (B, T) each
+        batch = self._batch(p.step, B)  # the forward's arguments: (inputs, targets) for clm, mlm
         with self.autocast:
-            _, loss, aux = self.forward(x, y)
+            _, loss, aux = self.forward(*batch)
             total = loss + aux["reg"] if aux else loss
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -436,8 +438,11 @@ class _Run:
         p.step += 1
         self._interval_tokens += self.plan.tokens_per_step
 
-    def _batch(self, step: int, B: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs, targets) of one step: next tokens (clm) or the masked positions (mlm)."""
+    def _batch(self, step: int, B: int) -> tuple[torch.Tensor, ...]:
+        """(inputs, targets) of one step: next tokens (clm) or the masked positions (mlm);
+        prefix and span: their task's forward arguments."""
+        if self.task is not None:
+            return self.task.train_batch(step, B)
         batch = self.source.batch(step * B, B)  # (B, T+1)
         if self.mlm:  # bidirectional: predict the corrupted positions of the window
             batch = np.stack(
@@ -498,15 +503,17 @@ class _Run:
         total = torch.zeros((), device=self.device, dtype=torch.float64)
         count = torch.zeros((), device=self.device, dtype=torch.float64)
         for i in range(0, n, per):
-            if self.mlm:  # nats per predicted (selected) token
-                x, y = self.val_mlm[0][i : i + per], self.val_mlm[1][i : i + per]
-                weight = (y != -100).sum().double()
+            if self.task is not None:  # nats per predicted target token
+                args, weight = self.task.val_batch(i, per)
+            elif self.mlm:  # nats per predicted (selected) token
+                args = (self.val_mlm[0][i : i + per], self.val_mlm[1][i : i + per])
+                weight = (args[1] != -100).sum().double()
             else:
                 w = self.val[i : i + per]
-                x, y = w[:, :-1], w[:, 1:]
+                args = (w[:, :-1], w[:, 1:])
                 weight = torch.tensor(float(w.shape[0]), device=self.device, dtype=torch.float64)
             with self.autocast:
-                _, loss, _ = self.model(x, y)
+                _, loss, _ = self.model(*args)
             total += loss.double() * weight
             count += weight
         self.model.train()
