@@ -239,3 +239,25 @@ def test_encoder_decoder_learns_a_markov_source(tmp_path):
     # both neighbours of a span (and the span's own earlier tokens) inform each target token
     assert result.val_loss < unigram - 0.5, (result.val_loss, unigram)
     assert result.flops == pytest.approx(flops_per_token(spec.model) * spec.tokens)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [dict(family="encdec", objective="span", pos="rope"), dict(objective="prefix")],
+    ids=["span", "prefix"],
+)
+def test_stopped_run_resumes_to_the_uninterrupted_result(tmp_path, model):
+    spec = tiny_spec(4096, checkpoint_interval_tokens=512, model=model)
+    ref = train(spec, InMemorySink(), checkpoint_dir=tmp_path / "ref")
+    assert ref.status == "finished", ref.message
+    polls: list[int] = []
+    stopped = train(
+        spec,
+        InMemorySink(),
+        checkpoint_dir=tmp_path / "run",
+        should_stop=lambda: polls.append(1) or len(polls) >= 2,
+    )
+    assert stopped.status == "stopped" and 0 < stopped.tokens < spec.tokens
+    resumed = train(spec, InMemorySink(), checkpoint_dir=tmp_path / "run")
+    assert resumed.status == "finished" and resumed.resumed_from_tokens == stopped.tokens
+    assert resumed.val_loss == pytest.approx(ref.val_loss, abs=1e-5)
