@@ -97,6 +97,7 @@ class FamilyLaws:
     k_flops: float  # FLOPs per parameter-token, median of flops / (N·D)
     approach3: FitResult
     draws: np.ndarray = field(default_factory=lambda: np.empty((0, 5)))
+    warnings: list[str] = field(default_factory=list)  # what these runs do not identify
 
     def params(self, row: int | None = None) -> dict[str, float]:
         """The fitted parameters (or bootstrap draw `row`), with k."""
@@ -108,6 +109,18 @@ def gamma(p: dict[str, float]) -> float:
     """γ = αβ/(α+β): the exponent of the compute-optimal reducible loss L*(C) - E."""
     a, b = p["alpha"], p["beta"]
     return a * b / (a + b) if a > 0 and b > 0 else math.nan
+
+
+def _identification(p: dict[str, float], loss: np.ndarray) -> list[str]:
+    """Degenerate Approach 3 solutions the runs allow: E at its lower bound, or an exponent so
+    small that its term acts as a constant (E and that term then trade off)."""
+    out = []
+    if p["E"] < 1e-3 * float(np.min(loss)):
+        out.append(f"E = {p['E']:.2g} is at its lower bound: the runs do not identify the floor")
+    for q, term in (("alpha", "A/N^α"), ("beta", "B/D^β")):
+        if p[q] < 0.05:
+            out.append(f"{q} = {p[q]:.3g}: {term} is nearly constant over the runs (it trades off with E)")
+    return out
 
 
 def fit_family(df: pd.DataFrame, variant: str, n_boot: int, rng: np.random.Generator) -> FamilyLaws:
@@ -147,7 +160,7 @@ def fit_family(df: pd.DataFrame, variant: str, n_boot: int, rng: np.random.Gener
         ci95=ci,
         extra={"flops_per_param_token": k},
     )
-    return FamilyLaws(variant, str(df["objective"].iloc[0]), n, k, result, d)
+    return FamilyLaws(variant, str(df["objective"].iloc[0]), n, k, result, d, _identification(params, L))
 
 
 def allocation(p: dict[str, float], flops) -> tuple[np.ndarray, np.ndarray]:
@@ -290,6 +303,11 @@ def compare_families(
         notes = [NOT_COMPARED] + [
             f"{nickname(v)}: {f.approach3.message}" for v, f in laws.items() if not f.approach3.success
         ]
+        notes += [
+            f"{nickname(v)}: {w}; its γ, allocation and multiplier inherit this"
+            for v, f in laws.items()
+            for w in f.warnings
+        ]
         out.append(
             FamilyComparison(
                 stratum=str(stratum),
@@ -316,6 +334,7 @@ def families_summary(frame: pd.DataFrame, *, n_boot: int = 100, seed: int = 0) -
         out[c.stratum] = {
             "baseline": c.baseline,
             "note": NOT_COMPARED,
+            "notes": c.notes[1:],
             "laws": {
                 v: {"approach3": f.approach3.to_dict(), "flops_per_param_token": f.k_flops}
                 for v, f in c.laws.items()
@@ -355,6 +374,8 @@ def print_families(summary: dict, stream) -> None:
                 f"  multiplier ({m['kind']}) {nickname(m['variant'])} at C={m['flops']:.3g}: "
                 f"{m['multiplier']:.3g} [{m['lo']:.3g}, {m['hi']:.3g}]\n"
             )
+        for note in c.get("notes", []):
+            stream.write(f"  note: {note}\n")
 
 
 def families_section(frame: pd.DataFrame, *, n_boot: int = 100, seed: int = 0) -> dict | None:

@@ -15,6 +15,7 @@ from analysis.families import (
     compare_families,
     families_section,
     family_frame,
+    fit_family,
     gamma,
     multiplier,
     optimal_loss,
@@ -75,6 +76,13 @@ def test_families_are_variants_compared_by_exponents_not_losses():
     t5 = m[m["variant"] == "encdec-span"]["multiplier"].to_numpy()
     assert (np.diff(t5) > 0).all()  # its reducible loss falls faster with compute
     assert set(c.allocations["variant"]) == set(c.laws)
+    assert not any(f.warnings for f in c.laws.values())
+
+
+def test_a_law_the_runs_do_not_identify_is_flagged():
+    flat = synthetic({("encdec", "span"): (dict(E=1.5, A=1e-9, alpha=0.5, B=300.0, beta=0.45), 3.8)})
+    f = fit_family(family_frame(flat), "encdec-span", 2, np.random.default_rng(0))
+    assert f.warnings and any("nearly constant" in w or "lower bound" in w for w in f.warnings)
 
 
 def test_allocation_and_multiplier_closed_forms():
