@@ -17,16 +17,10 @@ from typing import Any
 
 import yaml
 
-from trainer.spec import (
-    ARCH_CHOICES,
-    ARCH_DEFAULTS,
-    RECIPE_OMITTED_AT,
-    SPAN_DEFAULTS,
-    DataSpec,
-    RecipeSpec,
-    SpecError,
-    arch_label,
-)
+from trainer.families import SPAN_DEFAULTS, arch_label
+from trainer.spec import ARCH_CHOICES, ARCH_DEFAULTS, RECIPE_OMITTED_AT, DataSpec, RecipeSpec, SpecError
+
+from .families import check_arch_family, check_grid_family
 
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 MAX_TOKENS = 1e15  # a guard against typos such as 2e51; far beyond any single run
@@ -346,8 +340,6 @@ def _moe(value: Any, key: str) -> MoESetting:
 
 def _arch(value: Any, key: str, model: ShapeRule, seq_len: int) -> ArchSetting:
     """An architecture override (keys of model:), checked against the allowed values."""
-    from .families import check_arch_family
-
     m = _mapping(value, key)
     _check_keys(m, set(ARCH_CHOICES) | set(SPAN_DEFAULTS), key)
     resolved = {k: m.get(k, getattr(model, k)) for k in (*ARCH_CHOICES, *SPAN_DEFAULTS)}
@@ -364,7 +356,10 @@ def _arch(value: Any, key: str, model: ShapeRule, seq_len: int) -> ArchSetting:
             "LM, prefix LM, encoder) cannot be position-free (bidirectional attention without "
             "positions sees a bag of tokens); use pos: learned, sinusoidal or rope",
         )
-    check_arch_family(m, resolved, key, seq_len)
+    try:
+        check_arch_family(m, resolved, key, seq_len)
+    except SpecError as e:
+        raise StudyError(e.field, e.message) from None
     return ArchSetting(**resolved)
 
 
@@ -620,9 +615,10 @@ def parse_study(raw: Any, source_path: str = "") -> StudyConfig:
             "lower train.eval_lengths",
         )
     grid = _grid(top["grid"], "grid", model, data.seq_len)
-    from .families import check_grid_family
-
-    check_grid_family(grid, model)
+    try:
+        check_grid_family(grid, model)
+    except SpecError as e:
+        raise StudyError(e.field, e.message) from None
     _check_run_count(grid)
     return StudyConfig(
         study=name,

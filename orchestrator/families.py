@@ -5,17 +5,20 @@
 `grid.arch` entry; `n_layer_enc` / `n_layer_dec` may be given per explicit size for the
 encoder-decoder variants; `grid.match_flops: true` instead designs each encoder-decoder point's
 depths to match the FLOPs per token of the decoder point of the same size and axes
-(`trainer.accounting.match_flops_depths`). Errors name the YAML key that holds the value.
+(`trainer.accounting.match_flops_depths`). Errors name the YAML key that holds the value: `SpecError(key, message)`, which the config turns into
+its StudyError.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from trainer.spec import SPAN_DEFAULTS, SpecError, check_family_objective, check_span_settings
+from trainer.families import SPAN_DEFAULTS, check_family_objective, check_span_settings
+from trainer.spec import SpecError
 
-from .config import ArchSetting, ExplicitShape, Grid, ShapeRule, StudyError
+if TYPE_CHECKING:  # config imports this module: no import back at run time
+    from .config import ArchSetting, Grid, ShapeRule
 
 DEPTH_KEYS = ("n_layer_enc", "n_layer_dec")
 
@@ -30,18 +33,15 @@ def check_arch_family(entry: Mapping[str, Any], resolved: Mapping[str, Any], key
     span_prefix = key if any(k in entry for k in SPAN_DEFAULTS) else "model"
     # an entry that sets the family but keeps the default objective: blame what it wrote
     objective_key = where("objective") if "objective" in entry or "family" not in entry else where("family")
-    try:
-        check_family_objective(resolved["family"], resolved["objective"], where("family"), objective_key)
-        check_span_settings(
-            resolved["objective"],
-            resolved["span_noise_density"],
-            resolved["span_mean_length"],
-            seq_len,
-            "data.seq_len",
-            span_prefix,
-        )
-    except SpecError as e:
-        raise StudyError(e.field, e.message) from None
+    check_family_objective(resolved["family"], resolved["objective"], where("family"), objective_key)
+    check_span_settings(
+        resolved["objective"],
+        resolved["span_noise_density"],
+        resolved["span_mean_length"],
+        seq_len,
+        "data.seq_len",
+        span_prefix,
+    )
 
 
 def check_grid_family(grid: Grid, model: ShapeRule, key: str = "grid") -> None:
@@ -53,25 +53,23 @@ def check_grid_family(grid: Grid, model: ShapeRule, key: str = "grid") -> None:
     sizes = [(f"{key}.sizes[{i}]", s) for i, s in enumerate(grid.sizes)]
     sizes += [(f"{key}.runs[{i}].size", r.size) for i, r in enumerate(grid.runs)]
     for where, size in sizes:
-        if not isinstance(size, ExplicitShape):
-            continue
         for k in DEPTH_KEYS:
-            if not getattr(size, k):
+            if not getattr(size, k, 0):  # a target parameter count (float) has no depths
                 continue
             if not has_encdec:
-                raise StudyError(
+                raise SpecError(
                     f"{where}.{k}",
                     "sets an encoder-decoder stack's depth, but no variant is family: encdec; "
                     "remove it or add a grid.arch entry {family: encdec, objective: span}",
                 )
             if grid.match_flops:
-                raise StudyError(
+                raise SpecError(
                     f"{where}.{k}",
                     "grid.match_flops: true designs the encoder and decoder depths itself; "
                     "remove it, or set match_flops: false to give the depths",
                 )
     if grid.match_flops and not has_encdec:
-        raise StudyError(
+        raise SpecError(
             f"{key}.match_flops",
             "designs encoder-decoder points to match the decoder's FLOPs per token, but no "
             "grid.arch entry is family: encdec; add {family: encdec, objective: span} or remove it",

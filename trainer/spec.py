@@ -17,6 +17,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .checks import SpecError as SpecError  # re-exported: trainer.spec.SpecError
+from .checks import _finite, _positive_int, _require
+from .families import (
+    FAMILIES,
+    SPAN_DEFAULTS,
+    arch_label,
+    check_family_objective,
+    check_span_settings,
+    span_layout,
+)
+from .families import FAMILY_OBJECTIVES as FAMILY_OBJECTIVES  # re-exported
+
 DATA_SOURCES = ("markov", "zipf", "text", "tokens")
 SCHEDULES = ("cosine", "wsd")
 DEVICES = ("auto", "cpu", "cuda")
@@ -24,12 +36,6 @@ POSITIONS = ("learned", "sinusoidal", "rope", "none")
 ACTIVATIONS = ("gelu", "relu", "swiglu")
 NORMS = ("pre", "post")
 OBJECTIVES = ("clm", "mlm", "prefix", "span")
-FAMILIES = ("decoder", "encdec")
-# Which objectives each family trains with: the decoder stack is causal (clm), bidirectional
-# (mlm, BERT) or a prefix LM (bidirectional over a prefix, causal after it); the T5-style
-# encoder-decoder trains with span corruption.
-FAMILY_OBJECTIVES = {"decoder": ("clm", "mlm", "prefix"), "encdec": ("span",)}
-SPAN_DEFAULTS = {"span_noise_density": 0.15, "span_mean_length": 3.0}  # T5's
 # Architecture fields and their defaults (today's model). A spec whose fields all equal these
 # hashes exactly as before they existed: `to_dict` leaves default-valued ones out.
 ARCH_DEFAULTS: dict[str, Any] = {
@@ -54,42 +60,6 @@ MODEL_OMITTED_AT: dict[str, Any] = {**ARCH_DEFAULTS, "n_layer_enc": 0, "n_layer_
 # so studies written before they existed keep their keys.
 RECIPE_OMITTED_AT = {"lr_base_width": 0}
 ZIPF_KEYS = ("lexicon_size", "zipf_exponent", "min_word_len", "max_word_len")
-
-
-class SpecError(ValueError):
-    """A specification field is invalid. `field` is the dotted field name, `fix` what to do."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-
-
-def _require(ok: bool, field: str, message: str) -> None:
-    if not ok:
-        raise SpecError(field, message)
-
-
-def _positive_int(value: Any, field: str, minimum: int = 1) -> None:
-    _require(
-        isinstance(value, int) and not isinstance(value, bool), field, f"must be an integer, got {value!r}"
-    )
-    _require(value >= minimum, field, f"must be >= {minimum}, got {value}")
-
-
-def _finite(
-    value: Any, field: str, lo: float | None = None, hi: float | None = None, lo_open: bool = False
-) -> None:
-    _require(
-        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
-        field,
-        f"must be a finite number, got {value!r}",
-    )
-    if lo is not None:
-        ok = value > lo if lo_open else value >= lo
-        _require(ok, field, f"must be {'>' if lo_open else '>='} {lo}, got {value}")
-    if hi is not None:
-        _require(value <= hi, field, f"must be <= {hi}, got {value}")
 
 
 @dataclass(frozen=True)
@@ -244,97 +214,6 @@ class ModelSpec:
         """Short label of the non-size choices, e.g. `learned-gelu-pre-clm`; an encoder-decoder
         is prefixed `encdec-`, and span settings off T5's defaults are appended."""
         return arch_label(**{k: getattr(self, k) for k in ("family", *LABEL_KEYS, *SPAN_DEFAULTS)})
-
-
-def arch_label(
-    *,
-    family: str,
-    pos: str,
-    activation: str,
-    norm: str,
-    objective: str,
-    span_noise_density: float,
-    span_mean_length: float,
-) -> str:
-    """`<pos>-<activation>-<norm>-<objective>`, `encdec-` first for an encoder-decoder, and
-    `-rho<density>-mu<mean span>` when the span settings are not T5's defaults."""
-    label = f"{pos}-{activation}-{norm}-{objective}"
-    if family != "decoder":
-        label = f"{family}-{label}"
-    if (span_noise_density, span_mean_length) != tuple(SPAN_DEFAULTS.values()):
-        label += f"-rho{span_noise_density:g}-mu{span_mean_length:g}"
-    return label
-
-
-def check_family_objective(family: str, objective: str, family_key: str, objective_key: str) -> None:
-    """The objective must be one the family trains with (FAMILY_OBJECTIVES)."""
-    if objective in FAMILY_OBJECTIVES.get(family, (objective,)):
-        return
-    if family == "encdec":
-        raise SpecError(
-            objective_key,
-            f"family encdec (encoder-decoder) does not train with objective {objective}; it "
-            f"trains with objective: span (T5 span corruption); {objective} is a decoder "
-            f"objective: set objective: span, or {family_key}: decoder",
-        )
-    raise SpecError(
-        objective_key,
-        f"objective {objective} needs an encoder-decoder: set {family_key}: encdec, or use a "
-        f"decoder objective ({', '.join(FAMILY_OBJECTIVES['decoder'])})",
-    )
-
-
-def span_layout(seq_len: int, density: float, mean_length: float) -> tuple[int, int]:
-    """(noise tokens, noise spans) of T5's `random_spans_noise_mask`: round(seq_len·density)
-    noise tokens in round(noise / mean_length) spans (round half to even, as tf.round)."""
-    noise = int(round(seq_len * density))
-    return noise, int(round(noise / mean_length))
-
-
-def check_span_settings(
-    objective: str, density: Any, mean_length: Any, seq_len: int, seq_len_key: str, prefix: str = "model"
-) -> None:
-    """Span settings in range, only for objective span, and a sequence long enough for them:
-    at least one noise token and one span, and a kept token before every span."""
-    for name, value in (("span_noise_density", density), ("span_mean_length", mean_length)):
-        _finite(value, f"{prefix}.{name}")
-        if objective != "span":
-            _require(
-                value == SPAN_DEFAULTS[name],
-                f"{prefix}.{name}",
-                f"applies to objective: span (family: encdec) only, not {objective}; remove it",
-            )
-    _require(
-        0 < density < 1,
-        f"{prefix}.span_noise_density",
-        f"must be in (0, 1) (the fraction of tokens corrupted; T5: 0.15), got {density}",
-    )
-    _require(
-        mean_length >= 1,
-        f"{prefix}.span_mean_length",
-        f"must be >= 1 token (T5: 3), got {mean_length}",
-    )
-    if objective != "span":
-        return
-    noise, spans = span_layout(seq_len, density, mean_length)
-    _require(
-        noise >= 1 and spans >= 1 and seq_len - noise >= spans,
-        seq_len_key,
-        f"{seq_len} tokens are too short for span corruption at {prefix}.span_noise_density="
-        f"{density:g} and {prefix}.span_mean_length={mean_length:g}: round({seq_len}·{density:g}) = "
-        f"{noise} noise tokens in {spans} spans (each span needs a noise token and a kept token "
-        f"before it); raise {seq_len_key} to at least {_min_span_seq_len(density, mean_length)}, "
-        "raise span_noise_density or lower span_mean_length",
-    )
-
-
-def _min_span_seq_len(density: float, mean_length: float) -> int:
-    """The shortest sequence whose span layout is valid (for the error message)."""
-    for n in range(2, 1 << 16):
-        noise, spans = span_layout(n, density, mean_length)
-        if noise >= 1 and spans >= 1 and n - noise >= spans:
-            return n
-    return 1 << 16
 
 
 def ffn_hidden(width: int, activation: str) -> int:
