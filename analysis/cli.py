@@ -10,7 +10,9 @@ JSON contract (--json): stdout is ONE object
   {"law", "n_points", "params", "objective", "converged", "ci95": {name: [lo, hi]},
    "compute_optimal": [{"flops", "n_params", "tokens", "tokens_per_param", "loss"}],
    "exponents": {"a", "b"}, ...extra keys: identifiable, success, message, excluded, source,
-   notes, bootstrap, and with --group-by: "groups": {label: {...the same contract...}}}
+   notes, bootstrap, and with --group-by: "groups": {label: {...the same contract...}};
+   with --group-by arch over several model families/objectives also "families"
+   (analysis.families.families_summary: per-family laws, deltas, multipliers, allocations)}
 The top level is one setting's fit (dense points by default, `--experts K` for an MoE
 setting, in active parameters); points of other settings are counted in `excluded` with the
 reason, and the notes say which setting was fitted (see analysis/groups.py).
@@ -33,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from .data import InputError, load_csv, load_mlflow
+from .families import families_block, print_families
 from .groups import in_active_params, select_setting, split_by
 from .result import FitResult, optimal_rows, result_at
 
@@ -88,7 +91,8 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         default=None,
         metavar="COLUMN",
         help="also fit each group of COLUMN (experts: MoE setting, arch, or any "
-        'param) separately; JSON key "groups": {label: {...}}',
+        'param) separately; JSON key "groups": {label: {...}}; arch over several model '
+        'families/objectives also compares them (JSON key "families")',
     )
     add_form_arguments(parser)
     return parser
@@ -512,6 +516,8 @@ def run_fit(args) -> int:
         res = fit_law(sel, args.law, **kw)
         if getattr(args, "group_by", None):
             res["groups"] = fit_groups(pts, args.law, args.group_by, reuse=(sel, res), **kw)
+        if getattr(args, "group_by", None) == "arch":  # families: exponents, not raw losses
+            res.update(families_block(pts.frame, n_boot=args.bootstrap or 100, seed=args.seed))
     except InputError as exc:
         print(f"scalelab fit: error: {exc}", file=sys.stderr)
         return 2
@@ -534,6 +540,7 @@ def run_fit(args) -> int:
         for label, g in res.get("groups", {}).items():
             sys.stdout.write(f"\n== group {label} ==\n")
             _print_text(g, sys.stdout)
+        print_families(res.get("families") or {}, sys.stdout)
     return status
 
 

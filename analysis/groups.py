@@ -163,11 +163,18 @@ def group_labels(frame: pd.DataFrame, column: str) -> pd.Series:
 def split_by(points: Points, column: str) -> dict[str, Points]:
     """{label: Points} for `--group-by column`, in label order."""
     labels = group_labels(points.frame, column)
+    note = []
+    objectives = points.frame["objective"].dropna().unique() if "objective" in points.frame else []
+    if len(objectives) > 1:  # analysis/families.py compares them by exponents instead
+        note = [
+            f"objectives {', '.join(sorted(map(str, objectives)))}: losses under different "
+            "objectives are not comparable as numbers; compare exponents and allocations"
+        ]
     return {
         str(lab): dataclasses.replace(
             points,
             frame=points.frame[(labels == lab).to_numpy()].reset_index(drop=True),
-            notes=list(points.notes) + [f"group {lab!r} of --group-by {column}"],
+            notes=list(points.notes) + [f"group {lab!r} of --group-by {column}", *note],
         )
         for lab in sorted(labels.unique(), key=str)
     }

@@ -100,6 +100,7 @@ SECTIONS: list[Section] = [
     S.forms_section,
     S.constrained_section,
     S.architecture_section,
+    S.families_section,
     S.planner_section,
 ]
 

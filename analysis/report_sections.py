@@ -436,6 +436,14 @@ def architecture_section(ctx):
     return section_of(ctx.frame, n_boot=50, seed=ctx.seed)
 
 
+def families_section(ctx):
+    """Model families (GPT, BERT, T5) under different objectives, compared by exponents,
+    allocations and multipliers, never by raw losses (analysis.families)."""
+    from .families import families_section as section_of
+
+    return section_of(ctx.frame, n_boot=50, seed=ctx.seed)
+
+
 def planner_section(ctx):
     """The answer's interval against FLOPs spent, per adaptive round when there are rounds."""
     from .planner import planner_section as section_of

@@ -1,4 +1,5 @@
-"""scalelab trainer: one dense or MoE GPT training run with exact compute accounting.
+"""scalelab trainer: one training run (a dense or MoE GPT, BERT-style or prefix LM decoder, or a
+T5-style encoder-decoder) with exact compute accounting.
 
 Importing the package (or `trainer.spec`, `trainer.accounting`) does not import torch: `train`
 and the model are loaded on first use, so the orchestrator's planning stays fast.
@@ -8,13 +9,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .accounting import ParamCounts, count_params, flops_per_token, shape_for_params, training_flops
+from .accounting import (
+    ParamCounts,
+    count_params,
+    flops_per_example,
+    flops_per_token,
+    shape_for_params,
+    training_flops,
+)
 from .sinks import InMemorySink, MetricSink, MlflowSink, MlflowSinkError
 from .spec import DataSpec, ModelSpec, RecipeSpec, RunError, RunResult, RunSpec, RunStatus, SpecError
 
 if TYPE_CHECKING:  # for type checkers only: at run time these load lazily (torch)
     from .data import true_entropy
-    from .model import GPT
+    from .model import GPT, build_model
     from .recovery import checkpoint_info
     from .train import train
 
@@ -35,11 +43,13 @@ __all__ = [
     "count_params",
     "ParamCounts",
     "flops_per_token",
+    "flops_per_example",
     "training_flops",
     "shape_for_params",
     "true_entropy",
     "checkpoint_info",
     "GPT",
+    "build_model",
 ]
 
 _LAZY = {
@@ -47,6 +57,7 @@ _LAZY = {
     "checkpoint_info": ("recovery", "checkpoint_info"),
     "true_entropy": ("data", "true_entropy"),
     "GPT": ("model", "GPT"),
+    "build_model": ("model", "build_model"),
 }
 
 

@@ -18,7 +18,7 @@ def measurable_lengths(spec: RunSpec) -> list[int]:
     """The train.eval_lengths this run can measure: causal runs only, and learned positions
     only at k = 1 (they cannot address positions past seq_len). Empty: none beyond val_loss."""
     ks = spec.recipe.eval_lengths
-    if spec.model.objective == "mlm" or ks == (1,):
+    if spec.model.objective != "clm" or ks == (1,):
         return []
     if spec.model.pos == "learned":
         return [1]
@@ -28,8 +28,9 @@ def measurable_lengths(spec: RunSpec) -> list[int]:
 class Evaluator:
     """The validation tensors of one run (on its device) and the two evaluations."""
 
-    def __init__(self, spec: RunSpec, source: Any, device: torch.device):
+    def __init__(self, spec: RunSpec, source: Any, device: torch.device, task: Any = None):
         self.spec, self.device = spec, device
+        self.task = task  # prefix, span (trainer/tasks.py): their own held-out batches
         self.val = torch.from_numpy(source.val).to(device)  # (n, T+1)
         self.mlm = spec.model.objective == "mlm"
         if self.mlm:  # one fixed mask per held-out sequence, the same at every evaluation
@@ -53,9 +54,10 @@ class Evaluator:
             if k > 1
         }
         if any(v == "n/a" for v in out.values()):
+            objective = self.spec.model.objective
             out["eval_len_na_reason"] = (
-                "objective mlm: length extrapolation is measured for causal runs"
-                if self.mlm
+                f"objective {objective}: length extrapolation is measured for causal runs"
+                if objective != "clm"
                 else "pos learned: no embedding for positions past seq_len"
             )
         return out
@@ -73,15 +75,17 @@ class Evaluator:
         total = torch.zeros((), device=self.device, dtype=torch.float64)
         count = torch.zeros((), device=self.device, dtype=torch.float64)
         for i in range(0, n, per):
-            if self.mlm:  # nats per predicted (selected) token
-                x, y = self.val_mlm[0][i : i + per], self.val_mlm[1][i : i + per]
-                weight = (y != -100).sum().double()
+            if self.task is not None:  # nats per predicted target token
+                args, weight = self.task.val_batch(i, per)
+            elif self.mlm:  # nats per predicted (selected) token
+                args = (self.val_mlm[0][i : i + per], self.val_mlm[1][i : i + per])
+                weight = (args[1] != -100).sum().double()
             else:
                 w = self.val[i : i + per]
-                x, y = w[:, :-1], w[:, 1:]
+                args = (w[:, :-1], w[:, 1:])
                 weight = torch.tensor(float(w.shape[0]), device=self.device, dtype=torch.float64)
             with autocast:
-                _, loss, _ = model(x, y)
+                _, loss, _ = model(*args)
             total += loss.double() * weight
             count += weight
         model.train()

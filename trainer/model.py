@@ -8,8 +8,12 @@ length) | none; FFN activation gelu | relu | swiglu (gate and value matrices of 
 round(2/3·width), `spec.ffn_hidden`); norm pre | post (post: x = LN(x + f(x)), the original
 Transformer; the final LayerNorm is kept in both placements); objective clm (causal) | mlm
 (bidirectional attention; the mask token is one extra embedding row, id vocab_size, never a
-logit: a tied head uses the first vocab_size rows).
-The network only: no I/O, no logging. `trainer/accounting.py` counts exactly these parameters.
+logit: a tied head uses the first vocab_size rows) | prefix (prefix LM: `forward(..., prefix)`
+makes the first prefix[b] positions attend to each other both ways, the rest causally).
+The blocks take a causal flag and (cross=True) cross-attention to an encoder's output, so
+`trainer/encdec.py` builds the T5-style encoder-decoder (family encdec) from them;
+`build_model(spec)` picks the network. The network only: no I/O, no logging.
+`trainer/accounting.py` counts exactly these parameters.
 
 MoE: token-choice top-k routing with a softmax router computed in fp32 (the top-k weights are
 renormalised to sum to 1), dropless (no capacity factor: every token reaches its k experts, so
@@ -63,26 +67,51 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat((rot, rest), dim=-1) if rest.shape[-1] else rot
 
 
+def _heads(t: torch.Tensor, n_head: int) -> torch.Tensor:
+    """(B, T, C) -> (B, H, T, C/H)."""
+    B, T, C = t.shape
+    return t.view(B, T, n_head, C // n_head).transpose(1, 2)
+
+
 class CausalSelfAttention(nn.Module):
-    """Self-attention: causal for clm, bidirectional for mlm; rope rotates q and k."""
+    """Self-attention: causal for clm and prefix (and an encoder-decoder's decoder),
+    bidirectional for mlm (and the encoder); rope rotates q and k. `mask` (B, 1, T, T), True
+    where attending is allowed, replaces the causal mask (prefix LM)."""
+
+    def __init__(self, m: ModelSpec, causal: bool | None = None):
+        super().__init__()
+        self.n_head = m.n_head
+        self.causal = m.objective in ("clm", "prefix") if causal is None else causal
+        self.qkv = nn.Linear(m.d_model, 3 * m.d_model, bias=False)
+        self.proj = nn.Linear(m.d_model, m.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor, rope=None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = (_heads(t, self.n_head) for t in self.qkv(x).split(C, dim=2))  # (B, H, T, hd)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if mask is not None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, T, hd)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class CrossAttention(nn.Module):
+    """Decoder-to-encoder attention (T5): queries from the decoder, keys and values from the
+    encoder's output (`memory`), no mask and no positions (the encoder already placed them)."""
 
     def __init__(self, m: ModelSpec):
         super().__init__()
         self.n_head = m.n_head
-        self.causal = m.objective == "clm"
-        self.qkv = nn.Linear(m.d_model, 3 * m.d_model, bias=False)
+        self.q = nn.Linear(m.d_model, m.d_model, bias=False)
+        self.kv = nn.Linear(m.d_model, 2 * m.d_model, bias=False)
         self.proj = nn.Linear(m.d_model, m.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor, rope=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)  # (B, T, C) each
-        q, k, v = (
-            t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, hd)
-            for t in (q, k, v)
-        )
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, T, hd)
+        k, v = (_heads(t, self.n_head) for t in self.kv(memory).split(C, dim=2))  # (B, H, S, hd)
+        y = F.scaled_dot_product_attention(_heads(self.q(x), self.n_head), k, v)  # (B, H, T, hd)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -165,10 +194,16 @@ class MoE(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, m: ModelSpec):
+    """Self-attention, then (cross=True: an encoder-decoder's decoder) cross-attention to the
+    encoder's output, then the FFN; each sublayer with its own LayerNorm, pre or post."""
+
+    def __init__(self, m: ModelSpec, causal: bool | None = None, cross: bool = False):
         super().__init__()
         self.ln1 = nn.LayerNorm(m.d_model, bias=False)
-        self.attn = CausalSelfAttention(m)
+        self.attn = CausalSelfAttention(m, causal)
+        if cross:
+            self.ln_cross = nn.LayerNorm(m.d_model, bias=False)
+            self.cross = CrossAttention(m)
         self.ln2 = nn.LayerNorm(m.d_model, bias=False)
         self.ffn = MoE(m) if m.is_moe else MLP(m.d_model, m.d_ff, m.activation)
         self.post = m.norm == "post"
@@ -178,12 +213,16 @@ class Block(nn.Module):
             return self.ffn(x)
         return self.ffn(x), None
 
-    def forward(self, x: torch.Tensor, rope=None):
+    def forward(self, x: torch.Tensor, rope=None, mask=None, memory: torch.Tensor | None = None):
         if self.post:  # original Transformer: normalise after each residual add
-            x = self.ln1(x + self.attn(x, rope))
+            x = self.ln1(x + self.attn(x, rope, mask))
+            if memory is not None:
+                x = self.ln_cross(x + self.cross(x, memory))
             h, stats = self._ffn(x)
             return self.ln2(x + h), stats
-        x = x + self.attn(self.ln1(x), rope)
+        x = x + self.attn(self.ln1(x), rope, mask)
+        if memory is not None:
+            x = x + self.cross(self.ln_cross(x), memory)
         h, stats = self._ffn(self.ln2(x))
         return x + h, stats
 
@@ -223,52 +262,86 @@ class GPT(nn.Module):
 
     def _embed(self, idx: torch.Tensor):
         """Token (+ position) embeddings and the rope angles (or None)."""
-        T = idx.shape[1]
-        x = self.wte(idx)  # (B, T, C)
-        pos = self.spec.pos
-        if pos == "learned":
-            if T > self.spec.seq_len:
-                raise ValueError(
-                    f"learned positions address {self.spec.seq_len} positions, "
-                    f"not {T}; evaluate longer inputs with pos: sinusoidal, rope "
-                    "or none"
-                )
-            assert self.wpe is not None  # built for pos: learned
-            x = x + self.wpe(torch.arange(T, device=idx.device))
-        elif pos == "sinusoidal":
-            table = sinusoidal_table(T, self.spec.d_model, idx.device) * (SINUSOIDAL_RMS * math.sqrt(2))
-            x = x + table.to(x.dtype)
-        rope = rope_angles(T, self.spec.d_head, idx.device) if pos == "rope" else None
-        return x, rope
+        return embed(idx, self.wte, self.wpe, self.spec)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, prefix: torch.Tensor | None = None
+    ):
         """Returns (logits (B, T, V), ce loss or None, aux dict). aux holds the summed MoE
         regulariser `reg` (aux_loss_coef·aux + z_loss_coef·z, mean over MoE layers) and the
         per-layer expert token `counts` (L_moe, E); empty for dense models. Targets equal to
-        -100 are ignored (mlm: the loss covers the selected positions only)."""
+        -100 are ignored (mlm: the loss covers the selected positions only). `prefix` (B,):
+        prefix LM, positions before prefix[b] attend to each other both ways."""
         x, rope = self._embed(idx)
+        mask = prefix_mask(prefix, idx.shape[1]) if prefix is not None else None
         moe_stats = []
         for block in self.blocks:
-            x, stats = block(x, rope)
+            x, stats = block(x, rope, mask)
             if stats is not None:
                 moe_stats.append(stats)
         h = self.ln_f(x)
         logits = (
             self.head(h) if self.head is not None else F.linear(h, self.wte.weight[: self.spec.vocab_size])
         )  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(
-                logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
+        return logits, cross_entropy(logits, targets), moe_aux(moe_stats, self.spec)
+
+
+def embed(idx: torch.Tensor, wte: nn.Embedding, wpe: nn.Embedding | None, m: ModelSpec):
+    """Token (+ position) embeddings of (B, T) ids and the rope angles (or None); `wpe` is the
+    learned position table (pos: learned), which addresses its own number of rows."""
+    T = idx.shape[1]
+    x = wte(idx)  # (B, T, C)
+    if m.pos == "learned":
+        assert wpe is not None  # built for pos: learned
+        if T > wpe.num_embeddings:
+            raise ValueError(
+                f"learned positions address {wpe.num_embeddings} positions, "
+                f"not {T}; evaluate longer inputs with pos: sinusoidal, rope "
+                "or none"
             )
-        aux: dict[str, torch.Tensor] = {}
-        if moe_stats:
-            n = len(moe_stats)
-            aux["aux"] = sum(s["aux"] for s in moe_stats) / n
-            aux["z"] = sum(s["z"] for s in moe_stats) / n
-            aux["reg"] = self.spec.aux_loss_coef * aux["aux"] + self.spec.z_loss_coef * aux["z"]
-            aux["counts"] = torch.stack([s["counts"] for s in moe_stats])
-        return logits, loss, aux
+        x = x + wpe(torch.arange(T, device=idx.device))
+    elif m.pos == "sinusoidal":
+        table = sinusoidal_table(T, m.d_model, idx.device) * (SINUSOIDAL_RMS * math.sqrt(2))
+        x = x + table.to(x.dtype)
+    rope = rope_angles(T, m.d_head, idx.device) if m.pos == "rope" else None
+    return x, rope
+
+
+def prefix_mask(prefix: torch.Tensor, T: int) -> torch.Tensor:
+    """(B, 1, T, T) attention mask of a prefix LM: causal, plus every position of the prefix
+    (the first prefix[b] positions) sees the whole prefix."""
+    pos = torch.arange(T, device=prefix.device)
+    causal = pos[None, :] <= pos[:, None]  # (T, T): key <= query
+    in_prefix = pos[None, None, :] < prefix[:, None, None]  # (B, 1, T): key inside the prefix
+    return (causal[None] | (in_prefix & (pos[None, :, None] < prefix[:, None, None])))[:, None]
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor | None:
+    """Mean cross-entropy in nats over the targets that are not -100 (None without targets)."""
+    if targets is None:
+        return None
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+
+
+def moe_aux(moe_stats: list[dict[str, torch.Tensor]], m: ModelSpec) -> dict[str, torch.Tensor]:
+    """The MoE losses averaged over MoE layers (`aux`, `z`, weighted `reg`) and the per-layer
+    expert `counts`; empty for dense models."""
+    aux: dict[str, torch.Tensor] = {}
+    if moe_stats:
+        aux["aux"] = torch.stack([s["aux"] for s in moe_stats]).mean()
+        aux["z"] = torch.stack([s["z"] for s in moe_stats]).mean()
+        aux["reg"] = m.aux_loss_coef * aux["aux"] + m.z_loss_coef * aux["z"]
+        aux["counts"] = torch.stack([s["counts"] for s in moe_stats])
+    return aux
+
+
+def build_model(m: ModelSpec) -> nn.Module:
+    """The network a spec describes: a GPT (decoder family) or a T5-style encoder-decoder."""
+    if m.family == "encdec":
+        from .encdec import EncoderDecoder
+
+        return EncoderDecoder(m)
+    return GPT(m)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

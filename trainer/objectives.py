@@ -5,6 +5,11 @@
   covers the selected positions only (targets elsewhere are -100). Training masks are a pure
   function of (run seed, step), so a resumed run sees the same masks; the held-out masks are a
   pure function of data.seed, fixed for every evaluation and every run of a study.
+- prefix (prefix LM, T5's "prefix LM" on a decoder): each window of T+1 tokens is split at a
+  prefix length p uniform in 1..T-1; the first p positions attend to each other both ways, the
+  rest causally, and the loss covers the next-token predictions from position p-1 on (the
+  T-p+1 tokens after the prefix), nats per predicted token. Split points are drawn like mlm's
+  masks: training from (run seed, step), held-out fixed by data.seed.
 - length extrapolation (Press et al., ALiBi's protocol): the held-out tokens are cut into
   segments of K·T+1 tokens (K = lcm of train.eval_lengths, T = data.seq_len); at length k·T each
   segment is split into K/k non-overlapping windows, so every length scores the same tokens.
@@ -47,6 +52,27 @@ def mlm_train_rng(run_seed: int, step: int) -> np.random.Generator:
 
 def mlm_val_rng(data: DataSpec) -> np.random.Generator:
     return np.random.default_rng([data.seed, _TAG_MLM, 1 << 20])
+
+
+_TAG_PREFIX = 0x707265
+
+
+def prefix_split(windows: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(inputs (B, T), targets (B, T) with -100 inside the prefix, prefix lengths (B,)) of
+    (B, T+1) token windows."""
+    B, T = windows.shape[0], windows.shape[1] - 1
+    prefix = rng.integers(1, T, B) if T > 1 else np.ones(B, dtype=np.int64)
+    targets = windows[:, 1:].copy()
+    targets[np.arange(T)[None, :] < (prefix - 1)[:, None]] = -100
+    return windows[:, :-1], targets, prefix
+
+
+def prefix_train_rng(run_seed: int, step: int) -> np.random.Generator:
+    return np.random.default_rng([run_seed, _TAG_PREFIX, step])
+
+
+def prefix_val_rng(data: DataSpec) -> np.random.Generator:
+    return np.random.default_rng([data.seed, _TAG_PREFIX, 1 << 20])
 
 
 def eval_span(lengths: tuple[int, ...]) -> int:

@@ -17,65 +17,62 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .checks import SpecError as SpecError  # re-exported: trainer.spec.SpecError
+from .checks import _finite, _positive_int, _require
+from .families import (
+    FAMILIES,
+    SPAN_DEFAULTS,
+    arch_label,
+    check_family_objective,
+    check_span_settings,
+    span_layout,
+)
+from .families import FAMILY_OBJECTIVES as FAMILY_OBJECTIVES  # re-exported
+
 DATA_SOURCES = ("markov", "zipf", "text", "tokens")
 SCHEDULES = ("cosine", "wsd")
 DEVICES = ("auto", "cpu", "cuda")
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
 ACTIVATIONS = ("gelu", "relu", "swiglu")
 NORMS = ("pre", "post")
-OBJECTIVES = ("clm", "mlm")
+OBJECTIVES = ("clm", "mlm", "prefix", "span")
 # Architecture fields and their defaults (today's model). A spec whose fields all equal these
 # hashes exactly as before they existed: `to_dict` leaves default-valued ones out.
-ARCH_DEFAULTS = {"pos": "learned", "activation": "gelu", "norm": "pre", "objective": "clm"}
-ARCH_CHOICES = {"pos": POSITIONS, "activation": ACTIVATIONS, "norm": NORMS, "objective": OBJECTIVES}
+ARCH_DEFAULTS: dict[str, Any] = {
+    "pos": "learned",
+    "activation": "gelu",
+    "norm": "pre",
+    "objective": "clm",
+    "family": "decoder",
+    **SPAN_DEFAULTS,
+}
+ARCH_CHOICES = {
+    "pos": POSITIONS,
+    "activation": ACTIVATIONS,
+    "norm": NORMS,
+    "objective": OBJECTIVES,
+    "family": FAMILIES,
+}
+LABEL_KEYS = ("pos", "activation", "norm", "objective")  # the `arch` label (family prefixed)
+# Model fields left out of run keys at these values (decoders have no per-stack depths)
+MODEL_OMITTED_AT: dict[str, Any] = {**ARCH_DEFAULTS, "n_layer_enc": 0, "n_layer_dec": 0}
 # Recipe fields added later, left out of run keys and study fingerprints at these (off) values,
 # so studies written before they existed keep their keys.
 RECIPE_OMITTED_AT = {"lr_base_width": 0}
 ZIPF_KEYS = ("lexicon_size", "zipf_exponent", "min_word_len", "max_word_len")
 
 
-class SpecError(ValueError):
-    """A specification field is invalid. `field` is the dotted field name, `fix` what to do."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-
-
-def _require(ok: bool, field: str, message: str) -> None:
-    if not ok:
-        raise SpecError(field, message)
-
-
-def _positive_int(value: Any, field: str, minimum: int = 1) -> None:
-    _require(
-        isinstance(value, int) and not isinstance(value, bool), field, f"must be an integer, got {value!r}"
-    )
-    _require(value >= minimum, field, f"must be >= {minimum}, got {value}")
-
-
-def _finite(
-    value: Any, field: str, lo: float | None = None, hi: float | None = None, lo_open: bool = False
-) -> None:
-    _require(
-        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
-        field,
-        f"must be a finite number, got {value!r}",
-    )
-    if lo is not None:
-        ok = value > lo if lo_open else value >= lo
-        _require(ok, field, f"must be {'>' if lo_open else '>='} {lo}, got {value}")
-    if hi is not None:
-        _require(value <= hi, field, f"must be <= {hi}, got {value}")
-
-
 @dataclass(frozen=True)
 class ModelSpec:
-    """Shape of a decoder-only GPT whose FFN is dense (experts=1) or a Mixture of Experts.
+    """Shape of a Transformer whose FFN is dense (experts=1) or a Mixture of Experts.
 
     d_ff defaults to 4·d_model; d_expert (width of one routed expert) defaults to d_ff, so
     granularity G = d_ff / d_expert is 1 unless set. Experts=1 means dense.
+
+    family decoder: one stack of n_layer blocks (GPT for clm, BERT for mlm, a prefix LM).
+    family encdec (T5): an encoder of n_layer_enc and a decoder of n_layer_dec blocks (0: both
+    n_layer; resolved here), cross-attention in every decoder block, trained on span
+    corruption whose layout (`span_layout`) fixes the encoder and decoder lengths.
     """
 
     n_layer: int
@@ -95,6 +92,11 @@ class ModelSpec:
     activation: str = "gelu"
     norm: str = "pre"
     objective: str = "clm"
+    family: str = "decoder"
+    n_layer_enc: int = 0  # encdec: encoder blocks (0: n_layer)
+    n_layer_dec: int = 0  # encdec: decoder blocks (0: n_layer)
+    span_noise_density: float = 0.15  # span: fraction of tokens corrupted (T5: 0.15)
+    span_mean_length: float = 3.0  # span: mean corrupted span length in tokens (T5: 3)
 
     def __post_init__(self) -> None:
         for name, allowed in ARCH_CHOICES.items():
@@ -102,15 +104,9 @@ class ModelSpec:
             _require(
                 value in allowed, f"model.{name}", f"unknown value {value!r}; use one of {', '.join(allowed)}"
             )
-        _require(
-            not (self.pos == "none" and self.objective == "mlm"),
-            "model.pos",
-            "a masked LM (objective: mlm) cannot be position-free: its attention is "
-            "bidirectional, so without positions it sees a bag of tokens; use pos: learned, "
-            "sinusoidal or rope",
-        )
         for name in ("n_layer", "d_model", "n_head", "vocab_size", "seq_len", "experts", "top_k"):
             _positive_int(getattr(self, name), f"model.{name}")
+        self._check_family()
         _require(
             self.d_model % self.n_head == 0,
             "model.n_head",
@@ -138,6 +134,61 @@ class ModelSpec:
         _finite(self.aux_loss_coef, "model.aux_loss_coef", lo=0)
         _finite(self.z_loss_coef, "model.z_loss_coef", lo=0)
 
+    def _check_family(self) -> None:
+        """family x objective, positions, per-stack depths and the span settings."""
+        check_family_objective(self.family, self.objective, "model.family", "model.objective")
+        _require(
+            not (self.pos == "none" and self.objective != "clm"),
+            "model.pos",
+            f"objective {self.objective} cannot be position-free: its attention is "
+            "bidirectional (over the prefix, or the encoder's input), so without positions it "
+            "sees a bag of tokens; use pos: learned, sinusoidal or rope",
+        )
+        for name in ("n_layer_enc", "n_layer_dec"):
+            _positive_int(getattr(self, name), f"model.{name}", minimum=0)
+            if self.family == "encdec":
+                object.__setattr__(self, name, getattr(self, name) or self.n_layer)
+            else:
+                _require(
+                    getattr(self, name) == 0,
+                    f"model.{name}",
+                    "sets the depth of an encoder-decoder stack; family decoder has one stack "
+                    "of n_layer blocks: remove it or set family: encdec",
+                )
+        check_span_settings(
+            self.objective, self.span_noise_density, self.span_mean_length, self.seq_len, "model.seq_len"
+        )
+        for name in SPAN_DEFAULTS:  # 3 and 3.0 are one setting (and one run key)
+            object.__setattr__(self, name, float(getattr(self, name)))
+
+    @property
+    def span_layout(self) -> tuple[int, int]:
+        """span: (noise tokens, noise spans) per sequence of seq_len tokens (T5's rule)."""
+        return span_layout(self.seq_len, self.span_noise_density, self.span_mean_length)
+
+    @property
+    def enc_len(self) -> int:
+        """encdec: encoder input length (kept tokens plus one sentinel per span); else seq_len."""
+        if self.family != "encdec":
+            return self.seq_len
+        noise, spans = self.span_layout
+        return self.seq_len - noise + spans
+
+    @property
+    def dec_len(self) -> int:
+        """encdec: decoder positions = predicted target tokens. The target is one sentinel then
+        the span's tokens, per span (noise + spans tokens); the decoder reads it from its first
+        sentinel and predicts the rest, so noise + spans - 1. Decoder: seq_len."""
+        if self.family != "encdec":
+            return self.seq_len
+        noise, spans = self.span_layout
+        return noise + spans - 1
+
+    @property
+    def logit_rows(self) -> int:
+        """Output classes: the vocabulary, plus the sentinels an encdec target holds."""
+        return self.embedding_rows if self.family == "encdec" else self.vocab_size
+
     @property
     def is_moe(self) -> bool:
         return self.experts > 1
@@ -152,13 +203,17 @@ class ModelSpec:
 
     @property
     def embedding_rows(self) -> int:
-        """Token embedding rows: the vocabulary, plus the mask token for mlm."""
+        """Token embedding rows: the vocabulary, plus the mask token for mlm, plus one sentinel
+        per noise span for span corruption."""
+        if self.objective == "span":
+            return self.vocab_size + self.span_layout[1]
         return self.vocab_size + (1 if self.objective == "mlm" else 0)
 
     @property
     def arch_label(self) -> str:
-        """Short label of the non-size choices, e.g. `learned-gelu-pre-clm`."""
-        return "-".join(str(getattr(self, k)) for k in ARCH_DEFAULTS)
+        """Short label of the non-size choices, e.g. `learned-gelu-pre-clm`; an encoder-decoder
+        is prefixed `encdec-`, and span settings off T5's defaults are appended."""
+        return arch_label(**{k: getattr(self, k) for k in ("family", *LABEL_KEYS, *SPAN_DEFAULTS)})
 
 
 def ffn_hidden(width: int, activation: str) -> int:
@@ -488,7 +543,8 @@ RUN_IDENTITY: dict[str, dict[str, Any]] = {
         **dict.fromkeys(("n_layer", "d_model", "n_head", "vocab_size", "seq_len", "d_ff"), ALWAYS),
         **dict.fromkeys(("experts", "top_k", "d_expert", "shared_experts", "tied_head"), ALWAYS),
         **dict.fromkeys(("aux_loss_coef", "z_loss_coef"), ALWAYS),
-        **{name: Off(default) for name, default in ARCH_DEFAULTS.items()},  # pos, activation, norm, objective
+        # pos, activation, norm, objective, family, span settings; per-stack depths (decoders: 0)
+        **{name: Off(default) for name, default in MODEL_OMITTED_AT.items()},
     },
     "data": {
         **dict.fromkeys(("source", "vocab_size", "seq_len", "seed", "order", "concentration"), ALWAYS),

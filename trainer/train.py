@@ -34,12 +34,13 @@ from .data import make_source
 from .evaluation import Evaluator
 from .meter import Meter
 from .mlflow_contract import DEVICE, RESUMED_FROM_TOKENS
-from .model import GPT, param_groups
+from .model import build_model, param_groups
 from .objectives import mlm_corrupt, mlm_train_rng
 from .recovery import CKPT_NAME, Recovery, checkpoint_info
 from .schedule import lr_at
 from .sinks import MetricSink, deliver
 from .spec import ALREADY_FINISHED, RunResult, RunSpec, RunStatus, SpecError
+from .tasks import make_task
 from .trunk import Trunk
 
 __all__ = ["train", "checkpoint_info", "peak_flops", "CKPT_NAME"]
@@ -180,7 +181,7 @@ class _Run:
         self._last_ckpt_time = time.monotonic()
 
         _seed_everything(spec.seed)
-        self.model = GPT(spec.model).to(self.device)
+        self.model = build_model(spec.model).to(self.device)
         r = spec.recipe
         # fused AdamW: one kernel per step on CUDA, and the fastest path on CPU too
         self.optimizer = torch.optim.AdamW(
@@ -193,7 +194,8 @@ class _Run:
         self.forward, self.autocast = _accelerate(self.model, self.device, r.compile)
         self.source = make_source(spec.data, spec.seed)
         self.mlm = spec.model.objective == "mlm"
-        self.evaluator = Evaluator(spec, self.source, self.device)
+        self.task = make_task(spec, self.source, self.device)  # prefix, span: their own batches
+        self.evaluator = Evaluator(spec, self.source, self.device, self.task)
         self.recovery = Recovery(spec, checkpoint_dir)
         self.trunk = Trunk(
             self,
@@ -301,9 +303,9 @@ class _Run:
         lr = self.lr(p.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        x, y = self._batch(p.step, B)  # (B, T) each
+        batch = self._batch(p.step, B)  # the forward's arguments: (inputs, targets) for clm, mlm
         with self.autocast:
-            _, loss, aux = self.forward(x, y)
+            _, loss, aux = self.forward(*batch)
             total = loss + aux["reg"] if aux else loss
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -314,8 +316,11 @@ class _Run:
         p.loss_n += 1
         p.step += 1
 
-    def _batch(self, step: int, B: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs, targets) of one step: next tokens (clm) or the masked positions (mlm)."""
+    def _batch(self, step: int, B: int) -> tuple[torch.Tensor, ...]:
+        """(inputs, targets) of one step: next tokens (clm) or the masked positions (mlm);
+        prefix and span: their task's forward arguments."""
+        if self.task is not None:
+            return self.task.train_batch(step, B)
         batch = self.source.batch(step * B, B)  # (B, T+1)
         if self.mlm:  # bidirectional: predict the corrupted positions of the window
             batch = np.stack(

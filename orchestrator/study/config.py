@@ -17,8 +17,10 @@ from typing import Any
 import yaml
 
 from trainer.datapaths import check_paths
+from trainer.families import SPAN_DEFAULTS, arch_label
 from trainer.spec import ARCH_CHOICES, ARCH_DEFAULTS, RECIPE_OMITTED_AT, DataSpec, RecipeSpec, SpecError
 
+from .families import check_arch_family, check_grid_family
 from .values import (
     StudyError,
     _build,
@@ -52,6 +54,9 @@ class ShapeRule:
     activation: str = "gelu"
     norm: str = "pre"
     objective: str = "clm"
+    family: str = "decoder"  # decoder | encdec (orchestrator/study/families.py)
+    span_noise_density: float = 0.15
+    span_mean_length: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -62,10 +67,13 @@ class ArchSetting:
     activation: str = "gelu"
     norm: str = "pre"
     objective: str = "clm"
+    family: str = "decoder"
+    span_noise_density: float = 0.15
+    span_mean_length: float = 3.0
 
     @property
     def label(self) -> str:
-        return f"{self.pos}-{self.activation}-{self.norm}-{self.objective}"
+        return arch_label(**self.__dict__)
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,8 @@ class ExplicitShape:
     n_layer: int
     d_model: int
     n_head: int = 0  # 0: d_model // d_head of the shape rule
+    n_layer_enc: int = 0  # encoder-decoder variants: encoder blocks (0: n_layer)
+    n_layer_dec: int = 0  # encoder-decoder variants: decoder blocks (0: n_layer)
 
 
 Size = ExplicitShape | float  # a float is a target total parameter count
@@ -116,6 +126,7 @@ class Grid:
     moe: tuple[MoESetting, ...] = (MoESetting(),)
     seeds: tuple[int, ...] = (0,)
     arch: tuple[ArchSetting, ...] = (ArchSetting(),)
+    match_flops: bool = False  # encdec points: depths matching the decoder's FLOPs per token
 
 
 @dataclass(frozen=True)
@@ -185,7 +196,7 @@ def _recipe_fingerprint(train: dict[str, Any]) -> dict[str, Any]:
 
 def _size(value: Any, key: str) -> Size:
     if isinstance(value, Mapping):
-        _check_keys(value, {"n_layer", "d_model", "n_head"}, key)
+        _check_keys(value, {"n_layer", "d_model", "n_head", "n_layer_enc", "n_layer_dec"}, key)
         for k in ("n_layer", "d_model"):
             if k not in value:
                 raise StudyError(f"{key}.{k}", "missing; an explicit shape needs n_layer and d_model")
@@ -198,6 +209,8 @@ def _size(value: Any, key: str) -> Size:
             n_layer=_integer(value["n_layer"], f"{key}.n_layer"),
             d_model=_integer(value["d_model"], f"{key}.d_model"),
             n_head=_integer(value.get("n_head", 0), f"{key}.n_head", minimum=0),
+            n_layer_enc=_integer(value.get("n_layer_enc", 0), f"{key}.n_layer_enc", minimum=0),
+            n_layer_dec=_integer(value.get("n_layer_dec", 0), f"{key}.n_layer_dec", minimum=0),
         )
     target = _number(value, key, maximum=1e13)
     if target < 1000:
@@ -227,22 +240,28 @@ def _moe(value: Any, key: str) -> MoESetting:
     return s
 
 
-def _arch(value: Any, key: str, model: ShapeRule) -> ArchSetting:
+def _arch(value: Any, key: str, model: ShapeRule, seq_len: int) -> ArchSetting:
     """An architecture override (keys of model:), checked against the allowed values."""
     m = _mapping(value, key)
-    _check_keys(m, set(ARCH_CHOICES), key)
-    resolved = {k: m.get(k, getattr(model, k)) for k in ARCH_CHOICES}
+    _check_keys(m, set(ARCH_CHOICES) | set(SPAN_DEFAULTS), key)
+    resolved = {k: m.get(k, getattr(model, k)) for k in (*ARCH_CHOICES, *SPAN_DEFAULTS)}
     for k, allowed in ARCH_CHOICES.items():
         if resolved[k] not in allowed:
             where = f"{key}.{k}" if k in m else f"model.{k}"
             raise StudyError(where, f"unknown value {resolved[k]!r}; use one of {', '.join(allowed)}")
-    if resolved["pos"] == "none" and resolved["objective"] == "mlm":
+    for k in SPAN_DEFAULTS:
+        resolved[k] = _number(resolved[k], f"{key}.{k}" if k in m else f"model.{k}", positive=False)
+    if resolved["pos"] == "none" and resolved["objective"] != "clm":
         raise StudyError(
             f"{key}.pos" if "pos" in m or "objective" in m else "model.pos",
-            "pos: none with objective: mlm: a masked LM cannot be position-free "
-            "(bidirectional attention without positions sees a bag of tokens); use "
-            "pos: learned, sinusoidal or rope",
+            f"pos: none with objective: {resolved['objective']}: a bidirectional model (masked "
+            "LM, prefix LM, encoder) cannot be position-free (bidirectional attention without "
+            "positions sees a bag of tokens); use pos: learned, sinusoidal or rope",
         )
+    try:
+        check_arch_family(m, resolved, key, seq_len)
+    except SpecError as e:
+        raise StudyError(e.field, e.message) from None
     return ArchSetting(**resolved)
 
 
@@ -283,7 +302,7 @@ def _explicit_runs(g: Mapping[str, Any], key: str) -> tuple[ExplicitRun, ...]:
     return tuple(runs)
 
 
-def _grid(value: Any, key: str, model: ShapeRule = ShapeRule()) -> Grid:
+def _grid(value: Any, key: str, model: ShapeRule = ShapeRule(), seq_len: int = 64) -> Grid:
     g = _mapping(value, key)
     _check_keys(g, {f.name for f in fields(Grid)}, key)
     kinds = [k for k in ("tokens", "tokens_per_param", "isoflop") if k in g]
@@ -325,8 +344,12 @@ def _grid(value: Any, key: str, model: ShapeRule = ShapeRule()) -> Grid:
     if len(set(seeds)) != len(seeds):
         raise StudyError(f"{key}.seeds", "has duplicates; list each seed once")
     arch = tuple(
-        _arch(v, f"{key}.arch[{i}]", model) for i, v in enumerate(_list(g.get("arch", [{}]), f"{key}.arch"))
+        _arch(v, f"{key}.arch[{i}]", model, seq_len)
+        for i, v in enumerate(_list(g.get("arch", [{}]), f"{key}.arch"))
     )
+    match_flops = g.get("match_flops", False)
+    if not isinstance(match_flops, bool):
+        raise StudyError(f"{key}.match_flops", "must be true or false")
     if len(set(arch)) != len(arch):
         dup = next(i for i, a in enumerate(arch) if a in arch[:i])
         raise StudyError(
@@ -341,6 +364,7 @@ def _grid(value: Any, key: str, model: ShapeRule = ShapeRule()) -> Grid:
         moe=moe,
         seeds=seeds,
         arch=arch,
+        match_flops=match_flops,
     )
 
 
@@ -473,11 +497,15 @@ def parse_study(raw: Any, source_path: str = "") -> StudyConfig:
         ShapeRule,
         _mapping(top.get("model"), "model"),
         "model",
-        {"d_head": lambda v, k: _integer(v, k), "aspect_ratio": lambda v, k: _integer(v, k)},
+        {
+            "d_head": lambda v, k: _integer(v, k),
+            "aspect_ratio": lambda v, k: _integer(v, k),
+            **{s: (lambda v, k: _number(v, k, positive=False)) for s in SPAN_DEFAULTS},
+        },
     )
     if not isinstance(model.tied_head, bool):
         raise StudyError("model.tied_head", "must be true or false")
-    _arch({}, "model", model)  # the defaults themselves must be valid
+    _arch({}, "model", model, data.seq_len)  # the defaults themselves must be valid
     train = _train(top.get("train"))
     resources = _resources(top.get("resources"))
     if resources.num_gpus < 0:
@@ -492,7 +520,11 @@ def parse_study(raw: Any, source_path: str = "") -> StudyConfig:
             f"data.val_tokens to at least {span} (better 8x that) or "
             "lower train.eval_lengths",
         )
-    grid = _grid(top["grid"], "grid", model)
+    grid = _grid(top["grid"], "grid", model, data.seq_len)
+    try:
+        check_grid_family(grid, model)
+    except SpecError as e:
+        raise StudyError(e.field, e.message) from None
     _check_run_count(grid)
     return StudyConfig(
         study=name,

@@ -14,10 +14,17 @@ from typing import Any
 
 import numpy as np
 
-from trainer.accounting import count_params, flops_per_token, shape_for_params
+from trainer.accounting import (
+    count_params,
+    flops_per_example,
+    flops_per_token,
+    match_flops_depths,
+    shape_for_params,
+)
 from trainer.spec import ModelSpec, RunSpec, SpecError
 
 from .config import ArchSetting, ExplicitShape, MoESetting, Size, StudyConfig, StudyError
+from .families import arch_fields
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,8 @@ class PlannedRun:
     flops_kaplan: float
     trunk_key: str | None = None  # wsd: branches of one trunk share it
     budget: float | None = None  # isoflop: the designed budget C (chinchilla FLOPs, as `flops`)
+    n_params_enc: int = 0  # encdec: the encoder stack's non-embedding parameters
+    n_params_dec: int = 0  # encdec: the decoder stack's non-embedding parameters
 
     @property
     def tokens(self) -> int:
@@ -48,7 +57,8 @@ class PlannedRun:
             else ""
         )
         arch = "" if m.arch_label == "learned-gelu-pre-clm" else f"-{m.arch_label}"
-        return f"L{m.n_layer}-d{m.d_model}{moe}{arch}"
+        depth = f"{m.n_layer_enc}+{m.n_layer_dec}" if m.family == "encdec" else str(m.n_layer)
+        return f"L{depth}-d{m.d_model}{moe}{arch}"
 
     @property
     def run_name(self) -> str:
@@ -98,6 +108,23 @@ class PlannedRun:
             "norm": m.norm,
             "objective": m.objective,
             "arch": m.arch_label,
+            "family": m.family,
+            **(self._encdec_params() if m.family == "encdec" else {}),
+        }
+
+    def _encdec_params(self) -> dict[str, Any]:
+        """An encoder-decoder's stacks, span settings and per-example lengths (docs/CONTRACTS.md)."""
+        m = self.spec.model
+        return {
+            "n_layer_enc": m.n_layer_enc,
+            "n_layer_dec": m.n_layer_dec,
+            "n_params_enc": self.n_params_enc,
+            "n_params_dec": self.n_params_dec,
+            "span_noise_density": m.span_noise_density,
+            "span_mean_length": m.span_mean_length,
+            "enc_len": m.enc_len,
+            "dec_len": m.dec_len,
+            "flops_per_example": f"{flops_per_example(m, 'chinchilla'):.6e}",
         }
 
 
@@ -167,9 +194,9 @@ def check_built_size(shape: ModelSpec, target: float, key: str) -> None:
 
 def check_distinct_sizes(bases: list[ModelSpec], sizes: tuple) -> None:
     """Two entries of grid.sizes that build the same shape would silently be one run."""
-    seen: dict[tuple[int, int, int], int] = {}
+    seen: dict[tuple[int, ...], int] = {}
     for i, (b, s) in enumerate(zip(bases, sizes)):
-        k = (b.n_layer, b.d_model, b.n_head)
+        k = (b.n_layer, b.d_model, b.n_head, *_depths(s))
         if k in seen:
             j = seen[k]
             raise StudyError(
@@ -212,19 +239,42 @@ def with_moe(base: ModelSpec, moe: MoESetting, key: str) -> ModelSpec:
         raise StudyError(key, e.message) from None
 
 
-def with_arch(model: ModelSpec, arch: ArchSetting, key: str) -> ModelSpec:
-    """The model with one grid.arch variant's choices (pos, activation, norm, objective)."""
+def with_arch(
+    model: ModelSpec, arch: ArchSetting, key: str, depths: tuple[int, int] = (0, 0), match: bool = False
+) -> ModelSpec:
+    """The model with one grid.arch variant's choices (pos, activation, norm, objective, family,
+    span settings). An encoder-decoder takes `depths` (n_layer_enc, n_layer_dec; 0: n_layer),
+    or with `match` (grid.match_flops) the depths whose FLOPs per token match the decoder of
+    the same shape and axes."""
     try:
-        return replace(
-            model, pos=arch.pos, activation=arch.activation, norm=arch.norm, objective=arch.objective
-        )
+        fields = arch_fields(arch)
+        if arch.family != "encdec":
+            return replace(model, **fields)
+        encdec = replace(model, **fields, n_layer_enc=depths[0], n_layer_dec=depths[1])
+        if match:
+            decoder = replace(model, pos=arch.pos, activation=arch.activation, norm=arch.norm)
+            encdec = match_flops_depths(decoder, encdec)
+        return encdec
     except SpecError as e:
         raise StudyError(f"{key}.{e.field.split('.', 1)[-1]}", e.message) from None
 
 
 def _default_arch(cfg: StudyConfig) -> ArchSetting:
     m = cfg.model
-    return ArchSetting(pos=m.pos, activation=m.activation, norm=m.norm, objective=m.objective)
+    return ArchSetting(
+        pos=m.pos,
+        activation=m.activation,
+        norm=m.norm,
+        objective=m.objective,
+        family=m.family,
+        span_noise_density=m.span_noise_density,
+        span_mean_length=m.span_mean_length,
+    )
+
+
+def _depths(size: Size) -> tuple[int, int]:
+    """An explicit size's encoder/decoder depths (0: n_layer)."""
+    return (size.n_layer_enc, size.n_layer_dec) if isinstance(size, ExplicitShape) else (0, 0)
 
 
 def _active(model: ModelSpec) -> int:
@@ -240,7 +290,10 @@ def _points(cfg: StudyConfig) -> Iterable[tuple[ModelSpec, float, int, str, floa
     for a, arch in enumerate(g.arch):
         akey = f"grid.arch[{a}]"
         for j, moe in enumerate(g.moe):
-            models = [with_arch(with_moe(b, moe, f"grid.moe[{j}]"), arch, akey) for b in bases]
+            models = [
+                with_arch(with_moe(b, moe, f"grid.moe[{j}]"), arch, akey, _depths(s), g.match_flops)
+                for b, s in zip(bases, g.sizes)
+            ]
             for seed in g.seeds:
                 for model in models:
                     for i, d in enumerate(g.tokens):
@@ -253,7 +306,8 @@ def _points(cfg: StudyConfig) -> Iterable[tuple[ModelSpec, float, int, str, floa
     for i, run in enumerate(g.runs):
         key = f"grid.runs[{i}]"
         model = with_moe(base_shape(run.size, cfg, f"{key}.size"), run.moe, f"{key}.moe")
-        yield with_arch(model, _default_arch(cfg), "model"), run.tokens, run.seed, f"{key}.tokens", None
+        model = with_arch(model, _default_arch(cfg), "model", _depths(run.size), g.match_flops)
+        yield model, run.tokens, run.seed, f"{key}.tokens", None
 
 
 ISOFLOP_TOLERANCE = 0.05  # a point's logged FLOPs are within 5% of its budget
@@ -293,7 +347,7 @@ def _isoflop_points(cfg: StudyConfig, moe: MoESetting, j: int, arch: ArchSetting
             if (base.n_layer, base.d_model) in seen:
                 continue
             seen.add((base.n_layer, base.d_model))
-            model = with_arch(with_moe(base, moe, f"grid.moe[{j}]"), arch, akey)
+            model = with_arch(with_moe(base, moe, f"grid.moe[{j}]"), arch, akey, match=cfg.grid.match_flops)
             tokens = budget / flops_per_token(model, "chinchilla")  # each variant's own FLOPs
             _check_budget_reachable(model, tokens, budget, per_step, key)
             yield model, tokens, key, budget
@@ -352,6 +406,8 @@ def expand(cfg: StudyConfig) -> list[PlannedRun]:
             flops_kaplan=flops_per_token(model, "kaplan") * tokens,
             trunk_key=spec.trunk_key() if cfg.train.schedule == "wsd" else None,
             budget=budget,
+            n_params_enc=counts.enc,
+            n_params_dec=counts.dec,
         )
     return sorted(runs.values(), key=lambda r: (-r.flops, r.key))
 
