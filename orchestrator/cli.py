@@ -1,4 +1,4 @@
-"""`scalelab`: plan, run, status, cancel, ui, fit, report.
+"""`scalelab`: plan, run, status, cancel, ui, fit, report, data ingest.
 
 Exit status: 0 success (every run reached a result: finished or diverged), 1 some run failed
 after its retries (or the study was cancelled), 2 bad input (nothing scheduled, nothing written).
@@ -19,6 +19,7 @@ from typing import Any
 from trainer.redact import redact_text
 
 from .config import StudyConfig, StudyError, load_study
+from .corpus_cli import add_data_parser
 from .states import RunState
 from .tracking import Settings
 
@@ -144,6 +145,7 @@ def _plan_slots(cfg: StudyConfig, max_concurrent: int | None) -> tuple[int, str]
 
 
 def cmd_plan(a: argparse.Namespace) -> int:
+    from .corpus_plan import check_epochs
     from .estimate import study_wall_time, trained_flops
     from .grid import expand, work_items
 
@@ -156,6 +158,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
     from .memory import check_memory
 
     check_memory(cfg, planned, None if os.environ.get("RAY_ADDRESS") else available_memory_bytes())
+    check_epochs(cfg, planned)
     settings = _settings(a)
     rows, _ = _read_ledger(settings, cfg.study)
     rows = _study_view(settings, cfg, rows)
@@ -167,15 +170,18 @@ def cmd_plan(a: argparse.Namespace) -> int:
         print(json.dumps(out, indent=1))
         return 0
     print(f"study {cfg.study}: {len(out)} runs; rate {rate:.3g} FLOP/s per run ({how})")
+    epochs = cfg.data.source == "corpus"  # passes over the corpus's training split
     print(
         f"{'run_key':16} {'shape':18} {'N total':>9} {'N non-emb':>9} {'N active':>9} "
-        f"{'tokens':>9} {'D/N':>7} {'FLOPs':>9} {'trained':>9} {'est time':>9}  status"
+        f"{'tokens':>9} {'D/N':>7} {'FLOPs':>9} {'trained':>9} {'est time':>9}"
+        f"{' epochs' if epochs else ''}  status"
     )
     for r in out:
+        ep = f" {r['epochs']:6.2f}" if epochs else ""
         print(
             f"{r['run_key']:16} {r['label']:18} {r['n_params']:9.3g} {r['n_params_nonembedding']:9.3g} "
             f"{r['n_params_active']:9.3g} {r['tokens']:9.3g} {r['tokens_per_param']:7.1f} "
-            f"{r['flops']:9.3g} {r['flops_trained']:9.3g} {r['est_wall_time_s']:8.0f}s  {r['status']}"
+            f"{r['flops']:9.3g} {r['flops_trained']:9.3g} {r['est_wall_time_s']:8.0f}s{ep}  {r['status']}"
         )
     done = {r["run_key"] for r in out if RunState(r["status"]).is_result}
     total, spent = sum(r["flops"] for r in out), sum(r["flops_trained"] for r in out)
@@ -191,6 +197,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
 
 
 def _plan_row(p, row, flops_trained: float, rate: float) -> dict:
+    from .corpus_plan import run_epochs
     from .memory import run_memory
 
     m = p.spec.model
@@ -216,6 +223,7 @@ def _plan_row(p, row, flops_trained: float, rate: float) -> dict:
         "est_wall_time_s": flops_trained / rate,
         "est_memory_bytes": sum(run_memory(p).values()),
         "status": RunState.of(row.state if row else None).value,
+        "epochs": run_epochs(p.spec),  # corpus: passes over the training split (else null)
     }
 
 
@@ -730,6 +738,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         add_fit_arguments(p)
     p.add_argument("--home", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_fit)
+
+    add_data_parser(sub)  # scalelab data ingest (orchestrator/corpus_cli.py)
 
     p = sub.add_parser("report", help="write the HTML + Markdown report of a study")
     p.add_argument("study", nargs="?", help="study YAML (or give --experiment)")

@@ -17,6 +17,9 @@ Position = number of training windows (sequences) consumed so far.
   Python versions, so the params record a hash of the corpus). Files go to validation when the
   sha1 of their relative path is 0 mod 10 (deterministic, split by FILE, never by windows).
 - tokens: nanoGPT's uint16 memmaps `train.bin` and `val.bin` in one directory.
+- corpus: the folder `scalelab data ingest` wrote (train.bin/val.bin as uint16 or uint32, its
+  meta.json): checked against the content hashes the study was planned with; also logs
+  `val_bpb` (bits per byte, tokenizer-independent) and epochs = tokens seen / train tokens.
 
 text/tokens: the training stream is cut into non-overlapping windows of T+1 tokens (stride T)
 visited in a fresh seeded permutation each epoch; epochs = windows consumed / windows per epoch.
@@ -151,6 +154,10 @@ class _StreamSource:
 
     def epochs(self, position: int) -> float:
         return 0.0
+
+    def eval_metrics(self, val_loss: float) -> dict[str, float]:
+        """Metrics logged beside val_loss (none for synthetic sources)."""
+        return {}
 
 
 class MarkovSource(_StreamSource):
@@ -357,6 +364,9 @@ class ZipfSource(_StreamSource):
 class WindowSource:
     """Non-overlapping windows of a token stream, one seeded permutation per epoch."""
 
+    field = "data.paths"  # the key that names this source's data in errors
+    more_val = "add validation files"
+
     def __init__(self, train: np.ndarray, val: np.ndarray, data: DataSpec, run_seed: int, info: dict):
         T = data.seq_len
         self.data, self.T, self.run_seed, self.info = data, T, run_seed, info
@@ -364,7 +374,7 @@ class WindowSource:
         self.n_windows = (len(train) - 1) // T
         if self.n_windows < 1:
             raise SpecError(
-                "data.paths",
+                self.field,
                 f"the training split has {len(train)} tokens, less "
                 f"than one window of seq_len+1 = {T + 1}; add data",
             )
@@ -374,7 +384,7 @@ class WindowSource:
                 "data.val_tokens",
                 f"the validation split has {len(val)} tokens, "
                 f"fewer than val_tokens={data.val_tokens} (+1); "
-                "lower val_tokens or add validation files",
+                f"lower val_tokens or {self.more_val}",
             )
         idx = np.arange(n_val)[:, None] * T + np.arange(T + 1)[None, :]
         self.val = _check_vocab(np.asarray(val[idx], dtype=np.int64), data, "the validation split")
@@ -404,8 +414,58 @@ class WindowSource:
     def epochs(self, position: int) -> float:
         return position / self.n_windows
 
+    def eval_metrics(self, val_loss: float) -> dict[str, float]:
+        """Metrics logged beside val_loss (none here)."""
+        return {}
+
     def params(self) -> dict:
         return {"unique_tokens": int(self.unique_train_tokens), **self.info}
+
+
+def bits_per_byte(nats_per_token: float, bytes_per_token: float) -> float:
+    """Loss in bits per byte of text: nats/token x tokens/byte / ln 2 (comparable across
+    tokenizers, unlike nats per token)."""
+    return nats_per_token / bytes_per_token / math.log(2)
+
+
+class CorpusSource(WindowSource):
+    """An ingested corpus (trainer/corpus). Epochs = training tokens seen / training tokens
+    available; val_bpb converts with the validation split's exact bytes per token."""
+
+    field = "data.path"
+    more_val = "ingest again with a larger --val-fraction"
+
+    def __init__(self, data: DataSpec, run_seed: int):
+        from .corpus.store import read_meta
+
+        meta = read_meta(data.path)
+        if (meta["corpus_hash"], meta["tokenizer_hash"]) != (data.corpus_hash, data.tokenizer_hash):
+            raise SpecError(
+                "data.path",
+                f"the corpus at {data.path} changed since this study was planned (corpus hash "
+                f"{meta['corpus_hash'][:12]}, planned {data.corpus_hash[:12]}): it is a new dataset; "
+                "restore the old corpus, or run the study file again under a new study name",
+            )
+        d = Path(data.path).expanduser()
+        train = np.memmap(d / "train.bin", dtype=np.dtype(meta["dtype"]), mode="r")
+        val = np.memmap(d / "val.bin", dtype=np.dtype(meta["dtype"]), mode="r")
+        self.train_tokens = int(meta["train_tokens"])
+        self.bytes_per_token = float(meta["bytes_per_token"])
+        info = {
+            "corpus_hash": meta["corpus_hash"][:16],
+            "tokenizer_hash": meta["tokenizer_hash"][:16],
+            "train_tokens": self.train_tokens,
+            "bytes_per_token": self.bytes_per_token,
+            "compressor_bpb": meta["compressor_bpb"],
+            "compressor": f"{meta['compressor']['name']} {meta['compressor']['level']}",
+        }
+        super().__init__(train, val, data, run_seed, info)
+
+    def epochs(self, position: int) -> float:
+        return position * self.T / self.train_tokens
+
+    def eval_metrics(self, val_loss: float) -> dict[str, float]:
+        return {"val_bpb": bits_per_byte(val_loss, self.bytes_per_token)}
 
 
 def _stdlib_files() -> tuple[Path, list[Path]]:
@@ -552,6 +612,8 @@ def make_source(data: DataSpec, run_seed: int):
     if data.source == "text":
         train, val, info = _text_corpus(tuple(data.paths))
         return WindowSource(train, val, data, run_seed, info)
+    if data.source == "corpus":
+        return CorpusSource(data, run_seed)
     train, val, info = _token_files(data)
     return WindowSource(train, val, data, run_seed, info)
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-DATA_SOURCES = ("markov", "zipf", "text", "tokens")
+DATA_SOURCES = ("markov", "zipf", "text", "tokens", "corpus")
 SCHEDULES = ("cosine", "wsd")
 DEVICES = ("auto", "cpu", "cuda")
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
@@ -32,6 +32,12 @@ ARCH_CHOICES = {"pos": POSITIONS, "activation": ACTIVATIONS, "norm": NORMS, "obj
 # so studies written before they existed keep their keys.
 RECIPE_OMITTED_AT = {"lr_base_width": 0}
 ZIPF_KEYS = ("lexicon_size", "zipf_exponent", "min_word_len", "max_word_len")
+# corpus keys appear only for the corpus source (other sources keep their keys); of them, where
+# the folder is and the epoch guard do not change what a run computes: not hashed, so a corpus
+# moved to another folder keeps its runs, and its content hashes identify the data instead.
+CORPUS_KEYS = ("path", "max_epochs", "corpus_hash", "tokenizer_hash")
+CORPUS_UNHASHED = ("path", "max_epochs")
+MAX_CORPUS_VOCAB = 2**32 - 1  # uint32 token files
 
 
 class SpecError(ValueError):
@@ -171,7 +177,9 @@ def ffn_hidden(width: int, activation: str) -> int:
 class DataSpec:
     """Where tokens come from. `markov` is synthetic with a known entropy rate; `text` is
     byte-level (vocab 256) from `paths` (files or directories; empty = the built-in corpus);
-    `tokens` is a nanoGPT-style uint16 memmap directory holding train.bin and val.bin."""
+    `tokens` is a nanoGPT-style uint16 memmap directory holding train.bin and val.bin; `corpus`
+    is a folder written by `scalelab data ingest` (`path`): its vocab_size and content hashes
+    come from its meta.json when corpus_hash is not given (trainer/corpus/store.py)."""
 
     source: str = "markov"
     vocab_size: int = 64
@@ -185,6 +193,10 @@ class DataSpec:
     zipf_exponent: float = 1.45  # zipf: word r is emitted with probability ∝ r^-s
     min_word_len: int = 4  # zipf: word lengths (tokens) uniform in [min, max]
     max_word_len: int = 4
+    path: str = ""  # corpus: the folder `scalelab data ingest --out` wrote
+    max_epochs: float = 4.0  # corpus: most passes over the training split a run may make
+    corpus_hash: str = ""  # corpus: from its meta.json (token files)
+    tokenizer_hash: str = ""  # corpus: from its meta.json (tokenizer.json)
 
     def __post_init__(self) -> None:
         _require(
@@ -192,11 +204,21 @@ class DataSpec:
             "data.source",
             f"unknown source {self.source!r}; use one of {', '.join(DATA_SOURCES)}",
         )
+        if self.source == "corpus":
+            self._resolve_corpus()
+        else:
+            for k in CORPUS_KEYS:
+                _require(
+                    getattr(self, k) == DataSpec.__dataclass_fields__[k].default,
+                    f"data.{k}",
+                    f"applies to the corpus source only (source: {self.source}); remove it",
+                )
         _positive_int(self.vocab_size, "data.vocab_size", minimum=2)
+        top = MAX_CORPUS_VOCAB if self.source == "corpus" else 65536
         _require(
-            self.vocab_size <= 65536,
+            self.vocab_size <= top,
             "data.vocab_size",
-            f"{self.vocab_size} does not fit uint16 tokens; use <= 65536",
+            f"{self.vocab_size} does not fit {'uint32' if top > 65536 else 'uint16'} tokens; use <= {top}",
         )
         if self.source == "text":
             _require(
@@ -239,6 +261,48 @@ class DataSpec:
                     "holding train.bin and val.bin (uint16)",
                 )
         _positive_int(self.val_tokens, "data.val_tokens", minimum=self.seq_len + 1)
+        if self.source == "corpus":
+            self._check_corpus_sizes()
+
+    def _resolve_corpus(self) -> None:
+        """vocab_size and the content hashes from the corpus folder's meta.json (once, when the
+        study is loaded; a worker gets them in the spec and checks the folder still matches)."""
+        _require(
+            isinstance(self.path, str) and bool(self.path),
+            "data.path",
+            "missing; the corpus source reads the folder written by `scalelab data ingest --out DIR`: "
+            "set data.path: DIR",
+        )
+        _require(not self.paths, "data.paths", "the corpus source takes data.path (one folder), not paths")
+        _finite(self.max_epochs, "data.max_epochs", lo=0, lo_open=True)
+        if self.corpus_hash:
+            return
+        from .corpus.store import read_meta
+
+        meta = read_meta(self.path)
+        object.__setattr__(self, "vocab_size", int(meta["vocab_size"]))
+        object.__setattr__(self, "corpus_hash", str(meta["corpus_hash"]))
+        object.__setattr__(self, "tokenizer_hash", str(meta["tokenizer_hash"]))
+
+    def _check_corpus_sizes(self) -> None:
+        from .corpus.store import read_meta
+
+        meta = read_meta(self.path)
+        need = math.ceil(self.val_tokens / self.seq_len) * self.seq_len + 1
+        _require(
+            meta["val_tokens"] >= need,
+            "data.val_tokens",
+            f"{self.val_tokens} held-out tokens (in windows of seq_len {self.seq_len}: {need} tokens) "
+            f"do not fit the corpus's validation split of {meta['val_tokens']} tokens; lower "
+            f"data.val_tokens to at most {(meta['val_tokens'] - 1) // self.seq_len * self.seq_len} "
+            "or ingest again with a larger --val-fraction",
+        )
+        _require(
+            meta["train_tokens"] >= self.seq_len + 1,
+            "data.path",
+            f"the corpus's training split holds {meta['train_tokens']} tokens, less than one "
+            f"window of seq_len+1 = {self.seq_len + 1}; ingest more text",
+        )
 
     def _check_zipf(self) -> None:
         _positive_int(self.lexicon_size, "data.lexicon_size", minimum=2)
@@ -423,6 +487,9 @@ class RunSpec:
         if self.data.source != "zipf":  # zipf keys appear only for the zipf source
             for k in ZIPF_KEYS:
                 d["data"].pop(k)
+        if self.data.source != "corpus":  # corpus keys only for the corpus source
+            for k in CORPUS_KEYS:
+                d["data"].pop(k)
         return d
 
     @classmethod
@@ -445,6 +512,8 @@ class RunSpec:
         settings (RUNTIME_FIELDS: where and how fast it runs)."""
         d = self.to_dict()
         d["recipe"] = {k: v for k, v in d["recipe"].items() if k not in RUNTIME_FIELDS}
+        for k in CORPUS_UNHASHED if self.data.source == "corpus" else ():
+            d["data"].pop(k)
         return d
 
     def key(self) -> str:

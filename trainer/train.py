@@ -555,6 +555,8 @@ class _Run:
                 t = time.perf_counter()
                 self.progress.val_loss = self.evaluate()
                 metrics["val_loss"] = self.progress.val_loss
+                if not self.mlm:  # corpus: val_bpb (bits per byte of the held-out text)
+                    metrics.update(self.source.eval_metrics(self.progress.val_loss))
                 if final and self.lengths:
                     metrics.update(self.evaluate_lengths())
                 self._interval_excluded += time.perf_counter() - t

@@ -1,0 +1,83 @@
+"""The corpus source at plan time: the `data:` keys of a corpus study, and epochs per run.
+
+Repeating data beyond ~4 epochs changes the scaling law (Muennighoff et al. 2023), so a run
+that would pass over the training split more than `data.max_epochs` times is refused before
+anything is scheduled, naming the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from trainer.spec import RunSpec, SpecError
+
+from .config import StudyConfig, StudyError
+
+
+def corpus_data(d: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """The `data:` mapping of a corpus study, checked against the folder's meta.json: path made
+    absolute (workers may start elsewhere), vocab_size from the corpus (a given one must match)."""
+    from trainer.corpus.store import read_meta
+
+    from .config import _integer, _number
+
+    out = dict(d)
+    for k in ("corpus_hash", "tokenizer_hash"):
+        if k in out:
+            raise StudyError(f"{key}.{k}", "is read from the corpus folder's meta.json; remove it")
+    if "paths" in out:
+        raise StudyError(f"{key}.paths", "the corpus source takes path: DIR (one folder), not paths")
+    path = out.get("path")
+    if not isinstance(path, str) or not path:
+        raise StudyError(
+            f"{key}.path", "missing; set it to the folder `scalelab data ingest --out DIR` wrote"
+        )
+    if "max_epochs" in out:
+        out["max_epochs"] = _number(out["max_epochs"], f"{key}.max_epochs")
+    try:
+        meta = read_meta(path, f"{key}.path")
+    except SpecError as e:
+        raise StudyError(e.field, e.message) from None
+    out["path"] = str(Path(path).expanduser().resolve())
+    if "vocab_size" in out and _integer(out["vocab_size"], f"{key}.vocab_size") != meta["vocab_size"]:
+        raise StudyError(
+            f"{key}.vocab_size",
+            f"the corpus at {path} has vocab_size {meta['vocab_size']} (its tokenizer's); remove "
+            f"vocab_size or set it to {meta['vocab_size']}",
+        )
+    out.pop("vocab_size", None)
+    return out
+
+
+def run_epochs(spec: RunSpec) -> float | None:
+    """Passes over the training split a run makes (tokens / training tokens); None when the
+    source is not an ingested corpus."""
+    if spec.data.source != "corpus":
+        return None
+    from trainer.corpus.store import read_meta
+
+    return spec.tokens / read_meta(spec.data.path)["train_tokens"]
+
+
+def check_epochs(cfg: StudyConfig, runs: Iterable[Any]) -> None:
+    """Raise StudyError naming data.max_epochs when a planned run repeats the data more."""
+    if cfg.data.source != "corpus":
+        return
+    worst = max(runs, key=lambda p: p.tokens, default=None)
+    if worst is None:
+        return
+    epochs = run_epochs(worst.spec) or 0.0
+    if epochs > cfg.data.max_epochs:
+        from trainer.corpus.store import read_meta
+
+        train_tokens = read_meta(cfg.data.path)["train_tokens"]
+        raise StudyError(
+            "data.max_epochs",
+            f"run {worst.key} ({worst.label}, {worst.tokens:.4g} tokens) would pass over the "
+            f"corpus's {train_tokens:.4g} training tokens {epochs:.2f} times, more than "
+            f"max_epochs {cfg.data.max_epochs:g} (beyond ~4 epochs repeated data is worth less "
+            "and the law changes): lower the token budgets to at most "
+            f"{cfg.data.max_epochs * train_tokens:.4g}, ingest more text, or raise data.max_epochs",
+        )
