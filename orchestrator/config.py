@@ -456,10 +456,12 @@ def _data(value: Any, key: str) -> DataSpec:
         d["paths"] = tuple(paths)
     if d.get("source") == "text" and "vocab_size" not in d:
         d["vocab_size"] = 256
-    if d.get("source") == "corpus":
-        from .corpus_plan import corpus_data
+    if d.get("source") == "corpus":  # completed from the corpus folder (orchestrator/corpus_plan.py)
+        from . import corpus_plan
 
-        d = corpus_data(d, key)
+        spec = _build(DataSpec, corpus_plan.corpus_data(d, key), key)
+        corpus_plan.check_fits(spec)
+        return spec
     spec = _build(DataSpec, d, key)
     for i, p in enumerate(spec.paths):
         if not Path(p).expanduser().exists():

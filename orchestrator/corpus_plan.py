@@ -11,16 +11,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from trainer.spec import RunSpec, SpecError
+from trainer.spec import DataSpec, RunSpec, SpecError
 
 from .config import StudyConfig, StudyError
 
 
 def corpus_data(d: Mapping[str, Any], key: str) -> dict[str, Any]:
-    """The `data:` mapping of a corpus study, checked against the folder's meta.json: path made
-    absolute (workers may start elsewhere), vocab_size from the corpus (a given one must match)."""
-    from trainer.corpus.store import read_meta
-
+    """The `data:` mapping of a corpus study completed from the folder's meta.json: path made
+    absolute (workers may start elsewhere), vocab_size (a given one must match) and hashes."""
     from .config import _integer, _number
 
     out = dict(d)
@@ -36,19 +34,39 @@ def corpus_data(d: Mapping[str, Any], key: str) -> dict[str, Any]:
         )
     if "max_epochs" in out:
         out["max_epochs"] = _number(out["max_epochs"], f"{key}.max_epochs")
-    try:
-        meta = read_meta(path, f"{key}.path")
-    except SpecError as e:
-        raise StudyError(e.field, e.message) from None
-    out["path"] = str(Path(path).expanduser().resolve())
+    meta = _meta(path, key)
     if "vocab_size" in out and _integer(out["vocab_size"], f"{key}.vocab_size") != meta["vocab_size"]:
         raise StudyError(
             f"{key}.vocab_size",
             f"the corpus at {path} has vocab_size {meta['vocab_size']} (its tokenizer's); remove "
             f"vocab_size or set it to {meta['vocab_size']}",
         )
-    out.pop("vocab_size", None)
+    out.update(
+        path=str(Path(path).expanduser().resolve()),
+        vocab_size=meta["vocab_size"],
+        corpus_hash=meta["corpus_hash"],
+        tokenizer_hash=meta["tokenizer_hash"],
+    )
     return out
+
+
+def check_fits(data: DataSpec) -> None:
+    """The corpus's splits hold data.val_tokens and a training window (StudyError otherwise)."""
+    from trainer.corpus.source import check_fits as fits
+
+    try:
+        fits(data, _meta(data.path, "data"))
+    except SpecError as e:
+        raise StudyError(e.field, e.message) from None
+
+
+def _meta(path: str, key: str) -> dict[str, Any]:
+    from trainer.corpus import read_meta
+
+    try:
+        return read_meta(path, f"{key}.path")
+    except SpecError as e:
+        raise StudyError(e.field, e.message) from None
 
 
 def run_epochs(spec: RunSpec) -> float | None:
@@ -56,9 +74,7 @@ def run_epochs(spec: RunSpec) -> float | None:
     source is not an ingested corpus."""
     if spec.data.source != "corpus":
         return None
-    from trainer.corpus.store import read_meta
-
-    return spec.tokens / read_meta(spec.data.path)["train_tokens"]
+    return spec.tokens / _meta(spec.data.path, "data")["train_tokens"]
 
 
 def check_epochs(cfg: StudyConfig, runs: Iterable[Any]) -> None:
@@ -70,9 +86,7 @@ def check_epochs(cfg: StudyConfig, runs: Iterable[Any]) -> None:
         return
     epochs = run_epochs(worst.spec) or 0.0
     if epochs > cfg.data.max_epochs:
-        from trainer.corpus.store import read_meta
-
-        train_tokens = read_meta(cfg.data.path)["train_tokens"]
+        train_tokens = _meta(cfg.data.path, "data")["train_tokens"]
         raise StudyError(
             "data.max_epochs",
             f"run {worst.key} ({worst.label}, {worst.tokens:.4g} tokens) would pass over the "

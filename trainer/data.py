@@ -364,17 +364,27 @@ class ZipfSource(_StreamSource):
 class WindowSource:
     """Non-overlapping windows of a token stream, one seeded permutation per epoch."""
 
-    field = "data.paths"  # the key that names this source's data in errors
-    more_val = "add validation files"
-
-    def __init__(self, train: np.ndarray, val: np.ndarray, data: DataSpec, run_seed: int, info: dict):
+    def __init__(
+        self,
+        train: np.ndarray,
+        val: np.ndarray,
+        data: DataSpec,
+        run_seed: int,
+        info: dict,
+        *,
+        bytes_per_token: float = 0.0,
+        epoch_tokens: int = 0,
+    ):
+        """bytes_per_token (of the validation split: val_bpb is logged) and epoch_tokens (epochs =
+        training tokens seen / epoch_tokens): an ingested corpus (trainer/corpus/source.py)."""
         T = data.seq_len
         self.data, self.T, self.run_seed, self.info = data, T, run_seed, info
+        self.bytes_per_token, self.epoch_tokens = bytes_per_token, epoch_tokens
         self.train = train
         self.n_windows = (len(train) - 1) // T
         if self.n_windows < 1:
             raise SpecError(
-                self.field,
+                "data.paths",
                 f"the training split has {len(train)} tokens, less "
                 f"than one window of seq_len+1 = {T + 1}; add data",
             )
@@ -384,7 +394,7 @@ class WindowSource:
                 "data.val_tokens",
                 f"the validation split has {len(val)} tokens, "
                 f"fewer than val_tokens={data.val_tokens} (+1); "
-                f"lower val_tokens or {self.more_val}",
+                "lower val_tokens or add validation files",
             )
         idx = np.arange(n_val)[:, None] * T + np.arange(T + 1)[None, :]
         self.val = _check_vocab(np.asarray(val[idx], dtype=np.int64), data, "the validation split")
@@ -412,60 +422,20 @@ class WindowSource:
         )
 
     def epochs(self, position: int) -> float:
+        if self.epoch_tokens:  # corpus: training tokens seen / training tokens available
+            return position * self.T / self.epoch_tokens
         return position / self.n_windows
 
     def eval_metrics(self, val_loss: float) -> dict[str, float]:
-        """Metrics logged beside val_loss (none here)."""
-        return {}
+        """Metrics logged beside val_loss: val_bpb (bits per byte) for an ingested corpus."""
+        if not self.bytes_per_token:
+            return {}
+        from .corpus.source import bits_per_byte
+
+        return {"val_bpb": bits_per_byte(val_loss, self.bytes_per_token)}
 
     def params(self) -> dict:
         return {"unique_tokens": int(self.unique_train_tokens), **self.info}
-
-
-def bits_per_byte(nats_per_token: float, bytes_per_token: float) -> float:
-    """Loss in bits per byte of text: nats/token x tokens/byte / ln 2 (comparable across
-    tokenizers, unlike nats per token)."""
-    return nats_per_token / bytes_per_token / math.log(2)
-
-
-class CorpusSource(WindowSource):
-    """An ingested corpus (trainer/corpus). Epochs = training tokens seen / training tokens
-    available; val_bpb converts with the validation split's exact bytes per token."""
-
-    field = "data.path"
-    more_val = "ingest again with a larger --val-fraction"
-
-    def __init__(self, data: DataSpec, run_seed: int):
-        from .corpus.store import read_meta
-
-        meta = read_meta(data.path)
-        if (meta["corpus_hash"], meta["tokenizer_hash"]) != (data.corpus_hash, data.tokenizer_hash):
-            raise SpecError(
-                "data.path",
-                f"the corpus at {data.path} changed since this study was planned (corpus hash "
-                f"{meta['corpus_hash'][:12]}, planned {data.corpus_hash[:12]}): it is a new dataset; "
-                "restore the old corpus, or run the study file again under a new study name",
-            )
-        d = Path(data.path).expanduser()
-        train = np.memmap(d / "train.bin", dtype=np.dtype(meta["dtype"]), mode="r")
-        val = np.memmap(d / "val.bin", dtype=np.dtype(meta["dtype"]), mode="r")
-        self.train_tokens = int(meta["train_tokens"])
-        self.bytes_per_token = float(meta["bytes_per_token"])
-        info = {
-            "corpus_hash": meta["corpus_hash"][:16],
-            "tokenizer_hash": meta["tokenizer_hash"][:16],
-            "train_tokens": self.train_tokens,
-            "bytes_per_token": self.bytes_per_token,
-            "compressor_bpb": meta["compressor_bpb"],
-            "compressor": f"{meta['compressor']['name']} {meta['compressor']['level']}",
-        }
-        super().__init__(train, val, data, run_seed, info)
-
-    def epochs(self, position: int) -> float:
-        return position * self.T / self.train_tokens
-
-    def eval_metrics(self, val_loss: float) -> dict[str, float]:
-        return {"val_bpb": bits_per_byte(val_loss, self.bytes_per_token)}
 
 
 def _stdlib_files() -> tuple[Path, list[Path]]:
@@ -612,8 +582,11 @@ def make_source(data: DataSpec, run_seed: int):
     if data.source == "text":
         train, val, info = _text_corpus(tuple(data.paths))
         return WindowSource(train, val, data, run_seed, info)
-    if data.source == "corpus":
-        return CorpusSource(data, run_seed)
+    if data.source == "corpus":  # ingested (trainer/corpus), checked against the planned hashes
+        from .corpus.source import open_corpus
+
+        c = open_corpus(data)
+        return WindowSource(c.train, c.val, data, run_seed, c.info, **c.options)
     train, val, info = _token_files(data)
     return WindowSource(train, val, data, run_seed, info)
 

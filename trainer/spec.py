@@ -178,8 +178,8 @@ class DataSpec:
     """Where tokens come from. `markov` is synthetic with a known entropy rate; `text` is
     byte-level (vocab 256) from `paths` (files or directories; empty = the built-in corpus);
     `tokens` is a nanoGPT-style uint16 memmap directory holding train.bin and val.bin; `corpus`
-    is a folder written by `scalelab data ingest` (`path`): its vocab_size and content hashes
-    come from its meta.json when corpus_hash is not given (trainer/corpus/store.py)."""
+    is a folder written by `scalelab data ingest` (`path`), whose vocab_size and content hashes
+    the loader copies from its meta.json (trainer.corpus.corpus_spec)."""
 
     source: str = "markov"
     vocab_size: int = 64
@@ -205,7 +205,7 @@ class DataSpec:
             f"unknown source {self.source!r}; use one of {', '.join(DATA_SOURCES)}",
         )
         if self.source == "corpus":
-            self._resolve_corpus()
+            self._check_corpus()
         else:
             for k in CORPUS_KEYS:
                 _require(
@@ -261,12 +261,8 @@ class DataSpec:
                     "holding train.bin and val.bin (uint16)",
                 )
         _positive_int(self.val_tokens, "data.val_tokens", minimum=self.seq_len + 1)
-        if self.source == "corpus":
-            self._check_corpus_sizes()
 
-    def _resolve_corpus(self) -> None:
-        """vocab_size and the content hashes from the corpus folder's meta.json (once, when the
-        study is loaded; a worker gets them in the spec and checks the folder still matches)."""
+    def _check_corpus(self) -> None:
         _require(
             isinstance(self.path, str) and bool(self.path),
             "data.path",
@@ -275,33 +271,11 @@ class DataSpec:
         )
         _require(not self.paths, "data.paths", "the corpus source takes data.path (one folder), not paths")
         _finite(self.max_epochs, "data.max_epochs", lo=0, lo_open=True)
-        if self.corpus_hash:
-            return
-        from .corpus.store import read_meta
-
-        meta = read_meta(self.path)
-        object.__setattr__(self, "vocab_size", int(meta["vocab_size"]))
-        object.__setattr__(self, "corpus_hash", str(meta["corpus_hash"]))
-        object.__setattr__(self, "tokenizer_hash", str(meta["tokenizer_hash"]))
-
-    def _check_corpus_sizes(self) -> None:
-        from .corpus.store import read_meta
-
-        meta = read_meta(self.path)
-        need = math.ceil(self.val_tokens / self.seq_len) * self.seq_len + 1
         _require(
-            meta["val_tokens"] >= need,
-            "data.val_tokens",
-            f"{self.val_tokens} held-out tokens (in windows of seq_len {self.seq_len}: {need} tokens) "
-            f"do not fit the corpus's validation split of {meta['val_tokens']} tokens; lower "
-            f"data.val_tokens to at most {(meta['val_tokens'] - 1) // self.seq_len * self.seq_len} "
-            "or ingest again with a larger --val-fraction",
-        )
-        _require(
-            meta["train_tokens"] >= self.seq_len + 1,
-            "data.path",
-            f"the corpus's training split holds {meta['train_tokens']} tokens, less than one "
-            f"window of seq_len+1 = {self.seq_len + 1}; ingest more text",
+            bool(self.corpus_hash and self.tokenizer_hash),
+            "data.corpus_hash",
+            "missing: it comes from the corpus folder's meta.json (a study file fills it in; in "
+            "code, build the spec with trainer.corpus.corpus_spec(DIR))",
         )
 
     def _check_zipf(self) -> None:

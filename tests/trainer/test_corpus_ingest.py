@@ -13,11 +13,10 @@ import pandas as pd
 import pytest
 
 from tests.corpus_data import documents, near_copy, write_tree
-from trainer.corpus import IngestError, IngestSettings, ingest, list_files, read_meta
+from trainer.corpus import CorpusError, IngestError, IngestSettings, ingest, list_files, read_meta
 from trainer.corpus import readers as readers_mod
 from trainer.corpus.dedup import doc_key, is_validation
 from trainer.corpus.readers import ReadStats, read_documents
-from trainer.spec import SpecError
 
 FILES = ("train.bin", "val.bin", "tokenizer.json", "meta.json")
 
@@ -239,10 +238,10 @@ def test_failed_ingest_keeps_the_old_corpus_and_half_written_is_refused(planted,
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     with open(out / "train.bin", "r+b") as f:  # truncated
         f.truncate(10)
-    with pytest.raises(SpecError, match="data.path.*half-written"):
+    with pytest.raises(CorpusError, match="data.path.*half-written"):
         read_meta(out)
     (out / "meta.json").unlink()
-    with pytest.raises(SpecError, match="data.path.*no meta.json"):
+    with pytest.raises(CorpusError, match="data.path.*no meta.json"):
         read_meta(out)
-    with pytest.raises(SpecError, match="data.path.*does not exist.*scalelab data ingest"):
+    with pytest.raises(CorpusError, match="data.path.*does not exist.*scalelab data ingest"):
         read_meta(tmp_path / "nowhere")

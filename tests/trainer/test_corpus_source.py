@@ -11,8 +11,9 @@ import pytest
 
 from tests.corpus_data import documents, write_tree
 from trainer import InMemorySink, train
-from trainer.corpus import IngestSettings, ingest, list_files, read_meta
-from trainer.data import CorpusSource, bits_per_byte, make_source
+from trainer.corpus import IngestSettings, corpus_spec, ingest, list_files, read_meta
+from trainer.corpus.source import bits_per_byte
+from trainer.data import make_source
 from trainer.spec import DataSpec, ModelSpec, RecipeSpec, RunSpec, SpecError
 
 
@@ -30,7 +31,7 @@ def corpus(tmp_path_factory):
 
 
 def _spec(path, tokens=4096, val_tokens=512, **data) -> RunSpec:
-    d = DataSpec(source="corpus", path=str(path), seq_len=16, val_tokens=val_tokens, **data)
+    d = corpus_spec(path, seq_len=16, val_tokens=val_tokens, **data)
     m = ModelSpec(n_layer=1, d_model=16, n_head=2, vocab_size=d.vocab_size, seq_len=16)
     return RunSpec(model=m, data=d, recipe=RecipeSpec(batch_size=8, lr=1e-2), tokens=tokens)
 
@@ -46,7 +47,6 @@ def test_source_reads_the_corpus_and_converts_with_its_validation_split(corpus):
     spec = _spec(corpus)
     assert spec.data.vocab_size == 300 and spec.data.corpus_hash == m["corpus_hash"]
     src = make_source(spec.data, 0)
-    assert isinstance(src, CorpusSource)
     val = np.fromfile(corpus / "val.bin", dtype=np.uint16)
     np.testing.assert_array_equal(src.val[0], val[:17])  # first window: tokens 0..16
     # hand computation from meta.json: nats/token x tokens/byte / ln 2
@@ -111,6 +111,10 @@ def test_a_changed_or_broken_corpus_is_refused(corpus, tmp_path):
         _spec(corpus, val_tokens=meta["val_tokens"] + 64)
     with pytest.raises(SpecError, match="data.path: missing"):
         DataSpec(source="corpus")
+    with pytest.raises(SpecError, match="data.corpus_hash: missing.*corpus_spec"):
+        DataSpec(source="corpus", path=str(corpus))
+    with pytest.raises(SpecError, match="data.vocab_size: the corpus .* has vocab_size 300"):
+        corpus_spec(corpus, vocab_size=512)
     with pytest.raises(SpecError, match="data.max_epochs: applies to the corpus source only"):
         DataSpec(source="markov", max_epochs=2.0)
 

@@ -10,20 +10,24 @@ study names as `data: {source: corpus, path: DIR}` (trainer/data.py memory-maps 
     report.meta["bytes_per_token"]
 """
 
-from .errors import IngestError
+from .errors import CorpusError, IngestError
 from .pipeline import DEDUP_MODES, DEFAULT_VAL_FRACTION, DEFAULT_VOCAB, IngestReport, IngestSettings, ingest
 from .readers import InputFile, list_files, stdlib_root
+from .source import bits_per_byte, corpus_spec
 from .store import FORMAT, dtype_for, read_meta, verify
 
 __all__ = [
     "DEDUP_MODES",
     "DEFAULT_VAL_FRACTION",
     "DEFAULT_VOCAB",
+    "CorpusError",
     "FORMAT",
     "IngestError",
     "IngestReport",
     "IngestSettings",
     "InputFile",
+    "bits_per_byte",
+    "corpus_spec",
     "dtype_for",
     "ingest",
     "list_files",

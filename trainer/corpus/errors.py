@@ -1,6 +1,8 @@
-"""The one error type of corpus ingestion."""
+"""Errors of corpus ingestion (flags) and of corpus folders (study keys)."""
 
 from __future__ import annotations
+
+from ..spec import SpecError
 
 
 class IngestError(ValueError):
@@ -11,3 +13,8 @@ class IngestError(ValueError):
         super().__init__(f"{flag}: {message}")
         self.flag = flag
         self.message = message
+
+
+class CorpusError(SpecError):
+    """A corpus folder cannot be used (missing, half-written, changed): a SpecError whose `field`
+    is the study key that names it (data.path); the orchestrator exits 2 with it."""

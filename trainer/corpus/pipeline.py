@@ -34,7 +34,7 @@ import numpy as np
 
 from . import bpe, store
 from .dedup import MinHasher, doc_key, in_sample, is_validation, near_duplicates
-from .errors import IngestError
+from .errors import CorpusError, IngestError
 from .readers import InputFile, ReadStats, read_documents
 
 DEFAULT_VOCAB = 4096  # suits CPU-scale studies; real corpora: 32k-64k
@@ -145,7 +145,7 @@ def _check_out(out: Path) -> dict[str, Any] | None:
         )
     try:
         return store.verify(out)
-    except store.SpecError:
+    except CorpusError:
         return None
 
 

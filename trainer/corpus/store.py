@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..spec import SpecError
+from .errors import CorpusError
 
 FORMAT = "scalelab-corpus/1"
 FILES = ("train.bin", "val.bin", "tokenizer.json", "meta.json")
@@ -68,8 +68,8 @@ def corpus_hash(train_sha256: str, val_sha256: str) -> str:
     return hashlib.sha256(f"{FORMAT}:{train_sha256}:{val_sha256}".encode()).hexdigest()
 
 
-def _half_written(path: Path, what: str) -> SpecError:
-    return SpecError(
+def _half_written(path: Path, what: str) -> CorpusError:
+    return CorpusError(
         "data.path",
         f"{path} is not a finished corpus ({what}): it is half-written, truncated or edited; "
         f"write it again with {ingest_hint(path)}",
@@ -78,11 +78,11 @@ def _half_written(path: Path, what: str) -> SpecError:
 
 def read_meta(path: str | os.PathLike, field: str = "data.path") -> dict[str, Any]:
     """meta.json of a finished corpus folder, after checking that every file is there and that
-    the token files hold exactly the tokens meta.json counts. Raises SpecError naming `field`."""
+    the token files hold exactly the tokens meta.json counts. Raises CorpusError naming `field`."""
     d = Path(path).expanduser()
     if not d.is_dir():
         what = "is not a folder" if d.exists() else "does not exist"
-        raise SpecError(field, f"{path} {what}; make the corpus with {ingest_hint(path)}")
+        raise CorpusError(field, f"{path} {what}; make the corpus with {ingest_hint(path)}")
     st = [os.stat(d / f) if (d / f).is_file() else None for f in FILES]
     return _read_meta_cached(str(d.resolve()), tuple((s.st_size, s.st_mtime_ns) if s else None for s in st))
 
@@ -101,7 +101,7 @@ def _read_meta_cached(path: str, stats: tuple) -> dict[str, Any]:
     if absent:
         raise _half_written(d, f"meta.json lacks {', '.join(absent)}")
     if meta["format"] != FORMAT:
-        raise SpecError("data.path", f"{d} holds corpus format {meta['format']!r}, not {FORMAT!r}; "
+        raise CorpusError("data.path", f"{d} holds corpus format {meta['format']!r}, not {FORMAT!r}; "
                         f"write it again with {ingest_hint(d)}")  # fmt: skip
     itemsize = 2 if meta["dtype"] == "uint16" else 4
     for name, key, (size, _) in (
