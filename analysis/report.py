@@ -268,7 +268,13 @@ def write_report(
         seed=seed,
         grid=grid,
     )
-    secs = [s for s in (_run(fn, ctx) for fn in (sections or SECTIONS)) if s]
+    from . import report_plots
+
+    report_plots.UNIT[0] = points.loss_unit  # axis labels in the loss's unit (bits/byte: val_bpb)
+    try:
+        secs = [s for s in (_run(fn, ctx) for fn in (sections or SECTIONS)) if s]
+    finally:
+        report_plots.UNIT[0] = "nats/token"
     hp, mp, figs = write_documents(out, title or f"Scaling-law report: {points.source}", secs)
     head = answer.headline(ctx, answer.answer_rows(ctx), ctx.base_label)
     (out / "headline.json").write_text(json.dumps(head, indent=1), encoding="utf-8")

@@ -600,9 +600,12 @@ def cmd_report(a: argparse.Namespace) -> int:
 
     settings = _settings(a)
     true_entropy = None
+    metric = a.metric or "val_loss"
     if a.study:
         cfg: StudyConfig = load_study(a.study)
         experiment = cfg.study
+        if cfg.data.source == "corpus" and not a.metric:  # tokenizer-independent: bits per byte
+            metric = "val_bpb"
         if cfg.data.source in ("markov", "zipf"):
             from trainer import true_entropy as entropy
 
@@ -623,6 +626,7 @@ def cmd_report(a: argparse.Namespace) -> int:
             true_entropy=true_entropy,
             budgets=budgets,
             log_to_mlflow=not a.no_mlflow,
+            metric=metric,
         )
 
 
@@ -747,6 +751,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--budgets", help="FLOP budgets for the compute-optimal table, e.g. 1e15,1e18")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
+    p.add_argument(
+        "--metric", help="run metric to report (default: val_bpb for corpus studies, else val_loss)"
+    )
     _store_args(p)
     p.set_defaults(func=cmd_report)
     _log_level_arg(ap, default=None)
