@@ -32,6 +32,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from .compressor import compressor_notes
 from .data import InputError, load_csv, load_mlflow
 from .groups import in_active_params, select_setting, split_by
 from .result import FitResult, optimal_rows, result_at
@@ -526,6 +527,7 @@ def run_fit(args) -> int:
         return 2
     res["elapsed_s"] = time.perf_counter() - t0
     res["metric"], res["loss_unit"] = args.metric, pts.loss_unit
+    res.setdefault("notes", []).extend(compressor_notes(pts))
     warn = kaplan_d_warning(pts) if args.law == "kaplan-d" else None
     if warn:
         res.setdefault("notes", []).append(warn)

@@ -24,6 +24,7 @@ from . import answer
 from . import report_sections as S
 from .bootstrap import BootstrapResult, bootstrap_chinchilla
 from .chinchilla import ChinchillaFit
+from .compressor import compressor_section
 from .data import Points
 from .groups import in_active_params, is_dense, select_setting, setting_labels
 from .isoflop import EnvelopeFit, IsoFLOPFit, envelope_fit, isoflop_fit
@@ -99,6 +100,7 @@ SECTIONS: list[Section] = [
     S.moe_section,
     S.forms_section,
     S.constrained_section,
+    compressor_section,
     S.architecture_section,
     S.planner_section,
 ]
