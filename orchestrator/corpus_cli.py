@@ -35,7 +35,7 @@ def add_data_parser(sub: argparse._SubParsersAction) -> None:
         "--vocab-size",
         type=int,
         metavar="V",
-        help="BPE vocabulary incl. the end-of-document token (default 4096)",
+        help="BPE vocabulary incl. the end-of-document token (default 1024, sized for CPU studies; real corpora: 32000-65535)",
     )
     q.add_argument(
         "--val-fraction", type=float, metavar="F", help="share of documents held out (default 0.02)"

@@ -37,7 +37,7 @@ from .dedup import MinHasher, doc_key, in_sample, is_validation, near_duplicates
 from .errors import CorpusError, IngestError
 from .readers import InputFile, ReadStats, read_documents
 
-DEFAULT_VOCAB = 4096  # suits CPU-scale studies; real corpora: 32k-64k
+DEFAULT_VOCAB = 1024  # sized for CPU studies (configs/corpus.yaml); real corpora: 32000-65535
 DEFAULT_VAL_FRACTION = 0.02
 DEDUP_MODES = ("near", "exact", "none")
 XZ_MAX_BYTES = 256 << 20  # validation bytes the compressor reference reads at most
