@@ -70,11 +70,12 @@ def compressor_section(ctx) -> dict | None:
         }
     )
     fit = ctx.approach3
-    if fit.success_:
-        e = in_bits_per_byte(points, fit.params_["E"])
-        if e is not None:
-            rows.loc[2, "bits/byte"] = float(e)
-            rows.loc[2, "vs xz"] = f"{float(e) / xz:.3f}"
+    e = in_bits_per_byte(points, fit.params_["E"]) if fit.success_ and fit.converged_ else None
+    if e is not None and float(e) > 1e-3 * float(np.min(bpb)):  # else E sits at its lower bound
+        rows.loc[2, "bits/byte"] = float(e)
+        rows.loc[2, "vs xz"] = f"{float(e) / xz:.3f}"
+    else:
+        rows.loc[2, "vs xz"] = "not identified by these runs (fit not converged or E at its bound)"
     fig, ax = plt.subplots(figsize=(6, 4))
     for n, g in frame.groupby("n_params"):
         ax.plot(g["flops"], g["bits_per_byte"], "o-", label=f"N={n:.3g}")

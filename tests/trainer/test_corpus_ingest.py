@@ -188,11 +188,14 @@ def test_reruns_are_byte_identical_and_changes_are_detected(planted):
 def test_dedup_none_keeps_copies_and_uint32_above_65535(tmp_path):
     docs = documents(20, seed=2, words=(30, 60))
     write_tree(tmp_path / "src", docs + docs[:2])
-    r = _ingest(tmp_path / "src", tmp_path / "c", dedup="none", vocab_size=70000, val_fraction=0.3)
+    out = tmp_path / "src" / "c"  # inside the inputs: its own files are never read back
+    r = _ingest(tmp_path / "src", out, dedup="none", vocab_size=70000, val_fraction=0.3)
     m = r.meta
     assert m["duplicates_exact"] == 0 and m["n_docs"] + m["n_docs_val"] == 22
     assert m["dtype"] == "uint32" and m["vocab_size"] == 70000
-    assert os.path.getsize(tmp_path / "c" / "train.bin") == 4 * m["train_tokens"]
+    assert os.path.getsize(out / "train.bin") == 4 * m["train_tokens"]
+    again = _ingest(tmp_path / "src", out, force=True, dedup="none", vocab_size=70000, val_fraction=0.3)
+    assert again.meta == m
 
 
 # --------------------------------------------------------------------------- bad input, atomicity

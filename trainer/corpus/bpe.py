@@ -75,12 +75,13 @@ def encode_to(
     digest = hashlib.sha256()
     total = 0
     for batch in batches(texts):
-        encs = tok.encode_batch_fast(batch, add_special_tokens=False)
-        lengths = np.fromiter((len(e.ids) + 1 for e in encs), np.int64, len(encs))
-        ids = np.empty(int(lengths.sum()), dtype=dtype)
-        ends = np.cumsum(lengths)
-        for e, end, n in zip(encs, ends, lengths):
-            ids[end - n : end - 1] = e.ids
+        seqs = [e.ids for e in tok.encode_batch_fast(batch, add_special_tokens=False)]  # one list each
+        ends = np.cumsum(np.fromiter(map(len, seqs), np.int64, len(seqs)) + 1)
+        ids = np.empty(int(ends[-1]), dtype=dtype)
+        start = 0
+        for seq, end in zip(seqs, ends.tolist()):
+            ids[start : end - 1] = seq
+            start = end
         ids[ends - 1] = EOS_ID
         data = ids.tobytes()
         out.write(data)

@@ -162,6 +162,8 @@ def ingest(
     input, before anything is written there."""
     settings.check()
     out = Path(out).expanduser()
+    inside = out.resolve()
+    files = [f for f in files if inside not in f.path.resolve().parents]  # never DIR's own files
     if not files:
         raise IngestError("PATH", "no files found; name files or folders holding text")
     t0 = time.perf_counter()
