@@ -123,7 +123,7 @@ def run_ingest(src: Path, out: Path, vocab: int) -> dict:
     return res
 
 
-def encode_speed(out: Path, src: Path, max_bytes: int, rounds: int = 2) -> dict:
+def encode_speed(out: Path, src: Path, max_bytes: int, rounds: int = 3) -> dict:
     """tokens/s: the pipeline's encoder vs tokenizers' encode_batch, same docs, same cores."""
     from tokenizers import Tokenizer
 
