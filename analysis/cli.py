@@ -34,6 +34,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from .compressor import compressor_notes
 from .data import InputError, load_csv, load_mlflow
 from .families import families_block, print_families
 from .groups import in_active_params, select_setting, split_by
@@ -51,6 +52,13 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument("--d-col", default=None, help="column with D (training tokens)")
     parser.add_argument("--c-col", default=None, help="column with C (training FLOPs); D = C/(6N) if no D")
     parser.add_argument("--loss-col", default=None, help="column with the final loss (nats/token)")
+    parser.add_argument(
+        "--metric",
+        default="val_loss",
+        metavar="NAME",
+        help="--experiment: the run metric to fit (default val_loss, nats/token; val_bpb: bits "
+        "per byte, corpus studies); --csv: the loss column when --loss-col is not given",
+    )
     parser.add_argument("--law", choices=LAWS, default="chinchilla")
     parser.add_argument(
         "--bootstrap",
@@ -431,13 +439,15 @@ def _load(args, law):
             n_col=args.n_col,
             d_col=args.d_col,
             c_col=args.c_col,
-            loss_col=args.loss_col,
+            loss_col=args.loss_col or (args.metric if args.metric != "val_loss" else None),
             include_failed=args.include_diverged,
             need=need,
             dropna=getattr(args, "dropna", False),
         )
     else:
-        pts = load_mlflow(args.experiment, args.tracking_uri, include_failed=args.include_diverged)
+        pts = load_mlflow(
+            args.experiment, args.tracking_uri, include_failed=args.include_diverged, loss_metric=args.metric
+        )
     if args.drop_top_loss < 0:
         raise InputError("--drop-top-loss must be >= 0")
     return pts.drop_top_loss(args.drop_top_loss)
@@ -522,6 +532,8 @@ def run_fit(args) -> int:
         print(f"scalelab fit: error: {exc}", file=sys.stderr)
         return 2
     res["elapsed_s"] = time.perf_counter() - t0
+    res["metric"], res["loss_unit"] = args.metric, pts.loss_unit
+    res.setdefault("notes", []).extend(compressor_notes(pts))
     warn = kaplan_d_warning(pts) if args.law == "kaplan-d" else None
     if warn:
         res.setdefault("notes", []).append(warn)
@@ -557,21 +569,23 @@ def run_report(
     include_failed: bool = False,
     n_bootstrap: int = 200,
     grid: str = "hoffmann",
+    metric: str = "val_loss",
 ) -> int:
     """Build the HTML + Markdown report for a study (or for `points` given directly) and log it
-    to the study's MLflow parent run. Returns the exit status (0 ok, 2 bad input)."""
+    to the study's MLflow parent run. Returns the exit status (0 ok, 2 bad input). metric: the
+    run metric reported (val_bpb, bits per byte, for corpus studies)."""
     from .report import log_report_to_mlflow, write_report
 
     try:
         if points is None:
-            points = load_mlflow(experiment, tracking_uri, include_failed=include_failed)
+            points = load_mlflow(experiment, tracking_uri, include_failed=include_failed, loss_metric=metric)
         points = points.drop_top_loss(drop_top_loss)
         curves = None
         if experiment is not None:
             try:
                 from .data import load_curves
 
-                curves = load_curves(experiment, tracking_uri)
+                curves = load_curves(experiment, tracking_uri, metric=metric)
             except Exception as exc:  # noqa: BLE001 - curves are optional (Approach 1 only)
                 points.notes.append(f"loss curves unavailable: {exc}")
         paths = write_report(

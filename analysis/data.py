@@ -115,7 +115,11 @@ _NUMERIC_PARAMS = (
     "unique_tokens",
     "epochs",
     "budget",
+    "compressor_bpb",  # corpus studies: xz -9e on the validation text, bits per byte
+    "bytes_per_token",
 )
+# the unit of a loss metric (default nats/token): val_bpb is bits per byte (corpus studies)
+METRIC_UNITS = {"val_bpb": "bits/byte"}
 
 
 class InputError(ValueError):
@@ -137,6 +141,7 @@ class Points:
     notes: list[str] = field(default_factory=list)
     true_entropy: float | None = None
     dropped: pd.DataFrame | None = None  # the rows removed by an outlier policy
+    loss_unit: str = "nats/token"  # bits/byte when the loss is val_bpb
 
     @property
     def N(self) -> np.ndarray:
@@ -593,7 +598,15 @@ def load_mlflow(
         if v.size == 1:
             te = float(v[0])
     cols = list(CANONICAL) + [c for c in df.columns if c not in CANONICAL]
-    return Points(df[cols], source=f"mlflow:{experiment}", excluded=excluded, notes=notes, true_entropy=te)
+    unit = METRIC_UNITS.get(loss_metric, "nats/token")
+    return Points(
+        df[cols],
+        source=f"mlflow:{experiment}",
+        excluded=excluded,
+        notes=notes,
+        true_entropy=te,
+        loss_unit=unit,
+    )
 
 
 def load_curves(

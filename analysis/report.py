@@ -24,6 +24,7 @@ from . import answer
 from . import report_sections as S
 from .bootstrap import BootstrapResult, bootstrap_chinchilla
 from .chinchilla import ChinchillaFit
+from .compressor import compressor_section
 from .data import Points
 from .groups import in_active_params, is_dense, select_setting, setting_labels
 from .isoflop import EnvelopeFit, IsoFLOPFit, envelope_fit, isoflop_fit
@@ -99,6 +100,7 @@ SECTIONS: list[Section] = [
     S.moe_section,
     S.forms_section,
     S.constrained_section,
+    compressor_section,
     S.architecture_section,
     S.families_section,
     S.planner_section,
@@ -269,7 +271,13 @@ def write_report(
         seed=seed,
         grid=grid,
     )
-    secs = [s for s in (_run(fn, ctx) for fn in (sections or SECTIONS)) if s]
+    from . import report_plots
+
+    report_plots.UNIT[0] = points.loss_unit  # axis labels in the loss's unit (bits/byte: val_bpb)
+    try:
+        secs = [s for s in (_run(fn, ctx) for fn in (sections or SECTIONS)) if s]
+    finally:
+        report_plots.UNIT[0] = "nats/token"
     hp, mp, figs = write_documents(out, title or f"Scaling-law report: {points.source}", secs)
     head = answer.headline(ctx, answer.answer_rows(ctx), ctx.base_label)
     (out / "headline.json").write_text(json.dumps(head, indent=1), encoding="utf-8")

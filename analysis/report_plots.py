@@ -17,6 +17,11 @@ from .kaplan import frontier_points  # noqa: E402
 
 PFDAY = 8.64e19
 LOSS = "final loss (nats/token)"
+UNIT = ["nats/token"]  # the loss unit of the report being drawn (write_report sets it: bits/byte)
+
+
+def _unit(label: str) -> str:
+    return label.replace("nats/token", UNIT[0])
 
 
 def cmap(values):
@@ -28,8 +33,8 @@ def cmap(values):
 def _loglog(ax, xlabel, ylabel, title):
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
+    ax.set_xlabel(_unit(xlabel))
+    ax.set_ylabel(_unit(ylabel))
     ax.set_title(title)
 
 
@@ -176,7 +181,7 @@ def isoflop_profiles(frame, iso):
             ax.plot(r["n_opt"], r["loss_opt"], "kx")
     ax.set_xscale("log")
     ax.set_xlabel("N (parameters)")
-    ax.set_ylabel(LOSS)
+    ax.set_ylabel(_unit(LOSS))
     ax.set_title("IsoFLOP curves with fitted parabolas in log N (x: minima)")
     if len(good) <= 12:
         ax.legend(fontsize=7, ncol=2)
@@ -231,8 +236,8 @@ def validation_panels(frame, fit, ex, thr):
         lim = [ex.table[["loss", "predicted"]].min().min(), ex.table[["loss", "predicted"]].max().max()]
         axs[1].plot(lim, lim, "k-", lw=0.8)
         axs[1].set_title(f"Extrapolation to C > {thr:.2g} (fit below)")
-    axs[1].set_xlabel("observed loss (nats/token)")
-    axs[1].set_ylabel("predicted loss (nats/token)")
+    axs[1].set_xlabel(_unit("observed loss (nats/token)"))
+    axs[1].set_ylabel(_unit("predicted loss (nats/token)"))
     return fig
 
 

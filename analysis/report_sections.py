@@ -94,7 +94,7 @@ def data_section(ctx):
     cols = ("n_params", "tokens", "flops", "loss")
     summ = pd.DataFrame(
         {
-            "quantity": ["N (params)", "D (tokens)", "C (FLOPs)", "loss (nats/token)"],
+            "quantity": ["N (params)", "D (tokens)", "C (FLOPs)", f"loss ({pts.loss_unit})"],
             "min": [frame[c].min() for c in cols],
             "max": [frame[c].max() for c in cols],
             "distinct": [frame[c].nunique() for c in cols],

@@ -1,4 +1,4 @@
-"""`scalelab`: plan, run, status, cancel, ui, fit, report.
+"""`scalelab`: plan, run, status, cancel, ui, fit, report, data ingest.
 
 Exit status: 0 success (every run reached a result: finished or diverged), 1 some run failed
 after its retries (or the study was cancelled), 2 bad input (nothing scheduled, nothing written).
@@ -16,6 +16,7 @@ from trainer.redact import redact_text
 
 from . import jsonout
 from .cli_planner import cmd_run_adaptive, cmd_suggest, planner_args
+from .corpus_cli import add_data_parser
 from .envfile import STORE_KEYS, load_dotenv_file
 from .logs import configure_logging, quiet_logs
 from .run.ray_connection import Terminated, ray_died
@@ -53,9 +54,10 @@ def _settings(a: argparse.Namespace) -> Settings:
 
 
 def cmd_plan(a: argparse.Namespace) -> int:
+    from .study.corpus_plan import check_epochs
     from .study.estimate import study_wall_time, trained_flops
     from .study.grid import expand, work_items
-    from .views import PLAN_HEADER, fmt_duration, plan_line, plan_rate, plan_row, plan_slots
+    from .views import fmt_duration, plan_header, plan_line, plan_rate, plan_row, plan_slots
 
     cfg = load_study(a.study)
     if a.max_concurrent is not None and a.max_concurrent < 1:
@@ -66,6 +68,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
     from .study.memory import check_memory
 
     check_memory(cfg, planned, None if os.environ.get("RAY_ADDRESS") else available_memory_bytes())
+    check_epochs(cfg, planned)
     rows = _read_study(_settings(a), cfg).rows
     rate, how = plan_rate(cfg, rows)
     slots, slots_why = plan_slots(cfg, a.max_concurrent)
@@ -75,9 +78,10 @@ def cmd_plan(a: argparse.Namespace) -> int:
         print(jsonout.dumps(out, indent=1))
         return 0
     print(f"study {cfg.study}: {len(out)} runs; rate {rate:.3g} FLOP/s per run ({how})")
-    print(PLAN_HEADER)
+    epochs = cfg.data.source == "corpus"  # passes over the corpus's training split
+    print(plan_header(epochs))
     for r in out:
-        print(plan_line(r))
+        print(plan_line(r, epochs))
     done = {r["run_key"] for r in out if RunState(r["status"]).is_result}
     total, spent = sum(r["flops"] for r in out), sum(r["flops_trained"] for r in out)
     wall = study_wall_time(planned, items, rate, slots, done)
@@ -279,9 +283,12 @@ def cmd_report(a: argparse.Namespace) -> int:
 
     settings = _settings(a)
     true_entropy = None
+    metric = a.metric or "val_loss"
     if a.study:
         cfg: StudyConfig = load_study(a.study)
         experiment = cfg.study
+        if cfg.data.source == "corpus" and not a.metric:  # tokenizer-independent: bits per byte
+            metric = "val_bpb"
         if cfg.data.source in ("markov", "zipf"):
             from trainer import true_entropy as entropy
 
@@ -302,6 +309,7 @@ def cmd_report(a: argparse.Namespace) -> int:
             true_entropy=true_entropy,
             budgets=budgets,
             log_to_mlflow=not a.no_mlflow,
+            metric=metric,
         )
 
 
@@ -418,12 +426,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--home", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_fit)
 
+    add_data_parser(sub)  # scalelab data ingest (orchestrator/corpus_cli.py)
+
     p = sub.add_parser("report", help="write the HTML + Markdown report of a study")
     p.add_argument("study", nargs="?", help="study YAML (or give --experiment)")
     p.add_argument("--experiment")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--budgets", help="FLOP budgets for the compute-optimal table, e.g. 1e15,1e18")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
+    p.add_argument(
+        "--metric", help="run metric to report (default: val_bpb for corpus studies, else val_loss)"
+    )
     _store_args(p)
     p.set_defaults(func=cmd_report)
     _log_level_arg(ap, default=None)

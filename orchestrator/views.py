@@ -176,6 +176,7 @@ def plan_slots(cfg: StudyConfig, max_concurrent: int | None) -> tuple[int, str]:
 
 def plan_row(p: PlannedRun, row: LedgerRow | None, flops_trained: float, rate: float) -> dict[str, Any]:
     """A run as `plan --json` prints it."""
+    from .study.corpus_plan import run_epochs
     from .study.memory import run_memory
 
     m = p.spec.model
@@ -201,22 +202,30 @@ def plan_row(p: PlannedRun, row: LedgerRow | None, flops_trained: float, rate: f
         "est_wall_time_s": flops_trained / rate,
         "est_memory_bytes": sum(run_memory(p).values()),
         "status": RunState.of(row.state if row else None).value,
+        "epochs": run_epochs(p.spec),  # corpus: passes over the training split (else null)
     }
 
 
-def plan_line(r: dict[str, Any]) -> str:
-    """A `plan_row` as a line of the `plan` table (columns: PLAN_HEADER)."""
+def plan_line(r: dict[str, Any], epochs: bool = False) -> str:
+    """A `plan_row` as a line of the `plan` table (columns: plan_header(epochs))."""
+    ep = f" {r['epochs']:6.2f}" if epochs else ""
     return (
         f"{r['run_key']:16} {r['label']:18} {r['n_params']:9.3g} {r['n_params_nonembedding']:9.3g} "
         f"{r['n_params_active']:9.3g} {r['tokens']:9.3g} {r['tokens_per_param']:7.1f} "
-        f"{r['flops']:9.3g} {r['flops_trained']:9.3g} {r['est_wall_time_s']:8.0f}s  {r['status']}"
+        f"{r['flops']:9.3g} {r['flops_trained']:9.3g} {r['est_wall_time_s']:8.0f}s{ep}  {r['status']}"
     )
 
 
-PLAN_HEADER = (
-    f"{'run_key':16} {'shape':18} {'N total':>9} {'N non-emb':>9} {'N active':>9} "
-    f"{'tokens':>9} {'D/N':>7} {'FLOPs':>9} {'trained':>9} {'est time':>9}  status"
-)
+def plan_header(epochs: bool = False) -> str:
+    """The `plan` table's header; `epochs` adds the corpus column (passes over its training split)."""
+    return (
+        f"{'run_key':16} {'shape':18} {'N total':>9} {'N non-emb':>9} {'N active':>9} "
+        f"{'tokens':>9} {'D/N':>7} {'FLOPs':>9} {'trained':>9} {'est time':>9}"
+        f"{' epochs' if epochs else ''}  status"
+    )
+
+
+PLAN_HEADER = plan_header()
 
 
 def status_row(p: PlannedRun, r: LedgerRow | None) -> dict[str, Any]:

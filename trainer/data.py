@@ -17,6 +17,9 @@ Position = number of training windows (sequences) consumed so far.
   Python versions, so the params record a hash of the corpus). Files go to validation when the
   sha1 of their relative path is 0 mod 10 (deterministic, split by FILE, never by windows).
 - tokens: nanoGPT's uint16 memmaps `train.bin` and `val.bin` in one directory.
+- corpus: the folder `scalelab data ingest` wrote (train.bin/val.bin as uint16 or uint32, its
+  meta.json): checked against the content hashes the study was planned with; also logs
+  `val_bpb` (bits per byte, tokenizer-independent) and epochs = tokens seen / train tokens.
 
 text/tokens: the training stream is cut into non-overlapping windows of T+1 tokens (stride T)
 visited in a fresh seeded permutation each epoch; epochs = windows consumed / windows per epoch.
@@ -151,6 +154,10 @@ class _StreamSource:
 
     def epochs(self, position: int) -> float:
         return 0.0
+
+    def eval_metrics(self, val_loss: float) -> dict[str, float]:
+        """Metrics logged beside val_loss (none for synthetic sources)."""
+        return {}
 
 
 class MarkovSource(_StreamSource):
@@ -357,9 +364,22 @@ class ZipfSource(_StreamSource):
 class WindowSource:
     """Non-overlapping windows of a token stream, one seeded permutation per epoch."""
 
-    def __init__(self, train: np.ndarray, val: np.ndarray, data: DataSpec, run_seed: int, info: dict):
+    def __init__(
+        self,
+        train: np.ndarray,
+        val: np.ndarray,
+        data: DataSpec,
+        run_seed: int,
+        info: dict,
+        *,
+        bytes_per_token: float = 0.0,
+        epoch_tokens: int = 0,
+    ):
+        """bytes_per_token (of the validation split: val_bpb is logged) and epoch_tokens (epochs =
+        training tokens seen / epoch_tokens): an ingested corpus (trainer/corpus/source.py)."""
         T = data.seq_len
         self.data, self.T, self.run_seed, self.info = data, T, run_seed, info
+        self.bytes_per_token, self.epoch_tokens = bytes_per_token, epoch_tokens
         self.train = train
         self.n_windows = (len(train) - 1) // T
         if self.n_windows < 1:
@@ -402,7 +422,17 @@ class WindowSource:
         )
 
     def epochs(self, position: int) -> float:
+        if self.epoch_tokens:  # corpus: training tokens seen / training tokens available
+            return position * self.T / self.epoch_tokens
         return position / self.n_windows
+
+    def eval_metrics(self, val_loss: float) -> dict[str, float]:
+        """Metrics logged beside val_loss: val_bpb (bits per byte) for an ingested corpus."""
+        if not self.bytes_per_token:
+            return {}
+        from .corpus.source import bits_per_byte
+
+        return {"val_bpb": bits_per_byte(val_loss, self.bytes_per_token)}
 
     def params(self) -> dict:
         return {"unique_tokens": int(self.unique_train_tokens), **self.info}
@@ -552,6 +582,11 @@ def make_source(data: DataSpec, run_seed: int):
     if data.source == "text":
         train, val, info = _text_corpus(tuple(data.paths))
         return WindowSource(train, val, data, run_seed, info)
+    if data.source == "corpus":  # ingested (trainer/corpus), checked against the planned hashes
+        from .corpus.source import open_corpus
+
+        c = open_corpus(data)
+        return WindowSource(c.train, c.val, data, run_seed, c.info, **c.options)
     train, val, info = _token_files(data)
     return WindowSource(train, val, data, run_seed, info)
 

@@ -29,7 +29,7 @@ from .families import (
 )
 from .families import FAMILY_OBJECTIVES as FAMILY_OBJECTIVES  # re-exported
 
-DATA_SOURCES = ("markov", "zipf", "text", "tokens")
+DATA_SOURCES = ("markov", "zipf", "text", "tokens", "corpus")
 SCHEDULES = ("cosine", "wsd")
 DEVICES = ("auto", "cpu", "cuda")
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
@@ -60,6 +60,12 @@ MODEL_OMITTED_AT: dict[str, Any] = {**ARCH_DEFAULTS, "n_layer_enc": 0, "n_layer_
 # so studies written before they existed keep their keys.
 RECIPE_OMITTED_AT = {"lr_base_width": 0}
 ZIPF_KEYS = ("lexicon_size", "zipf_exponent", "min_word_len", "max_word_len")
+# corpus keys appear only for the corpus source (other sources keep their keys); of them, where
+# the folder is and the epoch guard do not change what a run computes: not hashed, so a corpus
+# moved to another folder keeps its runs, and its content hashes identify the data instead.
+CORPUS_KEYS = ("path", "max_epochs", "corpus_hash", "tokenizer_hash")
+CORPUS_UNHASHED = ("path", "max_epochs")
+MAX_CORPUS_VOCAB = 2**32 - 1  # uint32 token files
 
 
 @dataclass(frozen=True)
@@ -226,7 +232,9 @@ def ffn_hidden(width: int, activation: str) -> int:
 class DataSpec:
     """Where tokens come from. `markov` is synthetic with a known entropy rate; `text` is
     byte-level (vocab 256) from `paths` (files or directories; empty = the built-in corpus);
-    `tokens` is a nanoGPT-style uint16 memmap directory holding train.bin and val.bin."""
+    `tokens` is a nanoGPT-style uint16 memmap directory holding train.bin and val.bin; `corpus`
+    is a folder written by `scalelab data ingest` (`path`), whose vocab_size and content hashes
+    the loader copies from its meta.json (trainer.corpus.corpus_spec)."""
 
     source: str = "markov"
     vocab_size: int = 64
@@ -240,6 +248,10 @@ class DataSpec:
     zipf_exponent: float = 1.45  # zipf: word r is emitted with probability ∝ r^-s
     min_word_len: int = 4  # zipf: word lengths (tokens) uniform in [min, max]
     max_word_len: int = 4
+    path: str = ""  # corpus: the folder `scalelab data ingest --out` wrote
+    max_epochs: float = 4.0  # corpus: most passes over the training split a run may make
+    corpus_hash: str = ""  # corpus: from its meta.json (token files)
+    tokenizer_hash: str = ""  # corpus: from its meta.json (tokenizer.json)
 
     def __post_init__(self) -> None:
         _require(
@@ -247,11 +259,21 @@ class DataSpec:
             "data.source",
             f"unknown source {self.source!r}; use one of {', '.join(DATA_SOURCES)}",
         )
+        if self.source == "corpus":
+            self._check_corpus()
+        else:
+            for k in CORPUS_KEYS:
+                _require(
+                    getattr(self, k) == DataSpec.__dataclass_fields__[k].default,
+                    f"data.{k}",
+                    f"applies to the corpus source only (source: {self.source}); remove it",
+                )
         _positive_int(self.vocab_size, "data.vocab_size", minimum=2)
+        top = MAX_CORPUS_VOCAB if self.source == "corpus" else 65536
         _require(
-            self.vocab_size <= 65536,
+            self.vocab_size <= top,
             "data.vocab_size",
-            f"{self.vocab_size} does not fit uint16 tokens; use <= 65536",
+            f"{self.vocab_size} does not fit {'uint32' if top > 65536 else 'uint16'} tokens; use <= {top}",
         )
         if self.source == "text":
             _require(
@@ -294,6 +316,22 @@ class DataSpec:
                     "holding train.bin and val.bin (uint16)",
                 )
         _positive_int(self.val_tokens, "data.val_tokens", minimum=self.seq_len + 1)
+
+    def _check_corpus(self) -> None:
+        _require(
+            isinstance(self.path, str) and bool(self.path),
+            "data.path",
+            "missing; the corpus source reads the folder written by `scalelab data ingest --out DIR`: "
+            "set data.path: DIR",
+        )
+        _require(not self.paths, "data.paths", "the corpus source takes data.path (one folder), not paths")
+        _finite(self.max_epochs, "data.max_epochs", lo=0, lo_open=True)
+        _require(
+            bool(self.corpus_hash and self.tokenizer_hash),
+            "data.corpus_hash",
+            "missing: it comes from the corpus folder's meta.json (a study file fills it in; in "
+            "code, build the spec with trainer.corpus.corpus_spec(DIR))",
+        )
 
     def _check_zipf(self) -> None:
         _positive_int(self.lexicon_size, "data.lexicon_size", minimum=2)
@@ -494,6 +532,7 @@ class RunSpec:
         run-time fields (RUNTIME in RUN_IDENTITY: where and how fast the run goes)."""
         d = self.to_dict()
         d["recipe"] = {k: v for k, v in d["recipe"].items() if RUN_IDENTITY["recipe"].get(k) is not RUNTIME}
+        d["data"] = {k: v for k, v in d["data"].items() if RUN_IDENTITY["data"].get(k) != CORPUS_LOCATION}
         return d
 
     def key(self) -> str:
@@ -529,6 +568,8 @@ def spec_hash(d: Mapping[str, Any]) -> str:
 ALWAYS = "always"  # hashed as it is
 RUNTIME = "runtime"  # never hashed: where and how fast a run goes, not what it computes
 ZIPF_ONLY = "zipf only"  # hashed for data.source zipf only (added with that source)
+CORPUS_ONLY = "corpus only"  # hashed for data.source corpus only: what the corpus and tokenizer are
+CORPUS_LOCATION = "corpus location"  # canonical for data.source corpus only, never hashed: where it is
 
 
 @dataclass(frozen=True)
@@ -550,6 +591,8 @@ RUN_IDENTITY: dict[str, dict[str, Any]] = {
         **dict.fromkeys(("source", "vocab_size", "seq_len", "seed", "order", "concentration"), ALWAYS),
         **dict.fromkeys(("paths", "val_tokens"), ALWAYS),
         **dict.fromkeys(ZIPF_KEYS, ZIPF_ONLY),
+        **dict.fromkeys(("corpus_hash", "tokenizer_hash"), CORPUS_ONLY),
+        **dict.fromkeys(CORPUS_UNHASHED, CORPUS_LOCATION),  # path, max_epochs
     },
     "recipe": {
         **dict.fromkeys(("batch_size", "lr", "schedule", "warmup_frac", "min_lr_ratio"), ALWAYS),
@@ -567,6 +610,8 @@ def _omitted(rule: Any, value: Any, source: str) -> bool:
     """Whether a field's value is left out of the canonical dict (and so of the run key)."""
     if isinstance(rule, Off):
         return value == rule.value
+    if rule in (CORPUS_ONLY, CORPUS_LOCATION):
+        return source != "corpus"
     return rule == ZIPF_ONLY and source != "zipf"
 
 

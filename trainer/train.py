@@ -356,6 +356,8 @@ class _Run:
         with self.meter.excluded_time():
             self.progress.val_loss = self.evaluator.loss(self.model, self.autocast)
             metrics = {"val_loss": self.progress.val_loss}
+            if self.spec.model.objective == "clm":  # corpus: val_bpb (bits per byte of the held-out text)
+                metrics.update(self.source.eval_metrics(self.progress.val_loss))
             if final and self.evaluator.lengths:
                 metrics.update(self.evaluator.length_losses(self.model, self.autocast))
         return metrics

@@ -163,16 +163,19 @@ class StudyConfig:
         return {"data": self._data_fingerprint(), "model": model, "train": _recipe_fingerprint(train)}
 
     def _data_fingerprint(self) -> dict[str, Any]:
-        """data as fingerprinted: the zipf keys only for the zipf source (studies of other
-        sources kept their fingerprint when the keys were added)."""
+        """data as fingerprinted: the zipf keys only for the zipf source, the corpus keys only for
+        the corpus source (studies of other sources kept their fingerprint when they were added)."""
         from dataclasses import asdict
 
-        from trainer.spec import ZIPF_KEYS
+        from trainer.spec import CORPUS_KEYS, CORPUS_UNHASHED, ZIPF_KEYS
 
         d = asdict(self.data)
         if self.data.source != "zipf":
             for k in ZIPF_KEYS:
                 d.pop(k, None)
+        # corpus: its content and tokenizer hashes, not the folder it is in (nor the epoch guard)
+        for k in CORPUS_UNHASHED if self.data.source == "corpus" else CORPUS_KEYS:
+            d.pop(k, None)
         return d
 
     def legacy_fingerprint(self, **runtime: Any) -> dict[str, Any]:
@@ -380,6 +383,12 @@ def _data(value: Any, key: str) -> DataSpec:
         d["paths"] = tuple(paths)
     if d.get("source") == "text" and "vocab_size" not in d:
         d["vocab_size"] = 256
+    if d.get("source") == "corpus":  # completed from the corpus folder (orchestrator/corpus_plan.py)
+        from . import corpus_plan
+
+        spec = _build(DataSpec, corpus_plan.corpus_data(d, key), key)
+        corpus_plan.check_fits(spec)
+        return spec
     spec = _build(DataSpec, d, key)
     for i, p in enumerate(spec.paths):
         if not Path(p).expanduser().exists():
