@@ -12,8 +12,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
-from orchestrator.study.config import load_study
 from orchestrator.store.tracking import fingerprint_hash
+from orchestrator.study.config import load_study
 from tests.conftest import write_study
 from tests.corpus_data import documents, write_tree
 
