@@ -1,4 +1,4 @@
-"""`scalelab`: plan, run, status, cancel, ui, fit, report.
+"""`scalelab`: plan, run, status, cancel, ui, fit, report, suggest, verify.
 
 Exit status: 0 success (every run reached a result: finished or diverged), 1 some run failed
 after its retries (or the study was cancelled), 2 bad input (nothing scheduled, nothing written).
@@ -445,6 +445,46 @@ def cmd_suggest(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(a: argparse.Namespace) -> int:
+    from .verify import print_verify, run_verify
+
+    cfg = load_study(a.study)
+    settings = _settings(a)
+    if a.max_concurrent is not None and a.max_concurrent < 1:
+        raise StudyError("--max-concurrent", "must be >= 1")
+    quiet_logs()
+    address = a.address or os.environ.get("RAY_ADDRESS") or None
+    v = run_verify(
+        cfg,
+        settings,
+        a.budget,
+        a.points,
+        address=address,
+        max_concurrent=a.max_concurrent,
+        show_progress=not (a.no_progress or a.json),
+    )
+    print_verify(v, a.json)
+    return v.exit_code
+
+
+def _add_verify_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("verify", help="test the study's compute-optimal prediction by training at a budget")
+    p.add_argument("study")
+    p.add_argument(
+        "--budget", type=float, required=True, help="the budget C (FLOPs) whose prediction to test"
+    )
+    p.add_argument("--points", type=int, default=3, help="runs on the IsoFLOP line at C (>= 3, default 3)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument(
+        "--address", help="Ray cluster address (default: $RAY_ADDRESS, else an embedded local Ray)"
+    )
+    p.add_argument("--max-concurrent", type=int, help="at most K runs at once")
+    p.add_argument("--checkpoint-dir", help="checkpoint root (as for `run`)")
+    p.add_argument("--no-progress", action="store_true", help="no live progress display")
+    _store_args(p)
+    p.set_defaults(func=cmd_verify)
+
+
 def _planner_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     p.add_argument(
         "--target-flops",
@@ -615,6 +655,7 @@ def cmd_report(a: argparse.Namespace) -> int:
             true_entropy=true_entropy,
             budgets=budgets,
             log_to_mlflow=not a.no_mlflow,
+            study_file=a.study,
         )
 
 
@@ -704,6 +745,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _planner_args(p, required=True)
     _store_args(p)
     p.set_defaults(func=cmd_suggest)
+
+    _add_verify_parser(sub)
 
     p = sub.add_parser("status", help="state of every run of a study")
     p.add_argument("study")

@@ -19,6 +19,7 @@ from typing import Any
 
 DATA_SOURCES = ("markov", "zipf", "text", "tokens")
 SCHEDULES = ("cosine", "wsd")
+EVAL_SCHEDULES = ("linear", "log")
 DEVICES = ("auto", "cpu", "cuda")
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
 ACTIVATIONS = ("gelu", "relu", "swiglu")
@@ -30,7 +31,7 @@ ARCH_DEFAULTS = {"pos": "learned", "activation": "gelu", "norm": "pre", "objecti
 ARCH_CHOICES = {"pos": POSITIONS, "activation": ACTIVATIONS, "norm": NORMS, "objective": OBJECTIVES}
 # Recipe fields added later, left out of run keys and study fingerprints at these (off) values,
 # so studies written before they existed keep their keys.
-RECIPE_OMITTED_AT = {"lr_base_width": 0}
+RECIPE_OMITTED_AT = {"lr_base_width": 0, "eval_schedule": "linear"}
 ZIPF_KEYS = ("lexicon_size", "zipf_exponent", "min_word_len", "max_word_len")
 
 
@@ -274,7 +275,7 @@ class DataSpec:
 
 # Recipe fields that say where and how fast a run goes, not what it computes: not hashed into
 # the run key, so a study moved to another device or cadence keeps its finished runs.
-RUNTIME_FIELDS = ("device", "compile", "eval_interval_tokens", "checkpoint_interval_tokens")
+RUNTIME_FIELDS = ("device", "compile", "eval_interval_tokens", "checkpoint_interval_tokens", "eval_schedule")
 
 
 @dataclass(frozen=True)
@@ -302,6 +303,10 @@ class RecipeSpec:
     device: str = "auto"
     compile: bool = False
     eval_lengths: tuple[int, ...] = (1,)  # held-out loss at these multiples of data.seq_len
+    # linear: every eval_interval_tokens (0: about 10 per run). log: one evaluation per doubling
+    # of tokens over the run's last 7 doublings (D/64 ... D), so every curve has points on a
+    # log axis whatever its length (eval_interval_tokens is then unused)
+    eval_schedule: str = "linear"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "eval_lengths", tuple(self.eval_lengths))
@@ -329,6 +334,11 @@ class RecipeSpec:
         _finite(self.weight_decay, "train.weight_decay", lo=0)
         _finite(self.grad_clip, "train.grad_clip", lo=0)
         _positive_int(self.eval_interval_tokens, "train.eval_interval_tokens", minimum=0)
+        _require(
+            self.eval_schedule in EVAL_SCHEDULES,
+            "train.eval_schedule",
+            f"unknown schedule {self.eval_schedule!r}; use one of {', '.join(EVAL_SCHEDULES)}",
+        )
         _positive_int(self.checkpoint_interval_tokens, "train.checkpoint_interval_tokens", minimum=0)
         _finite(self.divergence_loss, "train.divergence_loss", lo=0)
         _require(

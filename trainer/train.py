@@ -45,6 +45,7 @@ _log = logging.getLogger("scalelab.trainer")
 CKPT_NAME = "ckpt.pt"
 LOG_POINTS = 100  # train metrics about every 1% of the run
 DEFAULT_EVALS = 10  # eval_interval_tokens = 0: about 10 evaluations per run
+LOG_EVALS = 7  # eval_schedule = log: evaluations at D/2^k, k = 0..LOG_EVALS-1
 MIN_AUTO_CHECKPOINT_S = 30.0  # checkpoint_interval_tokens = 0: at evals, at most this often
 EVAL_BATCH_TOKENS = 1 << 15  # tokens per evaluation forward pass
 
@@ -104,6 +105,7 @@ class _Plan:
     cooldown_start_step: int  # wsd: first step of the cooldown; cosine: == total_steps
     log_every: int
     eval_every: int
+    eval_at: frozenset[int]  # eval_schedule = log: the evaluation steps (else empty: eval_every)
     ckpt_every: int  # 0: at evaluations (time-limited)
     divergence_loss: float
 
@@ -132,6 +134,9 @@ class _Plan:
             cooldown_start_step=cd_start,
             log_every=max(1, total // LOG_POINTS),
             eval_every=steps(r.eval_interval_tokens, max(1, math.ceil(total / n_evals))),
+            eval_at=frozenset(max(1, round(total / 2**k)) for k in range(LOG_EVALS))
+            if r.eval_schedule == "log"
+            else frozenset(),
             ckpt_every=steps(r.checkpoint_interval_tokens, 0),
             divergence_loss=r.divergence_loss or 2.0 * math.log(spec.model.vocab_size) + 1.0,
         )
@@ -551,7 +556,7 @@ class _Run:
             metrics: dict[str, float] = {}
             if step % plan.log_every == 0 or step == phase.end_step:
                 metrics.update(self._train_metrics())
-            if step % plan.eval_every == 0 or final:
+            if (step in plan.eval_at if plan.eval_at else step % plan.eval_every == 0) or final:
                 t = time.perf_counter()
                 self.progress.val_loss = self.evaluate()
                 metrics["val_loss"] = self.progress.val_loss
