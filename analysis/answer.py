@@ -299,7 +299,8 @@ def optimum(T: np.ndarray, C) -> dict[str, np.ndarray]:
         n = np.exp(logG + be / (al + be) * lc)
         d = np.exp(-logG + al / (al + be) * lc)
         loss = np.exp(e) + np.exp(a) / n**al + np.exp(b) / d**be
-    return {"n_params": n, "tokens": d, "tokens_per_param": d / n, "loss": loss}
+        per = d / n
+    return {"n_params": n, "tokens": d, "tokens_per_param": per, "loss": loss}
 
 
 def _rows(ans: Answer, budgets) -> pd.DataFrame:
@@ -352,12 +353,12 @@ def _verdict(ans: Answer, r: dict, study: str) -> Verdict:
 def _intervals(ans: Answer) -> dict[str, tuple[float, float]]:
     """Bootstrap intervals of the parameters, a, b, G and per budget N_opt, D_opt, D/N, loss."""
     good = ans._good()
-    rows = [theta_to_params(t) for t in ans.thetas[good]]
-    s = pd.DataFrame(rows)
-    al, be = s["alpha"], s["beta"]
-    s["a"], s["b"] = be / (al + be), al / (al + be)
-    s["G"] = (al * s["A"] / (be * s["B"])) ** (1.0 / (al + be))
-    ci = percentile_ci(s)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        s = pd.DataFrame([theta_to_params(t) for t in ans.thetas[good]])
+        al, be = s["alpha"], s["beta"]
+        s["a"], s["b"] = be / (al + be), al / (al + be)
+        s["G"] = (al * s["A"] / (be * s["B"])) ** (1.0 / (al + be))
+        ci = percentile_ci(s)
     for r in ans.rows.to_dict("records"):
         key = f"{r['flops']:.3g}"
         for name, col in (

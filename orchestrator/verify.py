@@ -181,11 +181,11 @@ def tag_points(cfg: StudyConfig, settings: tracking.Settings, plans: dict[float,
     """Tag the verify points' MLflow runs (idempotent; redone on every resume)."""
     from .ledger import Ledger
 
+    if not plans:
+        return
     ledger = Ledger(settings.ledger_uri)
     try:
         ids = {r.run_key: r.mlflow_run_id for r in ledger.rows(cfg.study)}
-    except Exception:  # noqa: BLE001 - no ledger tables yet: nothing has run, nothing to tag
-        ids = {}
     finally:
         ledger.dispose()
     c = tracking.client(settings.tracking_uri)

@@ -28,7 +28,7 @@ import itertools
 import numpy as np
 from scipy.optimize import minimize
 
-from .._optim import batched_lbfgs
+from .._optim import batched_lbfgs, staged_lbfgs
 from ..result import FitResult
 from .chinchilla import (
     DEFAULT_DELTA,
@@ -211,9 +211,16 @@ class FormFit:
             return self._fail("unidentifiable: " + problem, N.size)
         W = None if sample_weight is None else np.asarray(sample_weight, float)
         form = make_form(self.form, self.fixed_E)
-        fg = form_objective(form, np.log(N), np.log(D), np.log(L), self.delta, W)
+        lN, lD, lL = np.log(N), np.log(D), np.log(L)
+        fg = form_objective(form, lN, lD, lL, self.delta, W)
+
+        def make_fg(idx):  # the objective over the points idx (None: all); see staged_lbfgs
+            if idx is None:
+                return fg
+            return form_objective(form, lN[idx], lD[idx], lL[idx], self.delta, None if W is None else W[idx])
+
         starts = form.starts(self.grid == "coarse")
-        br = batched_lbfgs(fg, starts, maxiter=self.maxiter, gtol=1e-12, ftol=1e-12)
+        br = staged_lbfgs(make_fg, starts, N.size, maxiter=self.maxiter, gtol=1e-12, ftol=1e-12, keep=60)
         order = np.argsort(np.where(np.isfinite(br.fun), br.fun, np.inf))
         best = None
         for i in order[: self.n_polish]:

@@ -22,10 +22,12 @@ def _sections(md: str) -> list[str]:
     return [line[3:] for line in md.splitlines() if line.startswith("## ")]
 
 
-def test_report_leads_with_the_answer_and_logs_the_headline(tmp_path):
+def test_report_leads_with_the_answer_and_logs_the_headline(tmp_path, capsys):
     uri, parent_id = _make_store(tmp_path)  # a real SQLite store: 14 finished dense runs
     out = tmp_path / "rep"
     assert run_report("study1", uri, out, budgets=[1e17, 1e19], n_bootstrap=20, grid="coarse") == 0
+    printed = capsys.readouterr().out  # the verdict, on the terminal
+    assert "verdict at 1e17 FLOPs" in printed and "verdict at 1e19 FLOPs" in printed
     md = (out / "summary.md").read_text()
     assert _sections(md)[0] == "Answer: compute-optimal allocation"
     answer = md.split("\n## ")[1]
