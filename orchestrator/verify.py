@@ -43,12 +43,17 @@ def budget_key(C: float) -> str:
 
 
 # --------------------------------------------------------------------------- the answer
-def study_answer(cfg: StudyConfig, settings: tracking.Settings, budget: float):
-    """The study's answer at `budget` (verify runs left out), as report/fit/suggest compute it.
-    A study with nothing to fit is bad input (exit 2)."""
+def study_answer(cfg: StudyConfig, settings: tracking.Settings, budget: float, points: int = MIN_POINTS):
+    """The study's answer at `budget` (verify runs left out), as report/fit/suggest compute it,
+    after the flags are checked against the study's points. A study with nothing to fit, a
+    budget below its smallest run or fewer than 3 points are bad input (exit 2)."""
     from analysis.answer import compute_answer, prepare_points
     from analysis.data import InputError, load_mlflow
 
+    if points < MIN_POINTS:
+        raise StudyError(
+            "--points", f"must be >= {MIN_POINTS} (an IsoFLOP minimum needs three runs), got {points}"
+        )
     no_fit = (
         f"{cfg.source_path or cfg.study} has no fitted law to test at --budget {budget:g}: "
         f"{{why}}; run `scalelab run {cfg.source_path or 'STUDY.yaml'}` first"
@@ -59,6 +64,7 @@ def study_answer(cfg: StudyConfig, settings: tracking.Settings, budget: float):
         pts = prepare_points(load_mlflow(cfg.study, settings.tracking_uri))
     except InputError as e:
         raise StudyError("STUDY", no_fit.format(why=str(e))) from None
+    check_budget(pts.C, budget)
     ans = compute_answer(pts, budgets=[budget], study=cfg.source_path or "STUDY.yaml")
     if not ans.ok:
         raise StudyError(
@@ -67,19 +73,15 @@ def study_answer(cfg: StudyConfig, settings: tracking.Settings, budget: float):
     return ans
 
 
-def check_budget(ans, budget: float, points: int) -> None:
-    """--budget must lie at or above the study's smallest run; --points >= 3."""
-    if points < MIN_POINTS:
-        raise StudyError(
-            "--points", f"must be >= {MIN_POINTS} (an IsoFLOP minimum needs three runs), got {points}"
-        )
-    smallest = float(ans.points.frame["flops"].min())
+def check_budget(flops, budget: float) -> None:
+    """--budget must lie at or above the study's smallest run."""
+    smallest, largest = float(min(flops)), float(max(flops))
     if not (math.isfinite(budget) and budget >= smallest):
         raise StudyError(
             "--budget",
             f"{budget:g} FLOPs is below the study's smallest run ({smallest:.3g} FLOPs); the runs it would "
             f"train are smaller than anything fitted. Give a budget within or beyond the study, e.g. "
-            f"{ans.cmax:.0e}",
+            f"{largest:.0e}",
         )
 
 
@@ -172,8 +174,14 @@ def load_plans(settings: tracking.Settings, study: str) -> dict[float, list[Expl
     return out
 
 
-def save_plan(settings: tracking.Settings, parent: str, budget: float, runs: list[ExplicitRun]) -> None:
-    text = json.dumps({"budget": budget, "runs": [run_to_dict(r) for r in runs]}, separators=(",", ":"))
+def save_plan(
+    cfg: StudyConfig, settings: tracking.Settings, parent: str, budget: float, runs: list[ExplicitRun]
+) -> None:
+    """The plan on the parent run, with its run keys: analysis reads them, so a verify run that
+    finished before the driver could tag it is never fitted (analysis.data.store)."""
+    keys = [p.key for p in expand(_only_runs(cfg, runs))]
+    plan = {"budget": budget, "runs": [run_to_dict(r) for r in runs], "run_keys": keys}
+    text = json.dumps(plan, separators=(",", ":"))
     tracking.client(settings.tracking_uri).set_tag(parent, f"{PLAN_TAG}{budget_key(budget)}", text)
 
 
@@ -214,8 +222,7 @@ def run_verify(
         raise StudyError("--budget", f"must be a positive FLOP count, e.g. 1e12; got {budget}")
     plans = load_plans(settings, cfg.study)
     tag_points(cfg, settings, plans)  # runs of an interrupted verify: never fitted
-    ans = study_answer(cfg, settings, budget)
-    check_budget(ans, budget, points)
+    ans = study_answer(cfg, settings, budget, points)
     same = next((b for b in plans if math.isclose(b, budget, rel_tol=1e-9)), None)
     msgs = []
     if same is None:
@@ -225,7 +232,7 @@ def run_verify(
         parent = _parent(settings, cfg.study)
         if parent is None:
             raise StudyError("STUDY", f"{cfg.study} has no parent MLflow run; run `scalelab run` first")
-        save_plan(settings, parent, budget, runs)
+        save_plan(cfg, settings, parent, budget, runs)
         plans[budget] = runs
     else:
         budget = same

@@ -110,6 +110,23 @@ def _point_runs(client, tracking_uri, experiment_id):
     return [(r.info.run_id, r.info.status, r.data.params, r.data.tags, r.data.metrics) for r in runs]
 
 
+def _verify_run_keys(client, experiment_id: str) -> dict[str, float]:
+    """{run key: budget} of the runs `scalelab verify` planned (the parent run's
+    `scalelab.verify.<C>` tags): they test the answer and are never fitted."""
+    import json
+
+    out: dict[str, float] = {}
+    for parent in search_all_runs(client, experiment_id, "tags.`scalelab.role` = 'parent'"):
+        for k, v in parent.data.tags.items():
+            if k.startswith("scalelab.verify."):
+                try:
+                    plan = json.loads(v)
+                    out.update(dict.fromkeys(plan.get("run_keys", []), float(plan["budget"])))
+                except (ValueError, KeyError, TypeError):
+                    log.debug("unreadable verify plan tag %s", k)
+    return out
+
+
 def _num(v):
     try:
         return float(v)
@@ -134,6 +151,7 @@ def load_mlflow(
     client = _client(tracking_uri)
     eid = _experiment_id(client, experiment)
     runs = _point_runs(client, tracking_uri, eid)
+    verify_keys = _verify_run_keys(client, eid)
     rows: list[dict[str, Any]] = []
     excluded: dict[str, int] = {}
     for run_id, status, params, tags, metrics in runs:
@@ -156,6 +174,8 @@ def load_mlflow(
             row["origin"] = tags["scalelab.origin"]
         if "scalelab.verify_budget" in tags:
             row["verify_budget"] = _num(tags["scalelab.verify_budget"])
+        if row["run_key"] in verify_keys and "origin" not in row:  # finished before it was tagged
+            row["origin"], row["verify_budget"] = "verify", verify_keys[row["run_key"]]
         if tags.get("mlflow.runName"):
             row["run_name"] = tags["mlflow.runName"]
         if outcome != "finished" and not include_failed:
