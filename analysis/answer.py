@@ -87,6 +87,7 @@ class Answer:
     seed: int = 0
     notes: list[str] = field(default_factory=list)
     residual_sd: float = math.nan  # sd of the chosen fit's log-loss residuals (dof-corrected)
+    residual_sd_large: float = math.nan  # the same over the runs in the upper half of compute
 
     @property
     def form(self) -> str | None:
@@ -256,6 +257,10 @@ def compute_answer(
         list(points.notes),
     )
     ans.residual_sd = float(np.sqrt(np.mean(resid**2))) if resid.size else math.nan
+    big = C >= np.median(C)  # the noise where the budgets are: runs in the upper half of compute
+    ans.residual_sd_large = (
+        float(np.sqrt(np.mean(resid[big] ** 2))) if resid.size and big.sum() >= 3 else ans.residual_sd
+    )
     ans.approaches = crosschecks(f, budgets)
     ans.rows = _rows(ans, budgets)
     ans.verdicts = [_verdict(ans, r, study) for r in ans.rows.to_dict("records")]
