@@ -65,8 +65,8 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         type=int,
         default=None,
         metavar="K",
-        help="bootstrap resamples for 95%% intervals (0: none; default: 200 for --form auto, "
-        "the report's, else 0)",
+        help="bootstrap resamples for 95%% intervals (0: none; default: 200, the report's, for "
+        "--form auto or --holdout-flops, else 0)",
     )
     parser.add_argument(
         "--budgets",

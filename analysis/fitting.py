@@ -72,7 +72,9 @@ def fit_chinchilla(points: Points, opts: FitOptions) -> dict[str, Any]:
         raise InputError("--form fixed-e needs --fixed-e VALUE (the irreducible loss, nats/token)")
     if opts.fixed_e is not None and not (math.isfinite(opts.fixed_e) and opts.fixed_e > 0):
         raise InputError(f"--fixed-e {opts.fixed_e}: must be a positive number of nats/token")
-    n_boot = opts.bootstrap if opts.bootstrap is not None else (ANSWER_RESAMPLES if form == "auto" else 0)
+    # intervals by default where they are the point: the answer (auto) and held-out predictions
+    wanted = form == "auto" or opts.holdout_flops is not None
+    n_boot = opts.bootstrap if opts.bootstrap is not None else (ANSWER_RESAMPLES if wanted else 0)
     train, test = points, None
     if opts.holdout_flops is not None:
         train, test = _split_holdout(points, opts.holdout_flops)

@@ -454,4 +454,14 @@ def ci_history_of(
     keys = [c for c in (round_col, order_col or "flops") if c]
     order = f.sort_values(keys, kind="stable").index.to_numpy()
     rounds = None if round_col is None else pd.to_numeric(f[round_col]).fillna(0).to_numpy(int)
-    return ci_history(f[n_col], f["tokens"], f["loss"], f["flops"], order, target_flops, objective, rounds)
+    return ci_history(
+        f[n_col],
+        f["tokens"],
+        f["loss"],
+        f["flops"],
+        order,
+        target_flops,
+        objective,
+        rounds,
+        max_prefixes=max_prefixes,
+    )

@@ -278,9 +278,46 @@ def resample_choices(
 ):
     """The selection repeated under K resample weights W (K, P), warm-started from the full
     data's fits. Returns (chosen form per resample (K,) of str, its all-run theta (K, 5), and
-    {form: (K,) CV error}). A resample with no usable fold keeps the full data's choice."""
-    N, D, L = (np.asarray(v, float) for v in (N, D, loss))
+    {form: (K,) CV error}). A resample with no usable fold keeps the full data's choice.
+    Large problems are split over two processes (results do not depend on the split)."""
     W = np.atleast_2d(np.asarray(W, float))
+    args = (sel, np.asarray(N, float), np.asarray(D, float), np.asarray(loss, float))
+    chunks = np.array_split(np.arange(W.shape[0]), _n_jobs(W.size))
+    parts = _map(_choices, [(*args, W[c], delta, maxiter, n_warm) for c in chunks])
+    chosen = np.concatenate([p[0] for p in parts]) if parts else np.array([], dtype=object)
+    thetas = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, 5))
+    cv = {f: np.concatenate([p[2][f] for p in parts]) for f in (parts[0][2] if parts else {})}
+    return chosen, thetas, cv
+
+
+PARALLEL_MIN = 20_000  # resample weights x points above which two processes pay off (Epoch: 48,000)
+
+
+def _n_jobs(size: int) -> int:
+    """2 when the work is large, two CPUs are ours and forking is safe (never under a live
+    Ray: forking its threads can deadlock), else 1."""
+    import os
+    import sys
+
+    ray = sys.modules.get("ray")
+    if size < PARALLEL_MIN or (ray is not None and getattr(ray, "is_initialized", lambda: False)()):
+        return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 2 if cpus >= 2 else 1
+
+
+def _map(fn, args: list) -> list:
+    if len(args) <= 1:
+        return [fn(a) for a in args]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(len(args), mp_context=mp.get_context("fork")) as ex:
+        return list(ex.map(fn, args))
+
+
+def _choices(args):
+    sel, N, D, L, W, delta, maxiter, n_warm = args
     K, F = W.shape[0], len(sel.folds)
     thetas: dict[str, np.ndarray] = {}
     cv: dict[str, np.ndarray] = {}
