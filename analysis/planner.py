@@ -443,6 +443,7 @@ def ci_history_of(
     n_col: str = "n_params",
     order_col=None,
     round_col=None,
+    max_prefixes: int = 8,
 ) -> list[dict]:
     """`ci_history` for a study's points frame (analysis.data.Points.frame): runs in the order of
     `order_col` (e.g. an end time) within `round_col` (adaptive round; the `round` column when
