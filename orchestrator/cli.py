@@ -467,24 +467,6 @@ def cmd_verify(a: argparse.Namespace) -> int:
     return v.exit_code
 
 
-def _add_verify_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("verify", help="test the study's compute-optimal prediction by training at a budget")
-    p.add_argument("study")
-    p.add_argument(
-        "--budget", type=float, required=True, help="the budget C (FLOPs) whose prediction to test"
-    )
-    p.add_argument("--points", type=int, default=3, help="runs on the IsoFLOP line at C (>= 3, default 3)")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument(
-        "--address", help="Ray cluster address (default: $RAY_ADDRESS, else an embedded local Ray)"
-    )
-    p.add_argument("--max-concurrent", type=int, help="at most K runs at once")
-    p.add_argument("--checkpoint-dir", help="checkpoint root (as for `run`)")
-    p.add_argument("--no-progress", action="store_true", help="no live progress display")
-    _store_args(p)
-    p.set_defaults(func=cmd_verify)
-
-
 def _planner_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     p.add_argument(
         "--target-flops",
@@ -746,7 +728,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _store_args(p)
     p.set_defaults(func=cmd_suggest)
 
-    _add_verify_parser(sub)
+    from .verify import add_verify_parser
+
+    add_verify_parser(sub, _store_args, cmd_verify)
 
     p = sub.add_parser("status", help="state of every run of a study")
     p.add_argument("study")

@@ -14,15 +14,15 @@ the prediction: observed vs predicted with intervals, the observed IsoFLOP minim
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import tracking
 from .config import ExplicitRun, ExplicitShape, MoESetting, StudyConfig, StudyError
-from .grid import expand
-from .suggest import _only_runs, run_from_dict, run_to_dict, with_runs
 
 PLAN_TAG = "scalelab.verify."
 ORIGIN = "verify"
@@ -107,6 +107,9 @@ def _shape_for(cfg: StudyConfig, target: float):
 
 def _on_line(cfg: StudyConfig, shape: ExplicitShape, budget: float):
     """(explicit run spending `budget`, its planned run): D = C / FLOPs per token."""
+    from .grid import expand
+    from .suggest import _only_runs
+
     seed = cfg.grid.seeds[0]
     probe = expand(
         _only_runs(
@@ -131,7 +134,10 @@ def design(cfg: StudyConfig, ans, budget: float, points: int) -> list[ExplicitRu
     for t in n_opt * np.logspace(-1.2, 1.2, 61):
         s = _shape_for(cfg, t)
         if s is not None and (s.n_layer, s.d_model, s.n_head) not in shapes:
-            _, p = _on_line(cfg, s, budget)
+            try:
+                _, p = _on_line(cfg, s, budget)
+            except StudyError:  # too big to spend the budget in a whole optimizer step
+                continue
             shapes[(s.n_layer, s.d_model, s.n_head)] = float(p.n_params)
     taken: list[tuple[int, int, int]] = []
     for f in design_factors(points, row.get("width")):
@@ -161,6 +167,7 @@ def design(cfg: StudyConfig, ans, budget: float, points: int) -> list[ExplicitRu
 def load_plans(settings: tracking.Settings, study: str) -> dict[float, list[ExplicitRun]]:
     """{budget: runs} of every verify plan stored on the parent run."""
     from .adaptive import _parent
+    from .suggest import run_from_dict
 
     parent = _parent(settings, study)
     if parent is None:
@@ -179,6 +186,9 @@ def save_plan(
 ) -> None:
     """The plan on the parent run, with its run keys: analysis reads them, so a verify run that
     finished before the driver could tag it is never fitted (analysis.data.store)."""
+    from .grid import expand
+    from .suggest import _only_runs, run_to_dict
+
     keys = [p.key for p in expand(_only_runs(cfg, runs))]
     plan = {"budget": budget, "runs": [run_to_dict(r) for r in runs], "run_keys": keys}
     text = json.dumps(plan, separators=(",", ":"))
@@ -187,7 +197,9 @@ def save_plan(
 
 def tag_points(cfg: StudyConfig, settings: tracking.Settings, plans: dict[float, list[ExplicitRun]]) -> None:
     """Tag the verify points' MLflow runs (idempotent; redone on every resume)."""
+    from .grid import expand
     from .ledger import Ledger
+    from .suggest import _only_runs
 
     if not plans:
         return
@@ -217,6 +229,7 @@ def run_verify(
 ) -> VerifyOutcome:
     """Plan (or replay) the verify runs at `budget`, run them, and judge the prediction."""
     from .scheduler import run_study
+    from .suggest import with_runs
 
     if not (math.isfinite(budget) and budget > 0):
         raise StudyError("--budget", f"must be a positive FLOP count, e.g. 1e12; got {budget}")
@@ -254,6 +267,9 @@ def judge(cfg: StudyConfig, settings: tracking.Settings, ans, budget: float, run
     """analysis.verification.evaluate on the finished verify runs of this budget."""
     from analysis.data import load_mlflow
     from analysis.verification import evaluate
+
+    from .grid import expand
+    from .suggest import _only_runs
 
     keys = {p.key for p in expand(_only_runs(cfg, runs))}
     f = load_mlflow(cfg.study, settings.tracking_uri).frame
@@ -298,3 +314,22 @@ def print_verify(v: VerifyOutcome, as_json: bool) -> None:
     n_txt = f"{m['n_params']:.4g}" if m["n_params"] else "none"
     print(f"observed IsoFLOP minimum: N {n_txt} {iv(m['ci95'])}")
     print(f"prediction {'HELD' if r['held'] else 'DID NOT HOLD'}: {r['reason']}")
+
+
+def add_verify_parser(sub, store_args: Callable[[argparse.ArgumentParser], None], func) -> None:
+    """`scalelab verify` and its options (the command is orchestrator.cli.cmd_verify)."""
+    p = sub.add_parser("verify", help="test the study's compute-optimal prediction by training at a budget")
+    p.add_argument("study")
+    p.add_argument(
+        "--budget", type=float, required=True, help="the budget C (FLOPs) whose prediction to test"
+    )
+    p.add_argument("--points", type=int, default=3, help="runs on the IsoFLOP line at C (>= 3, default 3)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument(
+        "--address", help="Ray cluster address (default: $RAY_ADDRESS, else an embedded local Ray)"
+    )
+    p.add_argument("--max-concurrent", type=int, help="at most K runs at once")
+    p.add_argument("--checkpoint-dir", help="checkpoint root (as for `run`)")
+    p.add_argument("--no-progress", action="store_true", help="no live progress display")
+    store_args(p)
+    p.set_defaults(func=func)
