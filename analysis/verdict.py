@@ -12,6 +12,8 @@ applicable, and only against "good": an N_opt outside the answer's interval caps
 Thresholds (benchmarks/calibration.py checks them on simulated studies with planted laws):
 a calibrated 95% interval of width W holds the truth within sqrt(W)x of the estimate, so
 "good" (width <= 4: within 2x) and "rough" (width <= 100: within 10x, an order of magnitude).
+Measured on 100 studies (200 budgets): the intervals covered the true N_opt in 93-94% of
+studies; budgets judged good had it within 2x in 99.2%, those judged rough within 10x in 100%.
 """
 
 from __future__ import annotations
