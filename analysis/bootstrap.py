@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ._optim import batched_lbfgs
-from .chinchilla import (
+from .laws.chinchilla import (
     DEFAULT_DELTA,
     ChinchillaFit,
     _fg_batch,

@@ -1,7 +1,8 @@
-"""`scalelab fit` and `scalelab report`, as functions the lead's orchestrator/cli.py wires in.
+"""`scalelab fit` and `scalelab report`, as functions the orchestrator's CLI wires in.
 
-    add_fit_arguments(parser)   # --csv/--experiment, column mapping, --law, --bootstrap, ...
-    run_fit(args) -> int        # 0 ok; 1 the fit ran but did not converge; 2 bad input
+    add_fit_arguments(parser)   # --csv/--experiment, column mapping, --law, --form, ...
+    run_fit(args) -> int        # 0 ok; 1 the fit ran but did not converge; 2 bad input or
+                                # a fit the data cannot identify
     run_report(experiment, tracking_uri, out_dir, ...) -> int
 
 `python -m analysis.cli fit ...` / `python -m analysis.cli report ...` work standalone.
@@ -10,12 +11,15 @@ JSON contract (--json): stdout is ONE object
   {"law", "n_points", "params", "objective", "converged", "ci95": {name: [lo, hi]},
    "compute_optimal": [{"flops", "n_params", "tokens", "tokens_per_param", "loss"}],
    "exponents": {"a", "b"}, ...extra keys: identifiable, success, message, excluded, source,
-   notes, bootstrap, and with --group-by: "groups": {label: {...the same contract...}};
-   with --group-by arch over several model families/objectives also "families"
-   (analysis.families.families_summary: per-family laws, deltas, multipliers, allocations)}
-The top level is one setting's fit (dense points by default, `--experts K` for an MoE
-setting, in active parameters); points of other settings are counted in `excluded` with the
-reason, and the notes say which setting was fitted (see analysis/groups.py).
+   notes, bootstrap, and with --group-by: "groups": {label: {...the same contract...}}}
+--law chinchilla adds "form" (the form used: chosen by --form auto, the default, or given),
+"form_scores" ({form: cross-validated error, or why it has none}), "selection" and
+"approaches" (cross-checks); with --holdout-flops C, "holdout": {"flops", "n_train",
+"n_test", "errors", "mean_abs_rel_error", "max_abs_rel_error", "points": [{"name",
+"n_params", "tokens", "flops", "loss", "predicted", "rel_error", "ci95", "inside"}],
+"coverage"}. The top level is one setting's fit (dense points by default, `--experts K` for
+an MoE setting, in active parameters); points of other settings are counted in `excluded`
+with the reason, and the notes say which setting was fitted (see analysis/groups.py).
 Chinchilla params are E, A, B, alpha, beta; exponents a, b are those of N_opt ~ C^a and
 D_opt ~ C^b. For the single-variable laws (kaplan-n, kaplan-d, compute) params are E, x_c,
 alpha (L = E + (x_c/x)^alpha); exponents.a is the loss exponent -alpha (L - E ~ x^a) and
@@ -32,15 +36,15 @@ import sys
 import time
 
 import numpy as np
-import pandas as pd
 
+from .answer import default_budgets, prepare_points
 from .compressor import compressor_notes
 from .data import InputError, load_csv, load_mlflow
-from .families import families_block, print_families
-from .groups import in_active_params, select_setting, split_by
-from .result import FitResult, optimal_rows, result_at
+from .families import families_block
+from .fitting import LAWS, FitOptions, base_law_from_file, fit_law, parse_base_law
+from .groups import in_active_params, split_by
 
-LAWS = ("chinchilla", "kaplan-n", "kaplan-d", "compute", "constrained")
+__all__ = ["add_fit_arguments", "default_budgets", "main", "parse_budgets", "run_fit", "run_report"]
 
 
 def add_fit_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -59,13 +63,19 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         help="--experiment: the run metric to fit (default val_loss, nats/token; val_bpb: bits "
         "per byte, corpus studies); --csv: the loss column when --loss-col is not given",
     )
-    parser.add_argument("--law", choices=LAWS, default="chinchilla")
+    parser.add_argument(
+        "--law",
+        choices=tuple(LAWS),
+        default="chinchilla",
+        help="; ".join(f"{k}: bootstrap over {v.bootstrap}" for k, v in LAWS.items()),
+    )
     parser.add_argument(
         "--bootstrap",
         type=int,
-        default=0,
+        default=None,
         metavar="K",
-        help="bootstrap resamples over runs for 95%% intervals (0: none)",
+        help="bootstrap resamples for 95%% intervals (0: none; default: 200, the report's, for "
+        "--form auto or --holdout-flops, else 0)",
     )
     parser.add_argument(
         "--budgets",
@@ -99,24 +109,25 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         default=None,
         metavar="COLUMN",
         help="also fit each group of COLUMN (experts: MoE setting, arch, or any "
-        'param) separately; JSON key "groups": {label: {...}}; arch over several model '
-        'families/objectives also compares them (JSON key "families")',
+        'param) separately; JSON key "groups": {label: {...}}',
     )
     add_form_arguments(parser)
     return parser
 
 
 def add_form_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """--form / --fixed-e / --holdout-flops (Approach 3 law forms, analysis/forms.py)."""
-    from .forms import FORMS
+    """--form / --fixed-e / --holdout-flops / --resample (Approach 3), the constrained law's
+    columns and base law, --dropna."""
+    from .laws.forms import FORMS
 
     parser.add_argument(
         "--form",
         type=str.lower,
-        choices=FORMS,
-        default="free",
-        help="Approach 3 form: free (5 parameters), tied (alpha = beta), fixed-e "
-        "(E given by --fixed-e), gadre (Gadre et al. 2024 over-training law)",
+        choices=("auto", *FORMS),
+        default="auto",
+        help="Approach 3 form: auto (default: chosen by cross-validation over compute, as the "
+        "report does), free (5 parameters), tied (alpha = beta), fixed-e (E given by --fixed-e or "
+        "the corpus' known entropy), gadre (Gadre et al. 2024 over-training law)",
     )
     parser.add_argument(
         "--fixed-e",
@@ -130,7 +141,13 @@ def add_form_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         type=float,
         default=None,
         metavar="C",
-        help="fit on runs with compute <= C, report relative errors on the runs above",
+        help="fit on runs with compute <= C; predict each run above it, with a 95%% interval",
+    )
+    parser.add_argument(
+        "--resample",
+        choices=("runs", "sizes"),
+        default="runs",
+        help="bootstrap unit for --law chinchilla: runs (default) or whole model sizes",
     )
     parser.add_argument(
         "--unique-col",
@@ -143,6 +160,19 @@ def add_form_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         default=None,
         metavar="NAME",
         help="--law constrained: column with epochs over the data (U_D = D/epochs)",
+    )
+    base = parser.add_mutually_exclusive_group()
+    base.add_argument(
+        "--base-law",
+        default=None,
+        metavar="E=..,A=..,B=..,alpha=..,beta=..",
+        help="--law constrained: fix the base law L(N, D) instead of fitting it",
+    )
+    base.add_argument(
+        "--base-from",
+        default=None,
+        metavar="FIT.json",
+        help="--law constrained: the base law from a `scalelab fit --json` output",
     )
     parser.add_argument(
         "--dropna",
@@ -165,12 +195,6 @@ def parse_budgets(text):
     return vals
 
 
-def default_budgets(C):
-    """1x, 10x and 100x the largest compute in the data, rounded to one significant figure."""
-    cmax = float(np.nanmax(C))
-    return [float(f"{cmax * k:.0e}") for k in (1, 10, 100)]
-
-
 def _jsonable(v):
     if isinstance(v, dict):
         return {str(k): _jsonable(x) for k, x in v.items()}
@@ -183,232 +207,6 @@ def _jsonable(v):
     if isinstance(v, np.bool_):
         return bool(v)
     return v
-
-
-def _fit_chinchilla(points, budgets, bootstrap: int, seed: int) -> FitResult:
-    from .bootstrap import bootstrap_chinchilla
-    from .chinchilla import ChinchillaFit
-
-    frame = points.frame
-    budgets = budgets or default_budgets(frame["flops"])
-    fit = ChinchillaFit().fit(points.N, points.D, points.loss)
-    res = result_at(fit, budgets)
-    if bootstrap and res.success:
-        b = bootstrap_chinchilla(
-            points.N,
-            points.D,
-            points.loss,
-            n_resamples=bootstrap,
-            seed=seed,
-            budgets=budgets,
-            full_fit=fit,
-            groups=frame["run_id"] if "run_id" in frame else None,
-        )
-        res = res.with_(
-            ci95=dict(b.ci),
-            extra={
-                **res.extra,
-                "bootstrap": {"n_resamples": b.n_resamples, "n_failed": b.n_failed, "seed": seed},
-            },
-        )
-    return res
-
-
-def _fit_one_variable(points, law: str, budgets, bootstrap: int, seed: int) -> FitResult:
-    from .bootstrap import bootstrap_fit
-    from .kaplan import PowerLawFit, frontier_points, kaplan_per_variable
-
-    frame = points.frame
-    var = {"kaplan-n": "N", "kaplan-d": "D", "compute": "C"}[law]
-    xcol = {"N": "n_params", "D": "tokens", "C": "flops"}[var]
-    sel = frame[np.isfinite(frame[xcol].to_numpy(float))]
-    sel = frontier_points(sel) if law == "compute" else kaplan_per_variable(sel, var)
-
-    def fitf(f):
-        return PowerLawFit(variable=var).fit(f[xcol], f["loss"]).result_
-
-    res = fitf(sel)
-    kind = "frontier" if law == "compute" else "best-per-" + var
-    res = res.with_(message=res.message + f" (fitted on {len(sel)} {kind} points of {len(frame)})")
-    if law == "compute" and res.success:
-        C = np.asarray(budgets or default_budgets(frame["flops"]), float)
-        fit = PowerLawFit(variable=var).fit(sel[xcol], sel["loss"])
-        nan = np.full(C.size, np.nan)
-        res = res.with_(
-            compute_optimal=optimal_rows(
-                pd.DataFrame(
-                    {
-                        "flops": C,
-                        "n_params": nan,
-                        "tokens": nan,
-                        "tokens_per_param": nan,
-                        "loss": fit.predict(C),
-                    }
-                )
-            )
-        )
-    if bootstrap and res.success:
-
-        def stats(f):
-            r = fitf(f)
-            return {**r.params, "exponent": r.exponents["a"]} if r.success else {}
-
-        b = bootstrap_fit(stats, sel.reset_index(drop=True), n_resamples=bootstrap, seed=seed)
-        res = res.with_(
-            ci95=dict(b.ci),
-            extra={
-                **res.extra,
-                "bootstrap": {"n_resamples": b.n_resamples, "n_failed": b.n_failed, "seed": seed},
-            },
-        )
-    return res
-
-
-def fit_result(points, law: str, *, bootstrap: int = 0, budgets=None, seed: int = 0) -> FitResult:
-    """Fit one law to Points (one setting: see analysis.groups) and return its FitResult."""
-    if law == "chinchilla":
-        return _fit_chinchilla(points, budgets, bootstrap, seed)
-    return _fit_one_variable(points, law, budgets, bootstrap, seed)
-
-
-def fit_law(
-    points,
-    law: str,
-    *,
-    bootstrap: int = 0,
-    budgets=None,
-    seed: int = 0,
-    form: str = "free",
-    fixed_e=None,
-    holdout_flops=None,
-    unique_col=None,
-    epochs_col=None,
-) -> dict:
-    """Fit one law to Points and return the contract dict (see module docstring)."""
-    if law != "chinchilla" and (form != "free" or holdout_flops is not None):
-        raise InputError(f"--form and --holdout-flops apply to --law chinchilla, not --law {law}")
-    if law == "constrained":
-        return fit_constrained_law(
-            points, unique_col=unique_col, epochs_col=epochs_col, bootstrap=bootstrap, seed=seed
-        )
-    if law == "chinchilla" and (form != "free" or holdout_flops is not None):
-        return fit_form_law(
-            points, form, fixed_e=fixed_e, holdout_flops=holdout_flops, budgets=budgets, bootstrap=bootstrap
-        )
-    out = {
-        "law": law,
-        "source": points.source,
-        "excluded": dict(points.excluded),
-        "notes": list(points.notes),
-    }
-    out.update(fit_result(points, law, bootstrap=bootstrap, budgets=budgets, seed=seed).to_dict())
-    return out
-
-
-def fit_groups(points, law: str, column: str, *, reuse=None, **kw) -> dict:
-    """{label: contract dict} with one fit per group of `--group-by column`. `reuse` is
-    (Points, dict): a fit already made on exactly one group's points."""
-    out = {}
-    for label, grp in split_by(points, column).items():
-        grp = in_active_params(grp)
-        if reuse is not None and _same_points(grp, reuse[0]):
-            out[label] = {**reuse[1], "notes": list(grp.notes), "excluded": dict(grp.excluded)}
-            continue
-        out[label] = fit_law(grp, law, **kw)
-    return out
-
-
-def _same_points(a, b) -> bool:
-    fa, fb = a.frame, b.frame
-    if "run_id" not in fa or "run_id" not in fb or len(fa) != len(fb):
-        return False
-    return set(fa["run_id"]) == set(fb["run_id"]) and np.allclose(
-        np.sort(fa["n_params"].to_numpy(float)), np.sort(fb["n_params"].to_numpy(float))
-    )
-
-
-def fit_form_law(points, form, *, fixed_e=None, holdout_flops=None, budgets=None, bootstrap=0) -> dict:
-    """Approach 3 under a law form (analysis/forms.py), optionally fitted below
-    `holdout_flops` with relative errors on the runs above it in `holdout`."""
-    from .forms import FormFit, fit_with_holdout
-
-    frame = points.frame
-    if form == "fixed-e" and fixed_e is None:
-        raise InputError("--form fixed-e needs --fixed-e VALUE (the irreducible loss, nats/token)")
-    if fixed_e is not None and not (math.isfinite(fixed_e) and fixed_e > 0):
-        raise InputError(f"--fixed-e {fixed_e}: must be a positive number of nats/token")
-    if holdout_flops is not None:
-        if not (math.isfinite(holdout_flops) and holdout_flops > 0):
-            raise InputError(f"--holdout-flops {holdout_flops}: must be a positive FLOP count, e.g. 1e20")
-        fit, holdout = fit_with_holdout(
-            form, points.N, points.D, points.loss, points.C, holdout_flops, fixed_E=fixed_e
-        )
-        if holdout["n_test"] == 0:
-            raise InputError(
-                f"--holdout-flops {holdout_flops:g}: no run has more compute "
-                f"(largest: {float(np.max(points.C)):.3g}); choose a smaller C"
-            )
-    else:
-        fit, holdout = FormFit(form, fixed_E=fixed_e).fit(points.N, points.D, points.loss), None
-    r = fit.result_
-    budgets = budgets or default_budgets(frame["flops"])
-    out = {
-        "law": "chinchilla",
-        "source": points.source,
-        "excluded": dict(points.excluded),
-        "notes": list(points.notes),
-        **r.to_dict(),
-        "compute_optimal": (compute_optimal_rows(fit.params_, budgets) if r.success else []),
-    }
-    if holdout is not None:
-        out["holdout"] = holdout
-        out["n_points"] = holdout["n_train"]
-    if bootstrap:
-        out["notes"].append("--bootstrap applies to --form free without --holdout-flops; skipped")
-    return out
-
-
-def fit_constrained_law(points, *, unique_col=None, epochs_col=None, bootstrap=0, seed=0) -> dict:
-    """Muennighoff et al.'s data-constrained law: R_D*, R_N* on all runs (analysis/constrained.py)."""
-    from .constrained import DataConstrainedFit
-    from .data import find_column
-
-    frame = points.frame
-    cols = list(frame.columns)
-    uc = find_column(cols, unique_col, "--unique-col", ("unique_tokens", "unique_data", "u_d"))
-    ec = None if uc is not None else find_column(cols, epochs_col, "--epochs-col", ("epochs", "n_epochs"))
-    if uc is None and ec is None:
-        raise InputError(
-            "--law constrained needs the unique tokens per run: pass --unique-col NAME "
-            "(U_D) or --epochs-col NAME (U_D = D/epochs)"
-        )
-    src = uc if uc is not None else ec
-    vals = pd.to_numeric(frame[src], errors="coerce").to_numpy(float)
-    if not np.all(np.isfinite(vals) & (vals > 0)):
-        raise InputError(f"column {src!r} has missing or non-positive values; fix them or pass --dropna")
-    U = vals if uc is not None else frame["tokens"].to_numpy(float) / vals
-    df = pd.DataFrame({"n_params": points.N, "tokens": points.D, "unique_tokens": U, "loss": points.loss})
-    fit = DataConstrainedFit(n_bootstrap=bootstrap, seed=seed).fit(df)
-    out = {
-        "source": points.source,
-        "excluded": dict(points.excluded),
-        "notes": list(points.notes)
-        + [f"unique tokens from column {src!r}" + (" (U_D = D/epochs)" if uc is None else "")],
-        **fit.result_.to_dict(),
-        "compute_optimal": [],
-        "exponents": {"a": None, "b": None},
-    }
-    if bootstrap:
-        out["bootstrap"] = {"n_resamples": bootstrap, "seed": seed}
-    return out
-
-
-def compute_optimal_rows(params, budgets):
-    from .chinchilla import compute_optimal
-
-    return compute_optimal({k: params[k] for k in ("E", "A", "B", "alpha", "beta")}, budgets).to_dict(
-        "records"
-    )
 
 
 def kaplan_d_warning(points, max_sizes: int = 2) -> str | None:
@@ -426,13 +224,6 @@ def kaplan_d_warning(points, max_sizes: int = 2) -> str | None:
 
 
 def _load(args, law):
-    need = {
-        "chinchilla": ("n", "d"),
-        "kaplan-n": ("n",),
-        "kaplan-d": ("d",),
-        "compute": ("c",),
-        "constrained": ("n", "d"),
-    }[law]
     if args.csv:
         pts = load_csv(
             args.csv,
@@ -441,7 +232,7 @@ def _load(args, law):
             c_col=args.c_col,
             loss_col=args.loss_col or (args.metric if args.metric != "val_loss" else None),
             include_failed=args.include_diverged,
-            need=need,
+            need=LAWS[law].needs,
             dropna=getattr(args, "dropna", False),
         )
     else:
@@ -453,81 +244,75 @@ def _load(args, law):
     return pts.drop_top_loss(args.drop_top_loss)
 
 
-def _print_text(res, stream):
-    p = res.get("params") or {}
-    w = stream.write
-    if not res.get("success", True):  # the reason first; no "= nan" lines
-        w(f"fit failed: {res['message']}\n")
-        w(f"law: {res['law']}   points: {res['n_points']}   source: {res['source']}\n")
-        if res["excluded"]:
-            w("excluded: " + ", ".join(f"{k}: {v}" for k, v in res["excluded"].items()) + "\n")
-        _print_tail(res, w)
-        return
-    w(f"law: {res['law']}   points: {res['n_points']}   source: {res['source']}\n")
-    if res["excluded"]:
-        w("excluded: " + ", ".join(f"{k}: {v}" for k, v in res["excluded"].items()) + "\n")
-    for note in res.get("notes", []):
-        w(f"note: {note}\n")
-    for k, v in p.items():
-        ci = res["ci95"].get(k)
-        w(f"  {k:>6} = {v:.6g}" + (f"   95% CI [{ci[0]:.6g}, {ci[1]:.6g}]" if ci else "") + "\n")
-    w(f"objective: {res['objective']:.6g}   converged: {res['converged']}\n")
-    w(f"message: {res['message']}\n")
-    if res["exponents"].get("a") is not None:
-        w(
-            "exponents: "
-            + ", ".join(f"{k}={v:.4f}" for k, v in res["exponents"].items() if v is not None)
-            + "\n"
-        )
-    for r in res["compute_optimal"]:
-        if r["n_params"] is not None:
-            w(
-                f"  C={r['flops']:.3g}: N_opt={r['n_params']:.4g}  D_opt={r['tokens']:.4g}  "
-                f"D/N={r['tokens_per_param']:.2f}  loss={r['loss']:.4f}\n"
-            )
-        else:
-            w(f"  C={r['flops']:.3g}: frontier loss={r['loss']:.4f}\n")
-    _print_tail(res, w)
+def fit_options(args) -> FitOptions:
+    """The flags as FitOptions, validated (bad values are InputError naming the flag)."""
+    if args.bootstrap is not None and args.bootstrap < 0:
+        raise InputError("--bootstrap must be >= 0")
+    base = None
+    if getattr(args, "base_law", None):
+        base = parse_base_law(args.base_law)
+    elif getattr(args, "base_from", None):
+        base = base_law_from_file(args.base_from)
+    return FitOptions(
+        bootstrap=args.bootstrap,
+        budgets=parse_budgets(args.budgets),
+        seed=args.seed,
+        form=getattr(args, "form", "auto") or "auto",
+        fixed_e=getattr(args, "fixed_e", None),
+        holdout_flops=getattr(args, "holdout_flops", None),
+        unique_col=getattr(args, "unique_col", None),
+        epochs_col=getattr(args, "epochs_col", None),
+        base_law=base,
+        resample=getattr(args, "resample", "runs"),
+    )
 
 
-def _print_tail(res, w):
-    if res.get("holdout") and res["holdout"]["n_test"] and res.get("success", True):
-        h = res["holdout"]
-        w(
-            f"holdout: fit on {h['n_train']} runs with C <= {h['flops']:.3g}, tested on {h['n_test']} above: "
-            f"mean |rel. error| {h['mean_abs_rel_error']:.3%}, max {h['max_abs_rel_error']:.3%}\n"
-        )
-    for n in res.get("notes") or []:
-        w(f"note: {n}\n")
-    if res.get("elapsed_s") is not None:
-        w(f"elapsed: {res['elapsed_s']:.2f} s\n")
+def fit_groups(points, law: str, column: str, opts: FitOptions, *, reuse=None) -> dict:
+    """{label: contract dict} with one fit per group of `--group-by column`. `reuse` is
+    (Points, dict): a fit already made on exactly one group's points."""
+    out = {}
+    for label, grp in split_by(points, column).items():
+        grp = in_active_params(grp)
+        if reuse is not None and _same_points(grp, reuse[0]):
+            out[label] = {**reuse[1], "notes": list(grp.notes), "excluded": dict(grp.excluded)}
+            continue
+        out[label] = fit_law(grp.collapse_duplicates(), law, opts)
+    return out
+
+
+def _same_points(a, b) -> bool:
+    fa, fb = a.frame, b.frame
+    if "run_id" not in fa or "run_id" not in fb or len(fa) != len(fb):
+        return False
+    return set(fa["run_id"]) == set(fb["run_id"]) and np.allclose(
+        np.sort(fa["n_params"].to_numpy(float)), np.sort(fb["n_params"].to_numpy(float))
+    )
+
+
+def exit_status(res: dict) -> int:
+    """2: the data cannot identify the fit (and it is unusable); 1: fitted but not converged
+    or unusable; 0: usable (a parameter reported as a one-sided bound is usable)."""
+    if not res["identifiable"] and not res["success"]:
+        return 2
+    if not (res["converged"] and res["success"]):
+        return 1
+    return 0
 
 
 def run_fit(args) -> int:
-    """Run `scalelab fit`; prints the result; returns the exit status (0, 1 not converged, 2 bad input)."""
+    """Run `scalelab fit`; prints the result; returns the exit status (see `exit_status`)."""
+    from .report.text import print_families, print_fit
+
     t0 = time.perf_counter()
     try:
-        budgets = parse_budgets(args.budgets)
-        if args.bootstrap < 0:
-            raise InputError("--bootstrap must be >= 0")
+        opts = fit_options(args)
         pts = _load(args, args.law)
-        sel = select_setting(pts, experts=getattr(args, "experts", None))
-        sel = in_active_params(sel)
-        kw = dict(
-            bootstrap=args.bootstrap,
-            budgets=budgets,
-            seed=args.seed,
-            form=getattr(args, "form", "free"),
-            fixed_e=getattr(args, "fixed_e", None),
-            holdout_flops=getattr(args, "holdout_flops", None),
-            unique_col=getattr(args, "unique_col", None),
-            epochs_col=getattr(args, "epochs_col", None),
-        )
-        res = fit_law(sel, args.law, **kw)
+        sel = prepare_points(pts, experts=getattr(args, "experts", None))
+        res = fit_law(sel, args.law, opts)
         if getattr(args, "group_by", None):
-            res["groups"] = fit_groups(pts, args.law, args.group_by, reuse=(sel, res), **kw)
+            res["groups"] = fit_groups(pts, args.law, args.group_by, opts, reuse=(sel, res))
         if getattr(args, "group_by", None) == "arch":  # families: exponents, not raw losses
-            res.update(families_block(pts.frame, n_boot=args.bootstrap or 100, seed=args.seed))
+            res.update(families_block(pts.frame, n_boot=opts.bootstrap or 100, seed=opts.seed))
     except InputError as exc:
         print(f"scalelab fit: error: {exc}", file=sys.stderr)
         return 2
@@ -538,20 +323,18 @@ def run_fit(args) -> int:
     if warn:
         res.setdefault("notes", []).append(warn)
         print(f"scalelab fit: warning: {warn}", file=sys.stderr)
-    status = 0
-    if not res["identifiable"]:
+    status = exit_status(res)
+    if status == 2:
         print(f"scalelab fit: error: {res['message']}", file=sys.stderr)
-        status = 2
-    elif not (res["converged"] and res["success"]):
+    elif status == 1:
         print(f"scalelab fit: warning: {res['message']}", file=sys.stderr)
-        status = 1
     if args.json:
         print(json.dumps(_jsonable(res)))
     else:
-        _print_text(res, sys.stdout)
+        print_fit(res, sys.stdout)
         for label, g in res.get("groups", {}).items():
             sys.stdout.write(f"\n== group {label} ==\n")
-            _print_text(g, sys.stdout)
+            print_fit(g, sys.stdout)
         print_families(res.get("families") or {}, sys.stdout)
     return status
 
@@ -567,13 +350,15 @@ def run_report(
     log_to_mlflow: bool = True,
     drop_top_loss: int = 0,
     include_failed: bool = False,
-    n_bootstrap: int = 200,
-    grid: str = "hoffmann",
+    n_bootstrap: int | None = None,
+    grid: str = "full",
+    study_file: str | None = None,
     metric: str = "val_loss",
 ) -> int:
-    """Build the HTML + Markdown report for a study (or for `points` given directly) and log it
-    to the study's MLflow parent run. Returns the exit status (0 ok, 2 bad input). metric: the
-    run metric reported (val_bpb, bits per byte, for corpus studies)."""
+    """Build the HTML + Markdown report for a study (or for `points` given directly), print its
+    verdict, and log it to the study's MLflow parent run. Returns the exit status (0 ok, 2 bad
+    input). metric: the run metric reported (val_bpb, bits per byte, for corpus studies)."""
+    from .answer import ANSWER_RESAMPLES
     from .report import log_report_to_mlflow, write_report
 
     try:
@@ -586,7 +371,7 @@ def run_report(
                 from .data import load_curves
 
                 curves = load_curves(experiment, tracking_uri, metric=metric)
-            except Exception as exc:  # noqa: BLE001 - curves are optional (Approach 1 only)
+            except Exception as exc:  # noqa: BLE001 - curves are optional (a figure only)
                 points.notes.append(f"loss curves unavailable: {exc}")
         paths = write_report(
             points,
@@ -594,12 +379,16 @@ def run_report(
             true_entropy=true_entropy,
             budgets=budgets,
             curves=curves,
-            n_bootstrap=n_bootstrap,
+            n_bootstrap=ANSWER_RESAMPLES if n_bootstrap is None else n_bootstrap,
             grid=grid,
+            title=experiment,
+            study_file=study_file,
         )
     except InputError as exc:
         print(f"scalelab report: error: {exc}", file=sys.stderr)
         return 2
+    for line in paths.results.get("verdict_lines", []):
+        print(line)
     print(f"report: {paths.html}\nsummary: {paths.markdown}")
     if log_to_mlflow and experiment is not None:
         try:

@@ -16,7 +16,8 @@ Per stratum:
   as in the fit; m > 1: the variant is worth more compute), at budgets inside and beyond the data,
   and any crossover (m = 1).
 - length extrapolation: loss against evaluation length (train.eval_lengths) per variant and size.
-Pure numpy/scipy/pandas (matplotlib only for figures); never imports torch or ray.
+Pure numpy/scipy/pandas; the report section is analysis/report/compare.py. Never imports
+torch or ray.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
 
-from .chinchilla import DEFAULT_DELTA, ChinchillaFit
-from .kaplan import fit_compute_frontier
+from .laws.chinchilla import DEFAULT_DELTA, ChinchillaFit
+from .laws.kaplan import fit_compute_frontier
 from .result import FitResult
 
 BASELINE = "learned-gelu-pre-clm"
@@ -412,21 +413,10 @@ def compare_architectures(
     return out
 
 
-def architecture_section(
-    frame: pd.DataFrame, *, baseline: str | None = None, n_boot: int = 100, seed: int = 0
-) -> dict | None:
-    """The report section `{"title", "markdown", "figures": {name: Figure}}` comparing the
-    architectures of a study (None when it holds one variant and no length metrics)."""
-    from .compare_report import section  # matplotlib: loaded only for the report
-
-    return section(frame, baseline=baseline, n_boot=n_boot, seed=seed)
-
-
 __all__ = [
     "BASELINE",
     "JointFit",
     "StratumComparison",
-    "architecture_section",
     "compare_architectures",
     "compare_stratum",
     "compute_multiplier",

@@ -125,7 +125,7 @@ def _identification(p: dict[str, float], loss: np.ndarray) -> list[str]:
 
 def fit_family(df: pd.DataFrame, variant: str, n_boot: int, rng: np.random.Generator) -> FamilyLaws:
     """Approach 3 of one family, with a bootstrap over its runs (warm-started refits)."""
-    from .chinchilla import ChinchillaFit  # scipy: loaded when a comparison is made
+    from .laws.chinchilla import ChinchillaFit  # scipy: loaded when a comparison is made
 
     N, D, C, L = (df[c].to_numpy(float) for c in ("n_params", "tokens", "flops", "loss"))
     k = float(np.median(C / (N * D)))
@@ -352,43 +352,6 @@ def families_block(frame: pd.DataFrame, *, n_boot: int = 100, seed: int = 0) -> 
     return {"families": summary} if summary else {}
 
 
-def print_families(summary: dict, stream) -> None:
-    """The text form of `families_summary` (scalelab fit --group-by arch)."""
-    for stratum, c in summary.items():
-        stream.write(f"\n== families ({stratum}), baseline {nickname(c['baseline'])} ==\n{c['note']}\n")
-        for v, law in c["laws"].items():
-            r = law["approach3"]
-            p, ci = r["params"], r.get("ci95", {})
-            txt = " ".join(
-                f"{q}={p.get(q, math.nan):.3g} [{ci.get(q, (math.nan, math.nan))[0]:.3g}, "
-                f"{ci.get(q, (math.nan, math.nan))[1]:.3g}]"
-                for q in ("E", "alpha", "beta", "gamma")
-            )
-            stream.write(f"  {nickname(v)}: {txt}\n")
-        for d in c["deltas"]:
-            stream.write(
-                f"  delta {d['quantity']} {nickname(d['variant'])}: {d['delta']:+.3g} [{d['lo']:.3g}, {d['hi']:.3g}]\n"
-            )
-        for m in c["multipliers"]:
-            stream.write(
-                f"  multiplier ({m['kind']}) {nickname(m['variant'])} at C={m['flops']:.3g}: "
-                f"{m['multiplier']:.3g} [{m['lo']:.3g}, {m['hi']:.3g}]\n"
-            )
-        for note in c.get("notes", []):
-            stream.write(f"  note: {note}\n")
-
-
-def families_section(frame: pd.DataFrame, *, n_boot: int = 100, seed: int = 0) -> dict | None:
-    """The report section `{"title", "markdown", "figures"}` comparing families (None: the
-    study holds one family/objective)."""
-    comps = compare_families(frame, n_boot=n_boot, seed=seed)
-    if not comps:
-        return None
-    from .families_report import section  # matplotlib: loaded only for the report
-
-    return section(frame, comps)
-
-
 __all__ = [
     "BASELINE",
     "FamilyComparison",
@@ -398,9 +361,7 @@ __all__ = [
     "gamma",
     "optimal_loss",
     "families_block",
-    "families_section",
     "families_summary",
     "family_frame",
     "multiplier",
-    "print_families",
 ]

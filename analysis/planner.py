@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from scipy.special import ndtr
 
-from .chinchilla import DEFAULT_DELTA, ChinchillaFit, predict_loss, theta_to_params
+from .laws.chinchilla import DEFAULT_DELTA, ChinchillaFit, predict_loss, theta_to_params
 
 OBJECTIVES = ("log_n_opt", "loss")
 Z95 = 1.959963984540054
@@ -257,10 +257,41 @@ class Plan:
     seed: bool  # True: too few points, the picks are a seed design
     message: str
     model: Laplace | None = field(default=None, repr=False)
+    form: str | None = None  # the answer's form when `value`/`ci95` are the answer's
+    interval: str = "laplace"  # what `ci95` is: "laplace" or "answer" (bootstrap with form selection)
 
     @property
     def flops_requested(self) -> float:
         return float(sum(p.flops for p in self.picks))
+
+    def relative_halfwidth(self) -> float | None:
+        """(hi - lo) / (2 value) of `ci95`: `--until-ci 0.25` stops when this is below 0.25."""
+        if self.value is None or self.ci95 is None or not self.value:
+            return None
+        return (self.ci95[1] - self.ci95[0]) / (2 * abs(self.value))
+
+
+def with_answer_interval(plan: Plan, answer) -> Plan:
+    """The plan with the answer's value and 95% interval at its target (what the report and
+    `fit` quote), and each pick's expected interval: the answer's narrowed by the planner's
+    Laplace ratio sd_after / sd_now (in log N for N_opt, in nats for the loss)."""
+    if plan.model is None or not answer.ok:
+        return plan
+    r = answer.row(plan.target_flops)
+    key = "n_params" if plan.objective == "log_n_opt" else "loss"
+    v, lo, hi = float(r[key]), float(r[f"{key}_lo"]), float(r[f"{key}_hi"])
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return replace(plan, form=answer.form)
+    var0 = plan.model.variance
+    picks = []
+    for p in plan.picks:
+        k = math.sqrt(max(p.variance_after, 0.0) / var0) if var0 > 0 else 1.0
+        if key == "n_params":
+            ci = (v * (lo / v) ** k, v * (hi / v) ** k)
+        else:
+            ci = (v - (v - lo) * k, v + (hi - v) * k)
+        picks.append(replace(p, expected_ci95=ci))
+    return replace(plan, value=v, ci95=(lo, hi), picks=picks, form=answer.form, interval="answer")
 
 
 MAX_EXPONENT = 3.0  # alpha or beta above this: the points do not pin the law down
@@ -404,85 +435,34 @@ def ci_history(
     return rows
 
 
-def ci_section(
-    history: list[dict],
-    target_flops: float,
-    objective: str = "log_n_opt",
-    order_text: str = "in finish order",
-):
-    """Report section: the target's interval against cumulative FLOPs spent.
-
-    Returns {"title", "markdown", "figures": {"planner_ci.png": Figure}} or None."""
-    if not history:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    what = "N_opt" if objective == "log_n_opt" else "loss"
-    x = [h["flops_spent"] for h in history]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.fill_between(
-        x,
-        [h["lo"] for h in history],
-        [h["hi"] for h in history],
-        alpha=0.3,
-        step="post",
-        label="95% interval",
-    )
-    ax.plot(x, [h["value"] for h in history], "o-", label="estimate")
-    for h in history:
-        if h["round"] is not None:
-            ax.annotate(f"r{h['round']}", (h["flops_spent"], h["hi"]), fontsize=7)
-    ax.set_xscale("log")
-    if objective == "log_n_opt":
-        ax.set_yscale("log")
-    ax.set_xlabel("cumulative training FLOPs spent")
-    ax.set_ylabel(f"{what} at C = {target_flops:.3g}")
-    ax.legend()
-    fig.tight_layout()
-    lines = [
-        f"The 95% interval of {what} at C = {target_flops:.3g} FLOPs as runs were added "
-        f"({order_text}"
-        + (", per adaptive round" if history[0]["round"] is not None else "")
-        + "; Laplace intervals of the Approach 3 fit).",
-        "",
-        "| points | FLOPs spent | round | estimate | 95% interval |",
-        "|---|---|---|---|---|",
-    ]
-    for h in history:
-        r = "" if h["round"] is None else str(h["round"])
-        lines.append(
-            f"| {h['n_points']} | {h['flops_spent']:.3g} | {r} | {h['value']:.4g} | "
-            f"[{h['lo']:.4g}, {h['hi']:.4g}] |"
-        )
-    return {
-        "title": "Uncertainty of the compute-optimal answer vs compute spent",
-        "markdown": "\n".join(lines),
-        "figures": {"planner_ci.png": fig},
-    }
-
-
-def planner_section(
+def ci_history_of(
     frame,
     target_flops: float,
     objective: str = "log_n_opt",
     *,
     n_col: str = "n_params",
-    order_col: str | None = None,
-    round_col: str | None = None,
-):
-    """The report section for a study's points frame (analysis.data.Points.frame): runs in the
-    order of `order_col` (e.g. an end time) within `round_col` (adaptive round, 0 = the grid),
-    else by FLOPs; None when no prefix can be fitted."""
+    order_col=None,
+    round_col=None,
+    max_prefixes: int = 8,
+) -> list[dict]:
+    """`ci_history` for a study's points frame (analysis.data.Points.frame): runs in the order of
+    `order_col` (e.g. an end time) within `round_col` (adaptive round; the `round` column when
+    present), else by FLOPs."""
     import pandas as pd
 
     f = frame.reset_index(drop=True)
+    round_col = round_col or ("round" if "round" in f.columns else None)
     keys = [c for c in (round_col, order_col or "flops") if c]
     order = f.sort_values(keys, kind="stable").index.to_numpy()
     rounds = None if round_col is None else pd.to_numeric(f[round_col]).fillna(0).to_numpy(int)
-    hist = ci_history(f[n_col], f["tokens"], f["loss"], f["flops"], order, target_flops, objective, rounds)
-    return ci_section(
-        hist, target_flops, objective, "in finish order" if order_col else "cheapest runs first"
+    return ci_history(
+        f[n_col],
+        f["tokens"],
+        f["loss"],
+        f["flops"],
+        order,
+        target_flops,
+        objective,
+        rounds,
+        max_prefixes=max_prefixes,
     )

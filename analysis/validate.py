@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .bootstrap import weighted_refits
-from .chinchilla import ChinchillaFit, predict_loss, theta_to_params
+from .laws.chinchilla import ChinchillaFit, predict_loss, theta_to_params
 
 
 @dataclass

@@ -23,7 +23,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from analysis import ChinchillaFit, bootstrap_chinchilla, load_csv
-from analysis.chinchilla import _fg_batch, _polish, hoffmann_grid, params_to_theta
+from analysis.laws.chinchilla import _fg_batch, _polish, hoffmann_grid, params_to_theta
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "chinchilla_epoch_svg_extracted.csv"
 

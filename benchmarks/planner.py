@@ -32,7 +32,7 @@ import time
 import numpy as np
 
 from analysis.bootstrap import _warm_starts
-from analysis.chinchilla import ChinchillaFit, params_to_theta, predict_loss
+from analysis.laws.chinchilla import ChinchillaFit, params_to_theta, predict_loss
 from analysis.planner import greedy_picks, laplace, target_value
 
 LAWS = {

@@ -1,4 +1,4 @@
-"""`scalelab`: plan, run, status, cancel, ui, fit, report, data ingest.
+"""`scalelab`: plan, run, status, cancel, ui, fit, report, suggest, verify, data ingest.
 
 Exit status: 0 success (every run reached a result: finished or diverged), 1 some run failed
 after its retries (or the study was cancelled), 2 bad input (nothing scheduled, nothing written).
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from trainer.redact import redact_text
 
 from . import jsonout
-from .cli_planner import cmd_run_adaptive, cmd_suggest, planner_args
+from .cli_planner import cmd_run_adaptive, cmd_suggest, cmd_verify, planner_args
 from .corpus_cli import add_data_parser
 from .envfile import STORE_KEYS, load_dotenv_file
 from .logs import configure_logging, quiet_logs
@@ -310,6 +310,7 @@ def cmd_report(a: argparse.Namespace) -> int:
             budgets=budgets,
             log_to_mlflow=not a.no_mlflow,
             metric=metric,
+            study_file=a.study,
         )
 
 
@@ -399,6 +400,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     planner_args(p, required=True)
     _store_args(p)
     p.set_defaults(func=cmd_suggest)
+
+    from .run.verify import add_verify_parser
+
+    add_verify_parser(sub, _store_args, cmd_verify)
 
     p = sub.add_parser("status", help="state of every run of a study")
     p.add_argument("study")

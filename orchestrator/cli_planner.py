@@ -1,5 +1,6 @@
 """The planner's commands: `scalelab suggest` (the next runs that most narrow the compute-optimal
-answer per FLOP) and `scalelab run --adaptive` (suggest and run, round by round)."""
+answer per FLOP), `scalelab run --adaptive` (suggest and run, round by round) and `scalelab
+verify` (train points around the answer's N_opt at a budget and judge the prediction)."""
 
 from __future__ import annotations
 
@@ -83,3 +84,33 @@ def planner_args(p: argparse.ArgumentParser, *, required: bool) -> None:
         default=0.4,
         help="cost discount: score = variance reduction / FLOPs^gamma (default 0.4)",
     )
+
+
+def cmd_verify(a: argparse.Namespace) -> int:
+    import os
+
+    from .logs import quiet_logs
+    from .run.verify import print_verify, run_verify
+
+    cfg = load_study(a.study)
+    settings = Settings.resolve(
+        tracking_uri=a.tracking_uri,
+        ledger_uri=a.ledger_uri,
+        checkpoint_dir=getattr(a, "checkpoint_dir", None),
+        home=a.home,
+    )
+    if a.max_concurrent is not None and a.max_concurrent < 1:
+        raise StudyError("--max-concurrent", "must be >= 1")
+    quiet_logs()
+    address = a.address or os.environ.get("RAY_ADDRESS") or None
+    v = run_verify(
+        cfg,
+        settings,
+        a.budget,
+        a.points,
+        address=address,
+        max_concurrent=a.max_concurrent,
+        show_progress=not (a.no_progress or a.json),
+    )
+    print_verify(v, a.json)
+    return v.exit_code

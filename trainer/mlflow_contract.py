@@ -31,6 +31,9 @@ RELOGGED_FROM_CHECKPOINT = "scalelab.relogged_from_checkpoint"
 LEGACY_RUN_KEY = "scalelab.legacy_run_key"  # the key an older store gave the run
 ORIGIN = "scalelab.origin"  # "adaptive" for points added by `run --adaptive`
 ORIGIN_ADAPTIVE = "adaptive"
+ORIGIN_VERIFY = "verify"  # points `scalelab verify` trained to test the answer (never fitted)
+VERIFY_BUDGET = "scalelab.verify_budget"  # the IsoFLOP budget C a verify point tests
+VERIFY_PLAN = "scalelab.verify."  # parent-run tag prefix: the verify plan per budget (JSON)
 ROUND = "scalelab.round"  # the adaptive round (1-based) that added the point
 # written by the trainer
 DEVICE = "scalelab.device"  # e.g. cpu:1threads, cuda:NVIDIA H100 80GB HBM3

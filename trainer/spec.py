@@ -31,6 +31,7 @@ from .families import FAMILY_OBJECTIVES as FAMILY_OBJECTIVES  # re-exported
 
 DATA_SOURCES = ("markov", "zipf", "text", "tokens", "corpus")
 SCHEDULES = ("cosine", "wsd")
+EVAL_SCHEDULES = ("linear", "log")
 DEVICES = ("auto", "cpu", "cuda")
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
 ACTIVATIONS = ("gelu", "relu", "swiglu")
@@ -58,7 +59,7 @@ LABEL_KEYS = ("pos", "activation", "norm", "objective")  # the `arch` label (fam
 MODEL_OMITTED_AT: dict[str, Any] = {**ARCH_DEFAULTS, "n_layer_enc": 0, "n_layer_dec": 0}
 # Recipe fields added later, left out of run keys and study fingerprints at these (off) values,
 # so studies written before they existed keep their keys.
-RECIPE_OMITTED_AT = {"lr_base_width": 0}
+RECIPE_OMITTED_AT = {"lr_base_width": 0, "eval_schedule": "linear"}
 ZIPF_KEYS = ("lexicon_size", "zipf_exponent", "min_word_len", "max_word_len")
 # corpus keys appear only for the corpus source (other sources keep their keys); of them, where
 # the folder is and the epoch guard do not change what a run computes: not hashed, so a corpus
@@ -367,7 +368,7 @@ class DataSpec:
 
 # Recipe fields that say where and how fast a run goes, not what it computes: not hashed into
 # the run key, so a study moved to another device or cadence keeps its finished runs.
-RUNTIME_FIELDS = ("device", "compile", "eval_interval_tokens", "checkpoint_interval_tokens")
+RUNTIME_FIELDS = ("device", "compile", "eval_interval_tokens", "checkpoint_interval_tokens", "eval_schedule")
 
 
 @dataclass(frozen=True)
@@ -395,6 +396,10 @@ class RecipeSpec:
     device: str = "auto"
     compile: bool = False
     eval_lengths: tuple[int, ...] = (1,)  # held-out loss at these multiples of data.seq_len
+    # linear: every eval_interval_tokens (0: about 10 per run). log: one evaluation per doubling
+    # of tokens over the run's last 7 doublings (D/64 ... D), so every curve has points on a
+    # log axis whatever its length (eval_interval_tokens is then unused)
+    eval_schedule: str = "linear"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "eval_lengths", tuple(self.eval_lengths))
@@ -422,6 +427,11 @@ class RecipeSpec:
         _finite(self.weight_decay, "train.weight_decay", lo=0)
         _finite(self.grad_clip, "train.grad_clip", lo=0)
         _positive_int(self.eval_interval_tokens, "train.eval_interval_tokens", minimum=0)
+        _require(
+            self.eval_schedule in EVAL_SCHEDULES,
+            "train.eval_schedule",
+            f"unknown schedule {self.eval_schedule!r}; use one of {', '.join(EVAL_SCHEDULES)}",
+        )
         _positive_int(self.checkpoint_interval_tokens, "train.checkpoint_interval_tokens", minimum=0)
         _finite(self.divergence_loss, "train.divergence_loss", lo=0)
         _require(
@@ -531,7 +541,7 @@ class RunSpec:
         """What changes the result (model, data, recipe, tokens, seed): `to_dict` without the
         run-time fields (RUNTIME in RUN_IDENTITY: where and how fast the run goes)."""
         d = self.to_dict()
-        d["recipe"] = {k: v for k, v in d["recipe"].items() if RUN_IDENTITY["recipe"].get(k) is not RUNTIME}
+        d["recipe"] = {k: v for k, v in d["recipe"].items() if not _runtime(RUN_IDENTITY["recipe"].get(k))}
         d["data"] = {k: v for k, v in d["data"].items() if RUN_IDENTITY["data"].get(k) != CORPUS_LOCATION}
         return d
 
@@ -579,6 +589,12 @@ class Off:
     value: Any
 
 
+@dataclass(frozen=True)
+class RuntimeOff(Off):
+    """A run-time field added later: never in the run key, and left out of the canonical dict
+    (so of the legacy keys that hashed run-time fields) at its off value."""
+
+
 RUN_IDENTITY: dict[str, dict[str, Any]] = {
     "model": {
         **dict.fromkeys(("n_layer", "d_model", "n_head", "vocab_size", "seq_len", "d_ff"), ALWAYS),
@@ -601,9 +617,15 @@ RUN_IDENTITY: dict[str, dict[str, Any]] = {
         "eval_lengths": Off((1,)),  # what is measured beyond val_loss
         **{name: Off(off) for name, off in RECIPE_OMITTED_AT.items()},  # lr_base_width: 0
         **dict.fromkeys(RUNTIME_FIELDS, RUNTIME),  # device, compile, eval/checkpoint cadence
+        "eval_schedule": RuntimeOff(RECIPE_OMITTED_AT["eval_schedule"]),  # linear | log
     },
     # RunSpec itself: tokens, seed and warmup_tokens are always hashed
 }
+
+
+def _runtime(rule: Any) -> bool:
+    """A field that says where or how fast a run goes (never in the run key)."""
+    return rule is RUNTIME or isinstance(rule, RuntimeOff)
 
 
 def _omitted(rule: Any, value: Any, source: str) -> bool:

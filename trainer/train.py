@@ -46,6 +46,7 @@ from .trunk import Trunk
 __all__ = ["train", "checkpoint_info", "peak_flops", "CKPT_NAME"]
 LOG_POINTS = 100  # train metrics about every 1% of the run
 DEFAULT_EVALS = 10  # eval_interval_tokens = 0: about 10 evaluations per run
+LOG_EVALS = 7  # eval_schedule = log: evaluations at D/2^k, k = 0..LOG_EVALS-1
 MIN_AUTO_CHECKPOINT_S = 30.0  # checkpoint_interval_tokens = 0: at evals, at most this often
 
 # Dense bf16 peak FLOP/s by device name (first match wins), for MFU.
@@ -85,6 +86,7 @@ class _Plan:
     cooldown_start_step: int  # wsd: first step of the cooldown; cosine: == total_steps
     log_every: int
     eval_every: int
+    eval_at: frozenset[int]  # eval_schedule = log: the evaluation steps (else empty: eval_every)
     ckpt_every: int  # 0: at evaluations (time-limited)
     divergence_loss: float
 
@@ -113,13 +115,18 @@ class _Plan:
             cooldown_start_step=cd_start,
             log_every=max(1, total // LOG_POINTS),
             eval_every=steps(r.eval_interval_tokens, max(1, math.ceil(total / n_evals))),
+            eval_at=frozenset(max(1, round(total / 2**k)) for k in range(LOG_EVALS))
+            if r.eval_schedule == "log"
+            else frozenset(),
             ckpt_every=steps(r.checkpoint_interval_tokens, 0),
             divergence_loss=r.divergence_loss or 2.0 * math.log(spec.model.vocab_size) + 1.0,
         )
 
     def evaluates_at(self, step: int) -> bool:
-        """The steps that evaluate the held-out loss: every eval_every steps, and the last."""
-        return step % self.eval_every == 0 or step == self.total_steps
+        """The steps that evaluate the held-out loss: every eval_every steps (eval_schedule log:
+        the steps of eval_at), and the last."""
+        periodic = step in self.eval_at if self.eval_at else step % self.eval_every == 0
+        return periodic or step == self.total_steps
 
 
 @dataclass

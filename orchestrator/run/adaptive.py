@@ -257,7 +257,7 @@ def _next_round(cfg, settings, a: AdaptiveArgs, res: AdaptiveOutcome, new: int, 
     plan = s.plan
     if plan.model is not None:
         res.value, res.ci95 = plan.value, plan.ci95
-        res.relative_halfwidth = plan.model.relative_halfwidth()
+        res.relative_halfwidth = plan.relative_halfwidth() or plan.model.relative_halfwidth()
         if res.relative_halfwidth <= a.until_ci:
             res.reason = f"95% interval ±{res.relative_halfwidth:.1%} is within --until-ci {a.until_ci:g}"
             return []

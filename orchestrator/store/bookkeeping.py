@@ -89,6 +89,7 @@ def legacy_fingerprints(cfg: StudyConfig, ledger: Ledger | None) -> tuple[str, .
                             compile=r.compile,
                             eval_interval_tokens=r.eval_interval_tokens,
                             checkpoint_interval_tokens=r.checkpoint_interval_tokens,
+                            eval_schedule=r.eval_schedule,
                         )
                     )
                 )

@@ -164,10 +164,23 @@ def finished_points(cfg: StudyConfig, tracking_uri: str):
         return None, col
     f = pts.frame
     keep = np.ones(len(f), bool)
+    if "origin" in f:  # verify runs test the answer; they are never fitted
+        keep &= (f["origin"] != "verify").to_numpy()
     for name, want in (("experts", moe.experts), ("top_k", moe.top_k)):
         if name in f:
             keep &= f[name].to_numpy(float) == want
     return f[keep].reset_index(drop=True), col
+
+
+def study_answer(frame, col: str, target_flops: float):
+    """The answer (analysis.answer) on the points suggest plans from: the same points, options
+    and seed as the report and `fit`, so the interval quoted at the target is theirs."""
+    from analysis.answer import compute_answer, prepare_points
+    from analysis.data import Points
+
+    te = frame["true_entropy"].dropna().unique() if "true_entropy" in frame else []
+    pts = Points(frame.assign(n_params=frame[col]), true_entropy=float(te[0]) if len(te) == 1 else None)
+    return compute_answer(prepare_points(pts), budgets=[target_flops])
 
 
 def check_inputs(
@@ -223,7 +236,13 @@ class Suggestion:
     def to_json(self) -> dict:
         """The `scalelab suggest --json` contract."""
         p = self.plan
-        cur = {"value": p.value, "ci95": list(p.ci95) if p.ci95 else None, "n_points": p.n_points}
+        cur = {
+            "value": p.value,
+            "ci95": list(p.ci95) if p.ci95 else None,
+            "n_points": p.n_points,
+            "form": p.form,
+            "interval": p.interval,
+        }
         out = []
         for pick, r, q in zip(p.picks, self.runs, self.planned):
             m = q.spec.model
@@ -267,7 +286,7 @@ def suggest(
 ) -> Suggestion:
     """Fit the study's finished points and propose the next runs. `planned_keys`: runs already
     planned (adaptive rounds) that must not be proposed again; finished points never are."""
-    from analysis.planner import plan_next_runs
+    from analysis.planner import plan_next_runs, with_answer_interval
 
     frame, col = finished_points(cfg, tracking_uri)
     done_keys = set(frame["run_key"]) if frame is not None and "run_key" in frame else set()
@@ -293,6 +312,8 @@ def suggest(
         max_flops=math.inf if max_flops is None else max_flops,
         gamma=gamma,
     )
+    if plan.model is not None:  # quote the answer's interval (the report's and fit's), not Laplace's
+        plan = with_answer_interval(plan, study_answer(frame, col, target_flops))
     return Suggestion(
         plan, [cands.runs[p.index] for p in plan.picks], [cands.planned[p.index] for p in plan.picks]
     )
@@ -309,9 +330,15 @@ def print_suggestion(s: Suggestion, as_json: bool) -> None:
     p = s.plan
     what = "N_opt" if p.objective == "log_n_opt" else "loss"
     if p.ci95:
+        how = (
+            f"the answer: {p.form} form, bootstrap with form selection, as in the report and `fit`; "
+            "expected intervals: it narrowed by the planner's Laplace variance ratio"
+            if p.interval == "answer"
+            else "Laplace approximation"
+        )
         print(
             f"{what} at C = {p.target_flops:.3g}: {p.value:.4g}, 95% interval "
-            f"[{p.ci95[0]:.4g}, {p.ci95[1]:.4g}] from {p.n_points} points"
+            f"[{p.ci95[0]:.4g}, {p.ci95[1]:.4g}] from {p.n_points} points ({how})"
         )
     print(p.message)
     print(f"{'shape':14} {'N':>9} {'tokens':>9} {'FLOPs':>9} {'expected 95% interval':>24} {'score':>9}")

@@ -5,7 +5,7 @@ import pytest
 from scipy.optimize import minimize
 
 from analysis import ChinchillaFit, check_convergence, compute_optimal, huber_objective
-from analysis.chinchilla import (
+from analysis.laws.chinchilla import (
     CHINCHILLA_PUBLISHED,
     _fg_batch,
     allocation_constants,

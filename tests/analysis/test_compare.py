@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.compare import architecture_section, compare_architectures, compute_multiplier, length_table
+from analysis.compare import compare_architectures, compute_multiplier, length_table
+from analysis.report.compare import architecture_section
 
 BASE = dict(E=1.7, A=400.0, alpha=0.34, B=410.0, beta=0.28)
 LAWS = {

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from analysis.cli import main
-from analysis.constrained import (
+from analysis.laws.constrained import (
     MUENNIGHOFF_C4,
     MUENNIGHOFF_C4_ROUNDED,
     DataConstrainedFit,
@@ -57,13 +57,40 @@ def test_single_epoch_runs_inform_r_n_star():
     assert not fit.success_ and "R_D_star not identifiable" in fit.message_
 
 
-def test_value_outside_identifiable_range_is_flagged():
-    """Runs repeat data at most twice (R_D <= 1): R_D* = 15 cannot be told from infinity;
-    the fit stops at the bound (10 x the largest R_D) and says so, never success."""
+def test_value_outside_identifiable_range_is_a_one_sided_bound():
+    """Runs repeat data at most twice (R_D <= 1): R_D* = 15 cannot be told from infinity; the
+    fit stops at the bound (10 x the largest R_D) and reports what the data do say, a one-sided
+    bound, with R_D* not identifiable (the fit is usable: R_N* is identified)."""
     fit = DataConstrainedFit(base_params=BASE).fit(_runs(max_epochs=2))
     assert fit.R_D_star_ <= 10.0 + 1e-9
-    assert not fit.success_ and "R_D_star" in fit.message_ and "bound" in fit.message_
-    assert fit.result_.extra["at_bound"]["R_D_star"]
+    assert fit.success_ and not fit.identifiable_
+    side, v = fit.one_sided_["R_D_star"]
+    assert side == ">" and 0 < v <= 10.0 * (1 + 1e-9) and f"R_D_star > {v:.3g}" in fit.message_
+    r = fit.result_
+    assert r.extra["at_bound"]["R_D_star"] and r.extra["identified"] == {"R_D_star": False, "R_N_star": True}
+    assert r.ci95["R_D_star"][0] == v and r.ci95["R_D_star"][1] == float("inf")
+
+
+def test_cli_base_law_fixes_the_base_and_reports_a_bound(tmp_path, capsys):
+    """--base-law fixes E, A, B, alpha, beta (R* alone are fitted); --base-from reads a fit
+    --json; a parameter at its bound exits 0 with identifiable false and a one-sided bound."""
+    p = tmp_path / "dc.csv"
+    _runs(max_epochs=2).to_csv(p, index=False)
+    base = ",".join(f"{k}={v!r}" for k, v in BASE.items())
+    code = main(["fit", "--csv", str(p), "--law", "constrained", "--base-law", base, "--json"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    res = json.loads(out.out)
+    assert res["identifiable"] is False and res["success"] is True
+    assert res["one_sided"]["R_D_star"].startswith("R_D_star > ")
+    assert res["params"]["E"] == pytest.approx(BASE["E"]) and res["base_law"] == "given"
+    assert res["params"]["R_N_star"] == pytest.approx(5.309743, rel=0.05)  # R_D* pinned at its bound
+    f = tmp_path / "fit.json"
+    f.write_text(json.dumps({"params": BASE}))
+    assert main(["fit", "--csv", str(p), "--law", "constrained", "--base-from", str(f), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["params"]["alpha"] == pytest.approx(BASE["alpha"])
+    assert main(["fit", "--csv", str(p), "--law", "constrained", "--base-law", "E=1,A=2"]) == 2
+    assert "--base-law" in capsys.readouterr().err
 
 
 def test_cli_constrained_with_epochs_column(tmp_path, capsys):
@@ -102,11 +129,15 @@ def test_cli_constrained_needs_unique_tokens(tmp_path, capsys):
 
 
 def test_constrained_report_section_only_when_data_repeat():
-    from analysis.constrained import constrained_section
+    from types import SimpleNamespace
+
     from analysis.data import Points
+    from analysis.laws.constrained import fit_constrained_points
+    from analysis.report.sections_more import constrained_section
 
     df = _runs()
     df["flops"] = 6 * df.n_params * df.tokens
-    sec = constrained_section(Points(df), n_bootstrap=5)
+    fit = fit_constrained_points(Points(df), n_bootstrap=5)
+    sec = constrained_section(SimpleNamespace(constrained=fit))
     assert sec["title"] == "Data-constrained scaling" and "| R_D_star | 15.39" in sec["markdown"]
-    assert constrained_section(Points(df[df.tokens <= df.unique_tokens])) is None
+    assert fit_constrained_points(Points(df[df.tokens <= df.unique_tokens])) is None

@@ -69,12 +69,15 @@ def test_cli_json_contract(epoch_csv, capsys):
             "1e21,1e24",
             "--bootstrap",
             "50",
+            "--form",
+            "free",
             "--json",
         ],
         capsys,
     )
     assert code == 0, err
     res = json.loads(out)
+    assert res["form"] == "free" and isinstance(res["form_scores"]["free"], float)
     for key in (
         "law",
         "n_points",

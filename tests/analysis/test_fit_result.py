@@ -16,8 +16,8 @@ from analysis import (
     KrajewskiFit,
     PowerLawFit,
 )
-from analysis.chinchilla import compute_optimal, predict_loss
-from analysis.constrained import data_constrained_loss
+from analysis.laws.chinchilla import compute_optimal, predict_loss
+from analysis.laws.constrained import data_constrained_loss
 from analysis.result import FitResult, result_at
 
 LAW = {"E": 1.8, "A": 400.0, "B": 1500.0, "alpha": 0.34, "beta": 0.30}

@@ -15,7 +15,9 @@ import pandas as pd
 import pytest
 
 from analysis.cli import main
-from analysis.forms import FormFit, fit_with_holdout, form_selection_section, select_form
+from analysis.laws.forms import FormFit, fit_with_holdout
+from analysis.report.sections import form_selection_section
+from analysis.selection import select_form
 
 GADRE = Path(__file__).resolve().parents[1] / "data" / "gadre2024_rpj_c4val.csv"
 
@@ -91,7 +93,7 @@ def test_selection_on_the_32_small_runs_picks_a_form_that_extrapolates():
     free = FormFit("free").fit(small.n_params, small.tokens, small.loss)
     assert abs(free.predict(6889410560, 137788211200) / 2.424993099368689 - 1) > 0.02
     sel = select_form(small.n_params, small.tokens, small.loss)
-    assert sel["chosen"] == "tied" and sel["holdout"]["by"] == "n_params", sel["reason"]
+    assert sel["chosen"] == "tied" and sel["holdout"]["by"] == "flops", sel["reason"]
     assert "in-sample objective alone would have chosen free" in sel["reason"]
     err = sel["fit"].predict(tgt.n_params, tgt.tokens) / tgt.loss - 1
     assert np.all(np.abs(err) < 0.01)
@@ -109,7 +111,7 @@ def test_select_form_prefers_extrapolation_over_in_sample_fit():
     best = min(r["mean_abs_rel_error"] for r in rows.values())
     assert rows[sel["chosen"]]["mean_abs_rel_error"] == best
     assert sel["fit"].success_ and sel["fit"].result_.n_points == N.size
-    assert sel["holdout"]["by"] == "n_params" and sel["holdout"]["threshold"] < N.max()
+    assert sel["holdout"]["by"] == "flops" and max(sel["holdout"]["thresholds"]) < (6 * N * D).max()
 
 
 def test_form_selection_section_dict():

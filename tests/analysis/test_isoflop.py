@@ -3,8 +3,8 @@
 import numpy as np
 import pandas as pd
 
-from analysis.chinchilla import compute_optimal, predict_loss
-from analysis.isoflop import envelope_fit, group_budgets, isoflop_fit
+from analysis.laws.chinchilla import compute_optimal, predict_loss
+from analysis.laws.isoflop import envelope_fit, group_budgets, isoflop_fit
 
 EPOCH = {"E": 1.8172, "A": 482.0, "B": 2085.4, "alpha": 0.3478, "beta": 0.3658}
 

@@ -4,10 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.chinchilla import compute_optimal, predict_loss
-from analysis.constrained import data_constrained_loss, effective_data
 from analysis.data import Points
-from analysis.moe import (
+from analysis.laws.chinchilla import compute_optimal, predict_loss
+from analysis.laws.constrained import data_constrained_loss, effective_data
+from analysis.laws.moe import (
     effective_dense_params,
     fit_clark,
     fit_krajewski,
@@ -158,7 +158,7 @@ def test_report_from_synthetic_study(tmp_path, rng):
         "Compute-optimal",
         "Mixture of experts",
         "excluded diverged: 2",
-        "Extrapolation",
+        "Cross-validation over compute",
         "Known entropy",
         "Clark",
         "Krajewski",
@@ -166,7 +166,7 @@ def test_report_from_synthetic_study(tmp_path, rng):
     ):
         assert frag in md, frag
     a3 = paths.results["approach3"]
-    assert abs(a3.alpha_ - DENSE["alpha"]) < 0.05
+    assert abs(a3.params_["alpha"] - DENSE["alpha"]) < 0.05
     assert paths.results["approach2"].success_
 
 

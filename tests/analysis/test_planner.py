@@ -10,17 +10,25 @@ import pytest
 
 from analysis import ChinchillaFit, bootstrap_chinchilla
 from analysis.bootstrap import _warm_starts
-from analysis.chinchilla import EPOCH_REPLICATION, params_to_theta, predict_loss
+from analysis.laws.chinchilla import EPOCH_REPLICATION, params_to_theta, predict_loss
 from analysis.planner import (
     ci_history,
-    ci_section,
+    ci_history_of,
     greedy_picks,
     laplace,
     plan_next_runs,
-    planner_section,
     target_value,
     variance_after_each,
 )
+from analysis.report.sections_more import planner_section
+
+
+def _ctx(hist, target, base):
+    """The parts of a ReportContext the planner section reads (no answer: Laplace rows only)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(planner=hist, budgets=[target], answer=SimpleNamespace(ok=False), base=base)
+
 
 THETA = params_to_theta(EPOCH_REPLICATION)
 
@@ -141,9 +149,10 @@ def test_ci_section_charts_the_interval_against_flops(rng):
     hist = ci_history(N, D, L, 6 * N * D, order, 1e24, rounds=rounds)
     assert [h["round"] for h in hist] == [2, 3] and hist[-1]["n_points"] == 16
     assert hist[0]["flops_spent"] < hist[1]["flops_spent"]
-    sec = ci_section(hist, 1e24)
+    sec = planner_section(_ctx(hist, 1e24, None))
     assert set(sec) == {"title", "markdown", "figures"} and "planner_ci.png" in sec["figures"]
-    assert ci_section([], 1e24) is None
+    assert "Laplace" in sec["markdown"]
+    assert planner_section(_ctx([], 1e24, None)) is None
 
 
 def test_planner_section_from_a_points_frame(rng):
@@ -159,7 +168,8 @@ def test_planner_section_from_a_points_frame(rng):
             "round": np.repeat([0, 0, 1, 2], 4),
         }
     )
-    sec = planner_section(frame, 1e24, round_col="round")
+    hist = ci_history_of(frame, 1e24, round_col="round")
+    sec = planner_section(_ctx(hist, 1e24, frame))
     assert "| 16 |" in sec["markdown"] and sec["figures"]
 
 

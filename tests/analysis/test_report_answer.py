@@ -12,8 +12,8 @@ from mlflow.tracking import MlflowClient
 from analysis.cli import run_report
 from analysis.data import Points, load_mlflow
 from analysis.report import SECTIONS, register_section, write_report
-from analysis.report_doc import tick_label
-from analysis.report_sections import answer_section
+from analysis.report.doc import tick_label
+from analysis.report.sections import answer_section
 
 from .test_data_cli import _make_store
 
@@ -22,10 +22,12 @@ def _sections(md: str) -> list[str]:
     return [line[3:] for line in md.splitlines() if line.startswith("## ")]
 
 
-def test_report_leads_with_the_answer_and_logs_the_headline(tmp_path):
+def test_report_leads_with_the_answer_and_logs_the_headline(tmp_path, capsys):
     uri, parent_id = _make_store(tmp_path)  # a real SQLite store: 14 finished dense runs
     out = tmp_path / "rep"
     assert run_report("study1", uri, out, budgets=[1e17, 1e19], n_bootstrap=20, grid="coarse") == 0
+    printed = capsys.readouterr().out  # the verdict, on the terminal
+    assert "verdict at 1e17 FLOPs" in printed and "verdict at 1e19 FLOPs" in printed
     md = (out / "summary.md").read_text()
     assert _sections(md)[0] == "Answer: compute-optimal allocation"
     answer = md.split("\n## ")[1]
@@ -34,8 +36,11 @@ def test_report_leads_with_the_answer_and_logs_the_headline(tmp_path):
     cmax = load_mlflow("study1", uri).frame["flops"].max()
     for C in (1e17, 1e19):
         assert f"| {C:.0e} | {math.log10(C / cmax):+.2f} |".replace("e+", "e") in answer
-    assert "N_opt [95% CI]" in answer and "Verdict:" in answer and "extrapolation error" in answer
+    assert "N_opt [95% CI]" in answer and "Verdict:" in answer and "CV error" in answer
     assert "| Approach 3 |" in answer
+    # one voice: the form the answer names is the one the selection section chose
+    form = md.split("**Chosen form: ")[1].split(".**")[0]
+    assert f"Approach 3, {form} form" in answer and f"({form} form)" in md
     assert "\\~ C^a" in md and " ~C" not in md.replace("\\~", "")  # no strikethrough
     assert "training_curves.png" in md and "landscape.png" in md and "fitted_vs_observed.png" in md
     page = (out / "report.html").read_text()
@@ -46,7 +51,7 @@ def test_report_leads_with_the_answer_and_logs_the_headline(tmp_path):
     assert m["opt.1e19.n_params.ci95_lo"] <= m["opt.1e19.n_params"] <= m["opt.1e19.n_params.ci95_hi"]
     assert m["opt.1e19.decades_beyond"] == pytest.approx(math.log10(1e19 / cmax))
     assert {"fit.E", "fit.beta", "fit.a", "fit.b", "opt.1e17.tokens", "opt.1e17.loss"} <= set(m)
-    assert p["fit.setting"] == "dense" and p["fit.budgets"] == "1e17,1e19"
+    assert p["fit.setting"] == "dense" and p["fit.budgets"] == "1e17,1e19" and p["fit.form"] == form
     assert p["fit.approach"] == "Approach 3" and float(p["fit.alpha"]) == pytest.approx(
         m["fit.alpha"], rel=1e-3
     )

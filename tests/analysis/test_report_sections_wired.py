@@ -32,7 +32,7 @@ def test_a_figure_that_cannot_be_drawn_is_named_not_fatal(tmp_path):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from analysis.report_doc import write_documents
+    from analysis.report.doc import write_documents
 
     fig, ax = plt.subplots()
     ax.scatter([1e3], [np.inf])  # only non-finite data: empty limits around 0

@@ -10,11 +10,11 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from analysis import InputError, load_mlflow
-from analysis.chinchilla import compute_optimal, predict_loss
 from analysis.cli import main
 from analysis.data import Points
 from analysis.groups import select_setting, split_by
-from analysis.isoflop import group_budgets, isoflop_fit
+from analysis.laws.chinchilla import compute_optimal, predict_loss
+from analysis.laws.isoflop import group_budgets, isoflop_fit
 
 DENSE = {"E": 1.8, "A": 400.0, "B": 1500.0, "alpha": 0.34, "beta": 0.30}
 

@@ -212,3 +212,17 @@ def test_zipf_language_is_learned_towards_its_true_loss(tmp_path):
     assert float(sink.params["true_loss_floor"]) == pytest.approx(float(sink.params["true_entropy"]))
     assert losses[16384] < losses[2048] - 0.1  # more data, lower loss
     assert losses[16384] > floor - 0.01  # never below the true model's loss
+
+
+def test_log_eval_schedule_evaluates_once_per_doubling_and_keeps_the_run_key(tmp_path):
+    """train.eval_schedule: log gives every curve points on a log axis (D/64 ... D); it is a
+    run-time setting: the run key and the legacy key of a linear-schedule spec are unchanged."""
+    spec = tiny_spec(tokens=128 * 128, batch=8, seq_len=16, eval_schedule="log")
+    sink = InMemorySink()
+    assert train(spec, sink, checkpoint_dir=tmp_path).status == "finished"
+    steps = _steps(sink, "val_loss")
+    assert steps == [spec.tokens // 2**k for k in range(6, -1, -1)]
+    linear = tiny_spec(tokens=128 * 128, batch=8, seq_len=16)
+    assert spec.key() == linear.key() and "eval_schedule" not in linear.to_dict()["recipe"]
+    with pytest.raises(ValueError, match="train.eval_schedule"):
+        tiny_spec(eval_schedule="cubic")

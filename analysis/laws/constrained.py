@@ -27,8 +27,8 @@ import pandas as pd
 from scipy.optimize import minimize
 from scipy.special import huber
 
+from ..result import FitResult
 from .chinchilla import ChinchillaFit, allocation_constants, predict_loss
-from .result import FitResult
 
 # Muennighoff et al.'s C4 fit, unrounded (notebook values; log-space a, b, e)
 MUENNIGHOFF_C4 = {
@@ -264,6 +264,7 @@ class DataConstrainedFit:
         for k in R_NAMES:
             self.flat_.setdefault(k, True)
             self.at_bound_.setdefault(k, False)
+        self.one_sided_ = {k: self._one_sided(k, x, free, N, D, U, L) for k in free if self.at_bound_[k]}
         msgs = []
         for k in R_NAMES:
             if k not in free:
@@ -271,18 +272,44 @@ class DataConstrainedFit:
                     f"{k} not identifiable: no run has {'D > U_D' if k == 'R_D_star' else 'N > N_opt(U_D)'}"
                 )
             elif self.at_bound_[k]:
+                side, v = self.one_sided_[k]
                 msgs.append(
-                    f"{k} = {vals[k]:.4g} is at the bound of what the data identify "
-                    f"({np.exp(self.bounds_[k][0]):.3g}..{np.exp(self.bounds_[k][1]):.3g})"
+                    f"{k} {side} {v:.3g}: the fit ends at the bound of what the data identify "
+                    f"({np.exp(self.bounds_[k][0]):.3g}..{np.exp(self.bounds_[k][1]):.3g}), so the data "
+                    f"give a one-sided bound, not a value"
                 )
             elif self.flat_[k]:
                 msgs.append(
                     f"objective is flat in {k}: halving or doubling it changes the "
                     f"objective by < {self.flat_rtol:.0e} (relative); read its interval"
                 )
-        self.success_ = not any(self.at_bound_.values()) and len(free) == 2
+        # usable when both R* have runs that inform them; one at its bound is a one-sided bound
+        self.success_ = len(free) == 2
+        self.identifiable_ = self.success_ and not any(self.at_bound_.values())
         self.message_ = "; ".join(msgs) or "R_D* and R_N* identified"
         self.ci95_ = {}
+
+    def _one_sided(self, k, x, free, N, D, U, L) -> tuple[str, float]:
+        """('>', v) when R* sits at its upper bound (no decay seen: R* >= v fits within the
+        flat tolerance), ('<', v) at its lower bound. v: the farthest value from the bound, in
+        steps of 2x, whose objective is within flat_rtol of the optimum's (floor: 1e-8 per run,
+        about 1e-4 of log loss each, for noise-free data)."""
+        i = free.index(k)
+        lo, hi = self.bounds_[k]
+        upper = hi - x[i] < 1e-3
+        obj = self._objective(N, D, U, L, free, np.ones(N.size))
+        f0 = obj(x)
+        v = x[i]
+        for _ in range(60):
+            step = v - np.log(2.0) if upper else v + np.log(2.0)
+            if not lo <= step <= hi:
+                break
+            xt = x.copy()
+            xt[i] = step
+            if obj(xt) - f0 > self.flat_rtol * max(f0, 1e-8 * N.size):
+                break
+            v = step
+        return (">" if upper else "<"), float(np.exp(v))
 
     def _bootstrap(self, N, D, U, L, free, x0):
         rng = np.random.default_rng(self.seed)
@@ -301,6 +328,8 @@ class DataConstrainedFit:
     def _fail(self, message, n):
         nan = float("nan")
         self.success_ = False
+        self.identifiable_ = False
+        self.one_sided_ = {}
         self.R_D_star_ = self.R_N_star_ = nan
         self.params_ = {**(self.base_params or {}), "R_D_star": nan, "R_N_star": nan}
         self.objective_, self.message_, self.ci95_ = nan, message, {}
@@ -309,19 +338,25 @@ class DataConstrainedFit:
         return self
 
     def _result(self, n):
+        ci = dict(self.ci95_)
+        for k, (side, v) in self.one_sided_.items():
+            ci[k] = (v, float("inf")) if side == ">" else (0.0, v)
         return FitResult(
             law="constrained",
             params=dict(self.params_),
             objective=self.objective_,
             success=self.success_,
             converged=True,
-            identifiable=True,
+            identifiable=self.identifiable_,
             message=self.message_,
             n_points=n,
-            ci95=dict(self.ci95_),
+            ci95=ci,
             extra={
                 "flat": dict(self.flat_),
                 "at_bound": dict(self.at_bound_),
+                "identified": {k: not self.at_bound_.get(k, True) for k in R_NAMES},
+                "one_sided": {k: f"{k} {side} {v:.3g}" for k, (side, v) in self.one_sided_.items()},
+                "base_law": "given" if self.base_params is not None else "fitted",
                 "bounds": {
                     k: (None if b is None else [float(np.exp(b[0])), float(np.exp(b[1]))])
                     for k, b in self.bounds_.items()
@@ -333,9 +368,10 @@ class DataConstrainedFit:
         return data_constrained_loss(N, D, U_D, self.params_)
 
 
-def constrained_section(points, *, n_bootstrap: int = 200, seed: int = 0) -> dict | None:
-    """Report section {"title", "markdown", "figures"} when runs repeat data (a column
-    unique_tokens, or epochs); None otherwise."""
+def fit_constrained_points(points, *, n_bootstrap: int = 200, seed: int = 0):
+    """The data-constrained fit of a study's points when runs repeat data (a column
+    unique_tokens, or epochs), else None. Returns the fitted DataConstrainedFit with `frame_`
+    (the runs it used)."""
     f = points.frame
     if "unique_tokens" in f:
         U = pd.to_numeric(f["unique_tokens"], errors="coerce").to_numpy(float)
@@ -348,17 +384,5 @@ def constrained_section(points, *, n_bootstrap: int = 200, seed: int = 0) -> dic
         return None
     df = pd.DataFrame({"n_params": points.N, "tokens": points.D, "unique_tokens": U, "loss": points.loss})[ok]
     fit = DataConstrainedFit(n_bootstrap=n_bootstrap, seed=seed).fit(df)
-    rows = ["| parameter | value | 95% interval | flat | at bound |", "|---|---|---|---|---|"]
-    for k in R_NAMES:
-        ci = fit.ci95_.get(k)
-        rows.append(
-            f"| {k} | {fit.params_.get(k, float('nan')):.4g} | "
-            + (f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "-")
-            + f" | {fit.flat_.get(k, '-')} | {fit.at_bound_.get(k, '-')} |"
-        )
-    md = (
-        f"Muennighoff et al. (2023) decay of repeated data and excess parameters, fitted on "
-        f"{len(df)} runs ({int(np.sum(df.tokens > df.unique_tokens))} repeat data). "
-        f"{fit.message_}.\n\n" + "\n".join(rows)
-    )
-    return {"title": "Data-constrained scaling", "markdown": md, "figures": {}}
+    fit.frame_ = df
+    return fit

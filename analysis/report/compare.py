@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .compare import StratumComparison, compare_architectures, length_table, optimal_loss  # noqa: E402
+from ..compare import StratumComparison, compare_architectures, length_table, optimal_loss  # noqa: E402
 
 
 def _f(v: float, p: int = 4) -> str:
@@ -162,7 +162,7 @@ def _fig_multiplier(comps: list[StratumComparison]):
 
 def _fig_frontier(frame: pd.DataFrame, comps: list[StratumComparison]):
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    from .compare import with_arch
+    from ..compare import with_arch
 
     df = with_arch(frame)
     for c in comps:
@@ -215,12 +215,9 @@ def _fig_lengths(table: pd.DataFrame):
     return fig
 
 
-def section(
-    frame: pd.DataFrame, *, baseline: str | None = None, n_boot: int = 100, seed: int = 0
-) -> dict | None:
-    """See `analysis.compare.architecture_section`."""
-    comps = compare_architectures(frame, baseline=baseline, n_boot=n_boot, seed=seed)
-    lengths = length_table(frame)
+def section_from(frame: pd.DataFrame, comps: list[StratumComparison], lengths: pd.DataFrame) -> dict | None:
+    """The section `{"title", "markdown", "figures"}` for comparisons already fitted (None when
+    the study holds one variant and no length metrics)."""
     has_lengths = not lengths.empty and any(
         c.startswith("len") and c != "len1x" and not c.startswith("len1x") for c in lengths.columns
     )
@@ -237,3 +234,15 @@ def section(
         lines += ["", *_length_md(lengths)]
         figures["arch_length_extrapolation.png"] = _fig_lengths(lengths)
     return {"title": "Architecture comparison", "markdown": "\n".join(lines), "figures": figures}
+
+
+def architecture_section(
+    frame: pd.DataFrame, *, baseline: str | None = None, n_boot: int = 100, seed: int = 0
+) -> dict | None:
+    """Fit the comparison (analysis.compare) and render it: the section comparing a study's
+    architectures (None when it holds one variant and no length metrics)."""
+    comps = compare_architectures(frame, baseline=baseline, n_boot=n_boot, seed=seed)
+    return section_from(frame, comps, length_table(frame))
+
+
+section = architecture_section  # the name this module used before

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .families import FamilyComparison, family_frame, nickname, optimal_loss  # noqa: E402
+from ..families import FamilyComparison, family_frame, nickname, optimal_loss  # noqa: E402
 
 
 def _f(v, p: int = 3) -> str:
@@ -142,7 +142,9 @@ def _figure(frame: pd.DataFrame, comps: list[FamilyComparison]):
 
 
 def section(frame: pd.DataFrame, comps: list[FamilyComparison]) -> dict:
-    """See `analysis.families.families_section`."""
+    """The report section comparing model families under different objectives (GPT clm, BERT
+    mlm, T5 span, prefix LM) by exponents, allocations and multipliers, never by raw losses:
+    `comps` from `analysis.families.compare_families` (fitted in the report's context)."""
     lines = [comps[0].notes[0]]
     for c in comps:
         lines += [

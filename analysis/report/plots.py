@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .kaplan import frontier_points  # noqa: E402
+from ..laws.kaplan import frontier_points  # noqa: E402
 
 PFDAY = 8.64e19
 LOSS = "final loss (nats/token)"
@@ -86,13 +86,15 @@ def loss_vs_x(frame, fit, by, x):
     return fig
 
 
-def fitted_vs_observed(groups: dict):
+def fitted_vs_observed(groups: dict, extra: dict | None = None):
     """Observed vs predicted loss of every point, each setting by its own law.
-    groups: {label: (frame, fitted ChinchillaFit)}."""
+    groups: {label: (frame, fitted law with .predict)}; extra: {label: (frame, predicted)} for
+    points predicted but not fitted (verify runs)."""
     fig, ax = plt.subplots(figsize=(6, 5))
     lo, hi = np.inf, 0.0
-    for label, (frame, fit) in groups.items():
-        pred = fit.predict(frame["n_params"], frame["tokens"])
+    series = [(lab, f, fit.predict(f["n_params"], f["tokens"])) for lab, (f, fit) in groups.items()]
+    series += [(lab, f, pred) for lab, (f, pred) in (extra or {}).items()]
+    for label, frame, pred in series:
         ax.scatter(frame["loss"], pred, s=12, label=f"{label} ({len(frame)})")
         lo = min(lo, frame["loss"].min(), np.min(pred))
         hi = max(hi, frame["loss"].max(), np.max(pred))
@@ -101,7 +103,7 @@ def fitted_vs_observed(groups: dict):
         ax,
         "observed loss (nats/token)",
         "fitted loss (nats/token)",
-        "Fitted vs observed, every point (its setting's Approach 3 law)",
+        "Fitted vs observed (each setting's own law)",
     )
     ax.legend(fontsize=7)
     return fig
@@ -134,18 +136,24 @@ def landscape(frame, fit, budgets):
     return fig
 
 
-def training_curves(curves, envelope):
-    """Every training curve of the setting (loss vs FLOPs) and their lower envelope."""
+def training_curves(curves, frontier):
+    """Every training curve of the setting (loss vs FLOPs, thin), each run's final point, and
+    the frontier of the final points (Approach 1's envelope)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     sizes = sorted(curves["n_params"].unique())
     colors = dict(zip(sizes, cmap(sizes)))
     for _, g in curves.groupby("run_id"):
         g = g.sort_values("flops")
-        ax.plot(g["flops"], g["loss"], color=colors[g["n_params"].iloc[0]], lw=0.8, alpha=0.8)
-    env = envelope.sort_values("flops")
-    ax.plot(env["flops"], env["loss"], "k-", lw=2, label="lower envelope (Approach 1)")
-    _loglog(ax, "compute C (FLOPs)", "loss (nats/token)", "Training curves, coloured by N")
-    ax.legend(fontsize=8)
+        col = colors[g["n_params"].iloc[0]]
+        ax.plot(g["flops"], g["loss"], color=col, lw=0.7, alpha=0.6)
+        ax.scatter(g["flops"].iloc[-1:], g["loss"].iloc[-1:], color=col, s=14)
+    if frontier is not None and len(frontier):
+        env = frontier.sort_values("flops")
+        ax.plot(env["flops"], env["loss"], "k-", lw=1.5, label="frontier of final points (Approach 1)")
+        ax.legend(fontsize=8)
+    _loglog(
+        ax, "compute C (FLOPs)", "loss (nats/token)", "Training curves (drawn, not fitted), coloured by N"
+    )
     return fig
 
 
@@ -167,7 +175,7 @@ def kaplan_panels(kfits: dict):
 
 def isoflop_profiles(frame, iso):
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    from .isoflop import point_budgets
+    from ..laws.isoflop import point_budgets
 
     bud = point_budgets(frame, budget_col=iso.budget_col, budget_rtol=iso.budget_rtol)
     good = iso.parabolas_[np.isfinite(iso.parabolas_["c2"])]
@@ -188,31 +196,21 @@ def isoflop_profiles(frame, iso):
     return fig
 
 
-def compute_optimal_panels(frame, budgets, fit, boot, others: list):
-    """N_opt(C) and D_opt(C): Approach 3 with its bootstrap band, other approaches dashed."""
-    from .chinchilla import compute_optimal
+def compute_optimal_panels(frame, budgets, fit, thetas, others: list):
+    """N_opt(C) and D_opt(C): the answer's law with its bootstrap band (thetas: (K, 5) of the
+    resamples), other approaches dashed."""
+    from ..answer import optimum
 
     Cs = np.logspace(np.log10(frame["flops"].min()), np.log10(max(budgets)), 60)
     fig, axs = plt.subplots(1, 2, figsize=(12, 4.2))
     co = fit.compute_optimal(Cs)
-    good = boot.samples.dropna() if boot is not None and len(boot.samples) else pd.DataFrame()
+    band = optimum(thetas, Cs) if thetas is not None and len(thetas) >= 10 else None
     for ax, col, lab in ((axs[0], "n_params", "N_opt (parameters)"), (axs[1], "tokens", "D_opt (tokens)")):
-        ax.plot(Cs, co[col], "r-", label="Approach 3")
-        if len(good):
-            band = np.array(
-                [
-                    compute_optimal(r, Cs)[col].to_numpy()
-                    for r in good[["E", "A", "B", "alpha", "beta"]].to_dict("records")
-                ]
-            )
-            ax.fill_between(
-                Cs,
-                np.percentile(band, 2.5, axis=0),
-                np.percentile(band, 97.5, axis=0),
-                color="r",
-                alpha=0.2,
-                label="95% bootstrap band",
-            )
+        ax.plot(Cs, co[col], "r-", label="Approach 3 (the answer)")
+        if band is not None:
+            v = band[col]
+            lo, hi = np.nanpercentile(v, 2.5, axis=0), np.nanpercentile(v, 97.5, axis=0)
+            ax.fill_between(Cs, lo, hi, color="r", alpha=0.2, label="95% bootstrap band")
         for name, m in others:
             ax.plot(Cs, m.compute_optimal(Cs)[col], "--", label=name)
         _loglog(ax, "compute C (FLOPs)", lab, "")
@@ -222,7 +220,8 @@ def compute_optimal_panels(frame, budgets, fit, boot, others: list):
     return fig
 
 
-def validation_panels(frame, fit, ex, thr):
+def validation_panels(frame, fit, held: pd.DataFrame | None, thr: float | None):
+    """Residuals of the answer's law, and predicted vs observed on the runs a CV fold held out."""
     fig, axs = plt.subplots(1, 2, figsize=(12, 4.2))
     r = np.log(fit.predict(frame["n_params"], frame["tokens"])) - np.log(frame["loss"])
     axs[0].scatter(frame["flops"], r, s=10)
@@ -230,14 +229,43 @@ def validation_panels(frame, fit, ex, thr):
     axs[0].set_xscale("log")
     axs[0].set_xlabel("compute C (FLOPs)")
     axs[0].set_ylabel("log L̂ − log L (residual)")
-    axs[0].set_title("Residuals of Approach 3")
-    if ex.success:
-        axs[1].scatter(ex.table["loss"], ex.table["predicted"], s=12)
-        lim = [ex.table[["loss", "predicted"]].min().min(), ex.table[["loss", "predicted"]].max().max()]
+    axs[0].set_title("Residuals of the answer's law")
+    if held is not None and len(held):
+        axs[1].scatter(held["loss"], held["predicted"], s=12)
+        lim = [held[["loss", "predicted"]].min().min(), held[["loss", "predicted"]].max().max()]
         axs[1].plot(lim, lim, "k-", lw=0.8)
-        axs[1].set_title(f"Extrapolation to C > {thr:.2g} (fit below)")
+        axs[1].set_title(f"Held out: C > {thr:.2g}, fitted below")
     axs[1].set_xlabel(_unit("observed loss (nats/token)"))
     axs[1].set_ylabel(_unit("predicted loss (nats/token)"))
+    return fig
+
+
+def tested_prediction(test: dict):
+    """A verify budget: the predicted loss along the IsoFLOP line (band: 95%), the observed runs,
+    the observed minimum's interval and the predicted N_opt's."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    obs = pd.DataFrame(test["observed"])
+    N = obs["n_params"].to_numpy(float)
+    ax.errorbar(
+        N,
+        obs["predicted"],
+        yerr=[obs["predicted"] - [c[0] for c in obs["ci95"]], [c[1] for c in obs["ci95"]] - obs["predicted"]],
+        fmt="o",
+        color="C0",
+        label="predicted (95% interval)",
+    )
+    ax.scatter(N, obs["loss"], color="C3", zorder=3, label="observed")
+    p, m = test["predicted"], test["isoflop_min"]
+    lo, hi = p["n_params_ci95"]
+    if lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi):
+        ax.axvspan(lo, hi, color="C0", alpha=0.12, label="predicted N_opt (95%)")
+    if m.get("n_params"):
+        ax.axvline(m["n_params"], color="C3", ls="--", lw=1, label="observed IsoFLOP minimum")
+    ax.set_xscale("log")
+    ax.set_xlabel("N (parameters)")
+    ax.set_ylabel(_unit(LOSS))
+    ax.set_title(f"Tested prediction at C = {test['budget']:.3g} FLOPs")
+    ax.legend(fontsize=7)
     return fig
 
 

@@ -16,9 +16,9 @@ alpha, beta):
               = the tied law with B = c 6^(-eta/2), fitted as the paper does: least squares
               on the loss itself (its `curve_fit`), not Huber on log loss.
 
-`select_form` fits every identifiable form on the smaller runs, scores each by its relative
-error on the largest runs (held out), and picks the one that extrapolates best: in-sample
-objectives always favour the most flexible form, which is exactly what fails out of sample.
+Choosing among the forms (cross-validation over compute) is analysis/selection.py's job;
+`refit_batch` here refits one form under many weight vectors at once (bootstrap resamples,
+CV folds), warm-started from a full fit, which is what makes that affordable.
 """
 
 from __future__ import annotations
@@ -28,17 +28,20 @@ import itertools
 import numpy as np
 from scipy.optimize import minimize
 
-from ._optim import batched_lbfgs
+from .._optim import batched_lbfgs, staged_lbfgs
+from ..result import FitResult
 from .chinchilla import (
     DEFAULT_DELTA,
     ChinchillaFit,
     _fg_batch,
     _validate_points,
     allocation_constants,
+    coarse_grid,
+    compute_optimal,
     predict_loss,
     theta_to_params,
 )
-from .result import FitResult
+from .identify import CONVERGED_RTOL, flat_message, flat_parameters, log_loss_jacobian, relative_drop
 
 FORMS = ("free", "tied", "fixed-e", "gadre")
 
@@ -63,10 +66,11 @@ def _fg_lsq(T, lN, lD, L, W=None):
 
 # ----------------------------------------------------------------------------- forms
 class _Form:
-    """A restriction of the five-parameter law: free parameters u <-> full theta."""
+    """A restriction of the five-parameter law: free parameters u <-> full theta
+    (log E, log A, log B, alpha, beta). `names`: what each free parameter is, for messages."""
 
     name = "free"
-    names: tuple[str, ...] = ("log E", "log A", "log B", "alpha", "beta")
+    names: tuple[str, ...] = ("E", "A", "B", "alpha", "beta")
 
     def expand(self, U):
         return U
@@ -74,13 +78,17 @@ class _Form:
     def reduce_grad(self, G):
         return G
 
-    def starts(self):
-        return ChinchillaFit()._starts()
+    def reduce(self, T):
+        """(K, 5) thetas -> (K, n) free parameters (the inverse of expand on its image)."""
+        return np.atleast_2d(T)
+
+    def starts(self, coarse: bool = False):
+        return coarse_grid() if coarse else ChinchillaFit()._starts()
 
 
 class _Tied(_Form):
     name = "tied"
-    names = ("log E", "log A", "log B", "exponent")
+    names = ("E", "A", "B", "alpha=beta")
 
     def expand(self, U):
         return np.column_stack([U, U[:, 3]])
@@ -88,16 +96,20 @@ class _Tied(_Form):
     def reduce_grad(self, G):
         return np.column_stack([G[:, :3], G[:, 3] + G[:, 4]])
 
-    def starts(self):
-        ex = np.arange(0.0, 2.0 + 1e-9, 0.5)
-        e = np.arange(-1.0, 1.0 + 1e-9, 0.5)
-        ab = np.arange(0.0, 25.0 + 1e-9, 5.0)
+    def reduce(self, T):
+        T = np.atleast_2d(T)
+        return np.column_stack([T[:, :3], 0.5 * (T[:, 3] + T[:, 4])])
+
+    def starts(self, coarse: bool = False):
+        ex = np.array([0.1, 0.4, 0.8, 1.5]) if coarse else np.arange(0.0, 2.0 + 1e-9, 0.5)
+        e = np.array([-1.0, -0.3, 0.3, 1.0]) if coarse else np.arange(-1.0, 1.0 + 1e-9, 0.5)
+        ab = np.array([0.0, 5.0, 12.0, 20.0]) if coarse else np.arange(0.0, 25.0 + 1e-9, 5.0)
         return np.array(list(itertools.product(e, ab, ab, ex)))
 
 
 class _FixedE(_Form):
     name = "fixed-e"
-    names = ("log A", "log B", "alpha", "beta")
+    names = ("A", "B", "alpha", "beta")
 
     def __init__(self, E: float):
         self.e = float(np.log(E))
@@ -108,9 +120,12 @@ class _FixedE(_Form):
     def reduce_grad(self, G):
         return G[:, 1:]
 
-    def starts(self):
-        ex = np.arange(0.0, 2.0 + 1e-9, 0.5)
-        ab = np.arange(0.0, 25.0 + 1e-9, 5.0)
+    def reduce(self, T):
+        return np.atleast_2d(T)[:, 1:]
+
+    def starts(self, coarse: bool = False):
+        ex = np.array([0.1, 0.4, 0.8, 1.5]) if coarse else np.arange(0.0, 2.0 + 1e-9, 0.5)
+        ab = np.array([0.0, 5.0, 12.0, 20.0]) if coarse else np.arange(0.0, 25.0 + 1e-9, 5.0)
         return np.array(list(itertools.product(ab, ab, ex, ex)))
 
 
@@ -140,6 +155,24 @@ def n_free_params(form: str) -> int:
     return 5 if form == "free" else 4
 
 
+def form_objective(form: _Form, lN, lD, lL, delta: float, W=None):
+    """fg(U, rows) over the form's free parameters: Huber on log loss, or least squares on the
+    loss for gadre (the paper's curve_fit). W: None, (P,) or (rows, P) weights; `rows` index
+    the rows of a 2-D W."""
+    per_row = W is not None and np.ndim(W) == 2
+    L = np.exp(lL)
+
+    def base(T, rows):
+        w = W[rows] if per_row else W
+        return _fg_lsq(T, lN, lD, L, w) if form.name == "gadre" else _fg_batch(T, lN, lD, lL, delta, w)
+
+    def fg(U, rows=None):
+        F, G = base(form.expand(U), np.arange(U.shape[0]) if rows is None else rows)
+        return F, form.reduce_grad(G)
+
+    return fg
+
+
 # ----------------------------------------------------------------------------- estimator
 class FormFit:
     """Approach 3 under one law form (scikit-learn style, `result_` is a FitResult).
@@ -147,8 +180,10 @@ class FormFit:
     >>> FormFit("tied").fit(N, D, loss).predict(7e9, 1.4e11)
     >>> FormFit("fixed-e", fixed_E=1.75).fit(N, D, loss).result_.params
 
-    Fitted: params_ (E, A, B, alpha, beta; for gadre also a, c, eta of the paper's form),
-    objective_, converged_, success_, message_, result_.
+    grid: "full" (Hoffmann's 4500 starts for free, 900 for the others) or "coarse" (1024 /
+    256 starts, for many small fits). Fitted: params_ (E, A, B, alpha, beta; for gadre also
+    a, c, eta of the paper's form), theta_, objective_, converged_, identifiable_, success_,
+    message_, result_.
     """
 
     def __init__(
@@ -159,26 +194,14 @@ class FormFit:
         delta: float = DEFAULT_DELTA,
         n_polish: int = 4,
         maxiter: int = 300,
+        grid: str = "full",
     ):
         self.form = form
         self.fixed_E = fixed_E
         self.delta = delta
         self.n_polish = n_polish
         self.maxiter = maxiter
-
-    def _fg(self, lN, lD, lL, W):
-        f = make_form(self.form, self.fixed_E)
-        if self.form == "gadre":
-            L = np.exp(lL)
-            base = lambda T: _fg_lsq(T, lN, lD, L, W)  # noqa: E731
-        else:
-            base = lambda T: _fg_batch(T, lN, lD, lL, self.delta, W)  # noqa: E731
-
-        def fg(U, rows=None):
-            F, G = base(f.expand(U))
-            return F, f.reduce_grad(G)
-
-        return f, fg
+        self.grid = grid
 
     def fit(self, N, D, loss, *, sample_weight=None):
         if self.form == "free":
@@ -187,8 +210,17 @@ class FormFit:
         if problem is not None:
             return self._fail("unidentifiable: " + problem, N.size)
         W = None if sample_weight is None else np.asarray(sample_weight, float)
-        form, fg = self._fg(np.log(N), np.log(D), np.log(L), W)
-        br = batched_lbfgs(fg, form.starts(), maxiter=self.maxiter, gtol=1e-12, ftol=1e-12)
+        form = make_form(self.form, self.fixed_E)
+        lN, lD, lL = np.log(N), np.log(D), np.log(L)
+        fg = form_objective(form, lN, lD, lL, self.delta, W)
+
+        def make_fg(idx):  # the objective over the points idx (None: all); see staged_lbfgs
+            if idx is None:
+                return fg
+            return form_objective(form, lN[idx], lD[idx], lL[idx], self.delta, None if W is None else W[idx])
+
+        starts = form.starts(self.grid == "coarse")
+        br = staged_lbfgs(make_fg, starts, N.size, maxiter=self.maxiter, gtol=1e-12, ftol=1e-12, keep=60)
         order = np.argsort(np.where(np.isfinite(br.fun), br.fun, np.inf))
         best = None
         for i in order[: self.n_polish]:
@@ -199,14 +231,15 @@ class FormFit:
                 best = res
         if best is None:
             return self._fail("no start reached a finite objective", N.size)
-        # floor for (near) noise-free data: residuals of 1e-9 count as exact
-        floor = 1e-8 * N.size * float(max(np.log(N).max(), np.log(D).max())) * max(1.0, float(L.max()))
-        return self._set(form, fg, best, N.size, floor)
+        return self._set(form, fg, np.asarray(best.x, float), N, D, L, W)
 
     def _fit_free(self, N, D, loss, W):
-        fit = ChinchillaFit(delta=self.delta).fit(N, D, loss, sample_weight=W)
+        grid = "coarse" if self.grid == "coarse" else "hoffmann"
+        fit = ChinchillaFit(delta=self.delta, grid=grid).fit(N, D, loss, sample_weight=W)
         self.params_ = dict(fit.params_)
+        self.theta_ = np.asarray(fit.theta_, float)
         self.objective_, self.converged_, self.success_ = fit.objective_, fit.converged_, fit.success_
+        self.identifiable_ = fit.identifiable_
         self.message_ = fit.message_
         self.result_ = _result(
             self.form,
@@ -220,36 +253,55 @@ class FormFit:
         )
         return self
 
-    def _set(self, form, fg, res, n_points, gfloor):
-        theta = form.expand(res.x[None, :])[0]
-        f1, g1 = fg(res.x[None, :])
-        again = _polish(fg, res.x)  # convergence: a second polish must not improve
-        gscale = max(abs(float(f1[0])), gfloor)
-        grad = float(np.max(np.abs(g1[0]))) / gscale
-        drop = (float(f1[0]) - min(float(again.fun), float(f1[0]))) / max(abs(float(f1[0])), 1e-300)
-        self.converged_ = bool(grad < 1e-3 and drop < 1e-6)
+    def _set(self, form, fg, x, N, D, L, W):
+        f1 = float(fg(x[None, :])[0][0])
+        floor = 1e-18 * N.size * max(1.0, float(L.max()) ** 2)
+        drop = np.inf
+        for _ in range(3):  # converged: a tight polish no longer lowers the objective (relative)
+            again = _polish(fg, x)
+            drop = relative_drop(f1, float(again.fun), floor)
+            if again.fun < f1:
+                x, f1 = np.asarray(again.x, float), float(again.fun)
+            if drop < CONVERGED_RTOL:
+                break
+        theta = form.expand(x[None, :])[0]
+        self.theta_ = theta
+        self.converged_ = bool(drop < CONVERGED_RTOL)
         self.params_ = theta_to_params(theta)
         if self.form == "gadre":
             eta = self.params_["alpha"]
             self.params_.update(a=self.params_["A"], c=self.params_["B"] * 6.0 ** (eta / 2), eta=eta)
-        self.objective_ = float(f1[0])
-        ok_exp = self.params_["alpha"] > 0 and self.params_["beta"] > 0
-        self.success_ = bool(np.all(np.isfinite(theta)) and ok_exp)
-        msg = (
-            f"{'converged' if self.converged_ else 'NOT converged'}: relative gradient "
-            f"{grad:.2e}, a second polish lowers the objective by {drop:.1e} (relative)"
+        self.objective_ = f1
+        flat = flat_parameters(form.reduce_grad(log_loss_jacobian(theta, N, D)), form.names, weights=W)
+        self.identifiable_ = not flat
+        problems = [flat_message(flat, N.size)] if flat else []
+        if not (self.params_["alpha"] > 0 and self.params_["beta"] > 0):
+            problems.append(
+                f"non-positive exponent (alpha={self.params_['alpha']:.3g}, beta={self.params_['beta']:.3g})"
+            )
+        self.success_ = bool(np.all(np.isfinite(theta))) and not problems
+        conv = (
+            f"{'converged' if self.converged_ else 'NOT converged'}: a tight polish lowers the "
+            f"objective by {drop:.1e} (relative{', < 1e-09' if self.converged_ else ''})"
         )
-        if not ok_exp:
-            msg += f"; non-positive exponent (alpha={self.params_['alpha']:.3g}, beta={self.params_['beta']:.3g})"
-        self.message_ = msg
+        self.message_ = "; ".join(problems + [conv])
         self.result_ = _result(
-            self.form, self.params_, self.objective_, self.success_, self.converged_, True, msg, n_points
+            self.form,
+            self.params_,
+            self.objective_,
+            self.success_,
+            self.converged_,
+            self.identifiable_,
+            self.message_,
+            N.size,
         )
         return self
 
     def _fail(self, message, n):
         self.params_ = dict.fromkeys(("E", "A", "B", "alpha", "beta"), np.nan)
+        self.theta_ = np.full(5, np.nan)
         self.objective_, self.converged_, self.success_, self.message_ = np.nan, False, False, message
+        self.identifiable_ = False
         self.result_ = FitResult.failure("chinchilla", message, n, ("E", "A", "B", "alpha", "beta")).with_(
             extra={"form": self.form}
         )
@@ -259,6 +311,13 @@ class FormFit:
         if not hasattr(self, "params_"):
             raise AttributeError("FormFit is not fitted: call fit(N, D, loss) first")
         return predict_loss(self.params_, N, D)
+
+    def compute_optimal(self, flops):
+        """Hoffmann's allocation (C = 6 N D) under this form's law: flops, n_params, tokens,
+        tokens_per_param, loss per budget."""
+        if not hasattr(self, "params_"):
+            raise AttributeError("FormFit is not fitted: call fit(N, D, loss) first")
+        return compute_optimal({k: self.params_[k] for k in ("E", "A", "B", "alpha", "beta")}, flops)
 
     def predict_compute(self, flops, tokens_per_param):
         """Gadre et al.'s view: loss at compute C for a family trained at M = D/N (C = 6 N D)."""
@@ -305,6 +364,68 @@ def fit_form(form, N, D, loss, *, fixed_E=None) -> FormFit:
     return FormFit(form, fixed_E=fixed_E).fit(N, D, loss)
 
 
+# ----------------------------------------------------------------------------- batched refits
+def warm_starts(form: _Form, theta0, lN, lD, n: int = 5, step: float = 0.05) -> np.ndarray:
+    """A fit's optimum and up to four points around it in (alpha, beta), with log A and log B
+    moved so the curve still passes near the data: (n, k) rows of the form's free parameters."""
+    rows = [np.asarray(theta0, float)]
+    for dal, dbe in ((step, step), (-step, -step), (step, -step), (-step, step))[: n - 1]:
+        t = rows[0].copy()
+        t[3] += dal
+        t[4] += dbe
+        t[1] += dal * float(np.mean(lN))
+        t[2] += dbe * float(np.mean(lD))
+        rows.append(t)
+    return form.reduce(np.array(rows))
+
+
+def refit_batch(
+    form: str,
+    N,
+    D,
+    loss,
+    W,
+    theta0,
+    *,
+    fixed_E: float | None = None,
+    delta: float = DEFAULT_DELTA,
+    maxiter: int = 200,
+    n_warm: int = 5,
+    grid_starts: np.ndarray | None = None,
+    keep: int = 4,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Refit `form` under R weight vectors at once (bootstrap resamples, CV folds, both).
+
+    W: (R, P) point weights (0 leaves a point out); theta0: (5,) or (R, 5) optima to start
+    from, each with n_warm - 1 points around it, theta = (log E, log A, log B, alpha, beta).
+    grid_starts: a start grid (rows of free parameters) also tried for every weight vector:
+    10 iterations from each, then the `keep` best continue with the warm starts. One batched
+    L-BFGS over all rows, each with its own weights. Returns (R, 5) thetas and (R,)
+    objectives (inf where no start reached a finite one).
+    """
+    f = make_form(form, fixed_E)
+    N, D, L = (np.asarray(v, float) for v in (N, D, loss))
+    lN, lD, lL = np.log(N), np.log(D), np.log(L)
+    W = np.atleast_2d(np.asarray(W, float))
+    R = W.shape[0]
+    T0 = np.broadcast_to(np.asarray(theta0, float), (R, 5))
+    starts = np.stack([warm_starts(f, t, lN, lD, n_warm) for t in T0])  # (R, n_warm, k)
+    if grid_starts is not None and len(grid_starts):
+        S = len(grid_starts)
+        fg = form_objective(f, lN, lD, lL, delta, np.repeat(W, S, axis=0))
+        b1 = batched_lbfgs(fg, np.tile(grid_starts, (R, 1)), maxiter=10, gtol=1e-12, ftol=1e-14)
+        F1 = np.where(np.isfinite(b1.fun), b1.fun, np.inf).reshape(R, S)
+        best = np.argsort(F1, axis=1, kind="stable")[:, :keep]
+        starts = np.concatenate([starts, b1.x.reshape(R, S, -1)[np.arange(R)[:, None], best]], axis=1)
+    M = starts.shape[1]
+    fg = form_objective(f, lN, lD, lL, delta, np.repeat(W, M, axis=0))
+    br = batched_lbfgs(fg, starts.reshape(R * M, -1), maxiter=maxiter, gtol=1e-12, ftol=1e-14)
+    F = np.where(np.isfinite(br.fun), br.fun, np.inf).reshape(R, M)
+    best = np.argmin(F, axis=1)
+    U = br.x.reshape(R, M, -1)[np.arange(R), best]
+    return f.expand(U), F[np.arange(R), best]
+
+
 # ----------------------------------------------------------------------------- held-out checks
 def holdout_errors(fit: FormFit, N, D, loss, flops, threshold: float) -> dict:
     """Relative errors (L^ - L)/L of a fit on the points with flops > threshold.
@@ -338,125 +459,3 @@ def fit_with_holdout(form, N, D, loss, flops, threshold, *, fixed_E=None):
     lo = C <= threshold
     fit = FormFit(form, fixed_E=fixed_E).fit(N[lo], D[lo], L[lo])
     return fit, holdout_errors(fit, N, D, L, C, threshold)
-
-
-def largest_sizes_threshold(n_params, frac: float = 0.2, min_train_sizes: int = 2) -> float | None:
-    """A model-size threshold holding out the largest sizes (at least one, about `frac` of
-    the runs), keeping at least `min_train_sizes` sizes to fit on; None if impossible."""
-    N = np.asarray(n_params, float)
-    sizes = np.unique(N)
-    if sizes.size <= min_train_sizes:
-        return None
-    for k in range(1, sizes.size - min_train_sizes + 1):
-        thr = float(np.sqrt(sizes[-k] * sizes[-k - 1]))
-        if (N > thr).mean() >= frac or k == sizes.size - min_train_sizes:
-            return thr
-    return None
-
-
-def select_form(
-    N, D, loss, flops=None, *, holdout_flops=None, fixed_E=None, forms=FORMS, tolerance: float = 0.1
-) -> dict:
-    """Choose the law form that extrapolates best to the largest runs.
-
-    Every identifiable form is fitted without the largest runs and scored by its mean absolute
-    relative error on them. "Largest" means the largest model sizes (about 20% of the runs),
-    since the question a law answers is usually a bigger model; with `holdout_flops` it means
-    the runs above that compute instead. The simplest form whose held-out error is within
-    `tolerance` (relative) of the best wins (a more flexible form must earn its parameters
-    out of sample), and is refitted on all runs.
-
-    Returns {"chosen", "reason", "holdout": {"by", "threshold"}, "table": [{"form",
-    "n_params", "success", "objective", "message", "n_train", "n_test", "errors",
-    "mean_abs_rel_error", "max_abs_rel_error"}], "fit": FormFit on all runs (or None)}.
-    """
-    N, D, L = (np.asarray(v, float) for v in (N, D, loss))
-    C = 6.0 * N * D if flops is None else np.asarray(flops, float)
-    by, var = ("flops", C) if holdout_flops is not None else ("n_params", N)
-    thr = float(holdout_flops) if holdout_flops is not None else largest_sizes_threshold(N)
-    if thr is None:
-        return {
-            "chosen": None,
-            "reason": "fewer than three model sizes: none can be held out",
-            "table": [],
-            "holdout": None,
-            "fit": None,
-        }
-    rows = []
-    for form in forms:
-        if form == "fixed-e" and fixed_E is None:
-            continue
-        fit, ho = fit_with_holdout(form, N, D, L, var, thr, fixed_E=fixed_E)
-        ho.pop("flops")
-        rows.append(
-            {
-                "form": form,
-                "n_params": n_free_params(form),
-                "success": fit.success_,
-                "objective": fit.objective_,
-                "message": fit.message_,
-                **ho,
-            }
-        )
-    ok = [r for r in rows if r["success"] and np.isfinite(r["mean_abs_rel_error"])]
-    out = {"holdout": {"by": by, "threshold": thr}, "table": rows}
-    if not ok:
-        return {
-            **out,
-            "chosen": None,
-            "fit": None,
-            "reason": "no form could be fitted without the largest runs: "
-            + "; ".join(f"{r['form']}: {r['message']}" for r in rows),
-        }
-    best_err = min(r["mean_abs_rel_error"] for r in ok)
-    near = [r for r in ok if r["mean_abs_rel_error"] <= best_err * (1 + tolerance)]
-    best = min(near, key=lambda r: (r["n_params"], r["mean_abs_rel_error"]))
-    return {
-        **out,
-        "chosen": best["form"],
-        "reason": _reason(best, rows, by, thr, best_err),
-        "fit": FormFit(best["form"], fixed_E=fixed_E).fit(N, D, L),
-    }
-
-
-def _reason(best, rows, by, thr, best_err):
-    what = f"N > {thr:.3g}" if by == "n_params" else f"C > {thr:.3g}"
-    others = ", ".join(
-        f"{r['form']} {r['mean_abs_rel_error']:.2%}" if r["success"] else f"{r['form']} not identifiable"
-        for r in rows
-        if r is not best
-    )
-    txt = (
-        f"{best['form']} extrapolates best: mean |relative error| {best['mean_abs_rel_error']:.2%} "
-        f"(max {best['max_abs_rel_error']:.2%}) on the {best['n_test']} largest runs "
-        f"({what}) when fitted on the {best['n_train']} below; others: {others or 'none'}"
-    )
-    if best["mean_abs_rel_error"] > best_err:
-        txt += "; preferred for having fewer parameters at an error within 10% of the best"
-    same = [r for r in rows if r["success"] and r["form"] != "gadre" and best["form"] != "gadre"]
-    insample = min(same, key=lambda r: r["objective"]) if same else None
-    if insample is not None and insample is not best:
-        txt += f". The in-sample objective alone would have chosen {insample['form']}"
-    return txt + "."
-
-
-def form_selection_section(points, *, fixed_E=None, holdout_flops=None) -> dict | None:
-    """Report section {"title", "markdown", "figures"} for form selection (None: too few runs)."""
-    fixed_E = fixed_E if fixed_E is not None else getattr(points, "true_entropy", None)
-    sel = select_form(points.N, points.D, points.loss, points.C, holdout_flops=holdout_flops, fixed_E=fixed_E)
-    if sel["chosen"] is None and not sel["table"]:
-        return None
-    lines = ["| form | free parameters | held-out mean abs. rel. error | max |", "|---|---|---|---|"]
-    for r in sel["table"]:
-        m = (
-            f"{r['mean_abs_rel_error']:.2%} | {r['max_abs_rel_error']:.2%}"
-            if r["success"] and np.isfinite(r["mean_abs_rel_error"])
-            else "failed | " + r["message"][:60]
-        )
-        lines.append(f"| {r['form']} | {r['n_params']} | {m} |")
-    md = (
-        f"**Chosen form: {sel['chosen'] or 'none'}.** {sel['reason']}\n\n"
-        + "\n".join(lines)
-        + "\n\nForms are scored by extrapolation to the largest runs, not by in-sample fit."
-    )
-    return {"title": "Law form selection", "markdown": md, "figures": {}}

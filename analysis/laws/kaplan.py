@@ -15,8 +15,8 @@ import pandas as pd
 from scipy.optimize import minimize
 from scipy.special import huber
 
-from ._optim import batched_lbfgs
-from .result import FitResult, estimator_result
+from .._optim import batched_lbfgs
+from ..result import FitResult, estimator_result
 
 DEFAULT_DELTA = 1e-3
 

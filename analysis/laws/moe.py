@@ -30,9 +30,9 @@ import pandas as pd
 from scipy.optimize import minimize
 from scipy.special import huber
 
+from ..groups import is_dense
+from ..result import FitResult, estimator_result
 from .chinchilla import ChinchillaFit
-from .groups import is_dense
-from .result import FitResult, estimator_result
 
 CONFIG_COLS = ("experts", "top_k", "granularity")
 

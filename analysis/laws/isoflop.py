@@ -7,10 +7,11 @@ then regressed on log C: N_opt = k_N C^a, D_opt = k_D C^b. On data that is exact
 log N the exponent is exact; on a Chinchilla law it is accurate when the samples bracket the
 minimum closely (the parabola is a local approximation).
 
-Approach 1: on a common log-FLOP grid, each training curve's loss is interpolated (in log FLOPs,
-within the curve's range) and the lowest loss across runs at each FLOP count is the envelope;
-the N of the winning run at each grid point gives N_opt(C). Intermediate points of a cosine run
-are biased upward (SCALING.md), so the envelope is only as good as the schedule allows.
+Approach 1: the lower envelope of loss over FLOPs; the N of the run on the envelope at each C
+gives N_opt(C). From each run's final point (valid for any schedule) the envelope is the
+compute frontier; from training curves (valid only for WSD cooldowns or a constant learning
+rate: intermediate points of a cosine run are biased upward, SCALING.md) it is the lower
+envelope of the interpolated curves.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .kaplan import PowerLawFit
-from .result import FitResult, estimator_result
+from ..result import FitResult, estimator_result
+from .kaplan import PowerLawFit, lower_envelope
 
 
 def _powerlaw_ls(C, Y):
@@ -212,11 +213,17 @@ def isoflop_fit(frame: pd.DataFrame, **kw) -> IsoFLOPFit:
 
 
 class EnvelopeFit(_AllocationFit):
-    """Approach 1 estimator. fit(curves) with columns run_id, n_params, flops, loss (one row per
-    logged evaluation; final points alone also work, giving the frontier).
+    """Approach 1 estimator. fit(points) with columns n_params, flops, loss (and run_id, tokens).
 
-    Fitted: envelope_ (flops, loss, n_params, tokens of the winning run per grid point),
-    a_, b_, k_n_, k_d_, n_points_ (runs), success_, message_, result_ (FitResult).
+    Final points (one row per run, the default input): the compute frontier, the runs no
+    cheaper run beats, is the envelope; it is valid for any schedule, since a run's final loss
+    is the loss of a run of that length. Curves (several rows per run): the lower envelope of
+    the interpolated curves on a log-FLOP grid, as Chinchilla did with many schedules; pass
+    curves only when intermediate points are valid (WSD cooldowns, constant learning rate):
+    intermediate points of a cosine run lie above the loss a run of that length reaches.
+
+    Fitted: envelope_ (flops, loss, n_params, tokens), a_, b_, k_n_, k_d_, n_points_ (runs),
+    success_, message_, result_ (FitResult).
     """
 
     law = "envelope"
@@ -232,6 +239,35 @@ class EnvelopeFit(_AllocationFit):
         nan = float("nan")
         self.a_ = self.b_ = self.k_n_ = self.k_d_ = nan
         self.n_points_ = int(cur["run_id"].nunique())
+        final = cur.groupby("run_id").size().max() <= 1 if len(cur) else True
+        env = self._frontier(cur) if final else self._envelope(cur)
+        if "tokens" not in env or env["tokens"].isna().any():
+            env["tokens"] = env["flops"] / (6 * env["n_params"])
+        self.envelope_ = env
+        what = "frontier of the runs' final points" if final else "envelope of the training curves"
+        if env["n_params"].nunique() < self.min_distinct_n:
+            self.success_ = False
+            self.message_ = (
+                f"unidentifiable: the {what} visits {env['n_params'].nunique()} model size(s); "
+                f"need >= {self.min_distinct_n}"
+            )
+            return self
+        self.k_n_, self.a_, _ = _powerlaw_ls(env["flops"], env["n_params"])
+        self.k_d_, self.b_, _ = _powerlaw_ls(env["flops"], env["tokens"])
+        self.success_ = True
+        self.message_ = (
+            f"{what} over {cur['run_id'].nunique()} runs visits {env['n_params'].nunique()} sizes; "
+            f"N_opt ~ C^{self.a_:.4f}"
+        )
+        return self
+
+    @staticmethod
+    def _frontier(cur: pd.DataFrame) -> pd.DataFrame:
+        m = lower_envelope(cur["flops"], cur["loss"])
+        cols = [c for c in ("flops", "loss", "n_params", "tokens") if c in cur.columns]
+        return cur[m].sort_values("flops")[cols].reset_index(drop=True)
+
+    def _envelope(self, cur: pd.DataFrame) -> pd.DataFrame:
         lo, hi = np.log(cur["flops"].min()), np.log(cur["flops"].max())
         grid = np.linspace(lo, hi, self.n_grid)
         best_L = np.full(grid.size, np.inf)
@@ -251,24 +287,7 @@ class EnvelopeFit(_AllocationFit):
             best_L[idx] = val[better]
             best_N[idx] = g["n_params"].iloc[0]
         m = np.isfinite(best_L)
-        env = pd.DataFrame({"flops": np.exp(grid[m]), "loss": best_L[m], "n_params": best_N[m]})
-        env["tokens"] = env["flops"] / (6 * env["n_params"])
-        self.envelope_ = env
-        if env["n_params"].nunique() < self.min_distinct_n:
-            self.success_ = False
-            self.message_ = (
-                f"unidentifiable: the envelope visits {env['n_params'].nunique()} model "
-                f"size(s); need >= {self.min_distinct_n}"
-            )
-            return self
-        self.k_n_, self.a_, _ = _powerlaw_ls(env["flops"], env["n_params"])
-        self.k_d_, self.b_, _ = _powerlaw_ls(env["flops"], env["tokens"])
-        self.success_ = True
-        self.message_ = (
-            f"envelope over {cur['run_id'].nunique()} runs visits "
-            f"{env['n_params'].nunique()} sizes; N_opt ~ C^{self.a_:.4f}"
-        )
-        return self
+        return pd.DataFrame({"flops": np.exp(grid[m]), "loss": best_L[m], "n_params": best_N[m]})
 
 
 def envelope_fit(curves: pd.DataFrame, **kw) -> EnvelopeFit:
