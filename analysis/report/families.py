@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ..families import FamilyComparison, family_frame, nickname, optimal_loss  # noqa: E402
+from ..families import FamilyComparison, compare_families, family_frame, nickname, optimal_loss  # noqa: E402
 
 
 def _f(v, p: int = 3) -> str:
@@ -170,3 +170,10 @@ def section(frame: pd.DataFrame, comps: list[FamilyComparison]) -> dict:
         "markdown": "\n".join(lines),
         "figures": {"families_reducible_loss.png": _figure(frame, comps)},
     }
+
+
+def families_section(frame: pd.DataFrame, *, n_boot: int = 100, seed: int = 0) -> dict | None:
+    """The section for a points frame (`analysis.load_mlflow(...).frame`), fitted here; None
+    when the frame holds one family/objective. The report fits once, in its context."""
+    comps = compare_families(frame, n_boot=n_boot, seed=seed)
+    return section(frame, comps) if comps else None

@@ -12,10 +12,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
-from orchestrator.config import load_study
-from orchestrator.grid import expand
-from orchestrator.ledger import Ledger
-from orchestrator.suggest import _only_runs, run_from_dict
+from orchestrator.study.config import load_study
+from orchestrator.study.grid import expand
+from orchestrator.store.ledger import Ledger
+from orchestrator.study.suggest import _only_runs, run_from_dict
 
 STUDY = """\
 study: {name}
@@ -61,7 +61,7 @@ def test_verify_trains_tags_resumes_and_judges(study, store, ray_session, capsys
         assert main(["verify", study, *argv]) == 2
         assert flag in capsys.readouterr().err
 
-    import orchestrator.scheduler as sched
+    import orchestrator.run.scheduler as sched
 
     real = sched.run_study
 
@@ -80,7 +80,7 @@ def test_verify_trains_tags_resumes_and_judges(study, store, ray_session, capsys
     res = json.loads(capsys.readouterr().out)
     assert {"budget", "predicted", "observed", "isoflop_min", "held", "reason"} <= set(res)
     assert ("did not hold" in res["reason"]) != res["held"]
-    from orchestrator.verify import VerifyOutcome, print_verify
+    from orchestrator.run.verify import VerifyOutcome, print_verify
 
     print_verify(VerifyOutcome(0, res), as_json=False)
     assert ("prediction HELD" if res["held"] else "prediction DID NOT HOLD") in capsys.readouterr().out
