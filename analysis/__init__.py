@@ -12,7 +12,8 @@ Layout (fit first, render after):
     report/       everything that renders: sections, figures, documents, fit's text output
     cli.py        `scalelab fit` / `scalelab report`
 
-Never imports ray, torch, trainer or orchestrator. Modules that moved into laws/ and report/
+Never imports ray, torch or orchestrator; from trainer only the MLflow contract
+(trainer/mlflow_contract.py: names, standard library only). Modules that moved into laws/ and report/
 stay importable under their old names (analysis.chinchilla, analysis.report_sections, ...).
 """
 

@@ -68,7 +68,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
     from .study.memory import check_memory
 
     check_memory(cfg, planned, None if os.environ.get("RAY_ADDRESS") else available_memory_bytes())
-    check_epochs(cfg, planned)
+    check_epochs(cfg.data, planned)
     rows = _read_study(_settings(a), cfg).rows
     rate, how = plan_rate(cfg, rows)
     slots, slots_why = plan_slots(cfg, a.max_concurrent)

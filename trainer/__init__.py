@@ -22,7 +22,8 @@ from .spec import DataSpec, ModelSpec, RecipeSpec, RunError, RunResult, RunSpec,
 
 if TYPE_CHECKING:  # for type checkers only: at run time these load lazily (torch)
     from .data import true_entropy
-    from .model import GPT, build_model
+    from .encdec import build_model
+    from .model import GPT
     from .recovery import checkpoint_info
     from .train import train
 
@@ -57,7 +58,7 @@ _LAZY = {
     "checkpoint_info": ("recovery", "checkpoint_info"),
     "true_entropy": ("data", "true_entropy"),
     "GPT": ("model", "GPT"),
-    "build_model": ("model", "build_model"),
+    "build_model": ("encdec", "build_model"),
 }
 
 

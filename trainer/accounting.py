@@ -110,7 +110,7 @@ def _ffn_params(m: ModelSpec) -> tuple[int, int]:
 
 
 def count_params(model: ModelSpec) -> ParamCounts:
-    """Exact parameter counts of the model `trainer.model.build_model(model)` builds."""
+    """Exact parameter counts of the model `trainer.encdec.build_model(model)` builds."""
     if model.family == "encdec":
         return _count_encdec(model)
     d, V, T, L = model.d_model, model.vocab_size, model.seq_len, model.n_layer

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .model import Block, cross_entropy, embed, moe_aux
+from .model import GPT, Block, cross_entropy, embed, moe_aux
 from .spec import ModelSpec
 
 
@@ -70,3 +70,8 @@ class EncoderDecoder(nn.Module):
         logits = self.head(h) if self.head is not None else F.linear(h, self.wte.weight)
         stats_moe = [s for s in moe_stats if s is not None]
         return logits, cross_entropy(logits, targets), moe_aux(stats_moe, m)
+
+
+def build_model(m: ModelSpec) -> nn.Module:
+    """The network a spec describes: a GPT (decoder family) or a T5-style encoder-decoder."""
+    return EncoderDecoder(m) if m.family == "encdec" else GPT(m)

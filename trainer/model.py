@@ -12,7 +12,7 @@ logit: a tied head uses the first vocab_size rows) | prefix (prefix LM: `forward
 makes the first prefix[b] positions attend to each other both ways, the rest causally).
 The blocks take a causal flag and (cross=True) cross-attention to an encoder's output, so
 `trainer/encdec.py` builds the T5-style encoder-decoder (family encdec) from them;
-`build_model(spec)` picks the network. The network only: no I/O, no logging.
+`trainer.encdec.build_model(spec)` picks the network. The network only: no I/O, no logging.
 `trainer/accounting.py` counts exactly these parameters.
 
 MoE: token-choice top-k routing with a softmax router computed in fp32 (the top-k weights are
@@ -333,15 +333,6 @@ def moe_aux(moe_stats: list[dict[str, torch.Tensor]], m: ModelSpec) -> dict[str,
         aux["reg"] = m.aux_loss_coef * aux["aux"] + m.z_loss_coef * aux["z"]
         aux["counts"] = torch.stack([s["counts"] for s in moe_stats])
     return aux
-
-
-def build_model(m: ModelSpec) -> nn.Module:
-    """The network a spec describes: a GPT (decoder family) or a T5-style encoder-decoder."""
-    if m.family == "encdec":
-        from .encdec import EncoderDecoder
-
-        return EncoderDecoder(m)
-    return GPT(m)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -31,10 +31,11 @@ import torch
 from . import checkpoint as ckpt
 from .accounting import count_params, flops_per_token
 from .data import make_source
+from .encdec import build_model
 from .evaluation import Evaluator
 from .meter import Meter
 from .mlflow_contract import DEVICE, RESUMED_FROM_TOKENS
-from .model import build_model, param_groups
+from .model import param_groups
 from .objectives import mlm_corrupt, mlm_train_rng
 from .recovery import CKPT_NAME, Recovery, checkpoint_info
 from .schedule import lr_at

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from trainer import mlflow_contract as mc
+
 from .points import CANONICAL, METRIC_UNITS, NUMERIC_PARAMS, InputError, Points
 
 log = logging.getLogger(__name__)
@@ -74,7 +76,7 @@ def _sql_point_runs(tracking_uri: str, experiment_id: str):
             runs = q(
                 "SELECT r.run_uuid, r.status "
                 + base.format(t="tags")
-                + " AND x.key = 'scalelab.role' AND x.value = 'point'"
+                + f" AND x.key = '{mc.ROLE}' AND x.value = '{mc.ROLE_POINT}'"
             )
             kv = {
                 t: q(
@@ -106,7 +108,7 @@ def _point_runs(client, tracking_uri, experiment_id):
             return _sql_point_runs(uri, experiment_id)
         except Exception as e:  # noqa: BLE001 - schema drift or driver trouble: the API below works
             log.debug("direct SQL read of the store failed (%s); using the MLflow API", type(e).__name__)
-    runs = search_all_runs(client, experiment_id, "tags.`scalelab.role` = 'point'")
+    runs = search_all_runs(client, experiment_id, mc.POINT_FILTER)
     return [(r.info.run_id, r.info.status, r.data.params, r.data.tags, r.data.metrics) for r in runs]
 
 
@@ -116,9 +118,9 @@ def _verify_run_keys(client, experiment_id: str) -> dict[str, float]:
     import json
 
     out: dict[str, float] = {}
-    for parent in search_all_runs(client, experiment_id, "tags.`scalelab.role` = 'parent'"):
+    for parent in search_all_runs(client, experiment_id, mc.PARENT_FILTER):
         for k, v in parent.data.tags.items():
-            if k.startswith("scalelab.verify."):
+            if k.startswith(mc.VERIFY_PLAN):
                 try:
                     plan = json.loads(v)
                     out.update(dict.fromkeys(plan.get("run_keys", []), float(plan["budget"])))
@@ -134,6 +136,55 @@ def _num(v):
         return v
 
 
+def _point_row(run, loss_metric: str, verify_keys: dict[str, float]) -> dict[str, Any]:
+    """One point run as a row: numeric params, the loss, its outcome and provenance tags."""
+    run_id, status, params, tags, metrics = run
+    outcome = tags.get(mc.OUTCOME)
+    if outcome is None:
+        outcome = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "killed"}.get(status, "unfinished")
+    if status in ("RUNNING", "SCHEDULED") and outcome == "finished":
+        outcome = "unfinished"
+    row = {k: (_num(v) if k in NUMERIC_PARAMS else v) for k, v in params.items()}
+    row["loss"] = metrics.get(loss_metric, np.nan)
+    row.update({k: v for k, v in metrics.items() if k.startswith("val_loss_len")})
+    row["run_id"] = run_id
+    row["outcome"] = outcome
+    row["run_key"] = tags.get(mc.RUN_KEY, row.get("run_key"))
+    if mc.ROUND in tags:  # adaptive points (scalelab run --adaptive)
+        row["round"] = _num(tags[mc.ROUND])
+    if mc.ORIGIN in tags:  # adaptive | verify (scalelab verify: tests, never fitted)
+        row["origin"] = tags[mc.ORIGIN]
+    if mc.VERIFY_BUDGET in tags:
+        row["verify_budget"] = _num(tags[mc.VERIFY_BUDGET])
+    if row["run_key"] in verify_keys and "origin" not in row:  # finished before it was tagged
+        row["origin"], row["verify_budget"] = mc.ORIGIN_VERIFY, verify_keys[row["run_key"]]
+    if tags.get("mlflow.runName"):
+        row["run_name"] = tags["mlflow.runName"]
+    return row
+
+
+def _points_frame(rows: list[dict[str, Any]], excluded: dict[str, int]) -> tuple[pd.DataFrame, float | None]:
+    """The rows as a canonical frame (C = 6ND where no flops was logged; rows with a missing or
+    invalid N, D, C or loss dropped and counted) and the study's true entropy, if one."""
+    df = pd.DataFrame(rows)
+    for col in ("n_params", "tokens", "flops"):
+        if col not in df.columns:
+            df[col] = np.nan
+    if df["flops"].isna().any():
+        df["flops"] = df["flops"].fillna(6.0 * df["n_params"] * df["tokens"])
+    vals = df[["n_params", "tokens", "flops", "loss"]].to_numpy(float)
+    bad = ~np.isfinite(vals).all(axis=1) | (vals <= 0).any(axis=1)
+    if bad.any():
+        excluded["missing/invalid n_params, tokens or loss"] = int(bad.sum())
+        df = df[~bad].reset_index(drop=True)
+    te = None
+    if "true_entropy" in df.columns:
+        v = pd.to_numeric(df["true_entropy"], errors="coerce").dropna().unique()
+        if v.size == 1:
+            te = float(v[0])
+    return df[list(CANONICAL) + [c for c in df.columns if c not in CANONICAL]], te
+
+
 def load_mlflow(
     experiment: str,
     tracking_uri: str | None = None,
@@ -144,9 +195,10 @@ def load_mlflow(
     """Points from a scalelab study in MLflow (docs/CONTRACTS.md layout).
 
     From a SQL store, four set-based queries read params, tags and the LATEST value of every
-    metric (no metric history); otherwise one batched search_runs in pages of 50,000. Child runs with tag scalelab.role=point are
-    points; outcome from tag scalelab.outcome (else the run status). Runs not finished
-    (diverged, failed, killed, still running) or without a final loss are excluded and counted.
+    metric (no metric history); otherwise one batched search_runs in pages of 50,000. Child
+    runs with tag scalelab.role=point are points; outcome from tag scalelab.outcome (else the
+    run status). Runs not finished (diverged, failed, killed, still running) or without a final
+    loss are excluded and counted. `loss_metric`: the metric fitted (val_bpb: bits per byte).
     """
     client = _client(tracking_uri)
     eid = _experiment_id(client, experiment)
@@ -154,66 +206,26 @@ def load_mlflow(
     verify_keys = _verify_run_keys(client, eid)
     rows: list[dict[str, Any]] = []
     excluded: dict[str, int] = {}
-    for run_id, status, params, tags, metrics in runs:
-        outcome = tags.get("scalelab.outcome")
-        if outcome is None:
-            outcome = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "killed"}.get(
-                status, "unfinished"
-            )
-        if status in ("RUNNING", "SCHEDULED") and outcome == "finished":
-            outcome = "unfinished"
-        row = {k: (_num(v) if k in NUMERIC_PARAMS else v) for k, v in params.items()}
-        row["loss"] = metrics.get(loss_metric, np.nan)
-        row.update({k: v for k, v in metrics.items() if k.startswith("val_loss_len")})
-        row["run_id"] = run_id
-        row["outcome"] = outcome
-        row["run_key"] = tags.get("scalelab.run_key", row.get("run_key"))
-        if "scalelab.round" in tags:  # adaptive points (scalelab run --adaptive)
-            row["round"] = _num(tags["scalelab.round"])
-        if "scalelab.origin" in tags:  # adaptive | verify (scalelab verify: tests, never fitted)
-            row["origin"] = tags["scalelab.origin"]
-        if "scalelab.verify_budget" in tags:
-            row["verify_budget"] = _num(tags["scalelab.verify_budget"])
-        if row["run_key"] in verify_keys and "origin" not in row:  # finished before it was tagged
-            row["origin"], row["verify_budget"] = "verify", verify_keys[row["run_key"]]
-        if tags.get("mlflow.runName"):
-            row["run_name"] = tags["mlflow.runName"]
-        if outcome != "finished" and not include_failed:
-            excluded[outcome] = excluded.get(outcome, 0) + 1
-            continue
-        if not (np.isfinite(row["loss"]) if isinstance(row["loss"], float) else False):
-            excluded[f"no final {loss_metric}"] = excluded.get(f"no final {loss_metric}", 0) + 1
+    for run in runs:
+        row = _point_row(run, loss_metric, verify_keys)
+        reason = row["outcome"] if row["outcome"] != "finished" and not include_failed else None
+        if reason is None and not (isinstance(row["loss"], float) and np.isfinite(row["loss"])):
+            reason = f"no final {loss_metric}"
+        if reason is not None:
+            excluded[reason] = excluded.get(reason, 0) + 1
             continue
         rows.append(row)
-    notes = [f"{len(runs)} point runs in experiment {experiment!r}; {len(rows)} used"]
     if not rows:
         raise InputError(
             f"experiment {experiment!r} has no finished point runs with a {loss_metric} "
             f"(runs seen: {len(runs)}, excluded: {excluded or 'none'})"
         )
-    df = pd.DataFrame(rows)
-    for col in ("n_params", "tokens", "flops"):
-        if col not in df.columns:
-            df[col] = np.nan
-    if df["flops"].isna().any():
-        df["flops"] = df["flops"].fillna(6.0 * df["n_params"] * df["tokens"])
-    bad = ~np.isfinite(df[["n_params", "tokens", "flops", "loss"]].to_numpy(float)).all(axis=1) | (
-        df[["n_params", "tokens", "flops", "loss"]].to_numpy(float) <= 0
-    ).any(axis=1)
-    if bad.any():
-        excluded["missing/invalid n_params, tokens or loss"] = int(bad.sum())
-        df = df[~bad].reset_index(drop=True)
-    te = None
-    if "true_entropy" in df.columns:
-        v = pd.to_numeric(df["true_entropy"], errors="coerce").dropna().unique()
-        if v.size == 1:
-            te = float(v[0])
-    cols = list(CANONICAL) + [c for c in df.columns if c not in CANONICAL]
+    df, te = _points_frame(rows, excluded)
     return Points(
-        df[cols],
+        df,
         source=f"mlflow:{experiment}",
         excluded=excluded,
-        notes=notes,
+        notes=[f"{len(runs)} point runs in experiment {experiment!r}; {len(rows)} used"],
         true_entropy=te,
         loss_unit=METRIC_UNITS.get(loss_metric, "nats/token"),
     )

@@ -8,6 +8,8 @@ import math
 import time
 from pathlib import Path
 
+from trainer import mlflow_contract as mc
+
 
 def log_report_to_mlflow(
     out_dir, experiment: str, tracking_uri: str | None = None, artifact_path: str = "report"
@@ -20,7 +22,7 @@ def log_report_to_mlflow(
 
     client = MlflowClient(tracking_uri=tracking_uri)
     eid = _experiment_id(client, experiment)
-    parents = search_all_runs(client, eid, "tags.`scalelab.role` = 'parent'")
+    parents = search_all_runs(client, eid, mc.PARENT_FILTER)
     if not parents:
         raise InputError(f"experiment {experiment!r} has no parent run (tag scalelab.role=parent)")
     run = parents[0]

@@ -46,7 +46,7 @@ def validate(cfg: StudyConfig, settings: tracking.Settings, address: str | None)
     check_memory(cfg, planned, None if address else available_memory_bytes())
     from ..study.corpus_plan import check_epochs
 
-    check_epochs(cfg, planned)
+    check_epochs(cfg.data, planned)
     tracking.check_tracking_uri(settings.tracking_uri)
     if settings.ledger_uri != settings.tracking_uri:
         tracking.check_ledger_uri(settings.ledger_uri, flag="--ledger-uri/SCALELAB_LEDGER_URI")

@@ -13,14 +13,12 @@ from typing import Any
 
 from trainer.spec import DataSpec, RunSpec, SpecError
 
-from .config import StudyConfig, StudyError
+from .values import StudyError, _integer, _number
 
 
 def corpus_data(d: Mapping[str, Any], key: str) -> dict[str, Any]:
     """The `data:` mapping of a corpus study completed from the folder's meta.json: path made
     absolute (workers may start elsewhere), vocab_size (a given one must match) and hashes."""
-    from .config import _integer, _number
-
     out = dict(d)
     for k in ("corpus_hash", "tokenizer_hash"):
         if k in out:
@@ -77,21 +75,22 @@ def run_epochs(spec: RunSpec) -> float | None:
     return spec.tokens / _meta(spec.data.path, "data")["train_tokens"]
 
 
-def check_epochs(cfg: StudyConfig, runs: Iterable[Any]) -> None:
-    """Raise StudyError naming data.max_epochs when a planned run repeats the data more."""
-    if cfg.data.source != "corpus":
+def check_epochs(data: DataSpec, runs: Iterable[Any]) -> None:
+    """Raise StudyError naming data.max_epochs when a planned run (of a study whose data is
+    `data`) repeats the data more."""
+    if data.source != "corpus":
         return
     worst = max(runs, key=lambda p: p.tokens, default=None)
     if worst is None:
         return
     epochs = run_epochs(worst.spec) or 0.0
-    if epochs > cfg.data.max_epochs:
-        train_tokens = _meta(cfg.data.path, "data")["train_tokens"]
+    if epochs > data.max_epochs:
+        train_tokens = _meta(data.path, "data")["train_tokens"]
         raise StudyError(
             "data.max_epochs",
             f"run {worst.key} ({worst.label}, {worst.tokens:.4g} tokens) would pass over the "
             f"corpus's {train_tokens:.4g} training tokens {epochs:.2f} times, more than "
-            f"max_epochs {cfg.data.max_epochs:g} (beyond ~4 epochs repeated data is worth less "
+            f"max_epochs {data.max_epochs:g} (beyond ~4 epochs repeated data is worth less "
             "and the law changes): lower the token budgets to at most "
-            f"{cfg.data.max_epochs * train_tokens:.4g}, ingest more text, or raise data.max_epochs",
+            f"{data.max_epochs * train_tokens:.4g}, ingest more text, or raise data.max_epochs",
         )

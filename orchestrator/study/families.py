@@ -12,15 +12,47 @@ its StudyError.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from trainer.families import SPAN_DEFAULTS, check_family_objective, check_span_settings
 from trainer.spec import SpecError
 
-if TYPE_CHECKING:  # config imports this module: no import back at run time
-    from .config import ArchSetting, Grid, ShapeRule
-
+# What these checks read of the study's config (orchestrator/study/config.py imports this
+# module, so it is described here rather than imported back).
 DEPTH_KEYS = ("n_layer_enc", "n_layer_dec")
+
+
+class _Arch(Protocol):  # frozen dataclasses: read-only members
+    @property
+    def pos(self) -> str: ...
+    @property
+    def activation(self) -> str: ...
+    @property
+    def norm(self) -> str: ...
+    @property
+    def objective(self) -> str: ...
+    @property
+    def family(self) -> str: ...
+    @property
+    def span_noise_density(self) -> float: ...
+    @property
+    def span_mean_length(self) -> float: ...
+
+
+class _Grid(Protocol):
+    @property
+    def arch(self) -> Any: ...  # tuple of ArchSetting
+    @property
+    def sizes(self) -> Any: ...  # explicit shapes or parameter counts
+    @property
+    def runs(self) -> Any: ...  # tuple of ExplicitRun
+    @property
+    def match_flops(self) -> bool: ...
+
+
+class _ShapeRule(Protocol):
+    @property
+    def family(self) -> str: ...
 
 
 def check_arch_family(entry: Mapping[str, Any], resolved: Mapping[str, Any], key: str, seq_len: int) -> None:
@@ -44,7 +76,7 @@ def check_arch_family(entry: Mapping[str, Any], resolved: Mapping[str, Any], key
     )
 
 
-def check_grid_family(grid: Grid, model: ShapeRule, key: str = "grid") -> None:
+def check_grid_family(grid: _Grid, model: _ShapeRule, key: str = "grid") -> None:
     """Per-size depths and grid.match_flops apply to encoder-decoder variants only, and
     match_flops designs the depths itself."""
     has_encdec = any(a.family == "encdec" for a in grid.arch) or (
@@ -76,7 +108,7 @@ def check_grid_family(grid: Grid, model: ShapeRule, key: str = "grid") -> None:
         )
 
 
-def arch_fields(arch: ArchSetting) -> dict[str, Any]:
+def arch_fields(arch: _Arch) -> dict[str, Any]:
     """The ModelSpec fields a grid.arch variant sets."""
     return {
         "pos": arch.pos,

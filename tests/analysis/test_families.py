@@ -83,7 +83,9 @@ def test_a_law_the_runs_do_not_identify_is_flagged():
     flat = synthetic({("encdec", "span"): (dict(E=1.5, A=1e-9, alpha=0.5, B=300.0, beta=0.45), 3.8)})
     f = fit_family(family_frame(flat), "encdec-span", 2, np.random.default_rng(0))
     # flagged either by the fit itself (a flat direction naming A) or by the family's warnings
-    flat_fit = not f.approach3.success and "flat direction" in f.approach3.message and "A" in f.approach3.message
+    flat_fit = (
+        not f.approach3.success and "flat direction" in f.approach3.message and "A" in f.approach3.message
+    )
     warned = any("nearly constant" in w or "lower bound" in w for w in f.warnings)
     assert flat_fit or warned
 

@@ -12,9 +12,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
+from orchestrator.store.ledger import Ledger
 from orchestrator.study.config import load_study
 from orchestrator.study.grid import expand
-from orchestrator.store.ledger import Ledger
 from orchestrator.study.suggest import _only_runs, run_from_dict
 
 STUDY = """\

@@ -23,7 +23,8 @@ from trainer.accounting import (
     match_flops_depths,
 )
 from trainer.data import make_source
-from trainer.model import GPT, build_model
+from trainer.encdec import build_model
+from trainer.model import GPT
 from trainer.objectives import prefix_split
 from trainer.sinks import InMemorySink
 from trainer.spans import noise_spans, span_corrupt
